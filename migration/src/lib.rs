@@ -1,0 +1,20 @@
+//! The database schema of authql, one file per migration.
+//!
+//! A migration that has shipped is never edited: add a new one instead.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261129_000001_create_users_and_sessions;
+mod m20261129_000002_create_settings;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261129_000001_create_users_and_sessions::Migration),
+            Box::new(m20261129_000002_create_settings::Migration),
+        ]
+    }
+}

@@ -1,0 +1,112 @@
+//! The one error type a client can see. Each variant has exactly one `extensions.code`; internal
+//! causes are logged where they happen and never reach the client.
+//!
+//! `AppError` deliberately does not implement `Display`: async-graphql converts anything that
+//! does into a bare error without extensions, and `?` would pick that conversion silently. The
+//! only way out is `From<AppError> for async_graphql::Error`, which sets the code.
+
+use async_graphql::ErrorExtensions as _;
+
+/// Why a request was not accepted as signed in (`extensions.reason` of UNAUTHENTICATED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnauthenticatedReason {
+    /// No `Authorization: Bearer` header on an operation that needs one.
+    Missing,
+    /// Not a token authql issued: bad shape, bad signature, wrong issuer, missing claims.
+    Malformed,
+    /// A genuine token past its `exp`.
+    Expired,
+    /// A genuine token whose session was revoked, rotated away or has ended.
+    Revoked,
+    /// A refresh token where an access token belongs, or the other way round.
+    WrongTokenType,
+}
+
+impl UnauthenticatedReason {
+    pub fn as_code(self) -> &'static str {
+        match self {
+            Self::Missing => "MISSING",
+            Self::Malformed => "MALFORMED",
+            Self::Expired => "EXPIRED",
+            Self::Revoked => "REVOKED",
+            Self::WrongTokenType => "WRONG_TOKEN_TYPE",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::Missing => "this operation needs an access token (Authorization: Bearer ...)",
+            Self::Malformed => "the token is not valid",
+            Self::Expired => "the token has expired",
+            Self::Revoked => "the token's session has ended",
+            Self::WrongTokenType => "this is the wrong kind of token for this operation",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppError {
+    /// BAD_USER_INPUT: the input broke a rule; `field` names the input field. Nothing was changed.
+    BadUserInput { field: &'static str, message: String },
+    /// EMAIL_TAKEN: another account has this email (compared trimmed and case-insensitively).
+    EmailTaken,
+    /// USERNAME_TAKEN: another account has this username (compared case-insensitively).
+    UsernameTaken,
+    /// INVALID_CREDENTIALS: unknown account or wrong password; deliberately the same answer.
+    InvalidCredentials,
+    /// UNAUTHENTICATED: no usable token; `reason` says why.
+    Unauthenticated(UnauthenticatedReason),
+    /// INTERNAL_SERVER_ERROR: something failed on our side; the cause is in the server log only.
+    Internal,
+}
+
+impl AppError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadUserInput { .. } => "BAD_USER_INPUT",
+            Self::EmailTaken => "EMAIL_TAKEN",
+            Self::UsernameTaken => "USERNAME_TAKEN",
+            Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::Internal => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    /// What the client is told.
+    pub fn message(&self) -> String {
+        match self {
+            Self::BadUserInput { message, .. } => message.clone(),
+            Self::EmailTaken => "an account with this email already exists".into(),
+            Self::UsernameTaken => "this username is already taken".into(),
+            Self::InvalidCredentials => "the email, username or password is not right".into(),
+            Self::Unauthenticated(reason) => reason.message().into(),
+            Self::Internal => "internal server error".into(),
+        }
+    }
+
+    pub fn bad_input(field: &'static str, message: impl Into<String>) -> Self {
+        Self::BadUserInput {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// Logs the cause, which stays on the server, and returns the generic error the client sees.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::Internal
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(error: AppError) -> Self {
+        async_graphql::Error::new(error.message()).extend_with(|_, extensions| {
+            extensions.set("code", error.code());
+            match &error {
+                AppError::BadUserInput { field, .. } => extensions.set("field", *field),
+                AppError::Unauthenticated(reason) => extensions.set("reason", reason.as_code()),
+                _ => {}
+            }
+        })
+    }
+}

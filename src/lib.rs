@@ -1,0 +1,14 @@
+//! authql: a GraphQL authentication service with server-side sessions.
+//!
+//! Requests flow one way: the HTTP edge (`app`) hands the bearer token and client details to the
+//! GraphQL layer (`graphql`), whose resolvers call the service (`service`), which reads and writes
+//! through the `store`. Tokens and passwords live in `auth`.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod graphql;
+pub mod service;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,113 @@
+//! The rules for what a user may type, applied before anything is hashed or stored.
+
+use crate::error::AppError;
+
+pub const PASSWORD_MIN_CHARS: usize = 8;
+pub const PASSWORD_MAX_BYTES: usize = 256;
+const EMAIL_MAX_CHARS: usize = 254;
+const USERNAME_MIN_CHARS: usize = 3;
+const USERNAME_MAX_CHARS: usize = 64;
+
+/// An email as typed (trimmed, for display) and in the form that is unique and looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    pub display: String,
+    pub normalized: String,
+}
+
+pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
+    let display = raw.trim();
+    let invalid = || AppError::bad_input(field, "enter an email address like name@example.com");
+    if display.chars().count() > EMAIL_MAX_CHARS {
+        return Err(AppError::bad_input(field, "an email address has at most 254 characters"));
+    }
+    let (local, domain) = display.rsplit_once('@').ok_or_else(invalid)?;
+    let well_formed = !local.is_empty()
+        && !domain.is_empty()
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !display.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !well_formed {
+        return Err(invalid());
+    }
+    Ok(Email {
+        display: display.to_owned(),
+        normalized: normalize_login(display),
+    })
+}
+
+/// A username (trimmed) and its case-insensitive form. It may contain `@` only when it is the
+/// account's own email, so that a login name never matches one user's email and another's
+/// username.
+pub fn username(field: &'static str, raw: &str, email: &Email) -> Result<(String, String), AppError> {
+    let display = raw.trim();
+    let normalized = normalize_login(display);
+    if normalized == email.normalized {
+        return Ok((display.to_owned(), normalized));
+    }
+    let length = display.chars().count();
+    if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&length) {
+        return Err(AppError::bad_input(field, "a username has 3 to 64 characters"));
+    }
+    if display.chars().any(|c| c == '@' || c.is_whitespace() || c.is_control()) {
+        return Err(AppError::bad_input(
+            field,
+            "a username has no spaces and no @ (unless it is your email)",
+        ));
+    }
+    Ok((display.to_owned(), normalized))
+}
+
+pub fn password(field: &'static str, password: &str) -> Result<(), AppError> {
+    if password.chars().count() < PASSWORD_MIN_CHARS {
+        return Err(AppError::bad_input(field, "a password has at least 8 characters"));
+    }
+    if password.len() > PASSWORD_MAX_BYTES {
+        return Err(AppError::bad_input(field, "a password has at most 256 bytes"));
+    }
+    if password.contains('\0') {
+        return Err(AppError::bad_input(field, "a password cannot contain NUL characters"));
+    }
+    Ok(())
+}
+
+/// How emails and usernames are compared: trimmed and case-insensitive.
+pub fn normalize_login(raw: &str) -> String {
+    raw.trim().to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_and_compared_case_insensitively() {
+        let parsed = email("email", "  Bob@X.com ").unwrap();
+        assert_eq!(parsed.display, "Bob@X.com");
+        assert_eq!(parsed.normalized, "bob@x.com");
+        for bad in ["", "bob", "@x.com", "bob@", "bo b@x.com", "bob@.com"] {
+            assert!(email("email", bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn usernames_may_hold_an_at_sign_only_as_the_own_email() {
+        let own = email("email", "bob@x.com").unwrap();
+        assert!(username("username", "BOB@x.com", &own).is_ok());
+        assert!(username("username", "alice@x.com", &own).is_err());
+        assert_eq!(
+            username("username", " Bobby ", &own).unwrap(),
+            ("Bobby".to_owned(), "bobby".to_owned())
+        );
+        assert!(username("username", "bo", &own).is_err());
+    }
+
+    #[test]
+    fn password_length_is_8_characters_to_256_bytes() {
+        assert!(password("password", "1234567").is_err());
+        assert!(password("password", "12345678").is_ok());
+        assert!(password("password", &"x".repeat(256)).is_ok());
+        assert!(password("password", &"x".repeat(257)).is_err());
+        assert!(password("password", "12345678\0").is_err());
+    }
+}

@@ -1,0 +1,353 @@
+//! What authql does, independent of GraphQL and HTTP: register, log in, refresh, authenticate,
+//! list and revoke sessions, change passwords.
+
+pub mod input;
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use uuid::Uuid;
+
+use crate::{
+    auth::{Authenticated, BearerToken, PasswordHasher, TokenKeys, TokenKind},
+    error::{AppError, UnauthenticatedReason},
+    store::{NewUser, Rotation, Session, Store, StoreError, User},
+};
+
+/// At most this many session ids and tokens in one `revokeTokens`.
+pub const MAX_REVOCATIONS: usize = 100;
+
+/// Where a login came from, recorded on its session.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+}
+
+pub struct Registration {
+    pub email: String,
+    pub password: String,
+    pub username: Option<String>,
+}
+
+/// A session with a freshly issued token pair.
+#[derive(Debug, Clone)]
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub access_token_expires_at: DateTime<Utc>,
+    pub refresh_token: String,
+    pub refresh_token_expires_at: DateTime<Utc>,
+    pub user: User,
+    pub session: Session,
+}
+
+#[derive(Clone)]
+pub struct AuthService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    tokens: TokenKeys,
+    passwords: PasswordHasher,
+    access_lifetime: TimeDelta,
+    refresh_lifetime: TimeDelta,
+}
+
+impl AuthService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        tokens: TokenKeys,
+        passwords: PasswordHasher,
+        access_lifetime: std::time::Duration,
+        refresh_lifetime: std::time::Duration,
+    ) -> Result<Self, AppError> {
+        let lifetime = |duration| TimeDelta::from_std(duration).map_err(AppError::internal);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                tokens,
+                passwords,
+                access_lifetime: lifetime(access_lifetime)?,
+                refresh_lifetime: lifetime(refresh_lifetime)?,
+            }),
+        })
+    }
+
+    pub async fn register(
+        &self,
+        registration: Registration,
+        client: ClientInfo,
+    ) -> Result<IssuedTokens, AppError> {
+        let email = input::email("email", &registration.email)?;
+        let username_raw = registration.username.as_deref().unwrap_or(&email.display);
+        let (username, username_normalized) = input::username("username", username_raw, &email)?;
+        input::password("password", &registration.password)?;
+
+        let password_hash = self.inner.passwords.hash(registration.password).await?;
+        let now = now();
+        let user = NewUser {
+            id: Uuid::new_v4(),
+            email: email.display,
+            email_normalized: email.normalized,
+            username,
+            username_normalized,
+            password_hash,
+            created_at: now,
+        };
+        let session = self.new_session(user.id, client, now);
+        let (user, session) = self
+            .inner
+            .store
+            .create_user_with_session(user, session)
+            .await
+            .map_err(|err| match err {
+                StoreError::EmailTaken => AppError::EmailTaken,
+                StoreError::UsernameTaken => AppError::UsernameTaken,
+                other => AppError::internal(other),
+            })?;
+        tracing::info!(user_id = %user.id, session_id = %session.id, "user registered");
+        self.issue(user, session, now)
+    }
+
+    pub async fn login(
+        &self,
+        email_or_username: &str,
+        password: String,
+        client: ClientInfo,
+    ) -> Result<IssuedTokens, AppError> {
+        // Only the limits that protect the server; the password policy is for new passwords.
+        if password.len() > input::PASSWORD_MAX_BYTES {
+            return Err(AppError::InvalidCredentials);
+        }
+        let credentials = self
+            .inner
+            .store
+            .find_credentials(&input::normalize_login(email_or_username))
+            .await
+            .map_err(AppError::internal)?;
+        let hash = credentials.as_ref().map(|found| found.password_hash.clone());
+        if !self.inner.passwords.verify(password, hash).await? {
+            tracing::info!("login failed");
+            return Err(AppError::InvalidCredentials);
+        }
+        let user = credentials.expect("verify succeeds only for a known account").user;
+        let now = now();
+        let session = self
+            .inner
+            .store
+            .create_session(self.new_session(user.id, client, now))
+            .await
+            .map_err(AppError::internal)?;
+        tracing::info!(user_id = %user.id, session_id = %session.id, "logged in");
+        self.issue(user, session, now)
+    }
+
+    /// Rotates the session's token pair. The presented refresh token dies with its access token,
+    /// and of concurrent refreshes with one token exactly one succeeds.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens, AppError> {
+        let claims = self
+            .inner
+            .tokens
+            .verify(TokenKind::Refresh, refresh_token)
+            .map_err(AppError::Unauthenticated)?;
+        let now = now();
+        let rotation = Rotation {
+            session_id: claims.sid,
+            presented_refresh_jti: claims.jti,
+            new_access_jti: Uuid::new_v4(),
+            new_refresh_jti: Uuid::new_v4(),
+            at: now,
+        };
+        let (user, session) = self
+            .inner
+            .store
+            .rotate_session(rotation)
+            .await
+            .map_err(AppError::internal)?
+            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
+        self.issue(user, session, now)
+    }
+
+    /// Resolves a bearer token to its user and session: the token must be a genuine, unexpired
+    /// access token, and its session must still hold its jti.
+    pub async fn authenticate(&self, bearer: &BearerToken) -> Result<Authenticated, AppError> {
+        let token = match bearer {
+            BearerToken::Missing => {
+                return Err(AppError::Unauthenticated(UnauthenticatedReason::Missing));
+            }
+            BearerToken::Unreadable => {
+                return Err(AppError::Unauthenticated(UnauthenticatedReason::Malformed));
+            }
+            BearerToken::Present(token) => token,
+        };
+        let claims = self
+            .inner
+            .tokens
+            .verify(TokenKind::Access, token)
+            .map_err(AppError::Unauthenticated)?;
+        let (user, session) = self
+            .inner
+            .store
+            .find_session_by_access_jti(claims.sid, claims.jti, now())
+            .await
+            .map_err(AppError::internal)?
+            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
+        Ok(Authenticated { user, session })
+    }
+
+    pub async fn live_sessions(&self, user_id: Uuid) -> Result<Vec<Session>, AppError> {
+        self.inner
+            .store
+            .list_live_sessions(user_id, now())
+            .await
+            .map_err(AppError::internal)
+    }
+
+    pub async fn logout(&self, caller: &Authenticated) -> Result<(), AppError> {
+        self.revoke_sessions(caller.user.id, &[caller.session.id]).await?;
+        tracing::info!(user_id = %caller.user.id, session_id = %caller.session.id, "logged out");
+        Ok(())
+    }
+
+    /// Ends the caller's sessions named by id or by one of their tokens. Anything unknown,
+    /// malformed, expired or someone else's is skipped without a word, so that the answer
+    /// reveals nothing about other users' sessions.
+    pub async fn revoke(
+        &self,
+        caller: &Authenticated,
+        session_ids: &[String],
+        tokens: &[String],
+    ) -> Result<Vec<Uuid>, AppError> {
+        if session_ids.is_empty() && tokens.is_empty() {
+            return Err(AppError::bad_input(
+                "sessionIds",
+                "name at least one session id or token to revoke",
+            ));
+        }
+        if session_ids.len() + tokens.len() > MAX_REVOCATIONS {
+            return Err(AppError::bad_input(
+                "sessionIds",
+                format!("revoke at most {MAX_REVOCATIONS} sessions and tokens at once"),
+            ));
+        }
+        let by_id = session_ids.iter().filter_map(|id| Uuid::parse_str(id.trim()).ok());
+        let by_token = tokens
+            .iter()
+            .filter_map(|token| self.inner.tokens.verify_any(token.trim()))
+            .filter(|claims| claims.sub == caller.user.id)
+            .map(|claims| claims.sid);
+        let wanted: BTreeSet<Uuid> = by_id.chain(by_token).collect();
+        let wanted: Vec<Uuid> = wanted.into_iter().collect();
+        let revoked = self.revoke_sessions(caller.user.id, &wanted).await?;
+        tracing::info!(user_id = %caller.user.id, revoked = revoked.len(), "sessions revoked");
+        Ok(revoked)
+    }
+
+    pub async fn revoke_other_sessions(&self, caller: &Authenticated) -> Result<u64, AppError> {
+        self.inner
+            .store
+            .delete_other_sessions(caller.user.id, caller.session.id)
+            .await
+            .map_err(AppError::internal)
+    }
+
+    /// Sets a new password and ends every other session of the caller.
+    pub async fn change_password(
+        &self,
+        caller: &Authenticated,
+        current_password: String,
+        new_password: String,
+    ) -> Result<(), AppError> {
+        input::password("newPassword", &new_password)?;
+        let credentials = self
+            .inner
+            .store
+            .find_credentials_by_id(caller.user.id)
+            .await
+            .map_err(AppError::internal)?
+            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
+        if current_password.len() > input::PASSWORD_MAX_BYTES
+            || !self
+                .inner
+                .passwords
+                .verify(current_password, Some(credentials.password_hash))
+                .await?
+        {
+            return Err(AppError::InvalidCredentials);
+        }
+        let password_hash = self.inner.passwords.hash(new_password).await?;
+        let ended = self
+            .inner
+            .store
+            .change_password(caller.user.id, password_hash, caller.session.id)
+            .await
+            .map_err(AppError::internal)?;
+        tracing::info!(user_id = %caller.user.id, ended_sessions = ended, "password changed");
+        Ok(())
+    }
+
+    async fn revoke_sessions(&self, user_id: Uuid, session_ids: &[Uuid]) -> Result<Vec<Uuid>, AppError> {
+        self.inner
+            .store
+            .delete_user_sessions(user_id, session_ids)
+            .await
+            .map_err(AppError::internal)
+    }
+
+    fn new_session(&self, user_id: Uuid, client: ClientInfo, now: DateTime<Utc>) -> Session {
+        Session {
+            id: Uuid::new_v4(),
+            user_id,
+            access_jti: Uuid::new_v4(),
+            refresh_jti: Uuid::new_v4(),
+            created_at: now,
+            last_refreshed_at: None,
+            // Fixed here: refreshing rotates the tokens but never extends the session.
+            expires_at: now + self.inner.refresh_lifetime,
+            user_agent: client.user_agent,
+            ip_address: client.ip_address,
+        }
+    }
+
+    fn issue(&self, user: User, session: Session, now: DateTime<Utc>) -> Result<IssuedTokens, AppError> {
+        // An access token never outlives its session. JWTs count whole seconds, and so do the
+        // expiry times reported with them.
+        let access_expires_at = whole_seconds((now + self.inner.access_lifetime).min(session.expires_at));
+        let refresh_expires_at = whole_seconds(session.expires_at);
+        let tokens = &self.inner.tokens;
+        Ok(IssuedTokens {
+            access_token: tokens.issue(
+                TokenKind::Access,
+                user.id,
+                session.id,
+                session.access_jti,
+                now,
+                access_expires_at,
+            )?,
+            access_token_expires_at: access_expires_at,
+            refresh_token: tokens.issue(
+                TokenKind::Refresh,
+                user.id,
+                session.id,
+                session.refresh_jti,
+                now,
+                refresh_expires_at,
+            )?,
+            refresh_token_expires_at: refresh_expires_at,
+            user,
+            session,
+        })
+    }
+}
+
+/// Now, to the microsecond: what both SQLite and PostgreSQL store exactly, so a time written
+/// and read back compares equal.
+fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    now.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(now)
+}
+
+fn whole_seconds(time: DateTime<Utc>) -> DateTime<Utc> {
+    time.duration_trunc(TimeDelta::seconds(1)).unwrap_or(time)
+}

@@ -1,0 +1,132 @@
+//! Every read and write of users, sessions and settings goes through [`Store`]. The service never
+//! sees SeaORM; [`SeaStore`] is the implementation on SQLite and PostgreSQL.
+
+pub mod entity;
+mod sea;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use sea::SeaStore;
+
+/// A user as the rest of authql sees one: no password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub username: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user together with the hash to check a password against; only login and
+/// password changes ask for it.
+#[derive(Debug, Clone)]
+pub struct UserCredentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// One login: its row holds the jtis of the only access and refresh token it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub access_jti: Uuid,
+    pub refresh_jti: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: Uuid,
+    pub email: String,
+    pub email_normalized: String,
+    pub username: String,
+    pub username_normalized: String,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A session's row before it is stored; `last_refreshed_at` starts empty.
+pub type NewSession = Session;
+
+/// Replace the session's token pair, but only if it still holds `presented_refresh_jti`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    pub session_id: Uuid,
+    pub presented_refresh_jti: Uuid,
+    pub new_access_jti: Uuid,
+    pub new_refresh_jti: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the email is already registered")]
+    EmailTaken,
+    #[error("the username is already taken")]
+    UsernameTaken,
+    #[error("database error: {0}")]
+    Database(#[from] sea_orm::DbErr),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates the user and its first session in one transaction: both or neither.
+    async fn create_user_with_session(
+        &self,
+        user: NewUser,
+        session: NewSession,
+    ) -> StoreResult<(User, Session)>;
+
+    /// Looks up by normalized email or normalized username.
+    async fn find_credentials(&self, login_normalized: &str) -> StoreResult<Option<UserCredentials>>;
+
+    async fn find_credentials_by_id(&self, user_id: Uuid) -> StoreResult<Option<UserCredentials>>;
+
+    async fn create_session(&self, session: NewSession) -> StoreResult<Session>;
+
+    /// The session and its user, if the session is live and still holds this access jti:
+    /// the check behind every authenticated request, one indexed query.
+    async fn find_session_by_access_jti(
+        &self,
+        session_id: Uuid,
+        access_jti: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(User, Session)>>;
+
+    /// Applies the rotation atomically (a conditional update): of several concurrent rotations
+    /// presenting the same refresh jti exactly one gets `Some`.
+    async fn rotate_session(
+        &self,
+        rotation: Rotation,
+    ) -> StoreResult<Option<(User, Session)>>;
+
+    /// The user's sessions that have not expired, newest first.
+    async fn list_live_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> StoreResult<Vec<Session>>;
+
+    /// Deletes those of `session_ids` that belong to `user_id`; returns the ids deleted.
+    async fn delete_user_sessions(&self, user_id: Uuid, session_ids: &[Uuid]) -> StoreResult<Vec<Uuid>>;
+
+    /// Deletes every session of the user but `keep`; returns how many.
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> StoreResult<u64>;
+
+    /// Sets the password hash and ends every other session of the user, in one transaction.
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: String,
+        keep_session: Uuid,
+    ) -> StoreResult<u64>;
+
+    /// The stored value of a server-wide setting; stores `candidate` first if there is none.
+    /// Safe against concurrent callers: all of them get the value that won.
+    async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String>;
+}

@@ -1,0 +1,298 @@
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, SqlErr, TransactionTrait,
+    sea_query::{Expr, OnConflict},
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+};
+use uuid::Uuid;
+
+use super::{
+    NewSession, NewUser, Rotation, Session, Store, StoreError, StoreResult, User, UserCredentials,
+    entity::{session, setting, user},
+};
+
+/// The store on SeaORM: SQLite (the embedded default) or PostgreSQL, chosen by the URL.
+#[derive(Clone)]
+pub struct SeaStore {
+    db: DatabaseConnection,
+}
+
+impl SeaStore {
+    pub async fn connect(database_url: &str) -> Result<Self, DbErr> {
+        let mut options = ConnectOptions::new(database_url);
+        // Statements carry token ids; authql logs its own events instead.
+        options.sqlx_logging(false);
+        options.map_sqlx_sqlite_opts(configure_sqlite);
+        Ok(Self {
+            db: Database::connect(options).await?,
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.db, None).await
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}
+
+/// WAL lets readers run beside the one writer, and the busy timeout makes concurrent writers
+/// queue instead of failing with "database is locked".
+fn configure_sqlite(options: SqliteConnectOptions) -> SqliteConnectOptions {
+    options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+}
+
+impl From<user::Model> for User {
+    fn from(row: user::Model) -> Self {
+        User {
+            id: row.id,
+            email: row.email,
+            username: row.username,
+            created_at: row.created_at,
+        }
+    }
+}
+
+impl From<user::Model> for UserCredentials {
+    fn from(row: user::Model) -> Self {
+        let password_hash = row.password_hash.clone();
+        UserCredentials {
+            user: row.into(),
+            password_hash,
+        }
+    }
+}
+
+impl From<session::Model> for Session {
+    fn from(row: session::Model) -> Self {
+        Session {
+            id: row.id,
+            user_id: row.user_id,
+            access_jti: row.access_jti,
+            refresh_jti: row.refresh_jti,
+            created_at: row.created_at,
+            last_refreshed_at: row.last_refreshed_at,
+            expires_at: row.expires_at,
+            user_agent: row.user_agent,
+            ip_address: row.ip_address,
+        }
+    }
+}
+
+fn new_session_row(session: NewSession) -> session::ActiveModel {
+    session::ActiveModel {
+        id: Set(session.id),
+        user_id: Set(session.user_id),
+        access_jti: Set(session.access_jti),
+        refresh_jti: Set(session.refresh_jti),
+        created_at: Set(session.created_at),
+        last_refreshed_at: Set(session.last_refreshed_at),
+        expires_at: Set(session.expires_at),
+        user_agent: Set(session.user_agent),
+        ip_address: Set(session.ip_address),
+    }
+}
+
+#[async_trait]
+impl Store for SeaStore {
+    async fn create_user_with_session(
+        &self,
+        new_user: NewUser,
+        new_session: NewSession,
+    ) -> StoreResult<(User, Session)> {
+        let email_normalized = new_user.email_normalized.clone();
+        let row = user::ActiveModel {
+            id: Set(new_user.id),
+            email: Set(new_user.email),
+            email_normalized: Set(new_user.email_normalized),
+            username: Set(new_user.username),
+            username_normalized: Set(new_user.username_normalized),
+            password_hash: Set(new_user.password_hash),
+            created_at: Set(new_user.created_at),
+        };
+        let transaction = self.db.begin().await?;
+        let inserted = async {
+            let user = user::Entity::insert(row)
+                .exec_with_returning(&transaction)
+                .await?;
+            let session = session::Entity::insert(new_session_row(new_session))
+                .exec_with_returning(&transaction)
+                .await?;
+            Ok::<_, DbErr>((user, session))
+        }
+        .await;
+        match inserted {
+            Ok((user, session)) => {
+                transaction.commit().await?;
+                Ok((user.into(), session.into()))
+            }
+            Err(err) => {
+                transaction.rollback().await?;
+                if let Some(SqlErr::UniqueConstraintViolation(_)) = err.sql_err() {
+                    // Constraint names differ between backends; asking which value is taken
+                    // does not. Email wins when both are, as the username defaults to it.
+                    let email_taken = user::Entity::find()
+                        .filter(user::Column::EmailNormalized.eq(email_normalized))
+                        .one(&self.db)
+                        .await?
+                        .is_some();
+                    return Err(if email_taken {
+                        StoreError::EmailTaken
+                    } else {
+                        StoreError::UsernameTaken
+                    });
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    async fn find_credentials(&self, login_normalized: &str) -> StoreResult<Option<UserCredentials>> {
+        Ok(user::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(user::Column::EmailNormalized.eq(login_normalized))
+                    .add(user::Column::UsernameNormalized.eq(login_normalized)),
+            )
+            .one(&self.db)
+            .await?
+            .map(Into::into))
+    }
+
+    async fn find_credentials_by_id(&self, user_id: Uuid) -> StoreResult<Option<UserCredentials>> {
+        Ok(user::Entity::find_by_id(user_id)
+            .one(&self.db)
+            .await?
+            .map(Into::into))
+    }
+
+    async fn create_session(&self, new_session: NewSession) -> StoreResult<Session> {
+        Ok(session::Entity::insert(new_session_row(new_session))
+            .exec_with_returning(&self.db)
+            .await?
+            .into())
+    }
+
+    async fn find_session_by_access_jti(
+        &self,
+        session_id: Uuid,
+        access_jti: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(User, Session)>> {
+        let found = session::Entity::find_by_id(session_id)
+            .filter(session::Column::AccessJti.eq(access_jti))
+            .filter(session::Column::ExpiresAt.gt(now))
+            .find_also_related(user::Entity)
+            .one(&self.db)
+            .await?;
+        Ok(match found {
+            Some((session, Some(user))) => Some((user.into(), session.into())),
+            _ => None,
+        })
+    }
+
+    async fn rotate_session(&self, rotation: Rotation) -> StoreResult<Option<(User, Session)>> {
+        let updated = session::Entity::update_many()
+            .col_expr(session::Column::AccessJti, Expr::value(rotation.new_access_jti))
+            .col_expr(session::Column::RefreshJti, Expr::value(rotation.new_refresh_jti))
+            .col_expr(session::Column::LastRefreshedAt, Expr::value(rotation.at))
+            .filter(session::Column::Id.eq(rotation.session_id))
+            .filter(session::Column::RefreshJti.eq(rotation.presented_refresh_jti))
+            .filter(session::Column::ExpiresAt.gt(rotation.at))
+            .exec_with_returning(&self.db)
+            .await?;
+        let Some(session) = updated.into_iter().next() else {
+            return Ok(None);
+        };
+        let user = user::Entity::find_by_id(session.user_id).one(&self.db).await?;
+        Ok(user.map(|user| (user.into(), session.into())))
+    }
+
+    async fn list_live_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> StoreResult<Vec<Session>> {
+        Ok(session::Entity::find()
+            .filter(session::Column::UserId.eq(user_id))
+            .filter(session::Column::ExpiresAt.gt(now))
+            .order_by_desc(session::Column::CreatedAt)
+            .order_by_desc(session::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn delete_user_sessions(&self, user_id: Uuid, session_ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        if session_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(session::Entity::delete_many()
+            .filter(session::Column::UserId.eq(user_id))
+            .filter(session::Column::Id.is_in(session_ids.iter().copied()))
+            .exec_with_returning(&self.db)
+            .await?
+            .into_iter()
+            .map(|row| row.id)
+            .collect())
+    }
+
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> StoreResult<u64> {
+        Ok(session::Entity::delete_many()
+            .filter(session::Column::UserId.eq(user_id))
+            .filter(session::Column::Id.ne(keep))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
+    }
+
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: String,
+        keep_session: Uuid,
+    ) -> StoreResult<u64> {
+        let transaction = self.db.begin().await?;
+        user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
+            .filter(user::Column::Id.eq(user_id))
+            .exec(&transaction)
+            .await?;
+        let ended = session::Entity::delete_many()
+            .filter(session::Column::UserId.eq(user_id))
+            .filter(session::Column::Id.ne(keep_session))
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        transaction.commit().await?;
+        Ok(ended)
+    }
+
+    async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String> {
+        let row = setting::ActiveModel {
+            name: Set(name.to_owned()),
+            value: Set(candidate),
+        };
+        // Whoever inserts first wins; everyone then reads the winner's value.
+        setting::Entity::insert(row)
+            .on_conflict(OnConflict::column(setting::Column::Name).do_nothing().to_owned())
+            .exec_without_returning(&self.db)
+            .await?;
+        let stored = setting::Entity::find_by_id(name.to_owned())
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("setting {name}")))?;
+        Ok(stored.value)
+    }
+}
+

@@ -1,0 +1,212 @@
+//! One place to start a real authql on port 0 against a fresh SQLite file and talk to it over
+//! HTTP, as a client would.
+
+use std::path::PathBuf;
+
+use authql::{app::Application, config::Config, store::entity::{session, user}};
+use sea_orm::{Database, DatabaseConnection, EntityTrait};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    pub dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A fresh database in its own temporary folder, then `spawn_app_in`.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    spawn_app_in(dir, configure).await
+}
+
+/// Starts authql on port 0 with the database `authql.db` in `dir`.
+pub async fn spawn_app_in(dir: TempDir, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let database_url = sqlite_url(&dir.path().join("authql.db"));
+    let mut config = test_config(&database_url);
+    configure(&mut config);
+    let app = Application::build(config).await.expect("authql starts");
+    let address = format!("http://{}", app.local_addr().expect("a bound address"));
+    let (shutdown, stopped) = oneshot::channel();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        database_url,
+        dir,
+        shutdown: Some(shutdown),
+    }
+}
+
+pub fn test_config(database_url: &str) -> Config {
+    let mut config = Config::defaults();
+    config.database_url = database_url.to_owned();
+    config.port = 0;
+    // The lowest cost bcrypt allows: tests check behaviour, not hashing strength.
+    config.bcrypt_cost = 4;
+    config.jwt_leeway_seconds = 0;
+    config.jwt_secret_key = Some(SecretString::from("a test secret that is long enough to sign"));
+    config
+}
+
+pub fn sqlite_url(path: &std::path::Path) -> String {
+    format!("sqlite://{}", PathBuf::from(path).display())
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A registered account with the pair from its first session.
+pub struct Account {
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub session_id: String,
+    pub user_id: String,
+}
+
+impl Account {
+    fn from_payload(email: &str, payload: &Value) -> Self {
+        Self {
+            email: email.to_owned(),
+            access_token: string_at(payload, "/accessToken"),
+            refresh_token: string_at(payload, "/refreshToken"),
+            session_id: string_at(payload, "/session/id"),
+            user_id: string_at(payload, "/user/id"),
+        }
+    }
+}
+
+pub const AUTH_FIELDS: &str = "accessToken refreshToken tokenType accessTokenExpiresAt \
+    refreshTokenExpiresAt user { id email username createdAt } \
+    session { id createdAt lastRefreshedAt expiresAt userAgent ipAddress current }";
+
+impl TestApp {
+    /// POSTs a GraphQL request; returns the whole response body.
+    pub async fn graphql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
+        let mut request = self
+            .client
+            .post(format!("{}/graphql", self.address))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the server answers");
+        response.json().await.expect("a JSON body")
+    }
+
+    pub async fn register_raw(&self, email: &str, password: &str, username: Option<&str>) -> Value {
+        self.graphql(
+            &format!("mutation($input: RegisterInput!) {{ register(input: $input) {{ {AUTH_FIELDS} }} }}"),
+            json!({ "input": { "email": email, "password": password, "username": username } }),
+            None,
+        )
+        .await
+    }
+
+    pub async fn register(&self, email: &str) -> Account {
+        let body = self.register_raw(email, PASSWORD, None).await;
+        assert_no_errors(&body);
+        Account::from_payload(email, &body["data"]["register"])
+    }
+
+    pub async fn login_raw(&self, email_or_username: &str, password: &str) -> Value {
+        self.graphql(
+            &format!("mutation($input: LoginInput!) {{ login(input: $input) {{ {AUTH_FIELDS} }} }}"),
+            json!({ "input": { "emailOrUsername": email_or_username, "password": password } }),
+            None,
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str) -> Account {
+        let body = self.login_raw(email, PASSWORD).await;
+        assert_no_errors(&body);
+        Account::from_payload(email, &body["data"]["login"])
+    }
+
+    pub async fn refresh_raw(&self, refresh_token: &str) -> Value {
+        self.graphql(
+            &format!("mutation($token: String!) {{ refresh(refreshToken: $token) {{ {AUTH_FIELDS} }} }}"),
+            json!({ "token": refresh_token }),
+            None,
+        )
+        .await
+    }
+
+    pub async fn me(&self, access_token: &str) -> Value {
+        self.graphql("{ me { id email username createdAt } }", json!({}), Some(access_token))
+            .await
+    }
+
+    pub async fn my_sessions(&self, access_token: &str) -> Value {
+        self.graphql(
+            "{ mySessions { id createdAt lastRefreshedAt expiresAt userAgent ipAddress current } }",
+            json!({}),
+            Some(access_token),
+        )
+        .await
+    }
+
+    pub async fn revoke(&self, access_token: &str, session_ids: Value, tokens: Value) -> Value {
+        self.graphql(
+            "mutation($input: RevokeTokensInput!) { revokeTokens(input: $input) { revokedSessionIds revokedCount } }",
+            json!({ "input": { "sessionIds": session_ids, "tokens": tokens } }),
+            Some(access_token),
+        )
+        .await
+    }
+
+    /// A direct connection to the test's database, to check what was stored.
+    pub async fn db(&self) -> DatabaseConnection {
+        Database::connect(&self.database_url).await.expect("the test database opens")
+    }
+
+    pub async fn session_rows(&self) -> Vec<session::Model> {
+        session::Entity::find().all(&self.db().await).await.expect("sessions are readable")
+    }
+
+    pub async fn user_rows(&self) -> Vec<user::Model> {
+        user::Entity::find().all(&self.db().await).await.expect("users are readable")
+    }
+}
+
+pub fn string_at(value: &Value, pointer: &str) -> String {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no string at {pointer} in {value}"))
+        .to_owned()
+}
+
+pub fn assert_no_errors(body: &Value) {
+    assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+}
+
+/// The `extensions.code` of the first error.
+pub fn error_code(body: &Value) -> String {
+    string_at(body, "/errors/0/extensions/code")
+}
+
+/// Asserts UNAUTHENTICATED with the given reason.
+pub fn assert_unauthenticated(body: &Value, reason: &str) {
+    assert_eq!(error_code(body), "UNAUTHENTICATED", "{body}");
+    assert_eq!(string_at(body, "/errors/0/extensions/reason"), reason, "{body}");
+}

@@ -1,0 +1,13 @@
+//! The integration suite: one binary, each test with its own server and database.
+
+mod helpers;
+
+mod errors;
+mod http;
+mod passwords;
+mod register_login;
+mod revoke;
+mod schema;
+mod sessions;
+mod startup;
+mod user_story;

@@ -1,0 +1,45 @@
+use authql::app::Application;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_short_secret_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&sqlite_url(&dir.path().join("authql.db")));
+    config.jwt_secret_key = Some("only-31-bytes-long-secret-12345".into());
+    let error = Application::build(config).await.err().expect("start-up fails");
+    assert!(format!("{error:#}").contains("JWT_SECRET_KEY"), "{error:#}");
+}
+
+#[tokio::test]
+async fn without_a_secret_every_instance_on_the_database_agrees_on_a_generated_one() {
+    let first = spawn_app_with(|config| config.jwt_secret_key = None).await;
+    let account = first.register("shared@x.com").await;
+    // A second instance on the same database file.
+    let second = {
+        let mut config = test_config(&first.database_url);
+        config.jwt_secret_key = None;
+        let app = Application::build(config).await.expect("second instance starts");
+        let address = format!("http://{}", app.local_addr().unwrap());
+        tokio::spawn(app.run_until(std::future::pending()));
+        address
+    };
+    let response = first
+        .client
+        .post(format!("{second}/graphql"))
+        .bearer_auth(&account.access_token)
+        .json(&serde_json::json!({ "query": "{ me { email } }" }))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["me"]["email"], "shared@x.com", "{body}");
+
+    use sea_orm::EntityTrait;
+    let settings = authql::store::entity::setting::Entity::find()
+        .all(&first.db().await)
+        .await
+        .unwrap();
+    assert_eq!(settings.len(), 1);
+    assert!(settings[0].value.len() >= 32);
+}
