@@ -51,16 +51,19 @@ impl Application {
             .await
             .context("could not open the database (DATABASE_URL)")?;
         if config.migrate_on_start {
-            store.migrate().await.context("could not apply database migrations")?;
+            store
+                .migrate()
+                .await
+                .context("could not apply database migrations")?;
         }
         let store: Arc<dyn Store> = Arc::new(store);
         let secret = jwt_secret(&config, store.as_ref()).await?;
 
         let tokens = TokenKeys::new(&secret, &config.jwt_issuer, config.jwt_leeway_seconds)
             .map_err(|_| anyhow::anyhow!("could not build the token keys"))?;
-        let hash_slots = config.bcrypt_max_concurrency.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, usize::from)
-        });
+        let hash_slots = config
+            .bcrypt_max_concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let passwords = PasswordHasher::new(config.bcrypt_cost, hash_slots)
             .map_err(|_| anyhow::anyhow!("could not set up password hashing"))?;
         let service = AuthService::new(
@@ -91,7 +94,10 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         tracing::info!(address = %self.local_addr()?, "authql listening");
         axum::serve(
             self.listener,
@@ -181,7 +187,9 @@ async fn graphql_get(
         )
         .into_response();
     }
-    execute(&state, peer, &headers, request).await.into_response()
+    execute(&state, peer, &headers, request)
+        .await
+        .into_response()
 }
 
 /// Whether the operation that would run is a mutation. A query that does not parse is left to
@@ -227,7 +235,11 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn not_found() -> HttpError {
-    HttpError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route; the API is at /graphql")
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no such route; the API is at /graphql",
+    )
 }
 
 async fn method_not_allowed() -> HttpError {

@@ -47,7 +47,10 @@ impl UnauthenticatedReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppError {
     /// BAD_USER_INPUT: the input broke a rule; `field` names the input field. Nothing was changed.
-    BadUserInput { field: &'static str, message: String },
+    BadUserInput {
+        field: &'static str,
+        message: String,
+    },
     /// EMAIL_TAKEN: another account has this email (compared trimmed and case-insensitively).
     EmailTaken,
     /// USERNAME_TAKEN: another account has this username (compared case-insensitively).

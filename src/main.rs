@@ -30,7 +30,9 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(cli.config)
                 .await
                 .context("authql could not start")?;
-            app.run_until_stopped().await.context("authql stopped with an error")
+            app.run_until_stopped()
+                .await
+                .context("authql stopped with an error")
         }
     }
 }

@@ -32,7 +32,9 @@ impl BearerToken {
             return Self::Unreadable;
         };
         match value.trim().split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Some((scheme, token))
+                if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+            {
                 Self::Present(token.trim().to_owned())
             }
             _ => Self::Unreadable,
@@ -72,7 +74,9 @@ impl RequestAuth {
 
 /// The signed-in caller of this request, resolved once and then cached.
 pub async fn signed_in<'ctx>(ctx: &Context<'ctx>) -> Result<&'ctx Authenticated, AppError> {
-    let service = ctx.data::<AuthService>().map_err(|err| AppError::internal(err.message))?;
+    let service = ctx
+        .data::<AuthService>()
+        .map_err(|err| AppError::internal(err.message))?;
     match ctx.data_opt::<RequestAuth>() {
         Some(auth) => auth.resolve(service).await,
         None => Err(AppError::Unauthenticated(UnauthenticatedReason::Missing)),
@@ -104,8 +108,16 @@ mod tests {
             BearerToken::from_header(Some(b"bearer  abc ")),
             BearerToken::Present("abc".into())
         );
-        for unreadable in [&b"Basic dXNlcjpwYXNz"[..], b"Bearer", b"Bearer ", b"\xff\xfe"] {
-            assert_eq!(BearerToken::from_header(Some(unreadable)), BearerToken::Unreadable);
+        for unreadable in [
+            &b"Basic dXNlcjpwYXNz"[..],
+            b"Bearer",
+            b"Bearer ",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(
+                BearerToken::from_header(Some(unreadable)),
+                BearerToken::Unreadable
+            );
         }
     }
 }

@@ -78,7 +78,12 @@ mod tests {
         let hasher = PasswordHasher::new(4, 2).unwrap();
         let password = "p".repeat(100);
         let hash = hasher.hash(password.clone()).await.unwrap();
-        assert!(hasher.verify(password.clone(), Some(hash.clone())).await.unwrap());
+        assert!(
+            hasher
+                .verify(password.clone(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
         let mut last_byte_changed = password.clone();
         last_byte_changed.replace_range(99.., "q");
         assert!(!hasher.verify(last_byte_changed, Some(hash)).await.unwrap());

@@ -50,6 +50,7 @@ pub struct Claims {
 
 /// Keys and validation rules, built once at start-up from the secret.
 pub struct TokenKeys {
+    leeway_seconds: i64,
     encoding: EncodingKey,
     decoding: DecodingKey,
     issuer: String,
@@ -71,6 +72,7 @@ impl TokenKeys {
             validation
         };
         Ok(Self {
+            leeway_seconds: i64::try_from(leeway_seconds).unwrap_or(i64::MAX),
             encoding: EncodingKey::from_secret(secret).map_err(AppError::internal)?,
             decoding: DecodingKey::from_secret(secret).map_err(AppError::internal)?,
             issuer: issuer.to_owned(),
@@ -110,16 +112,22 @@ impl TokenKeys {
             TokenKind::Access => &self.access,
             TokenKind::Refresh => &self.refresh,
         };
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation).map_err(
-            |err| match err.kind() {
-                ErrorKind::ExpiredSignature => UnauthenticatedReason::Expired,
-                // The signature was good (it is checked first): a genuine token of the other kind.
-                ErrorKind::InvalidAudience => UnauthenticatedReason::WrongTokenType,
-                _ => UnauthenticatedReason::Malformed,
-            },
-        )?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, validation).map_err(|err| {
+                match err.kind() {
+                    ErrorKind::ExpiredSignature => UnauthenticatedReason::Expired,
+                    // The signature was good (it is checked first): a genuine token of the other kind.
+                    ErrorKind::InvalidAudience => UnauthenticatedReason::WrongTokenType,
+                    _ => UnauthenticatedReason::Malformed,
+                }
+            })?;
         if data.header.typ.as_deref() != Some(kind.typ()) {
             return Err(UnauthenticatedReason::WrongTokenType);
+        }
+        // RFC 7519 §4.1.4: not accepted *on* or after `exp`. jsonwebtoken still accepts during
+        // the second of `exp` itself, when the session row has already expired.
+        if data.claims.exp <= Utc::now().timestamp() - self.leeway_seconds {
+            return Err(UnauthenticatedReason::Expired);
         }
         Ok(data.claims)
     }
@@ -145,7 +153,14 @@ mod tests {
         let now = Utc::now();
         let jti = Uuid::new_v4();
         let token = keys
-            .issue(kind, Uuid::new_v4(), Uuid::new_v4(), jti, now, now + lifetime)
+            .issue(
+                kind,
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                jti,
+                now,
+                now + lifetime,
+            )
             .unwrap();
         (token, jti)
     }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use async_graphql::{
     Response, ServerError, ServerResult, ValidationResult, Value, Variables,
     extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest,
-        NextValidation,
+        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextValidation,
     },
     parser::types::ExecutableDocument,
 };

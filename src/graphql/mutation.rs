@@ -9,9 +9,11 @@ use crate::{
     service::{AuthService, ClientInfo, Registration},
 };
 
+/// Changes. `register`, `login` and `refresh` are public; the others need
+/// `Authorization: Bearer <accessToken>`.
 pub struct MutationRoot;
 
-#[Object]
+#[Object(name = "Mutation")]
 impl MutationRoot {
     /// Creates an account and its first session.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<AuthPayload> {
@@ -78,7 +80,11 @@ impl MutationRoot {
     #[graphql(guard = "SignedIn")]
     async fn change_password(&self, ctx: &Context<'_>, input: ChangePasswordInput) -> Result<bool> {
         service(ctx)?
-            .change_password(signed_in(ctx).await?, input.current_password, input.new_password)
+            .change_password(
+                signed_in(ctx).await?,
+                input.current_password,
+                input.new_password,
+            )
             .await?;
         Ok(true)
     }

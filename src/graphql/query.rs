@@ -6,9 +6,10 @@ use crate::{
     service::AuthService,
 };
 
+/// Reads; both need `Authorization: Bearer <accessToken>`.
 pub struct QueryRoot;
 
-#[Object]
+#[Object(name = "Query")]
 impl QueryRoot {
     /// The signed-in user.
     #[graphql(guard = "SignedIn")]
@@ -20,7 +21,10 @@ impl QueryRoot {
     #[graphql(guard = "SignedIn")]
     async fn my_sessions(&self, ctx: &Context<'_>) -> Result<Vec<Session>> {
         let caller = signed_in(ctx).await?;
-        let sessions = ctx.data::<AuthService>()?.live_sessions(caller.user.id).await?;
+        let sessions = ctx
+            .data::<AuthService>()?
+            .live_sessions(caller.user.id)
+            .await?;
         Ok(sessions
             .into_iter()
             .map(|session| Session::new(session, caller.session.id))

@@ -127,10 +127,12 @@ pub struct RegisterInput {
     pub username: Option<String>,
 }
 
+/// Credentials for a new session.
 #[derive(InputObject)]
 pub struct LoginInput {
     /// The account's email or username, in any case.
     pub email_or_username: String,
+    /// The account's password.
     pub password: String,
 }
 
@@ -143,8 +145,10 @@ pub struct RevokeTokensInput {
     pub tokens: Option<Vec<String>>,
 }
 
+/// A new password, proven by the current one.
 #[derive(InputObject)]
 pub struct ChangePasswordInput {
+    /// The password in use now.
     pub current_password: String,
     /// 8 characters to 256 bytes; every byte counts.
     pub new_password: String,

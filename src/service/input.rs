@@ -19,7 +19,10 @@ pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
     let display = raw.trim();
     let invalid = || AppError::bad_input(field, "enter an email address like name@example.com");
     if display.chars().count() > EMAIL_MAX_CHARS {
-        return Err(AppError::bad_input(field, "an email address has at most 254 characters"));
+        return Err(AppError::bad_input(
+            field,
+            "an email address has at most 254 characters",
+        ));
     }
     let (local, domain) = display.rsplit_once('@').ok_or_else(invalid)?;
     let well_formed = !local.is_empty()
@@ -39,7 +42,11 @@ pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
 /// A username (trimmed) and its case-insensitive form. It may contain `@` only when it is the
 /// account's own email, so that a login name never matches one user's email and another's
 /// username.
-pub fn username(field: &'static str, raw: &str, email: &Email) -> Result<(String, String), AppError> {
+pub fn username(
+    field: &'static str,
+    raw: &str,
+    email: &Email,
+) -> Result<(String, String), AppError> {
     let display = raw.trim();
     let normalized = normalize_login(display);
     if normalized == email.normalized {
@@ -47,9 +54,15 @@ pub fn username(field: &'static str, raw: &str, email: &Email) -> Result<(String
     }
     let length = display.chars().count();
     if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&length) {
-        return Err(AppError::bad_input(field, "a username has 3 to 64 characters"));
+        return Err(AppError::bad_input(
+            field,
+            "a username has 3 to 64 characters",
+        ));
     }
-    if display.chars().any(|c| c == '@' || c.is_whitespace() || c.is_control()) {
+    if display
+        .chars()
+        .any(|c| c == '@' || c.is_whitespace() || c.is_control())
+    {
         return Err(AppError::bad_input(
             field,
             "a username has no spaces and no @ (unless it is your email)",
@@ -60,13 +73,22 @@ pub fn username(field: &'static str, raw: &str, email: &Email) -> Result<(String
 
 pub fn password(field: &'static str, password: &str) -> Result<(), AppError> {
     if password.chars().count() < PASSWORD_MIN_CHARS {
-        return Err(AppError::bad_input(field, "a password has at least 8 characters"));
+        return Err(AppError::bad_input(
+            field,
+            "a password has at least 8 characters",
+        ));
     }
     if password.len() > PASSWORD_MAX_BYTES {
-        return Err(AppError::bad_input(field, "a password has at most 256 bytes"));
+        return Err(AppError::bad_input(
+            field,
+            "a password has at most 256 bytes",
+        ));
     }
     if password.contains('\0') {
-        return Err(AppError::bad_input(field, "a password cannot contain NUL characters"));
+        return Err(AppError::bad_input(
+            field,
+            "a password cannot contain NUL characters",
+        ));
     }
     Ok(())
 }

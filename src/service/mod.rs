@@ -126,12 +126,16 @@ impl AuthService {
             .find_credentials(&input::normalize_login(email_or_username))
             .await
             .map_err(AppError::internal)?;
-        let hash = credentials.as_ref().map(|found| found.password_hash.clone());
+        let hash = credentials
+            .as_ref()
+            .map(|found| found.password_hash.clone());
         if !self.inner.passwords.verify(password, hash).await? {
             tracing::info!("login failed");
             return Err(AppError::InvalidCredentials);
         }
-        let user = credentials.expect("verify succeeds only for a known account").user;
+        let user = credentials
+            .expect("verify succeeds only for a known account")
+            .user;
         let now = now();
         let session = self
             .inner
@@ -205,7 +209,8 @@ impl AuthService {
     }
 
     pub async fn logout(&self, caller: &Authenticated) -> Result<(), AppError> {
-        self.revoke_sessions(caller.user.id, &[caller.session.id]).await?;
+        self.revoke_sessions(caller.user.id, &[caller.session.id])
+            .await?;
         tracing::info!(user_id = %caller.user.id, session_id = %caller.session.id, "logged out");
         Ok(())
     }
@@ -231,7 +236,9 @@ impl AuthService {
                 format!("revoke at most {MAX_REVOCATIONS} sessions and tokens at once"),
             ));
         }
-        let by_id = session_ids.iter().filter_map(|id| Uuid::parse_str(id.trim()).ok());
+        let by_id = session_ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id.trim()).ok());
         let by_token = tokens
             .iter()
             .filter_map(|token| self.inner.tokens.verify_any(token.trim()))
@@ -287,7 +294,11 @@ impl AuthService {
         Ok(())
     }
 
-    async fn revoke_sessions(&self, user_id: Uuid, session_ids: &[Uuid]) -> Result<Vec<Uuid>, AppError> {
+    async fn revoke_sessions(
+        &self,
+        user_id: Uuid,
+        session_ids: &[Uuid],
+    ) -> Result<Vec<Uuid>, AppError> {
         self.inner
             .store
             .delete_user_sessions(user_id, session_ids)
@@ -303,18 +314,24 @@ impl AuthService {
             refresh_jti: Uuid::new_v4(),
             created_at: now,
             last_refreshed_at: None,
-            // Fixed here: refreshing rotates the tokens but never extends the session.
-            expires_at: now + self.inner.refresh_lifetime,
+            // Fixed here: refreshing rotates the tokens but never extends the session. Whole
+            // seconds, as the refresh token's `exp` is, so that both end at the same instant.
+            expires_at: whole_seconds(now + self.inner.refresh_lifetime),
             user_agent: client.user_agent,
             ip_address: client.ip_address,
         }
     }
 
-    fn issue(&self, user: User, session: Session, now: DateTime<Utc>) -> Result<IssuedTokens, AppError> {
+    fn issue(
+        &self,
+        user: User,
+        session: Session,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedTokens, AppError> {
         // An access token never outlives its session. JWTs count whole seconds, and so do the
         // expiry times reported with them.
-        let access_expires_at = whole_seconds((now + self.inner.access_lifetime).min(session.expires_at));
-        let refresh_expires_at = whole_seconds(session.expires_at);
+        let access_expires_at =
+            whole_seconds((now + self.inner.access_lifetime).min(session.expires_at));
         let tokens = &self.inner.tokens;
         Ok(IssuedTokens {
             access_token: tokens.issue(
@@ -332,9 +349,9 @@ impl AuthService {
                 session.id,
                 session.refresh_jti,
                 now,
-                refresh_expires_at,
+                session.expires_at,
             )?,
-            refresh_token_expires_at: refresh_expires_at,
+            refresh_token_expires_at: session.expires_at,
             user,
             session,
         })
@@ -345,7 +362,8 @@ impl AuthService {
 /// and read back compares equal.
 fn now() -> DateTime<Utc> {
     let now = Utc::now();
-    now.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(now)
+    now.duration_trunc(TimeDelta::microseconds(1))
+        .unwrap_or(now)
 }
 
 fn whole_seconds(time: DateTime<Utc>) -> DateTime<Utc> {

@@ -87,7 +87,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<(User, Session)>;
 
     /// Looks up by normalized email or normalized username.
-    async fn find_credentials(&self, login_normalized: &str) -> StoreResult<Option<UserCredentials>>;
+    async fn find_credentials(
+        &self,
+        login_normalized: &str,
+    ) -> StoreResult<Option<UserCredentials>>;
 
     async fn find_credentials_by_id(&self, user_id: Uuid) -> StoreResult<Option<UserCredentials>>;
 
@@ -104,16 +107,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies the rotation atomically (a conditional update): of several concurrent rotations
     /// presenting the same refresh jti exactly one gets `Some`.
-    async fn rotate_session(
-        &self,
-        rotation: Rotation,
-    ) -> StoreResult<Option<(User, Session)>>;
+    async fn rotate_session(&self, rotation: Rotation) -> StoreResult<Option<(User, Session)>>;
 
     /// The user's sessions that have not expired, newest first.
-    async fn list_live_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> StoreResult<Vec<Session>>;
+    async fn list_live_sessions(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Session>>;
 
     /// Deletes those of `session_ids` that belong to `user_id`; returns the ids deleted.
-    async fn delete_user_sessions(&self, user_id: Uuid, session_ids: &[Uuid]) -> StoreResult<Vec<Uuid>>;
+    async fn delete_user_sessions(
+        &self,
+        user_id: Uuid,
+        session_ids: &[Uuid],
+    ) -> StoreResult<Vec<Uuid>>;
 
     /// Deletes every session of the user but `keep`; returns how many.
     async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> StoreResult<u64>;

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, SqlErr, TransactionTrait,
+    ColumnTrait, Condition, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, SqlErr, TransactionTrait,
     sea_query::{Expr, OnConflict},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -159,7 +159,10 @@ impl Store for SeaStore {
         }
     }
 
-    async fn find_credentials(&self, login_normalized: &str) -> StoreResult<Option<UserCredentials>> {
+    async fn find_credentials(
+        &self,
+        login_normalized: &str,
+    ) -> StoreResult<Option<UserCredentials>> {
         Ok(user::Entity::find()
             .filter(
                 Condition::any()
@@ -205,8 +208,14 @@ impl Store for SeaStore {
 
     async fn rotate_session(&self, rotation: Rotation) -> StoreResult<Option<(User, Session)>> {
         let updated = session::Entity::update_many()
-            .col_expr(session::Column::AccessJti, Expr::value(rotation.new_access_jti))
-            .col_expr(session::Column::RefreshJti, Expr::value(rotation.new_refresh_jti))
+            .col_expr(
+                session::Column::AccessJti,
+                Expr::value(rotation.new_access_jti),
+            )
+            .col_expr(
+                session::Column::RefreshJti,
+                Expr::value(rotation.new_refresh_jti),
+            )
             .col_expr(session::Column::LastRefreshedAt, Expr::value(rotation.at))
             .filter(session::Column::Id.eq(rotation.session_id))
             .filter(session::Column::RefreshJti.eq(rotation.presented_refresh_jti))
@@ -216,11 +225,17 @@ impl Store for SeaStore {
         let Some(session) = updated.into_iter().next() else {
             return Ok(None);
         };
-        let user = user::Entity::find_by_id(session.user_id).one(&self.db).await?;
+        let user = user::Entity::find_by_id(session.user_id)
+            .one(&self.db)
+            .await?;
         Ok(user.map(|user| (user.into(), session.into())))
     }
 
-    async fn list_live_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> StoreResult<Vec<Session>> {
+    async fn list_live_sessions(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Session>> {
         Ok(session::Entity::find()
             .filter(session::Column::UserId.eq(user_id))
             .filter(session::Column::ExpiresAt.gt(now))
@@ -233,7 +248,11 @@ impl Store for SeaStore {
             .collect())
     }
 
-    async fn delete_user_sessions(&self, user_id: Uuid, session_ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+    async fn delete_user_sessions(
+        &self,
+        user_id: Uuid,
+        session_ids: &[Uuid],
+    ) -> StoreResult<Vec<Uuid>> {
         if session_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -285,7 +304,11 @@ impl Store for SeaStore {
         };
         // Whoever inserts first wins; everyone then reads the winner's value.
         setting::Entity::insert(row)
-            .on_conflict(OnConflict::column(setting::Column::Name).do_nothing().to_owned())
+            .on_conflict(
+                OnConflict::column(setting::Column::Name)
+                    .do_nothing()
+                    .to_owned(),
+            )
             .exec_without_returning(&self.db)
             .await?;
         let stored = setting::Entity::find_by_id(name.to_owned())
@@ -295,4 +318,3 @@ impl Store for SeaStore {
         Ok(stored.value)
     }
 }
-

@@ -26,7 +26,11 @@ async fn a_token_that_is_not_ours_is_malformed() {
     let account = app.register("shape@x.com").await;
     let mut tampered = account.access_token.clone();
     tampered.pop();
-    tampered.push(if account.access_token.ends_with('A') { 'B' } else { 'A' });
+    tampered.push(if account.access_token.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
     for token in ["garbage", "a.b.c", "a.b", tampered.as_str()] {
         assert_unauthenticated(&app.me(token).await, "MALFORMED");
     }
@@ -47,7 +51,10 @@ async fn each_token_kind_is_refused_where_the_other_belongs() {
     let app = spawn_app().await;
     let account = app.register("kinds@x.com").await;
     assert_unauthenticated(&app.me(&account.refresh_token).await, "WRONG_TOKEN_TYPE");
-    assert_unauthenticated(&app.refresh_raw(&account.access_token).await, "WRONG_TOKEN_TYPE");
+    assert_unauthenticated(
+        &app.refresh_raw(&account.access_token).await,
+        "WRONG_TOKEN_TYPE",
+    );
     // Neither attempt cost the session anything.
     assert_no_errors(&app.me(&account.access_token).await);
 }
@@ -75,7 +82,10 @@ async fn wrongly_typed_input_is_a_coded_error_not_a_crash() {
             None,
         )
         .await;
-    assert!(literal["errors"][0]["extensions"]["code"].is_string(), "{literal}");
+    assert!(
+        literal["errors"][0]["extensions"]["code"].is_string(),
+        "{literal}"
+    );
     let variable = app
         .graphql(
             "mutation($input: RegisterInput!) { register(input: $input) { accessToken } }",
@@ -83,7 +93,10 @@ async fn wrongly_typed_input_is_a_coded_error_not_a_crash() {
             None,
         )
         .await;
-    assert!(variable["errors"][0]["extensions"]["code"].is_string(), "{variable}");
+    assert!(
+        variable["errors"][0]["extensions"]["code"].is_string(),
+        "{variable}"
+    );
     let syntax = app.graphql("{ me { id ", json!({}), None).await;
     assert_eq!(error_code(&syntax), "GRAPHQL_PARSE_FAILED");
     let unknown_field = app.graphql("{ password }", json!({}), None).await;
@@ -106,7 +119,17 @@ async fn internal_failures_are_generic_and_carry_no_details() {
         .unwrap();
     let body = app.me(&account.access_token).await;
     assert_eq!(error_code(&body), "INTERNAL_SERVER_ERROR");
-    let message = body["errors"][0]["message"].as_str().unwrap().to_lowercase();
-    assert!(!message.contains("sql") && !message.contains("table"), "{message}");
-    assert_eq!(body["errors"][0]["extensions"].as_object().unwrap().len(), 1, "{body}");
+    let message = body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        !message.contains("sql") && !message.contains("table"),
+        "{message}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"].as_object().unwrap().len(),
+        1,
+        "{body}"
+    );
 }

@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
-use authql::{app::Application, config::Config, store::entity::{session, user}};
+use authql::{
+    app::Application,
+    config::Config,
+    store::entity::{session, user},
+};
 use sea_orm::{Database, DatabaseConnection, EntityTrait};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -16,7 +20,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub database_url: String,
-    pub dir: TempDir,
+    /// Holds the database file; removed when the test ends.
+    _dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -45,7 +50,7 @@ pub async fn spawn_app_in(dir: TempDir, configure: impl FnOnce(&mut Config)) -> 
         address,
         client: reqwest::Client::new(),
         database_url,
-        dir,
+        _dir: dir,
         shutdown: Some(shutdown),
     }
 }
@@ -57,7 +62,9 @@ pub fn test_config(database_url: &str) -> Config {
     // The lowest cost bcrypt allows: tests check behaviour, not hashing strength.
     config.bcrypt_cost = 4;
     config.jwt_leeway_seconds = 0;
-    config.jwt_secret_key = Some(SecretString::from("a test secret that is long enough to sign"));
+    config.jwt_secret_key = Some(SecretString::from(
+        "a test secret that is long enough to sign",
+    ));
     config
 }
 
@@ -75,21 +82,17 @@ impl Drop for TestApp {
 
 /// A registered account with the pair from its first session.
 pub struct Account {
-    pub email: String,
     pub access_token: String,
     pub refresh_token: String,
     pub session_id: String,
-    pub user_id: String,
 }
 
 impl Account {
-    fn from_payload(email: &str, payload: &Value) -> Self {
+    fn from_payload(payload: &Value) -> Self {
         Self {
-            email: email.to_owned(),
             access_token: string_at(payload, "/accessToken"),
             refresh_token: string_at(payload, "/refreshToken"),
             session_id: string_at(payload, "/session/id"),
-            user_id: string_at(payload, "/user/id"),
         }
     }
 }
@@ -114,7 +117,9 @@ impl TestApp {
 
     pub async fn register_raw(&self, email: &str, password: &str, username: Option<&str>) -> Value {
         self.graphql(
-            &format!("mutation($input: RegisterInput!) {{ register(input: $input) {{ {AUTH_FIELDS} }} }}"),
+            &format!(
+                "mutation($input: RegisterInput!) {{ register(input: $input) {{ {AUTH_FIELDS} }} }}"
+            ),
             json!({ "input": { "email": email, "password": password, "username": username } }),
             None,
         )
@@ -124,12 +129,14 @@ impl TestApp {
     pub async fn register(&self, email: &str) -> Account {
         let body = self.register_raw(email, PASSWORD, None).await;
         assert_no_errors(&body);
-        Account::from_payload(email, &body["data"]["register"])
+        Account::from_payload(&body["data"]["register"])
     }
 
     pub async fn login_raw(&self, email_or_username: &str, password: &str) -> Value {
         self.graphql(
-            &format!("mutation($input: LoginInput!) {{ login(input: $input) {{ {AUTH_FIELDS} }} }}"),
+            &format!(
+                "mutation($input: LoginInput!) {{ login(input: $input) {{ {AUTH_FIELDS} }} }}"
+            ),
             json!({ "input": { "emailOrUsername": email_or_username, "password": password } }),
             None,
         )
@@ -139,12 +146,14 @@ impl TestApp {
     pub async fn login(&self, email: &str) -> Account {
         let body = self.login_raw(email, PASSWORD).await;
         assert_no_errors(&body);
-        Account::from_payload(email, &body["data"]["login"])
+        Account::from_payload(&body["data"]["login"])
     }
 
     pub async fn refresh_raw(&self, refresh_token: &str) -> Value {
         self.graphql(
-            &format!("mutation($token: String!) {{ refresh(refreshToken: $token) {{ {AUTH_FIELDS} }} }}"),
+            &format!(
+                "mutation($token: String!) {{ refresh(refreshToken: $token) {{ {AUTH_FIELDS} }} }}"
+            ),
             json!({ "token": refresh_token }),
             None,
         )
@@ -152,8 +161,12 @@ impl TestApp {
     }
 
     pub async fn me(&self, access_token: &str) -> Value {
-        self.graphql("{ me { id email username createdAt } }", json!({}), Some(access_token))
-            .await
+        self.graphql(
+            "{ me { id email username createdAt } }",
+            json!({}),
+            Some(access_token),
+        )
+        .await
     }
 
     pub async fn my_sessions(&self, access_token: &str) -> Value {
@@ -176,15 +189,23 @@ impl TestApp {
 
     /// A direct connection to the test's database, to check what was stored.
     pub async fn db(&self) -> DatabaseConnection {
-        Database::connect(&self.database_url).await.expect("the test database opens")
+        Database::connect(&self.database_url)
+            .await
+            .expect("the test database opens")
     }
 
     pub async fn session_rows(&self) -> Vec<session::Model> {
-        session::Entity::find().all(&self.db().await).await.expect("sessions are readable")
+        session::Entity::find()
+            .all(&self.db().await)
+            .await
+            .expect("sessions are readable")
     }
 
     pub async fn user_rows(&self) -> Vec<user::Model> {
-        user::Entity::find().all(&self.db().await).await.expect("users are readable")
+        user::Entity::find()
+            .all(&self.db().await)
+            .await
+            .expect("users are readable")
     }
 }
 
@@ -208,5 +229,9 @@ pub fn error_code(body: &Value) -> String {
 /// Asserts UNAUTHENTICATED with the given reason.
 pub fn assert_unauthenticated(body: &Value, reason: &str) {
     assert_eq!(error_code(body), "UNAUTHENTICATED", "{body}");
-    assert_eq!(string_at(body, "/errors/0/extensions/reason"), reason, "{body}");
+    assert_eq!(
+        string_at(body, "/errors/0/extensions/reason"),
+        reason,
+        "{body}"
+    );
 }

@@ -7,8 +7,14 @@ use crate::helpers::*;
 
 async fn json_error(response: reqwest::Response, status: StatusCode, code: &str) {
     assert_eq!(response.status(), status);
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(error_code(&body), code, "{body}");
 }
@@ -16,23 +22,56 @@ async fn json_error(response: reqwest::Response, status: StatusCode, code: &str)
 #[tokio::test]
 async fn unknown_routes_are_404_json() {
     let app = spawn_app().await;
-    let response = app.client.get(format!("{}/v1/auth/login", app.address)).send().await.unwrap();
+    let response = app
+        .client
+        .get(format!("{}/v1/auth/login", app.address))
+        .send()
+        .await
+        .unwrap();
     json_error(response, StatusCode::NOT_FOUND, "NOT_FOUND").await;
 }
 
 #[tokio::test]
 async fn wrong_methods_are_405_json() {
     let app = spawn_app().await;
-    let response = app.client.delete(format!("{}/graphql", app.address)).send().await.unwrap();
-    json_error(response, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED").await;
-    let response = app.client.post(format!("{}/healthz", app.address)).send().await.unwrap();
-    json_error(response, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED").await;
+    let response = app
+        .client
+        .delete(format!("{}/graphql", app.address))
+        .send()
+        .await
+        .unwrap();
+    json_error(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+    )
+    .await;
+    let response = app
+        .client
+        .post(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    json_error(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn malformed_bodies_are_400_json_and_the_server_lives_on() {
     let app = spawn_app().await;
-    for body in ["{not json", "[]", "42", "{\"query\": 5}", ""] {
+    for body in [
+        "{not json",
+        "42",
+        "{\"query\": 5}",
+        "{\"query\": \"{ me { id } }\", \"variables\": [1]}",
+        "",
+        // A batch: one operation per request, so that no limit can be dodged by batching.
+        "[{\"query\": \"{ me { id } }\"}, {\"query\": \"{ me { id } }\"}]",
+    ] {
         let response = app
             .client
             .post(format!("{}/graphql", app.address))
@@ -70,8 +109,17 @@ async fn get_runs_queries_but_never_mutations() {
         .send()
         .await
         .unwrap();
-    json_error(response, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED").await;
-    assert_eq!(app.session_rows().await.len(), 1, "the mutation did not run");
+    json_error(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+    )
+    .await;
+    assert_eq!(
+        app.session_rows().await.len(),
+        1,
+        "the mutation did not run"
+    );
 }
 
 #[tokio::test]
@@ -79,8 +127,19 @@ async fn graphiql_and_health_are_served() {
     let app = spawn_app().await;
     let page = app.client.get(&app.address).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
-    assert!(page.text().await.unwrap().to_lowercase().contains("graphiql"));
-    let health = app.client.get(format!("{}/healthz", app.address)).send().await.unwrap();
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .to_lowercase()
+            .contains("graphiql")
+    );
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let body: Value = health.json().await.unwrap();
     assert_eq!(body["status"], json!("ok"));

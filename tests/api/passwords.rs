@@ -15,7 +15,10 @@ async fn every_byte_of_a_100_byte_password_counts() {
     assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
     // bcrypt alone would see only the first 72 bytes, which are the same.
     let first_72 = &password[..72];
-    assert_eq!(error_code(&app.login_raw("long@x.com", first_72).await), "INVALID_CREDENTIALS");
+    assert_eq!(
+        error_code(&app.login_raw("long@x.com", first_72).await),
+        "INVALID_CREDENTIALS"
+    );
 }
 
 #[tokio::test]
@@ -37,7 +40,10 @@ async fn change_password_replaces_it_and_ends_every_other_session() {
     assert_no_errors(&app.me(&current.access_token).await);
     assert_unauthenticated(&app.me(&other.access_token).await, "REVOKED");
     assert_eq!(app.session_rows().await.len(), 1);
-    assert_eq!(error_code(&app.login_raw("change@x.com", PASSWORD).await), "INVALID_CREDENTIALS");
+    assert_eq!(
+        error_code(&app.login_raw("change@x.com", PASSWORD).await),
+        "INVALID_CREDENTIALS"
+    );
     assert_no_errors(&app.login_raw("change@x.com", new_password).await);
 }
 
@@ -57,7 +63,10 @@ async fn change_password_refuses_a_wrong_current_password_or_a_weak_new_one() {
     assert_eq!(error_code(&wrong), "INVALID_CREDENTIALS");
     let weak = change(PASSWORD, "short").await;
     assert_eq!(error_code(&weak), "BAD_USER_INPUT");
-    assert_eq!(string_at(&weak, "/errors/0/extensions/field"), "newPassword");
+    assert_eq!(
+        string_at(&weak, "/errors/0/extensions/field"),
+        "newPassword"
+    );
 
     // Nothing changed: the old password works, and the other session lives.
     assert_no_errors(&app.login_raw("keep@x.com", PASSWORD).await);

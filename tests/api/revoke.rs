@@ -50,21 +50,29 @@ async fn revoke_needs_at_least_one_entry_and_at_most_one_hundred() {
     let app = spawn_app().await;
     let account = app.register("limits@x.com").await;
 
-    let empty = app.revoke(&account.access_token, json!([]), json!(null)).await;
+    let empty = app
+        .revoke(&account.access_token, json!([]), json!(null))
+        .await;
     assert_eq!(error_code(&empty), "BAD_USER_INPUT");
-    let neither = app.revoke(&account.access_token, json!(null), json!(null)).await;
+    let neither = app
+        .revoke(&account.access_token, json!(null), json!(null))
+        .await;
     assert_eq!(error_code(&neither), "BAD_USER_INPUT");
 
     let ids: Vec<String> = (0..60).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     let tokens: Vec<String> = (0..41).map(|i| format!("token-{i}")).collect();
-    let too_many = app.revoke(&account.access_token, json!(ids), json!(tokens)).await;
+    let too_many = app
+        .revoke(&account.access_token, json!(ids), json!(tokens))
+        .await;
     assert_eq!(error_code(&too_many), "BAD_USER_INPUT");
     assert!(too_many["errors"][0]["extensions"]["field"].is_string());
 
     // Exactly 100 is fine, and the caller's own session among them ends.
     let mut ids: Vec<String> = (0..99).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     ids.push(account.session_id.clone());
-    let at_limit = app.revoke(&account.access_token, json!(ids), json!(null)).await;
+    let at_limit = app
+        .revoke(&account.access_token, json!(ids), json!(null))
+        .await;
     assert_no_errors(&at_limit);
     assert_eq!(at_limit["data"]["revokeTokens"]["revokedCount"], json!(1));
     assert!(app.session_rows().await.is_empty());

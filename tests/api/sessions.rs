@@ -11,7 +11,10 @@ async fn of_twenty_parallel_refreshes_with_one_token_exactly_one_succeeds() {
     let account = app.register("race@example.com").await;
 
     let attempts = join_all((0..20).map(|_| app.refresh_raw(&account.refresh_token))).await;
-    let winners: Vec<_> = attempts.iter().filter(|body| body.get("errors").is_none()).collect();
+    let winners: Vec<_> = attempts
+        .iter()
+        .filter(|body| body.get("errors").is_none())
+        .collect();
     assert_eq!(winners.len(), 1, "{attempts:?}");
     for loser in attempts.iter().filter(|body| body.get("errors").is_some()) {
         assert_unauthenticated(loser, "REVOKED");
@@ -37,7 +40,11 @@ async fn refresh_keeps_the_session_expiry_fixed_at_login() {
         .refresh_raw(&string_at(&registered, "/data/register/refreshToken"))
         .await;
     assert_no_errors(&refreshed);
-    assert_eq!(app.session_rows().await[0].expires_at, before, "refresh must not slide the expiry");
+    assert_eq!(
+        app.session_rows().await[0].expires_at,
+        before,
+        "refresh must not slide the expiry"
+    );
     assert_eq!(
         string_at(&refreshed, "/data/refresh/refreshTokenExpiresAt"),
         string_at(&registered, "/data/register/refreshTokenExpiresAt"),
@@ -56,7 +63,13 @@ async fn revoke_other_sessions_keeps_only_the_current_one() {
     let second = app.login("many@example.com").await;
     let third = app.login("many@example.com").await;
 
-    let body = app.graphql("mutation { revokeOtherSessions }", json!({}), Some(&second.access_token)).await;
+    let body = app
+        .graphql(
+            "mutation { revokeOtherSessions }",
+            json!({}),
+            Some(&second.access_token),
+        )
+        .await;
     assert_eq!(body["data"]["revokeOtherSessions"], json!(2), "{body}");
     let rows = app.session_rows().await;
     assert_eq!(rows.len(), 1);

@@ -7,7 +7,10 @@ async fn a_short_secret_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(&sqlite_url(&dir.path().join("authql.db")));
     config.jwt_secret_key = Some("only-31-bytes-long-secret-12345".into());
-    let error = Application::build(config).await.err().expect("start-up fails");
+    let error = Application::build(config)
+        .await
+        .err()
+        .expect("start-up fails");
     assert!(format!("{error:#}").contains("JWT_SECRET_KEY"), "{error:#}");
 }
 
@@ -19,7 +22,9 @@ async fn without_a_secret_every_instance_on_the_database_agrees_on_a_generated_o
     let second = {
         let mut config = test_config(&first.database_url);
         config.jwt_secret_key = None;
-        let app = Application::build(config).await.expect("second instance starts");
+        let app = Application::build(config)
+            .await
+            .expect("second instance starts");
         let address = format!("http://{}", app.local_addr().unwrap());
         tokio::spawn(app.run_until(std::future::pending()));
         address

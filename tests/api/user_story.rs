@@ -16,8 +16,15 @@ async fn a_user_manages_their_sessions_from_register_to_logout() {
     assert_no_errors(&sessions);
     let listed = sessions["data"]["mySessions"].as_array().unwrap().clone();
     assert_eq!(listed.len(), 3);
-    assert_eq!(string_at(&listed[0], "/id"), phone.session_id, "newest first");
-    let current: Vec<_> = listed.iter().filter(|s| s["current"] == json!(true)).collect();
+    assert_eq!(
+        string_at(&listed[0], "/id"),
+        phone.session_id,
+        "newest first"
+    );
+    let current: Vec<_> = listed
+        .iter()
+        .filter(|s| s["current"] == json!(true))
+        .collect();
     assert_eq!(current.len(), 1);
     assert_eq!(string_at(current[0], "/id"), laptop.session_id);
 
@@ -59,7 +66,10 @@ async fn a_user_manages_their_sessions_from_register_to_logout() {
     assert_no_errors(&refreshed);
     let new_access = string_at(&refreshed, "/data/refresh/accessToken");
     let new_refresh = string_at(&refreshed, "/data/refresh/refreshToken");
-    assert_eq!(string_at(&refreshed, "/data/refresh/session/id"), laptop.session_id);
+    assert_eq!(
+        string_at(&refreshed, "/data/refresh/session/id"),
+        laptop.session_id
+    );
     assert_unauthenticated(&app.me(&laptop.access_token).await, "REVOKED");
     assert_unauthenticated(&app.refresh_raw(&laptop.refresh_token).await, "REVOKED");
     let me = app.me(&new_access).await;
@@ -67,7 +77,9 @@ async fn a_user_manages_their_sessions_from_register_to_logout() {
     assert_eq!(string_at(&me, "/data/me/email"), "ada@example.com");
 
     // Logout ends the session: both of its tokens are refused and its row is gone.
-    let logout = app.graphql("mutation { logout }", json!({}), Some(&new_access)).await;
+    let logout = app
+        .graphql("mutation { logout }", json!({}), Some(&new_access))
+        .await;
     assert_eq!(logout["data"]["logout"], json!(true));
     assert_unauthenticated(&app.me(&new_access).await, "REVOKED");
     assert_unauthenticated(&app.refresh_raw(&new_refresh).await, "REVOKED");
