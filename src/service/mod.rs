@@ -129,13 +129,14 @@ impl AuthService {
         let hash = credentials
             .as_ref()
             .map(|found| found.password_hash.clone());
-        if !self.inner.passwords.verify(password, hash).await? {
-            tracing::info!("login failed");
-            return Err(AppError::InvalidCredentials);
-        }
-        let user = credentials
-            .expect("verify succeeds only for a known account")
-            .user;
+        let verified = self.inner.passwords.verify(password, hash).await?;
+        let user = match credentials {
+            Some(found) if verified => found.user,
+            _ => {
+                tracing::info!("login failed");
+                return Err(AppError::InvalidCredentials);
+            }
+        };
         let now = now();
         let session = self
             .inner

@@ -2,6 +2,8 @@
 
 mod helpers;
 
+mod binary;
+
 mod errors;
 mod http;
 mod passwords;
