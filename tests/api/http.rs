@@ -1,6 +1,6 @@
 //! The HTTP surface: routes, methods and bodies that are not GraphQL still get JSON errors.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -34,30 +34,25 @@ async fn unknown_routes_are_404_json() {
 #[tokio::test]
 async fn wrong_methods_are_405_json() {
     let app = spawn_app().await;
-    let response = app
-        .client
-        .delete(format!("{}/graphql", app.address))
-        .send()
-        .await
-        .unwrap();
-    json_error(
-        response,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
-    )
-    .await;
-    let response = app
-        .client
-        .post(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
-    json_error(
-        response,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
-    )
-    .await;
+    for (method, path) in [
+        (Method::DELETE, "/graphql"),
+        (Method::PUT, "/graphql"),
+        (Method::POST, "/healthz"),
+        (Method::POST, "/"),
+    ] {
+        let response = app
+            .client
+            .request(method, format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        json_error(
+            response,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
