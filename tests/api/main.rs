@@ -10,6 +10,7 @@ mod passwords;
 mod register_login;
 mod revoke;
 mod schema;
+mod security;
 mod sessions;
 mod startup;
 mod user_story;
