@@ -13,6 +13,7 @@ use axum::{
     routing::get,
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::TimeDelta;
 use rand::RngCore;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -23,7 +24,7 @@ use crate::{
     auth::{BearerToken, PasswordHasher, RequestAuth, TokenKeys},
     config::Config,
     graphql::{AuthSchema, build_schema},
-    service::{AuthService, ClientInfo},
+    service::{AuthService, ClientInfo, Lifetimes},
     store::{SeaStore, Store},
 };
 
@@ -66,14 +67,7 @@ impl Application {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let passwords = PasswordHasher::new(config.bcrypt_cost, hash_slots)
             .map_err(|_| anyhow::anyhow!("could not set up password hashing"))?;
-        let service = AuthService::new(
-            store,
-            tokens,
-            passwords,
-            config.access_token_lifetime(),
-            config.refresh_token_lifetime(),
-        )
-        .map_err(|_| anyhow::anyhow!("token lifetimes are out of range"))?;
+        let service = AuthService::new(store, tokens, passwords, lifetimes(&config)?);
 
         let router = router(AppState {
             schema: build_schema(service),
@@ -107,6 +101,27 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await
     }
+}
+
+fn lifetimes(config: &Config) -> anyhow::Result<Lifetimes> {
+    let seconds = |value: u64, setting: &str| {
+        i64::try_from(value)
+            .ok()
+            .and_then(TimeDelta::try_seconds)
+            .with_context(|| format!("{setting} is out of range"))
+    };
+    Ok(Lifetimes {
+        access_token: seconds(config.jwt_access_token_expires, "JWT_ACCESS_TOKEN_EXPIRES")?,
+        session: seconds(
+            config.jwt_refresh_token_expires,
+            "JWT_REFRESH_TOKEN_EXPIRES",
+        )?,
+        session_idle: seconds(config.session_idle_timeout, "SESSION_IDLE_TIMEOUT")?,
+        refresh_reuse_grace: seconds(
+            config.refresh_reuse_grace_seconds,
+            "REFRESH_REUSE_GRACE_SECONDS",
+        )?,
+    })
 }
 
 /// The configured secret, or the one generated and kept in the database.

@@ -1,7 +1,7 @@
 //! Every setting of authql, read from flags, the environment and `.env` (in that order of
 //! precedence). `.env.example` lists them with their defaults.
 
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 use secrecy::SecretString;
@@ -13,6 +13,8 @@ const DEFAULT_ISSUER: &str = "authql";
 const DEFAULT_LEEWAY_SECONDS: u64 = 5;
 const DEFAULT_PORT: u16 = 8000;
 const DEFAULT_BCRYPT_COST: u32 = 12;
+const DEFAULT_SESSION_IDLE_TIMEOUT: u64 = 7 * 24 * 3600;
+const DEFAULT_REFRESH_REUSE_GRACE_SECONDS: u64 = 10;
 
 #[derive(Debug, Parser)]
 #[command(name = "authql", version, about = "A GraphQL authentication service")]
@@ -50,6 +52,16 @@ pub struct Config {
     /// not extend it.
     #[arg(long, env = "JWT_REFRESH_TOKEN_EXPIRES", default_value_t = DEFAULT_REFRESH_TOKEN_EXPIRES)]
     pub jwt_refresh_token_expires: u64,
+
+    /// A session that is not refreshed for this many seconds ends (its tokens stop working).
+    #[arg(long, env = "SESSION_IDLE_TIMEOUT", default_value_t = DEFAULT_SESSION_IDLE_TIMEOUT)]
+    pub session_idle_timeout: u64,
+
+    /// For this many seconds after a refresh, presenting the refresh token it replaced again
+    /// (a second tab, a lost response) returns the very same new pair. Later, it is reuse: the
+    /// session is revoked.
+    #[arg(long, env = "REFRESH_REUSE_GRACE_SECONDS", default_value_t = DEFAULT_REFRESH_REUSE_GRACE_SECONDS)]
+    pub refresh_reuse_grace_seconds: u64,
 
     /// The `iss` claim of issued tokens, and the only issuer accepted.
     #[arg(long, env = "JWT_ISSUER", default_value = DEFAULT_ISSUER)]
@@ -92,6 +104,8 @@ impl Config {
             jwt_secret_key: None,
             jwt_access_token_expires: DEFAULT_ACCESS_TOKEN_EXPIRES,
             jwt_refresh_token_expires: DEFAULT_REFRESH_TOKEN_EXPIRES,
+            session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
+            refresh_reuse_grace_seconds: DEFAULT_REFRESH_REUSE_GRACE_SECONDS,
             jwt_issuer: DEFAULT_ISSUER.into(),
             jwt_leeway_seconds: DEFAULT_LEEWAY_SECONDS,
             host: IpAddr::from([127, 0, 0, 1]),
@@ -100,14 +114,6 @@ impl Config {
             bcrypt_max_concurrency: None,
             migrate_on_start: true,
         }
-    }
-
-    pub fn access_token_lifetime(&self) -> Duration {
-        Duration::from_secs(self.jwt_access_token_expires)
-    }
-
-    pub fn refresh_token_lifetime(&self) -> Duration {
-        Duration::from_secs(self.jwt_refresh_token_expires)
     }
 }
 

@@ -20,6 +20,9 @@ pub enum UnauthenticatedReason {
     Revoked,
     /// A refresh token where an access token belongs, or the other way round.
     WrongTokenType,
+    /// A refresh token that was already rotated away: it may have been stolen, so its whole
+    /// session has been revoked.
+    RefreshTokenReused,
 }
 
 impl UnauthenticatedReason {
@@ -30,6 +33,7 @@ impl UnauthenticatedReason {
             Self::Expired => "EXPIRED",
             Self::Revoked => "REVOKED",
             Self::WrongTokenType => "WRONG_TOKEN_TYPE",
+            Self::RefreshTokenReused => "REFRESH_TOKEN_REUSED",
         }
     }
 
@@ -40,6 +44,9 @@ impl UnauthenticatedReason {
             Self::Expired => "the token has expired",
             Self::Revoked => "the token's session has ended",
             Self::WrongTokenType => "this is the wrong kind of token for this operation",
+            Self::RefreshTokenReused => {
+                "this refresh token was already used; its session has been ended for safety"
+            }
         }
     }
 }

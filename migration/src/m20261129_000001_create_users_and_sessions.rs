@@ -32,9 +32,14 @@ impl MigrationTrait for Migration {
                     // The allow-list: a token is valid only while its session row holds its jti.
                     .col(uuid_uniq(Sessions::AccessJti))
                     .col(uuid_uniq(Sessions::RefreshJti))
+                    // The refresh jti that the last rotation replaced: presenting it again is
+                    // either a retry within the grace window or reuse of a stolen token.
+                    .col(uuid_null(Sessions::PreviousRefreshJti))
                     .col(timestamp_with_time_zone(Sessions::CreatedAt))
                     .col(timestamp_with_time_zone_null(Sessions::LastRefreshedAt))
                     .col(timestamp_with_time_zone(Sessions::ExpiresAt))
+                    // Moves forward with every refresh; the session ends when either passes.
+                    .col(timestamp_with_time_zone(Sessions::IdleExpiresAt))
                     .col(string_null(Sessions::UserAgent))
                     .col(string_null(Sessions::IpAddress))
                     .foreign_key(
@@ -99,9 +104,11 @@ enum Sessions {
     UserId,
     AccessJti,
     RefreshJti,
+    PreviousRefreshJti,
     CreatedAt,
     LastRefreshedAt,
     ExpiresAt,
+    IdleExpiresAt,
     UserAgent,
     IpAddress,
 }

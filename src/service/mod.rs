@@ -50,8 +50,19 @@ struct Inner {
     store: Arc<dyn Store>,
     tokens: TokenKeys,
     passwords: PasswordHasher,
-    access_lifetime: TimeDelta,
-    refresh_lifetime: TimeDelta,
+    lifetimes: Lifetimes,
+}
+
+/// How long tokens and sessions live.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub access_token: TimeDelta,
+    /// A session's absolute lifetime, fixed at login, and so its refresh token's.
+    pub session: TimeDelta,
+    /// A session not refreshed for this long ends.
+    pub session_idle: TimeDelta,
+    /// How long after a rotation the replaced refresh token still gets the same new pair.
+    pub refresh_reuse_grace: TimeDelta,
 }
 
 impl AuthService {
@@ -59,19 +70,16 @@ impl AuthService {
         store: Arc<dyn Store>,
         tokens: TokenKeys,
         passwords: PasswordHasher,
-        access_lifetime: std::time::Duration,
-        refresh_lifetime: std::time::Duration,
-    ) -> Result<Self, AppError> {
-        let lifetime = |duration| TimeDelta::from_std(duration).map_err(AppError::internal);
-        Ok(Self {
+        lifetimes: Lifetimes,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 store,
                 tokens,
                 passwords,
-                access_lifetime: lifetime(access_lifetime)?,
-                refresh_lifetime: lifetime(refresh_lifetime)?,
+                lifetimes,
             }),
-        })
+        }
     }
 
     pub async fn register(
@@ -148,8 +156,12 @@ impl AuthService {
         self.issue(user, session, now)
     }
 
-    /// Rotates the session's token pair. The presented refresh token dies with its access token,
-    /// and of concurrent refreshes with one token exactly one succeeds.
+    /// Rotates the session's token pair: the presented refresh token dies with its access token,
+    /// and of concurrent refreshes with one token exactly one rotates.
+    ///
+    /// Presenting the replaced refresh token again is either a retry (a second tab, a lost
+    /// response) or a thief racing the owner. Within the grace window it is taken as a retry and
+    /// answered with the very pair the rotation issued; after it, the session is revoked.
     pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens, AppError> {
         let claims = self
             .inner
@@ -163,15 +175,47 @@ impl AuthService {
             new_access_jti: Uuid::new_v4(),
             new_refresh_jti: Uuid::new_v4(),
             at: now,
+            idle_expires_at: now + self.inner.lifetimes.session_idle,
         };
-        let (user, session) = self
-            .inner
-            .store
+        let store = &self.inner.store;
+        if let Some((user, session)) = store
             .rotate_session(rotation)
             .await
             .map_err(AppError::internal)?
+        {
+            return self.issue(user, session, now);
+        }
+
+        // Not rotated: the session is gone, has ended, or holds another refresh jti.
+        let (user, session) = store
+            .find_session(claims.sid)
+            .await
+            .map_err(AppError::internal)?
+            .filter(|(user, _)| user.id == claims.sub)
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
-        self.issue(user, session, now)
+        if !session.is_live(now) {
+            return Err(AppError::Unauthenticated(UnauthenticatedReason::Expired));
+        }
+        if session.previous_refresh_jti == Some(claims.jti)
+            && let Some(rotated_at) = session.last_refreshed_at
+            && now - rotated_at < self.inner.lifetimes.refresh_reuse_grace
+        {
+            // Signing is deterministic: the same claims give the same bytes.
+            return self.issue(user, session, rotated_at);
+        }
+        store
+            .delete_user_sessions(user.id, &[session.id])
+            .await
+            .map_err(AppError::internal)?;
+        tracing::warn!(
+            event = "refresh_token_reused",
+            user_id = %user.id,
+            session_id = %session.id,
+            "a rotated-away refresh token was presented; the session is revoked"
+        );
+        Err(AppError::Unauthenticated(
+            UnauthenticatedReason::RefreshTokenReused,
+        ))
     }
 
     /// Resolves a bearer token to its user and session: the token must be a genuine, unexpired
@@ -313,11 +357,13 @@ impl AuthService {
             user_id,
             access_jti: Uuid::new_v4(),
             refresh_jti: Uuid::new_v4(),
+            previous_refresh_jti: None,
             created_at: now,
             last_refreshed_at: None,
             // Fixed here: refreshing rotates the tokens but never extends the session. Whole
             // seconds, as the refresh token's `exp` is, so that both end at the same instant.
-            expires_at: whole_seconds(now + self.inner.refresh_lifetime),
+            expires_at: whole_seconds(now + self.inner.lifetimes.session),
+            idle_expires_at: now + self.inner.lifetimes.session_idle,
             user_agent: client.user_agent,
             ip_address: client.ip_address,
         }
@@ -332,7 +378,7 @@ impl AuthService {
         // An access token never outlives its session. JWTs count whole seconds, and so do the
         // expiry times reported with them.
         let access_expires_at =
-            whole_seconds((now + self.inner.access_lifetime).min(session.expires_at));
+            whole_seconds((now + self.inner.lifetimes.access_token).min(session.expires_at));
         let tokens = &self.inner.tokens;
         Ok(IssuedTokens {
             access_token: tokens.issue(

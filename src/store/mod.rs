@@ -34,9 +34,14 @@ pub struct Session {
     pub user_id: Uuid,
     pub access_jti: Uuid,
     pub refresh_jti: Uuid,
+    /// The refresh jti the last rotation replaced.
+    pub previous_refresh_jti: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub last_refreshed_at: Option<DateTime<Utc>>,
+    /// Absolute end, fixed at login.
     pub expires_at: DateTime<Utc>,
+    /// End if not refreshed before; moves forward with every refresh.
+    pub idle_expires_at: DateTime<Utc>,
     pub user_agent: Option<String>,
     pub ip_address: Option<String>,
 }
@@ -55,7 +60,15 @@ pub struct NewUser {
 /// A session's row before it is stored; `last_refreshed_at` starts empty.
 pub type NewSession = Session;
 
-/// Replace the session's token pair, but only if it still holds `presented_refresh_jti`.
+impl Session {
+    /// Neither past its absolute expiry nor idle for too long.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at > now && self.idle_expires_at > now
+    }
+}
+
+/// Replace the session's token pair, but only if it is live and still holds
+/// `presented_refresh_jti`.
 #[derive(Debug, Clone, Copy)]
 pub struct Rotation {
     pub session_id: Uuid,
@@ -63,6 +76,7 @@ pub struct Rotation {
     pub new_access_jti: Uuid,
     pub new_refresh_jti: Uuid,
     pub at: DateTime<Utc>,
+    pub idle_expires_at: DateTime<Utc>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +119,14 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<(User, Session)>>;
 
+    /// The session and its user, live or not.
+    async fn find_session(&self, session_id: Uuid) -> StoreResult<Option<(User, Session)>>;
+
     /// Applies the rotation atomically (a conditional update): of several concurrent rotations
     /// presenting the same refresh jti exactly one gets `Some`.
     async fn rotate_session(&self, rotation: Rotation) -> StoreResult<Option<(User, Session)>>;
 
-    /// The user's sessions that have not expired, newest first.
+    /// The user's live sessions, newest first.
     async fn list_live_sessions(
         &self,
         user_id: Uuid,

@@ -82,12 +82,28 @@ impl From<session::Model> for Session {
             user_id: row.user_id,
             access_jti: row.access_jti,
             refresh_jti: row.refresh_jti,
+            previous_refresh_jti: row.previous_refresh_jti,
             created_at: row.created_at,
             last_refreshed_at: row.last_refreshed_at,
             expires_at: row.expires_at,
+            idle_expires_at: row.idle_expires_at,
             user_agent: row.user_agent,
             ip_address: row.ip_address,
         }
+    }
+}
+
+/// The SQL twin of `Session::is_live`.
+fn live_at(now: DateTime<Utc>) -> Condition {
+    Condition::all()
+        .add(session::Column::ExpiresAt.gt(now))
+        .add(session::Column::IdleExpiresAt.gt(now))
+}
+
+fn with_user(found: Option<(session::Model, Option<user::Model>)>) -> Option<(User, Session)> {
+    match found {
+        Some((session, Some(user))) => Some((user.into(), session.into())),
+        _ => None,
     }
 }
 
@@ -97,9 +113,11 @@ fn new_session_row(session: NewSession) -> session::ActiveModel {
         user_id: Set(session.user_id),
         access_jti: Set(session.access_jti),
         refresh_jti: Set(session.refresh_jti),
+        previous_refresh_jti: Set(session.previous_refresh_jti),
         created_at: Set(session.created_at),
         last_refreshed_at: Set(session.last_refreshed_at),
         expires_at: Set(session.expires_at),
+        idle_expires_at: Set(session.idle_expires_at),
         user_agent: Set(session.user_agent),
         ip_address: Set(session.ip_address),
     }
@@ -196,14 +214,19 @@ impl Store for SeaStore {
     ) -> StoreResult<Option<(User, Session)>> {
         let found = session::Entity::find_by_id(session_id)
             .filter(session::Column::AccessJti.eq(access_jti))
-            .filter(session::Column::ExpiresAt.gt(now))
+            .filter(live_at(now))
             .find_also_related(user::Entity)
             .one(&self.db)
             .await?;
-        Ok(match found {
-            Some((session, Some(user))) => Some((user.into(), session.into())),
-            _ => None,
-        })
+        Ok(with_user(found))
+    }
+
+    async fn find_session(&self, session_id: Uuid) -> StoreResult<Option<(User, Session)>> {
+        let found = session::Entity::find_by_id(session_id)
+            .find_also_related(user::Entity)
+            .one(&self.db)
+            .await?;
+        Ok(with_user(found))
     }
 
     async fn rotate_session(&self, rotation: Rotation) -> StoreResult<Option<(User, Session)>> {
@@ -216,10 +239,18 @@ impl Store for SeaStore {
                 session::Column::RefreshJti,
                 Expr::value(rotation.new_refresh_jti),
             )
+            .col_expr(
+                session::Column::PreviousRefreshJti,
+                Expr::value(rotation.presented_refresh_jti),
+            )
             .col_expr(session::Column::LastRefreshedAt, Expr::value(rotation.at))
+            .col_expr(
+                session::Column::IdleExpiresAt,
+                Expr::value(rotation.idle_expires_at),
+            )
             .filter(session::Column::Id.eq(rotation.session_id))
             .filter(session::Column::RefreshJti.eq(rotation.presented_refresh_jti))
-            .filter(session::Column::ExpiresAt.gt(rotation.at))
+            .filter(live_at(rotation.at))
             .exec_with_returning(&self.db)
             .await?;
         let Some(session) = updated.into_iter().next() else {
@@ -238,7 +269,7 @@ impl Store for SeaStore {
     ) -> StoreResult<Vec<Session>> {
         Ok(session::Entity::find()
             .filter(session::Column::UserId.eq(user_id))
-            .filter(session::Column::ExpiresAt.gt(now))
+            .filter(live_at(now))
             .order_by_desc(session::Column::CreatedAt)
             .order_by_desc(session::Column::Id)
             .all(&self.db)

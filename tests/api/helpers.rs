@@ -235,3 +235,11 @@ pub fn assert_unauthenticated(body: &Value, reason: &str) {
         "{body}"
     );
 }
+
+/// The `jti` claim of a token, read without verification (tests compare it with stored rows).
+pub fn jti_of(token: &str) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    string_at(&claims, "/jti")
+}

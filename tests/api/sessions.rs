@@ -6,26 +6,68 @@ use serde_json::json;
 use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn of_twenty_parallel_refreshes_with_one_token_exactly_one_succeeds() {
+async fn twenty_parallel_refreshes_with_one_token_rotate_the_session_exactly_once() {
     let app = spawn_app().await;
     let account = app.register("race@example.com").await;
 
     let attempts = join_all((0..20).map(|_| app.refresh_raw(&account.refresh_token))).await;
-    let winners: Vec<_> = attempts
+    // One request rotates; the others arrive within the grace window and are answered with
+    // the very same pair, so the client ends up with one valid pair, never two.
+    let pairs: HashSet<(String, String)> = attempts
         .iter()
-        .filter(|body| body.get("errors").is_none())
+        .map(|body| {
+            assert_no_errors(body);
+            (
+                string_at(body, "/data/refresh/accessToken"),
+                string_at(body, "/data/refresh/refreshToken"),
+            )
+        })
         .collect();
-    assert_eq!(winners.len(), 1, "{attempts:?}");
-    for loser in attempts.iter().filter(|body| body.get("errors").is_some()) {
-        assert_unauthenticated(loser, "REVOKED");
-    }
+    assert_eq!(pairs.len(), 1, "exactly one new pair");
+    let (access, _) = pairs.into_iter().next().unwrap();
 
-    // The one stored pair is the winner's, and it works.
     let rows = app.session_rows().await;
     assert_eq!(rows.len(), 1);
-    let winner_access = string_at(winners[0], "/data/refresh/accessToken");
-    assert_no_errors(&app.me(&winner_access).await);
-    assert!(rows[0].last_refreshed_at.is_some());
+    assert_eq!(
+        rows[0].previous_refresh_jti.map(|jti| jti.to_string()),
+        Some(jti_of(&account.refresh_token))
+    );
+    assert_no_errors(&app.me(&access).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_grace_window_of_twenty_parallel_refreshes_exactly_one_succeeds() {
+    let app = spawn_app_with(|config| config.refresh_reuse_grace_seconds = 0).await;
+    let account = app.register("strict@example.com").await;
+
+    let attempts = join_all((0..20).map(|_| app.refresh_raw(&account.refresh_token))).await;
+    let winners = attempts
+        .iter()
+        .filter(|body| body.get("errors").is_none())
+        .count();
+    assert_eq!(winners, 1, "{attempts:?}");
+    // The first repeat to arrive revokes the session; repeats after it find none.
+    let reasons: Vec<String> = attempts
+        .iter()
+        .filter(|body| body.get("errors").is_some())
+        .map(|body| {
+            assert_eq!(error_code(body), "UNAUTHENTICATED");
+            string_at(body, "/errors/0/extensions/reason")
+        })
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|reason| reason == "REFRESH_TOKEN_REUSED"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .all(|reason| reason == "REFRESH_TOKEN_REUSED" || reason == "REVOKED")
+    );
+    // The repeats were reuse with no grace, so the session is gone, winner's pair included.
+    assert!(app.session_rows().await.is_empty());
 }
 
 #[tokio::test]

@@ -10,9 +10,11 @@ pub struct Model {
     pub access_jti: Uuid,
     #[sea_orm(unique)]
     pub refresh_jti: Uuid,
+    pub previous_refresh_jti: Option<Uuid>,
     pub created_at: DateTimeUtc,
     pub last_refreshed_at: Option<DateTimeUtc>,
     pub expires_at: DateTimeUtc,
+    pub idle_expires_at: DateTimeUtc,
     pub user_agent: Option<String>,
     pub ip_address: Option<String>,
 }

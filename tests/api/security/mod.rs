@@ -1,4 +1,5 @@
 //! Attacks on the running server, grouped by threat. Each test attacks over HTTP and checks
 //! that nothing was accepted, nothing was lost, and the server still serves.
 
+mod refresh_reuse;
 mod tokens;
