@@ -1,30 +1,28 @@
-//! The HTTP edge: builds state and router, binds (port 0 allowed), serves until a shutdown signal.
+//! Start-up: opens the database, settles keys and limits, builds the router (`http`), binds
+//! (port 0 allowed) and serves until a shutdown signal.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
-use async_graphql::{http::GraphiQLSource, http::parse_query_string, parser::types::OperationType};
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
-use axum::{
-    Json, Router,
-    extract::{ConnectInfo, State},
-    http::{HeaderMap, Request, StatusCode, header},
-    response::{Html, IntoResponse, Response},
-    routing::get,
-};
+use axum::Router;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::TimeDelta;
+use ipnet::IpNet;
 use rand::RngCore;
 use secrecy::ExposeSecret;
-use serde_json::json;
 use tokio::net::TcpListener;
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
 use crate::{
-    auth::{BearerToken, PasswordHasher, RequestAuth, TokenKeys},
+    auth::{PasswordHasher, TokenKeys},
     config::Config,
-    graphql::{AuthSchema, build_schema},
-    service::{AuthService, ClientInfo, Lifetimes},
+    graphql::build_schema,
+    http::{self, EdgeLimits},
+    service::{AuthService, Lifetimes},
     store::{SeaStore, Store},
 };
 
@@ -32,13 +30,6 @@ use crate::{
 const MIN_SECRET_BYTES: usize = 32;
 /// The setting under which a generated secret is kept, shared by every instance.
 const GENERATED_SECRET_SETTING: &str = "jwt_secret_key";
-/// Longest User-Agent kept on a session.
-const MAX_USER_AGENT_CHARS: usize = 512;
-
-#[derive(Clone)]
-struct AppState {
-    schema: AuthSchema,
-}
 
 pub struct Application {
     listener: TcpListener,
@@ -69,9 +60,7 @@ impl Application {
             .map_err(|_| anyhow::anyhow!("could not set up password hashing"))?;
         let service = AuthService::new(store, tokens, passwords, lifetimes(&config)?);
 
-        let router = router(AppState {
-            schema: build_schema(service),
-        });
+        let router = http::router(build_schema(service, &config), edge_limits(&config)?);
         let address = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(address)
             .await
@@ -101,6 +90,28 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await
     }
+}
+
+fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
+    let trusted_proxies = config
+        .trusted_proxies
+        .iter()
+        .map(|proxy| {
+            proxy
+                .parse::<IpNet>()
+                .or_else(|_| proxy.parse::<IpAddr>().map(IpNet::from))
+                .with_context(|| {
+                    format!("TRUSTED_PROXIES: {proxy:?} is not an address or CIDR range")
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(EdgeLimits {
+        max_body_bytes: config.max_body_bytes,
+        max_query_bytes: config.graphql_max_query_bytes,
+        max_query_nesting: config.graphql_max_nesting,
+        request_timeout: Duration::from_secs(config.request_timeout_seconds),
+        trusted_proxies,
+    })
 }
 
 fn lifetimes(config: &Config) -> anyhow::Result<Lifetimes> {
@@ -148,172 +159,6 @@ async fn jwt_secret(config: &Config, store: &dyn Store) -> anyhow::Result<Vec<u8
          database. Set JWT_SECRET_KEY to manage it yourself."
     );
     Ok(secret.into_bytes())
-}
-
-fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(graphiql))
-        .route("/graphql", get(graphql_get).post(graphql_post))
-        .route("/healthz", get(healthz))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(CatchPanicLayer::custom(|_| {
-            HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_SERVER_ERROR", "internal server error").into_response()
-        }))
-        // One span per request with method and path only: a query string may hold variables.
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-        }))
-}
-
-async fn graphql_post(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    request: GraphQLRequest<HttpError>,
-) -> GraphQLResponse {
-    execute(&state, peer, &headers, request.into_inner()).await
-}
-
-/// GET carries queries only: a mutation must not run from a link or an `<img>` tag.
-async fn graphql_get(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Response {
-    let request = match parse_query_string(uri.query().unwrap_or_default()) {
-        Ok(request) => request,
-        Err(_) => {
-            return HttpError::new(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                "a GET request needs a `query` parameter (and optionally `variables` as JSON)",
-            )
-            .into_response();
-        }
-    };
-    if is_mutation(&request.query, request.operation_name.as_deref()) {
-        return HttpError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            "mutations must be sent with POST",
-        )
-        .into_response();
-    }
-    execute(&state, peer, &headers, request)
-        .await
-        .into_response()
-}
-
-/// Whether the operation that would run is a mutation. A query that does not parse is left to
-/// the executor, which reports the parse error.
-fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
-    let Ok(document) = async_graphql::parser::parse_query(query) else {
-        return false;
-    };
-    document.operations.iter().any(|(name, operation)| {
-        let selected = match (operation_name, name) {
-            (Some(wanted), Some(name)) => wanted == name.as_str(),
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        selected && operation.node.ty == OperationType::Mutation
-    })
-}
-
-async fn execute(
-    state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    request: async_graphql::Request,
-) -> GraphQLResponse {
-    let bearer = BearerToken::from_header(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()));
-    let client = ClientInfo {
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|value| value.to_str().ok())
-            .map(|agent| agent.chars().take(MAX_USER_AGENT_CHARS).collect()),
-        ip_address: Some(peer.ip().to_string()),
-    };
-    let request = request.data(RequestAuth::new(bearer)).data(client);
-    state.schema.execute(request).await.into()
-}
-
-async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").finish())
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
-}
-
-async fn not_found() -> HttpError {
-    HttpError::new(
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-        "no such route; the API is at /graphql",
-    )
-}
-
-async fn method_not_allowed() -> HttpError {
-    HttpError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
-        "this route does not accept that method",
-    )
-}
-
-/// An error answered before GraphQL runs, shaped like a GraphQL response so that clients read
-/// every error the same way.
-#[derive(Debug)]
-pub struct HttpError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl HttpError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "errors": [{ "message": self.message, "extensions": { "code": self.code } }]
-        });
-        (self.status, Json(body)).into_response()
-    }
-}
-
-impl From<async_graphql::ParseRequestError> for HttpError {
-    fn from(error: async_graphql::ParseRequestError) -> Self {
-        use async_graphql::ParseRequestError::*;
-        match error {
-            PayloadTooLarge => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                "the request body is too large",
-            ),
-            UnsupportedBatch => Self::new(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                "batched requests are not supported; send one operation per request",
-            ),
-            _ => Self::new(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                "the body must be JSON like {\"query\": \"...\", \"variables\": {...}}",
-            ),
-        }
-    }
 }
 
 async fn shutdown_signal() {

@@ -13,6 +13,14 @@ const DEFAULT_ISSUER: &str = "authql";
 const DEFAULT_LEEWAY_SECONDS: u64 = 5;
 const DEFAULT_PORT: u16 = 8000;
 const DEFAULT_BCRYPT_COST: u32 = 12;
+const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+const DEFAULT_GRAPHQL_MAX_QUERY_BYTES: usize = 16 * 1024;
+const DEFAULT_GRAPHQL_MAX_NESTING: usize = 32;
+const DEFAULT_GRAPHQL_MAX_DEPTH: usize = 15;
+const DEFAULT_GRAPHQL_MAX_COMPLEXITY: usize = 1000;
+const DEFAULT_GRAPHQL_MAX_ALIASES: usize = 15;
+const DEFAULT_GRAPHQL_MAX_DIRECTIVES: usize = 5;
+const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 30;
 const DEFAULT_SESSION_IDLE_TIMEOUT: u64 = 7 * 24 * 3600;
 const DEFAULT_REFRESH_REUSE_GRACE_SECONDS: u64 = 10;
 
@@ -89,6 +97,49 @@ pub struct Config {
     #[arg(long, env = "BCRYPT_MAX_CONCURRENCY")]
     pub bcrypt_max_concurrency: Option<usize>,
 
+    /// Largest request body accepted, in bytes (413 beyond, checked while reading).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Longest GraphQL query text accepted, in bytes.
+    #[arg(long, env = "GRAPHQL_MAX_QUERY_BYTES", default_value_t = DEFAULT_GRAPHQL_MAX_QUERY_BYTES)]
+    pub graphql_max_query_bytes: usize,
+
+    /// Deepest nesting of brackets and braces in a query's text, checked before parsing.
+    #[arg(long, env = "GRAPHQL_MAX_NESTING", default_value_t = DEFAULT_GRAPHQL_MAX_NESTING)]
+    pub graphql_max_nesting: usize,
+
+    /// Deepest selection nesting of an operation.
+    #[arg(long, env = "GRAPHQL_MAX_DEPTH", default_value_t = DEFAULT_GRAPHQL_MAX_DEPTH)]
+    pub graphql_max_depth: usize,
+
+    /// Highest complexity of an operation: a field costs 1; `register`, `login`, `refresh` and
+    /// `changePassword` cost 500 each, so no operation holds two of them.
+    #[arg(long, env = "GRAPHQL_MAX_COMPLEXITY", default_value_t = DEFAULT_GRAPHQL_MAX_COMPLEXITY)]
+    pub graphql_max_complexity: usize,
+
+    /// Most aliased fields in one request.
+    #[arg(long, env = "GRAPHQL_MAX_ALIASES", default_value_t = DEFAULT_GRAPHQL_MAX_ALIASES)]
+    pub graphql_max_aliases: usize,
+
+    /// Most directives on one field.
+    #[arg(long, env = "GRAPHQL_MAX_DIRECTIVES", default_value_t = DEFAULT_GRAPHQL_MAX_DIRECTIVES)]
+    pub graphql_max_directives: usize,
+
+    /// Schema introspection and "did you mean" suggestions; turn off in production.
+    #[arg(long, env = "GRAPHQL_INTROSPECTION", default_value = "true",
+          value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub graphql_introspection: bool,
+
+    /// A request still running after this many seconds is stopped and answered 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECONDS)]
+    pub request_timeout_seconds: u64,
+
+    /// Proxies (addresses or CIDR ranges, comma-separated) whose X-Forwarded-For header names
+    /// the client; from anyone else the header is ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
     /// Apply pending database migrations at start-up.
     #[arg(long, env = "MIGRATE_ON_START", default_value = "true",
           value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
@@ -113,6 +164,16 @@ impl Config {
             bcrypt_cost: DEFAULT_BCRYPT_COST,
             bcrypt_max_concurrency: None,
             migrate_on_start: true,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            graphql_max_query_bytes: DEFAULT_GRAPHQL_MAX_QUERY_BYTES,
+            graphql_max_nesting: DEFAULT_GRAPHQL_MAX_NESTING,
+            graphql_max_depth: DEFAULT_GRAPHQL_MAX_DEPTH,
+            graphql_max_complexity: DEFAULT_GRAPHQL_MAX_COMPLEXITY,
+            graphql_max_aliases: DEFAULT_GRAPHQL_MAX_ALIASES,
+            graphql_max_directives: DEFAULT_GRAPHQL_MAX_DIRECTIVES,
+            graphql_introspection: true,
+            request_timeout_seconds: DEFAULT_REQUEST_TIMEOUT_SECONDS,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod graphql;
+pub mod http;
 pub mod service;
 pub mod store;
 pub mod telemetry;

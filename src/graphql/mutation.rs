@@ -1,5 +1,6 @@
 use async_graphql::{Context, ID, Object, Result};
 
+use super::EXPENSIVE_FIELD_COST;
 use super::types::{
     AuthPayload, ChangePasswordInput, LoginInput, RegisterInput, RevokeTokensInput,
     RevokeTokensPayload,
@@ -16,6 +17,7 @@ pub struct MutationRoot;
 #[Object(name = "Mutation")]
 impl MutationRoot {
     /// Creates an account and its first session.
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST")]
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<AuthPayload> {
         let registration = Registration {
             email: input.email,
@@ -27,6 +29,7 @@ impl MutationRoot {
     }
 
     /// Opens a new session; every login gets its own.
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST")]
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload> {
         let issued = service(ctx)?
             .login(&input.email_or_username, input.password, client(ctx))
@@ -35,6 +38,7 @@ impl MutationRoot {
     }
 
     /// Exchanges a refresh token for a new pair of the same session; the old pair dies at once.
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST")]
     async fn refresh(&self, ctx: &Context<'_>, refresh_token: String) -> Result<AuthPayload> {
         Ok(service(ctx)?.refresh(&refresh_token).await?.into())
     }
@@ -77,7 +81,7 @@ impl MutationRoot {
     }
 
     /// Changes the caller's password and ends every other session of the caller.
-    #[graphql(guard = "SignedIn")]
+    #[graphql(guard = "SignedIn", complexity = "EXPENSIVE_FIELD_COST")]
     async fn change_password(&self, ctx: &Context<'_>, input: ChangePasswordInput) -> Result<bool> {
         service(ctx)?
             .change_password(

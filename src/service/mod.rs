@@ -21,7 +21,7 @@ pub const MAX_REVOCATIONS: usize = 100;
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
     pub user_agent: Option<String>,
-    pub ip_address: Option<String>,
+    pub ip: Option<std::net::IpAddr>,
 }
 
 pub struct Registration {
@@ -365,7 +365,7 @@ impl AuthService {
             expires_at: whole_seconds(now + self.inner.lifetimes.session),
             idle_expires_at: now + self.inner.lifetimes.session_idle,
             user_agent: client.user_agent,
-            ip_address: client.ip_address,
+            ip_address: client.ip.map(|ip| ip.to_string()),
         }
     }
 
