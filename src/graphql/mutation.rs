@@ -17,7 +17,7 @@ pub struct MutationRoot;
 #[Object(name = "Mutation")]
 impl MutationRoot {
     /// Creates an account and its first session.
-    #[graphql(complexity = "EXPENSIVE_FIELD_COST")]
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<AuthPayload> {
         let registration = Registration {
             email: input.email,
@@ -29,7 +29,7 @@ impl MutationRoot {
     }
 
     /// Opens a new session; every login gets its own.
-    #[graphql(complexity = "EXPENSIVE_FIELD_COST")]
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload> {
         let issued = service(ctx)?
             .login(&input.email_or_username, input.password, client(ctx))
@@ -38,7 +38,7 @@ impl MutationRoot {
     }
 
     /// Exchanges a refresh token for a new pair of the same session; the old pair dies at once.
-    #[graphql(complexity = "EXPENSIVE_FIELD_COST")]
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
     async fn refresh(&self, ctx: &Context<'_>, refresh_token: String) -> Result<AuthPayload> {
         Ok(service(ctx)?.refresh(&refresh_token).await?.into())
     }
@@ -81,7 +81,10 @@ impl MutationRoot {
     }
 
     /// Changes the caller's password and ends every other session of the caller.
-    #[graphql(guard = "SignedIn", complexity = "EXPENSIVE_FIELD_COST")]
+    #[graphql(
+        guard = "SignedIn",
+        complexity = "EXPENSIVE_FIELD_COST + child_complexity"
+    )]
     async fn change_password(&self, ctx: &Context<'_>, input: ChangePasswordInput) -> Result<bool> {
         service(ctx)?
             .change_password(

@@ -1,5 +1,6 @@
 //! Attacks on the running server, grouped by threat. Each test attacks over HTTP and checks
 //! that nothing was accepted, nothing was lost, and the server still serves.
 
+mod graphql_abuse;
 mod refresh_reuse;
 mod tokens;
