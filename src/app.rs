@@ -4,6 +4,7 @@
 use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
     sync::Arc,
     time::Duration,
 };
@@ -22,7 +23,10 @@ use crate::{
     config::Config,
     graphql::build_schema,
     http::{self, EdgeLimits},
-    service::{AuthService, Lifetimes},
+    service::{
+        AuthService, Lifetimes,
+        rate_limit::{RateLimitSettings, RateLimits},
+    },
     store::{SeaStore, Store},
 };
 
@@ -58,7 +62,11 @@ impl Application {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let passwords = PasswordHasher::new(config.bcrypt_cost, hash_slots)
             .map_err(|_| anyhow::anyhow!("could not set up password hashing"))?;
-        let service = AuthService::new(store, tokens, passwords, lifetimes(&config)?);
+        let rate_limits = RateLimits::new(RateLimitSettings {
+            per_ip_per_minute: NonZeroU32::new(config.rate_limit_ip_per_minute),
+            per_account_per_minute: NonZeroU32::new(config.rate_limit_account_per_minute),
+        });
+        let service = AuthService::new(store, tokens, passwords, lifetimes(&config)?, rate_limits);
 
         let router = http::router(build_schema(service, &config), edge_limits(&config)?);
         let address = SocketAddr::new(config.host, config.port);

@@ -21,6 +21,8 @@ const DEFAULT_GRAPHQL_MAX_COMPLEXITY: usize = 1000;
 const DEFAULT_GRAPHQL_MAX_ALIASES: usize = 15;
 const DEFAULT_GRAPHQL_MAX_DIRECTIVES: usize = 5;
 const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 30;
+const DEFAULT_RATE_LIMIT_IP_PER_MINUTE: u32 = 60;
+const DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE: u32 = 10;
 const DEFAULT_SESSION_IDLE_TIMEOUT: u64 = 7 * 24 * 3600;
 const DEFAULT_REFRESH_REUSE_GRACE_SECONDS: u64 = 10;
 
@@ -135,6 +137,16 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECONDS)]
     pub request_timeout_seconds: u64,
 
+    /// Attempts per minute at each of login, register, refresh and changePassword from one
+    /// client address; 0 switches the limit off.
+    #[arg(long, env = "RATE_LIMIT_IP_PER_MINUTE", default_value_t = DEFAULT_RATE_LIMIT_IP_PER_MINUTE)]
+    pub rate_limit_ip_per_minute: u32,
+
+    /// Attempts per minute at one account (login name for login, user for changePassword,
+    /// session for refresh) from one client address; 0 switches the limit off.
+    #[arg(long, env = "RATE_LIMIT_ACCOUNT_PER_MINUTE", default_value_t = DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE)]
+    pub rate_limit_account_per_minute: u32,
+
     /// Proxies (addresses or CIDR ranges, comma-separated) whose X-Forwarded-For header names
     /// the client; from anyone else the header is ignored.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
@@ -174,6 +186,8 @@ impl Config {
             graphql_introspection: true,
             request_timeout_seconds: DEFAULT_REQUEST_TIMEOUT_SECONDS,
             trusted_proxies: Vec::new(),
+            rate_limit_ip_per_minute: DEFAULT_RATE_LIMIT_IP_PER_MINUTE,
+            rate_limit_account_per_minute: DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE,
         }
     }
 }

@@ -66,6 +66,9 @@ pub enum AppError {
     InvalidCredentials,
     /// UNAUTHENTICATED: no usable token; `reason` says why.
     Unauthenticated(UnauthenticatedReason),
+    /// RATE_LIMITED: too many attempts from this client or at this account; `retryAfterSeconds`
+    /// says when the next one will be taken.
+    RateLimited { retry_after_seconds: u64 },
     /// INTERNAL_SERVER_ERROR: something failed on our side; the cause is in the server log only.
     Internal,
 }
@@ -78,6 +81,7 @@ impl AppError {
             Self::UsernameTaken => "USERNAME_TAKEN",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Internal => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -90,6 +94,11 @@ impl AppError {
             Self::UsernameTaken => "this username is already taken".into(),
             Self::InvalidCredentials => "the email, username or password is not right".into(),
             Self::Unauthenticated(reason) => reason.message().into(),
+            Self::RateLimited {
+                retry_after_seconds,
+            } => {
+                format!("too many attempts; try again in {retry_after_seconds} s")
+            }
             Self::Internal => "internal server error".into(),
         }
     }
@@ -115,6 +124,9 @@ impl From<AppError> for async_graphql::Error {
             match &error {
                 AppError::BadUserInput { field, .. } => extensions.set("field", *field),
                 AppError::Unauthenticated(reason) => extensions.set("reason", reason.as_code()),
+                AppError::RateLimited {
+                    retry_after_seconds,
+                } => extensions.set("retryAfterSeconds", *retry_after_seconds),
                 _ => {}
             }
         })

@@ -40,7 +40,10 @@ impl MutationRoot {
     /// Exchanges a refresh token for a new pair of the same session; the old pair dies at once.
     #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
     async fn refresh(&self, ctx: &Context<'_>, refresh_token: String) -> Result<AuthPayload> {
-        Ok(service(ctx)?.refresh(&refresh_token).await?.into())
+        Ok(service(ctx)?
+            .refresh(&refresh_token, client(ctx))
+            .await?
+            .into())
     }
 
     /// Ends the session of this request's access token.
@@ -91,6 +94,7 @@ impl MutationRoot {
                 signed_in(ctx).await?,
                 input.current_password,
                 input.new_password,
+                client(ctx),
             )
             .await?;
         Ok(true)

@@ -1,6 +1,17 @@
 //! The rules for what a user may type, applied before anything is hashed or stored.
 
+use std::{collections::HashSet, sync::LazyLock};
+
 use crate::error::AppError;
+
+/// Shipped with authql; see the file for where it comes from.
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("common_passwords.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+});
 
 pub const PASSWORD_MIN_CHARS: usize = 8;
 pub const PASSWORD_MAX_BYTES: usize = 256;
@@ -90,6 +101,12 @@ pub fn password(field: &'static str, password: &str) -> Result<(), AppError> {
             "a password cannot contain NUL characters",
         ));
     }
+    if COMMON_PASSWORDS.contains(password.to_lowercase().as_str()) {
+        return Err(AppError::bad_input(
+            field,
+            "this password is among the most common ones; choose another",
+        ));
+    }
     Ok(())
 }
 
@@ -127,9 +144,14 @@ mod tests {
     #[test]
     fn password_length_is_8_characters_to_256_bytes() {
         assert!(password("password", "1234567").is_err());
-        assert!(password("password", "12345678").is_ok());
+        assert!(password("password", "1234567x").is_ok());
         assert!(password("password", &"x".repeat(256)).is_ok());
         assert!(password("password", &"x".repeat(257)).is_err());
         assert!(password("password", "12345678\0").is_err());
+        assert!(
+            password("password", "Password123").is_err(),
+            "common, in any case"
+        );
+        assert!(password("password", "correct horse battery staple").is_ok());
     }
 }

@@ -2,6 +2,7 @@
 //! list and revoke sessions, change passwords.
 
 pub mod input;
+pub mod rate_limit;
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -11,6 +12,7 @@ use uuid::Uuid;
 use crate::{
     auth::{Authenticated, BearerToken, PasswordHasher, TokenKeys, TokenKind},
     error::{AppError, UnauthenticatedReason},
+    service::rate_limit::{Operation, RateLimits},
     store::{NewUser, Rotation, Session, Store, StoreError, User},
 };
 
@@ -51,6 +53,7 @@ struct Inner {
     tokens: TokenKeys,
     passwords: PasswordHasher,
     lifetimes: Lifetimes,
+    rate_limits: RateLimits,
 }
 
 /// How long tokens and sessions live.
@@ -71,6 +74,7 @@ impl AuthService {
         tokens: TokenKeys,
         passwords: PasswordHasher,
         lifetimes: Lifetimes,
+        rate_limits: RateLimits,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -78,6 +82,7 @@ impl AuthService {
                 tokens,
                 passwords,
                 lifetimes,
+                rate_limits,
             }),
         }
     }
@@ -87,6 +92,8 @@ impl AuthService {
         registration: Registration,
         client: ClientInfo,
     ) -> Result<IssuedTokens, AppError> {
+        let limits = &self.inner.rate_limits;
+        limits.check_client(Operation::Register, client.ip)?;
         let email = input::email("email", &registration.email)?;
         let username_raw = registration.username.as_deref().unwrap_or(&email.display);
         let (username, username_normalized) = input::username("username", username_raw, &email)?;
@@ -124,6 +131,10 @@ impl AuthService {
         password: String,
         client: ClientInfo,
     ) -> Result<IssuedTokens, AppError> {
+        let login = input::normalize_login(email_or_username);
+        let limits = &self.inner.rate_limits;
+        limits.check_client(Operation::Login, client.ip)?;
+        limits.check_account(Operation::Login, &login, client.ip)?;
         // Only the limits that protect the server; the password policy is for new passwords.
         if password.len() > input::PASSWORD_MAX_BYTES {
             return Err(AppError::InvalidCredentials);
@@ -131,7 +142,7 @@ impl AuthService {
         let credentials = self
             .inner
             .store
-            .find_credentials(&input::normalize_login(email_or_username))
+            .find_credentials(&login)
             .await
             .map_err(AppError::internal)?;
         let hash = credentials
@@ -141,7 +152,7 @@ impl AuthService {
         let user = match credentials {
             Some(found) if verified => found.user,
             _ => {
-                tracing::info!("login failed");
+                tracing::info!(event = "login_failed", ip = ?client.ip, "login failed");
                 return Err(AppError::InvalidCredentials);
             }
         };
@@ -162,12 +173,19 @@ impl AuthService {
     /// Presenting the replaced refresh token again is either a retry (a second tab, a lost
     /// response) or a thief racing the owner. Within the grace window it is taken as a retry and
     /// answered with the very pair the rotation issued; after it, the session is revoked.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens, AppError> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client: ClientInfo,
+    ) -> Result<IssuedTokens, AppError> {
+        let limits = &self.inner.rate_limits;
+        limits.check_client(Operation::Refresh, client.ip)?;
         let claims = self
             .inner
             .tokens
             .verify(TokenKind::Refresh, refresh_token)
             .map_err(AppError::Unauthenticated)?;
+        limits.check_account(Operation::Refresh, &claims.sid.to_string(), client.ip)?;
         let now = now();
         let rotation = Rotation {
             session_id: claims.sid,
@@ -310,7 +328,15 @@ impl AuthService {
         caller: &Authenticated,
         current_password: String,
         new_password: String,
+        client: ClientInfo,
     ) -> Result<(), AppError> {
+        let limits = &self.inner.rate_limits;
+        limits.check_client(Operation::ChangePassword, client.ip)?;
+        limits.check_account(
+            Operation::ChangePassword,
+            &caller.user.id.to_string(),
+            client.ip,
+        )?;
         input::password("newPassword", &new_password)?;
         let credentials = self
             .inner

@@ -65,6 +65,9 @@ pub fn test_config(database_url: &str) -> Config {
     config.jwt_secret_key = Some(SecretString::from(
         "a test secret that is long enough to sign",
     ));
+    // Every test comes from 127.0.0.1: rate limits are tested on their own (security::brute_force).
+    config.rate_limit_ip_per_minute = 10_000;
+    config.rate_limit_account_per_minute = 10_000;
     config
 }
 
@@ -104,12 +107,27 @@ pub const AUTH_FIELDS: &str = "accessToken refreshToken tokenType accessTokenExp
 impl TestApp {
     /// POSTs a GraphQL request; returns the whole response body.
     pub async fn graphql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
+        self.graphql_from(None, query, variables, token).await
+    }
+
+    /// As `graphql`, claiming to come from `client_ip` through a proxy (the test app must trust
+    /// 127.0.0.1 as a proxy for the claim to count).
+    pub async fn graphql_from(
+        &self,
+        client_ip: Option<&str>,
+        query: &str,
+        variables: Value,
+        token: Option<&str>,
+    ) -> Value {
         let mut request = self
             .client
             .post(format!("{}/graphql", self.address))
             .json(&json!({ "query": query, "variables": variables }));
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        if let Some(client_ip) = client_ip {
+            request = request.header("x-forwarded-for", client_ip);
         }
         let response = request.send().await.expect("the server answers");
         response.json().await.expect("a JSON body")

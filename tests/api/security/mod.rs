@@ -1,6 +1,7 @@
 //! Attacks on the running server, grouped by threat. Each test attacks over HTTP and checks
 //! that nothing was accepted, nothing was lost, and the server still serves.
 
+mod brute_force;
 mod graphql_abuse;
 mod refresh_reuse;
 mod tokens;
