@@ -72,7 +72,11 @@ impl RateLimits {
 
     /// Takes a token from the client address's bucket for this operation.
     pub fn check_client(&self, operation: Operation, ip: Option<IpAddr>) -> Result<(), AppError> {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % CHECKS_BETWEEN_CLEANUPS == 0 {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(CHECKS_BETWEEN_CLEANUPS)
+        {
             self.forget_idle_buckets();
         }
         match (&self.per_ip, ip) {
