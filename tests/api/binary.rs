@@ -1,54 +1,11 @@
 //! The `authql` binary itself, as the README runs it.
 
 use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The running binary; killed when dropped, so that a failing test leaves no process behind.
-struct RunningBinary(Child);
-
-impl Drop for RunningBinary {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Starts the binary in `dir` with no configuration but the port, and waits until it serves.
-async fn start_binary(dir: &std::path::Path, port: u16) -> RunningBinary {
-    let child = Command::new(env!("CARGO_BIN_EXE_authql"))
-        .current_dir(dir)
-        .env_clear()
-        .env("PORT", port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let child = RunningBinary(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let url = format!("http://127.0.0.1:{port}/healthz");
-    while Instant::now() < deadline {
-        if let Ok(response) = reqwest::get(&url).await
-            && response.status().is_success()
-        {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("authql did not serve /healthz within 20 s");
-}
+use crate::helpers::start_binary;
 
 fn wait_for_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
@@ -67,8 +24,8 @@ fn wait_for_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
 #[tokio::test]
 async fn with_no_configuration_it_serves_on_a_new_sqlite_file_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut binary = start_binary(dir.path(), port).await;
+    let mut binary = start_binary(dir.path(), &[]).await;
+    let port = binary.port;
     assert!(
         dir.path().join("authql.db").exists(),
         "the default database file was created"
@@ -91,11 +48,11 @@ async fn with_no_configuration_it_serves_on_a_new_sqlite_file_and_stops_on_sigte
     );
 
     let killed = Command::new("kill")
-        .args(["-TERM", &binary.0.id().to_string()])
+        .args(["-TERM", &binary.child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = wait_for_exit(&mut binary.0, Duration::from_secs(10));
+    let status = wait_for_exit(&mut binary.child, Duration::from_secs(10));
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }
 

@@ -261,3 +261,73 @@ pub fn jti_of(token: &str) -> String {
     let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
     string_at(&claims, "/jti")
 }
+
+/// The `authql` binary running in a folder of its own; killed when dropped, so that a failing
+/// test leaves no process behind.
+pub struct RunningBinary {
+    pub child: std::process::Child,
+    pub port: u16,
+    /// Where its stdout and stderr go.
+    pub log_path: PathBuf,
+}
+
+impl Drop for RunningBinary {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl RunningBinary {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// Starts the binary in `dir` with nothing in its environment but `PORT` and `env`, and waits
+/// until it serves `/healthz`.
+pub async fn start_binary(dir: &std::path::Path, env: &[(&str, &str)]) -> RunningBinary {
+    use std::{
+        process::{Command, Stdio},
+        time::{Duration, Instant},
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let log_path = dir.join("authql.log");
+    let log = std::fs::File::create(&log_path).expect("a log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_authql"))
+        .current_dir(dir)
+        .env_clear()
+        .env("PORT", port.to_string())
+        .envs(env.iter().copied())
+        .stdout(Stdio::from(log.try_clone().expect("a second handle")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("the binary starts");
+    let binary = RunningBinary {
+        child,
+        port,
+        log_path,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(response) = reqwest::get(binary.url("/healthz")).await
+            && response.status().is_success()
+        {
+            return binary;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "authql did not serve /healthz within 20 s:\n{}",
+        binary.log()
+    );
+}

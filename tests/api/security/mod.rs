@@ -3,5 +3,6 @@
 
 mod brute_force;
 mod graphql_abuse;
+mod logs;
 mod refresh_reuse;
 mod tokens;

@@ -1,0 +1,147 @@
+//! Secrets in logs (ASVS 16.2): every operation runs with a canary password and canary-shaped
+//! tokens against the real binary at the most verbose log level; neither may appear in its
+//! output, while the security events do.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const CANARY_PASSWORD: &str = "CANARY-password-7f3a9c";
+const NEW_CANARY_PASSWORD: &str = "CANARY-new-password-51d2e8";
+/// Shaped like a JWT, so that anything that logs tokens would log it.
+const CANARY_TOKEN: &str =
+    "eyJDQU5BUlkiOiJ0b2tlbiJ9.eyJDQU5BUlkiOiJjbGFpbXMifQ.Q0FOQVJZLXNpZ25hdHVyZQ";
+
+#[tokio::test]
+async fn no_password_or_token_reaches_the_logs_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = start_binary(
+        dir.path(),
+        &[
+            ("RUST_LOG", "trace"),
+            ("BCRYPT_COST", "4"),
+            ("RATE_LIMIT_ACCOUNT_PER_MINUTE", "4"),
+            ("REFRESH_REUSE_GRACE_SECONDS", "0"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let gql = |query: &str, variables: Value, token: Option<&str>| {
+        let mut request = client
+            .post(binary.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let auth_fields = "{ accessToken refreshToken session { id } }";
+
+    let registered = gql(
+        &format!("mutation($i: RegisterInput!) {{ register(input: $i) {auth_fields} }}"),
+        json!({ "i": { "email": "canary@x.com", "password": CANARY_PASSWORD } }),
+        None,
+    )
+    .await;
+    let mut issued = vec![
+        string_at(&registered, "/data/register/accessToken"),
+        string_at(&registered, "/data/register/refreshToken"),
+    ];
+    let login = |password: &'static str| {
+        gql(
+            &format!("mutation($i: LoginInput!) {{ login(input: $i) {auth_fields} }}"),
+            json!({ "i": { "emailOrUsername": "canary@x.com", "password": password } }),
+            None,
+        )
+    };
+    let logged_in = login(CANARY_PASSWORD).await;
+    let access = string_at(&logged_in, "/data/login/accessToken");
+    let refresh = string_at(&logged_in, "/data/login/refreshToken");
+    issued.extend([access.clone(), refresh.clone()]);
+
+    // Failed logins until the rate limit answers.
+    for _ in 0..4 {
+        login("CANARY-wrong-password-0b7e").await;
+    }
+
+    let refreshed = gql(
+        &format!("mutation($t: String!) {{ refresh(refreshToken: $t) {auth_fields} }}"),
+        json!({ "t": refresh }),
+        None,
+    )
+    .await;
+    let access = string_at(&refreshed, "/data/refresh/accessToken");
+    issued.push(access.clone());
+    issued.push(string_at(&refreshed, "/data/refresh/refreshToken"));
+    // Reuse of the rotated-away refresh token: revokes that session.
+    gql(
+        &format!("mutation($t: String!) {{ refresh(refreshToken: $t) {auth_fields} }}"),
+        json!({ "t": refresh }),
+        None,
+    )
+    .await;
+
+    let first_access = issued[0].clone();
+    gql(
+        "{ me { id } mySessions { id } }",
+        json!({}),
+        Some(&first_access),
+    )
+    .await;
+    gql("{ me { id } }", json!({}), Some(CANARY_TOKEN)).await;
+    gql(
+        "mutation($i: RevokeTokensInput!) { revokeTokens(input: $i) { revokedCount } }",
+        json!({ "i": { "tokens": [CANARY_TOKEN, issued[1]] } }),
+        Some(&first_access),
+    )
+    .await;
+    gql(
+        "mutation($t: String!) { refresh(refreshToken: $t) { accessToken } }",
+        json!({ "t": CANARY_TOKEN }),
+        None,
+    )
+    .await;
+    let second = login(CANARY_PASSWORD).await;
+    // The account bucket may be empty by now; the password change then uses the first session.
+    let second_access = second
+        .pointer("/data/login/accessToken")
+        .and_then(Value::as_str)
+        .map_or_else(|| first_access.clone(), str::to_owned);
+    gql(
+        "mutation($i: ChangePasswordInput!) { changePassword(input: $i) }",
+        json!({ "i": { "currentPassword": CANARY_PASSWORD, "newPassword": NEW_CANARY_PASSWORD } }),
+        Some(&second_access),
+    )
+    .await;
+    gql(
+        "mutation { revokeOtherSessions }",
+        json!({}),
+        Some(&second_access),
+    )
+    .await;
+    gql("mutation { logout }", json!({}), Some(&second_access)).await;
+
+    let log = binary.log();
+    assert!(log.len() > 1000, "trace logging produced output:\n{log}");
+    for secret in [
+        CANARY_PASSWORD,
+        NEW_CANARY_PASSWORD,
+        "CANARY-wrong-password",
+        CANARY_TOKEN,
+        "CANARY",
+    ] {
+        assert!(!log.contains(secret), "{secret} appears in the log");
+    }
+    for token in &issued {
+        // Any telling part of a token: its signature, or its payload.
+        let mut parts = token.split('.');
+        let (_, payload, signature) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        assert!(
+            !log.contains(signature) && !log.contains(payload),
+            "a token appears in the log"
+        );
+    }
+    for event in ["login_failed", "rate_limited", "refresh_token_reused"] {
+        assert!(log.contains(event), "the {event} event is logged:\n{log}");
+    }
+}
