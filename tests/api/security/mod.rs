@@ -5,4 +5,5 @@ mod brute_force;
 mod graphql_abuse;
 mod logs;
 mod refresh_reuse;
+mod revocation;
 mod tokens;
