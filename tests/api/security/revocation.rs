@@ -12,9 +12,6 @@ async fn tokens_of_a_deleted_user_are_refused_at_once() {
     let account = app.register("gone@x.com").await;
     let db = app.db().await;
     // Deleting the user takes its sessions with it (ON DELETE CASCADE).
-    db.execute_unprepared("PRAGMA foreign_keys = ON")
-        .await
-        .unwrap();
     user::Entity::delete_many().exec(&db).await.unwrap();
     assert!(session::Entity::find().all(&db).await.unwrap().is_empty());
 
