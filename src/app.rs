@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
 use crate::{
-    auth::{BearerToken, PasswordHasher, RequestAuth, TokenKeys},
+    auth::{BearerToken, KeySet, PasswordHasher, RequestAuth, TokenKeys},
     config::Config,
     graphql::{AuthSchema, build_schema},
     service::{AuthService, ClientInfo},
@@ -37,6 +37,8 @@ const MAX_USER_AGENT_CHARS: usize = 512;
 #[derive(Clone)]
 struct AppState {
     schema: AuthSchema,
+    /// The public signing keys, when they are asymmetric; `None` with HS256.
+    jwks: Option<Arc<jsonwebtoken::jwk::JwkSet>>,
 }
 
 pub struct Application {
@@ -45,7 +47,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to the database, applies migrations, settles the JWT secret and binds.
+    /// Connects to the database, applies migrations, loads the signing keys and binds.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = SeaStore::connect(&config.database_url)
             .await
@@ -57,10 +59,10 @@ impl Application {
                 .context("could not apply database migrations")?;
         }
         let store: Arc<dyn Store> = Arc::new(store);
-        let secret = jwt_secret(&config, store.as_ref()).await?;
-
-        let tokens = TokenKeys::new(&secret, &config.jwt_issuer, config.jwt_leeway_seconds)
-            .map_err(|_| anyhow::anyhow!("could not build the token keys"))?;
+        let keys =
+            KeySet::load(&config, async || jwt_secret(&config, store.as_ref()).await).await?;
+        let jwks = keys.jwks().map(Arc::new);
+        let tokens = TokenKeys::new(keys, &config.jwt_issuer, config.jwt_leeway_seconds);
         let hash_slots = config
             .bcrypt_max_concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -77,6 +79,7 @@ impl Application {
 
         let router = router(AppState {
             schema: build_schema(service),
+            jwks,
         });
         let address = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(address)
@@ -140,6 +143,7 @@ fn router(state: AppState) -> Router {
         .route("/", get(graphiql))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
+        .route("/.well-known/jwks.json", get(jwks))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -232,6 +236,20 @@ async fn graphiql() -> Html<String> {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// The public keys that verify our tokens (RFC 7517), for other services. Only asymmetric keys
+/// are published: an HS256 secret must never leave the server.
+async fn jwks(State(state): State<AppState>) -> Response {
+    match state.jwks {
+        Some(jwks) => Json(jwks.as_ref()).into_response(),
+        None => HttpError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no public keys: tokens are signed with HS256 (set JWT_ALGORITHM=EdDSA or ES256)",
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found() -> HttpError {
