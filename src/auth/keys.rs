@@ -26,6 +26,8 @@ use crate::config::{Config, JwtAlgorithm};
 const HMAC_KID_BYTES: usize = 8;
 /// Longest `kid` accepted in settings; tokens repeat it on every request.
 const MAX_KID_CHARS: usize = 128;
+/// Largest key file read; PKCS#8 PEMs of Ed25519 and P-256 keys are under 300 bytes.
+const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
 const PKCS8_PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
 const PKCS8_PEM_END: &str = "-----END PRIVATE KEY-----";
 
@@ -267,8 +269,21 @@ impl PrivateKey {
     }
 }
 
+/// Reads at most `MAX_KEY_FILE_BYTES`: a key PEM is a few hundred bytes, and a setting pointed
+/// at the wrong file (a device, a log) must not stall the start.
 fn read_key_file(path: &Path, setting: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{setting}: could not read {}", path.display()))
+    use std::io::Read as _;
+    let mut contents = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_KEY_FILE_BYTES + 1).read_to_end(&mut contents))
+        .with_context(|| format!("{setting}: could not read {}", path.display()))?;
+    if contents.len() as u64 > MAX_KEY_FILE_BYTES {
+        bail!(
+            "{setting}: {} is too large to be a key file",
+            path.display()
+        );
+    }
+    Ok(contents)
 }
 
 /// A kid from the settings: short, printable, no spaces.
