@@ -53,8 +53,9 @@ pub struct Config {
     #[arg(long, env = "JWT_PRIVATE_KEY_FILE")]
     pub jwt_private_key_file: Option<PathBuf>,
 
-    /// The `kid` of the signing key. By default its RFC 7638 thumbprint, so that every instance
-    /// with the same key agrees without being told.
+    /// The `kid` of the EdDSA/ES256 signing key (refused with HS256, whose kid is derived from
+    /// the secret). By default the key's RFC 7638 thumbprint, so that every instance with the
+    /// same key agrees without being told.
     #[arg(long, env = "JWT_KEY_ID")]
     pub jwt_key_id: Option<String>,
 
