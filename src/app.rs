@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::{
-    auth::{PasswordHasher, TokenKeys},
+    auth::{KeySet, PasswordHasher, TokenKeys},
     config::Config,
     graphql::build_schema,
     http::{self, EdgeLimits},
@@ -41,7 +41,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to the database, applies migrations, settles the JWT secret and binds.
+    /// Connects to the database, applies migrations, loads the signing keys and binds.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = SeaStore::connect(&config.database_url)
             .await
@@ -53,10 +53,10 @@ impl Application {
                 .context("could not apply database migrations")?;
         }
         let store: Arc<dyn Store> = Arc::new(store);
-        let secret = jwt_secret(&config, store.as_ref()).await?;
-
-        let tokens = TokenKeys::new(&secret, &config.jwt_issuer, config.jwt_leeway_seconds)
-            .map_err(|_| anyhow::anyhow!("could not build the token keys"))?;
+        let keys =
+            KeySet::load(&config, async || jwt_secret(&config, store.as_ref()).await).await?;
+        let jwks = keys.jwks().map(Arc::new);
+        let tokens = TokenKeys::new(keys, &config.jwt_issuer, config.jwt_leeway_seconds);
         let hash_slots = config
             .bcrypt_max_concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -68,7 +68,7 @@ impl Application {
         });
         let service = AuthService::new(store, tokens, passwords, lifetimes(&config)?, rate_limits);
 
-        let router = http::router(build_schema(service, &config), edge_limits(&config)?);
+        let router = http::router(build_schema(service, &config), jwks, edge_limits(&config)?);
         let address = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(address)
             .await

@@ -1,9 +1,9 @@
 //! Every setting of authql, read from flags, the environment and `.env` (in that order of
 //! precedence). `.env.example` lists them with their defaults.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
 use secrecy::SecretString;
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://authql.db";
@@ -51,8 +51,33 @@ pub struct Config {
 
     /// The HS256 key that signs tokens, at least 32 bytes. When unset, authql generates one on
     /// first start and keeps it in the database, so that every instance sharing it agrees.
+    /// Not used with `JWT_ALGORITHM` EdDSA or ES256.
     #[arg(long, env = "JWT_SECRET_KEY", hide_env_values = true, value_parser = parse_secret)]
     pub jwt_secret_key: Option<SecretString>,
+
+    /// How tokens are signed: HS256 with `JWT_SECRET_KEY`, or EdDSA (Ed25519) / ES256 (P-256)
+    /// with `JWT_PRIVATE_KEY_FILE`. Tokens of any other algorithm are refused.
+    #[arg(long, env = "JWT_ALGORITHM", value_enum, ignore_case = true, default_value_t = JwtAlgorithm::Hs256)]
+    pub jwt_algorithm: JwtAlgorithm,
+
+    /// The PEM file (PKCS#8, `BEGIN PRIVATE KEY`) of the key that signs tokens; required with
+    /// EdDSA and ES256, refused with HS256.
+    #[arg(long, env = "JWT_PRIVATE_KEY_FILE")]
+    pub jwt_private_key_file: Option<PathBuf>,
+
+    /// The `kid` of the EdDSA/ES256 signing key (refused with HS256, whose kid is derived from
+    /// the secret). By default the key's RFC 7638 thumbprint, so that every instance with the
+    /// same key agrees without being told.
+    #[arg(long, env = "JWT_KEY_ID")]
+    pub jwt_key_id: Option<String>,
+
+    /// Comma-separated PEM files of retired private keys (PKCS#8, Ed25519 or P-256): tokens they
+    /// signed still verify, by `kid`, until they expire, but they never sign again. Private
+    /// rather than public files, so that the same file moves from `JWT_PRIVATE_KEY_FILE` to here.
+    /// An entry is `FILE` (known by its thumbprint) or `KID=FILE` for a key that signed under a
+    /// `JWT_KEY_ID` of its own.
+    #[arg(long, env = "JWT_RETIRED_KEY_FILES", value_delimiter = ',')]
+    pub jwt_retired_key_files: Vec<String>,
 
     /// Lifetime of an access token, in seconds.
     #[arg(long, env = "JWT_ACCESS_TOKEN_EXPIRES", default_value_t = DEFAULT_ACCESS_TOKEN_EXPIRES)]
@@ -165,6 +190,10 @@ impl Config {
         Config {
             database_url: DEFAULT_DATABASE_URL.into(),
             jwt_secret_key: None,
+            jwt_algorithm: JwtAlgorithm::Hs256,
+            jwt_private_key_file: None,
+            jwt_key_id: None,
+            jwt_retired_key_files: Vec::new(),
             jwt_access_token_expires: DEFAULT_ACCESS_TOKEN_EXPIRES,
             jwt_refresh_token_expires: DEFAULT_REFRESH_TOKEN_EXPIRES,
             session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -190,6 +219,20 @@ impl Config {
             rate_limit_account_per_minute: DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE,
         }
     }
+}
+
+/// The signing algorithms authql offers. Each key verifies only its own algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and a shared secret; the default.
+    #[value(name = "HS256")]
+    Hs256,
+    /// Ed25519 signatures (RFC 8037).
+    #[value(name = "EdDSA")]
+    EdDsa,
+    /// ECDSA on P-256 with SHA-256.
+    #[value(name = "ES256")]
+    Es256,
 }
 
 fn parse_secret(value: &str) -> Result<SecretString, std::convert::Infallible> {

@@ -9,6 +9,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -24,6 +25,7 @@ use axum::{
     routing::get,
 };
 use ipnet::IpNet;
+use jsonwebtoken::jwk::JwkSet;
 use serde_json::json;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
@@ -52,18 +54,25 @@ pub struct EdgeLimits {
 #[derive(Clone)]
 struct EdgeState {
     schema: AuthSchema,
+    /// The public signing keys, when they are asymmetric; `None` with HS256.
+    jwks: Option<Arc<JwkSet>>,
     limits: EdgeLimits,
 }
 
-pub fn router(schema: AuthSchema, limits: EdgeLimits) -> Router {
+pub fn router(schema: AuthSchema, jwks: Option<Arc<JwkSet>>, limits: EdgeLimits) -> Router {
     let timeout = limits.request_timeout;
     Router::new()
         .route("/", get(graphiql))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
+        .route("/.well-known/jwks.json", get(jwks_document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(EdgeState { schema, limits })
+        .with_state(EdgeState {
+            schema,
+            jwks,
+            limits,
+        })
         .layer(middleware::from_fn_with_state(timeout, time_limit))
         .layer(json_panic_layer())
         // One span per request with method and path only: a query string may hold variables.
@@ -330,6 +339,19 @@ async fn graphiql() -> Html<String> {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// The public keys that verify authql's tokens. A symmetric key is never published.
+async fn jwks_document(State(state): State<EdgeState>) -> Response {
+    match state.jwks {
+        Some(jwks) => Json(jwks.as_ref()).into_response(),
+        None => HttpError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no public keys: tokens are signed with HS256 (set JWT_ALGORITHM=EdDSA or ES256)",
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found() -> HttpError {

@@ -1,10 +1,12 @@
-//! Tokens (issue and verify), passwords (hash and verify off the async workers), and the guard
-//! that turns a bearer token into a signed-in user and session.
+//! Signing keys, tokens (issue and verify), passwords (hash and verify off the async workers),
+//! and the guard that turns a bearer token into a signed-in user and session.
 
 pub mod guard;
+pub mod keys;
 pub mod password;
 pub mod tokens;
 
 pub use guard::{Authenticated, BearerToken, RequestAuth, SignedIn, signed_in};
+pub use keys::KeySet;
 pub use password::PasswordHasher;
 pub use tokens::{Claims, TokenKeys, TokenKind};

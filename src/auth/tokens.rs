@@ -1,15 +1,29 @@
-//! JWTs: HS256-signed access and refresh tokens that name their session (`sid`) and carry a `jti`
-//! that the session row must still hold for the token to be accepted.
+//! JWTs: access and refresh tokens that name their session (`sid`) and carry a `jti` that the
+//! session row must still hold for the token to be accepted. Signed with the one key of
+//! [`KeySet`] that signs; verified only by the key the token's `kid` names.
 //!
 //! The two kinds cannot pass for each other: each has its own `typ` header and its own `aud`,
 //! and each is verified against a `Validation` that accepts only its own.
+//!
+//! Verification trusts nothing in a token before its signature is checked (RFC 8725): the
+//! header must be exactly `alg`, `typ` and `kid`; `alg` must be the algorithm of the key `kid`
+//! names; anything that would point elsewhere for a key (`jku`, `jwk`, `x5u`, `x5c`, ...) is
+//! refused, and no key is ever fetched or looked up outside the [`KeySet`].
 
+use std::str::FromStr;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::keys::{KeySet, SigningKey, VerifyingKey};
 use crate::error::{AppError, UnauthenticatedReason};
+
+/// Longest token looked at. Ours are about 600 bytes; anything far longer is not ours, and is
+/// refused before it costs any decoding.
+const MAX_TOKEN_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
@@ -34,6 +48,8 @@ impl TokenKind {
     }
 }
 
+/// Every claim is required and typed: a token missing one, or with one of the wrong type, does
+/// not deserialize and is refused as malformed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
@@ -48,21 +64,36 @@ pub struct Claims {
     pub exp: i64,
 }
 
-/// Keys and validation rules, built once at start-up from the secret.
-pub struct TokenKeys {
-    leeway_seconds: i64,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    issuer: String,
+/// The only header authql accepts: the three members it writes, each once. Unknown members are
+/// refused rather than ignored, so a `jku`, `jwk`, `x5u`, `x5c` or `crit` never gets a say.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenHeader {
+    alg: String,
+    typ: String,
+    kid: String,
+}
+
+/// A verifying key with the rules for each kind, built once.
+struct Verifier {
+    key: VerifyingKey,
     access: Validation,
     refresh: Validation,
 }
 
+/// Keys and validation rules, built once at start-up.
+pub struct TokenKeys {
+    signing: SigningKey,
+    verifiers: Vec<Verifier>,
+    leeway_seconds: i64,
+    issuer: String,
+}
+
 impl TokenKeys {
-    pub fn new(secret: &[u8], issuer: &str, leeway_seconds: u64) -> Result<Self, AppError> {
-        let validation = |kind: TokenKind| {
-            // Only HS256 is accepted, whatever the header says.
-            let mut validation = Validation::new(Algorithm::HS256);
+    pub fn new(keys: KeySet, issuer: &str, leeway_seconds: u64) -> Self {
+        let validation = |algorithm: Algorithm, kind: TokenKind| {
+            // One algorithm: the key's own, whatever the header says.
+            let mut validation = Validation::new(algorithm);
             validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
             validation.validate_exp = true;
             validation.validate_nbf = true;
@@ -71,16 +102,25 @@ impl TokenKeys {
             validation.set_audience(&[kind.audience()]);
             validation
         };
-        Ok(Self {
+        let KeySet { signing, verifying } = keys;
+        let verifiers = verifying
+            .into_iter()
+            .map(|key| Verifier {
+                access: validation(key.algorithm, TokenKind::Access),
+                refresh: validation(key.algorithm, TokenKind::Refresh),
+                key,
+            })
+            .collect();
+        Self {
+            signing,
+            verifiers,
             leeway_seconds: i64::try_from(leeway_seconds).unwrap_or(i64::MAX),
-            encoding: EncodingKey::from_secret(secret).map_err(AppError::internal)?,
-            decoding: DecodingKey::from_secret(secret).map_err(AppError::internal)?,
             issuer: issuer.to_owned(),
-            access: validation(TokenKind::Access),
-            refresh: validation(TokenKind::Refresh),
-        })
+        }
     }
 
+    /// Signs deterministically: the same key and inputs give the same token (HMAC and Ed25519
+    /// are deterministic; ES256 uses RFC 6979 nonces).
     pub fn issue(
         &self,
         kind: TokenKind,
@@ -90,8 +130,10 @@ impl TokenKeys {
         issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<String, AppError> {
-        let mut header = Header::new(Algorithm::HS256);
+        let signing = &self.signing;
+        let mut header = Header::new(signing.algorithm);
         header.typ = Some(kind.typ().to_owned());
+        header.kid = Some(signing.kid.clone());
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: kind.audience().to_owned(),
@@ -102,32 +144,61 @@ impl TokenKeys {
             nbf: issued_at.timestamp(),
             exp: expires_at.timestamp(),
         };
-        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(AppError::internal)
+        jsonwebtoken::encode(&header, &claims, &signing.encoding).map_err(AppError::internal)
     }
 
-    /// Checks signature, claims and kind. Says nothing yet about revocation: that is the
-    /// session row's job.
+    /// Checks shape, header, signature, claims and kind. Says nothing yet about revocation:
+    /// that is the session row's job.
     pub fn verify(&self, kind: TokenKind, token: &str) -> Result<Claims, UnauthenticatedReason> {
-        let validation = match kind {
-            TokenKind::Access => &self.access,
-            TokenKind::Refresh => &self.refresh,
-        };
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.decoding, validation).map_err(|err| {
-                match err.kind() {
-                    ErrorKind::ExpiredSignature => UnauthenticatedReason::Expired,
-                    // The signature was good (it is checked first): a genuine token of the other kind.
-                    ErrorKind::InvalidAudience => UnauthenticatedReason::WrongTokenType,
-                    _ => UnauthenticatedReason::Malformed,
-                }
-            })?;
-        if data.header.typ.as_deref() != Some(kind.typ()) {
-            return Err(UnauthenticatedReason::WrongTokenType);
+        use UnauthenticatedReason::{Expired, Malformed, WrongTokenType};
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Malformed);
         }
+        let mut segments = token.split('.');
+        let (Some(header), Some(_payload), Some(_signature), None) = (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) else {
+            return Err(Malformed);
+        };
+        let header: TokenHeader = URL_SAFE_NO_PAD
+            .decode(header)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .ok_or(Malformed)?;
+        let verifier = self
+            .verifiers
+            .iter()
+            .find(|verifier| verifier.key.kid == header.kid)
+            .ok_or(Malformed)?;
+        if Algorithm::from_str(&header.alg).ok() != Some(verifier.key.algorithm) {
+            return Err(Malformed);
+        }
+        let validation = match kind {
+            TokenKind::Access => &verifier.access,
+            TokenKind::Refresh => &verifier.refresh,
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &verifier.key.decoding, validation)
+            .map_err(|err| match err.kind() {
+                ErrorKind::ExpiredSignature => Expired,
+                // The signature was good (it is checked first): a genuine token of the other kind.
+                ErrorKind::InvalidAudience => WrongTokenType,
+                _ => Malformed,
+            })?;
+        if header.typ != kind.typ() {
+            return Err(WrongTokenType);
+        }
+        let now = Utc::now().timestamp();
         // RFC 7519 §4.1.4: not accepted *on* or after `exp`. jsonwebtoken still accepts during
         // the second of `exp` itself, when the session row has already expired.
-        if data.claims.exp <= Utc::now().timestamp() - self.leeway_seconds {
-            return Err(UnauthenticatedReason::Expired);
+        if data.claims.exp <= now - self.leeway_seconds {
+            return Err(Expired);
+        }
+        // We never issue a token dated in the future; one that is was not issued by us.
+        if data.claims.iat > now + self.leeway_seconds {
+            return Err(Malformed);
         }
         Ok(data.claims)
     }
@@ -146,7 +217,7 @@ mod tests {
     use chrono::Duration;
 
     fn keys() -> TokenKeys {
-        TokenKeys::new(&[7; 32], "authql", 0).unwrap()
+        TokenKeys::new(KeySet::hmac(&[7; 32]).unwrap(), "authql", 0)
     }
 
     fn issue(keys: &TokenKeys, kind: TokenKind, lifetime: Duration) -> (String, Uuid) {
@@ -189,7 +260,7 @@ mod tests {
             keys.verify(TokenKind::Access, &expired),
             Err(UnauthenticatedReason::Expired)
         );
-        let other = TokenKeys::new(&[8; 32], "authql", 0).unwrap();
+        let other = TokenKeys::new(KeySet::hmac(&[8; 32]).unwrap(), "authql", 0);
         let (foreign, _) = issue(&other, TokenKind::Access, Duration::minutes(5));
         assert_eq!(
             keys.verify(TokenKind::Access, &foreign),
@@ -199,6 +270,122 @@ mod tests {
             assert_eq!(
                 keys.verify(TokenKind::Access, garbage),
                 Err(UnauthenticatedReason::Malformed)
+            );
+        }
+    }
+
+    const ED25519_A: &[u8] = include_bytes!("../../tests/fixtures/keys/ed25519-a.pem");
+    const ED25519_B: &[u8] = include_bytes!("../../tests/fixtures/keys/ed25519-b.pem");
+    const P256_A: &[u8] = include_bytes!("../../tests/fixtures/keys/p256-a.pem");
+
+    fn asymmetric(algorithm: Algorithm, pem: &[u8]) -> TokenKeys {
+        TokenKeys::new(
+            KeySet::asymmetric(algorithm, pem, None, &[]).unwrap(),
+            "authql",
+            0,
+        )
+    }
+
+    #[test]
+    fn issuing_twice_gives_the_same_token_with_every_algorithm() {
+        let now = Utc::now();
+        let (user, session, jti) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for keys in [
+            keys(),
+            asymmetric(Algorithm::EdDSA, ED25519_A),
+            asymmetric(Algorithm::ES256, P256_A),
+        ] {
+            let issue = || {
+                keys.issue(
+                    TokenKind::Access,
+                    user,
+                    session,
+                    jti,
+                    now,
+                    now + Duration::minutes(5),
+                )
+                .unwrap()
+            };
+            let first = issue();
+            assert_eq!(first, issue(), "{:?}", keys.signing.algorithm);
+            assert_eq!(keys.verify(TokenKind::Access, &first).unwrap().jti, jti);
+        }
+    }
+
+    #[test]
+    fn a_retired_key_verifies_only_where_it_is_listed() {
+        let old = asymmetric(Algorithm::EdDSA, ED25519_A);
+        let (token, jti) = issue(&old, TokenKind::Access, Duration::minutes(5));
+        let retired = [super::super::keys::RetiredKey {
+            kid: None,
+            pem: ED25519_A.to_vec(),
+        }];
+        let rotated = TokenKeys::new(
+            KeySet::asymmetric(Algorithm::ES256, P256_A, None, &retired).unwrap(),
+            "authql",
+            0,
+        );
+        assert_eq!(rotated.verify(TokenKind::Access, &token).unwrap().jti, jti);
+        let (new, _) = issue(&rotated, TokenKind::Access, Duration::minutes(5));
+        assert_eq!(decode_header(&new)["alg"], "ES256");
+        let without = asymmetric(Algorithm::EdDSA, ED25519_B);
+        assert_eq!(
+            without.verify(TokenKind::Access, &token),
+            Err(UnauthenticatedReason::Malformed)
+        );
+    }
+
+    fn decode_header(token: &str) -> serde_json::Value {
+        let header = token.split('.').next().unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
+    }
+
+    /// Signs any claims with the real key and kid: only the claims are wrong.
+    fn signed_with(keys: &TokenKeys, claims: serde_json::Value) -> String {
+        let mut header = Header::new(keys.signing.algorithm);
+        header.typ = Some(TokenKind::Access.typ().into());
+        header.kid = Some(keys.signing.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &keys.signing.encoding).unwrap()
+    }
+
+    #[test]
+    fn every_claim_is_required_with_its_type() {
+        let keys = keys();
+        let now = Utc::now().timestamp();
+        let good = serde_json::json!({
+            "iss": "authql", "aud": "authql:access", "sub": Uuid::new_v4(),
+            "sid": Uuid::new_v4(), "jti": Uuid::new_v4(),
+            "iat": now, "nbf": now, "exp": now + 300,
+        });
+        assert!(
+            keys.verify(TokenKind::Access, &signed_with(&keys, good.clone()))
+                .is_ok()
+        );
+        for claim in ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp"] {
+            let mut missing = good.clone();
+            missing.as_object_mut().unwrap().remove(claim);
+            assert_eq!(
+                keys.verify(TokenKind::Access, &signed_with(&keys, missing)),
+                Err(UnauthenticatedReason::Malformed),
+                "without {claim}"
+            );
+        }
+        for (claim, value) in [
+            ("exp", serde_json::json!((now + 300).to_string())),
+            ("iat", serde_json::json!(now as f64 + 0.5)),
+            ("nbf", serde_json::json!(null)),
+            ("sub", serde_json::json!("not-a-uuid")),
+            ("sid", serde_json::json!(42)),
+            ("aud", serde_json::json!(["authql:access"])),
+            ("iss", serde_json::json!("someone-else")),
+            ("iat", serde_json::json!(now + 3600)),
+        ] {
+            let mut wrong = good.clone();
+            wrong[claim] = value;
+            assert_eq!(
+                keys.verify(TokenKind::Access, &signed_with(&keys, wrong)),
+                Err(UnauthenticatedReason::Malformed),
+                "{claim} mistyped"
             );
         }
     }

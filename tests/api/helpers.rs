@@ -331,3 +331,26 @@ pub async fn start_binary(dir: &std::path::Path, env: &[(&str, &str)]) -> Runnin
         binary.log()
     );
 }
+
+/// Another instance on the database of `first`, as a second server behind a load balancer
+/// would be; `configure` adjusts its settings (its keys, say).
+pub async fn spawn_instance_on(first: &TestApp, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config(&first.database_url);
+    configure(&mut config);
+    let app = Application::build(config)
+        .await
+        .expect("the second instance starts");
+    let address = format!("http://{}", app.local_addr().expect("a bound address"));
+    let (shutdown, stopped) = oneshot::channel();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        database_url: first.database_url.clone(),
+        // The database belongs to `first`; this folder only satisfies the type.
+        _dir: tempfile::tempdir().expect("a temporary folder"),
+        shutdown: Some(shutdown),
+    }
+}
