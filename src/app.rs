@@ -27,7 +27,7 @@ use crate::{
         AuthService, Lifetimes,
         rate_limit::{RateLimitSettings, RateLimits},
     },
-    store::{SeaStore, Store},
+    store::{PoolSettings, SeaStore, Store},
 };
 
 /// Shortest JWT secret accepted: 256 bits, the size of an HS256 key (RFC 7518 §3.2).
@@ -38,12 +38,27 @@ const GENERATED_SECRET_SETTING: &str = "jwt_secret_key";
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    service: AuthService,
+    pruning: Option<Pruning>,
+}
+
+/// When and what the background pruning deletes.
+#[derive(Debug, Clone, Copy)]
+struct Pruning {
+    interval: Duration,
+    retention: TimeDelta,
+    batch: u64,
 }
 
 impl Application {
     /// Connects to the database, applies migrations, loads the signing keys and binds.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = SeaStore::connect(&config.database_url)
+        let pool = PoolSettings {
+            max_connections: config.database_max_connections,
+            connect_timeout: Duration::from_secs(config.database_connect_timeout_seconds),
+            acquire_timeout: Duration::from_secs(config.database_acquire_timeout_seconds),
+        };
+        let store = SeaStore::connect(&config.database_url, pool)
             .await
             .context("could not open the database (DATABASE_URL)")?;
         if config.migrate_on_start {
@@ -68,12 +83,29 @@ impl Application {
         });
         let service = AuthService::new(store, tokens, passwords, lifetimes(&config)?, rate_limits);
 
-        let router = http::router(build_schema(service, &config), jwks, edge_limits(&config)?);
+        let router = http::router(
+            build_schema(service.clone(), &config),
+            service.clone(),
+            jwks,
+            edge_limits(&config)?,
+        );
+        let pruning = (config.prune_interval_seconds > 0).then(|| Pruning {
+            interval: Duration::from_secs(config.prune_interval_seconds),
+            retention: TimeDelta::seconds(
+                i64::try_from(config.prune_retention_seconds).unwrap_or(i64::MAX / 1000),
+            ),
+            batch: config.prune_batch_size,
+        });
         let address = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("could not listen on {address}"))?;
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            service,
+            pruning,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -90,13 +122,40 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(address = %self.local_addr()?, "authql listening");
-        axum::serve(
+        let pruner = self
+            .pruning
+            .map(|pruning| tokio::spawn(prune_periodically(self.service.clone(), pruning)));
+        let served = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+        if let Some(pruner) = pruner {
+            pruner.abort();
+        }
+        served
+    }
+}
+
+/// Deletes ended sessions now and then. Every instance may run this: the deletes are
+/// idempotent, and a failure (the database away) is logged and tried again next time.
+async fn prune_periodically(service: AuthService, pruning: Pruning) {
+    let mut ticks = tokio::time::interval(pruning.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match service
+            .prune_ended_sessions(pruning.retention, pruning.batch)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => {
+                tracing::info!(event = "sessions_pruned", pruned, "pruned ended sessions")
+            }
+            Err(_) => tracing::warn!(event = "prune_failed", "pruning failed; will retry"),
+        }
     }
 }
 

@@ -23,6 +23,12 @@ const DEFAULT_GRAPHQL_MAX_DIRECTIVES: usize = 5;
 const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 30;
 const DEFAULT_RATE_LIMIT_IP_PER_MINUTE: u32 = 60;
 const DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE: u32 = 10;
+const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 10;
+const DEFAULT_DATABASE_CONNECT_TIMEOUT_SECONDS: u64 = 5;
+const DEFAULT_DATABASE_ACQUIRE_TIMEOUT_SECONDS: u64 = 5;
+const DEFAULT_PRUNE_INTERVAL_SECONDS: u64 = 600;
+const DEFAULT_PRUNE_RETENTION_SECONDS: u64 = 24 * 3600;
+const DEFAULT_PRUNE_BATCH_SIZE: u64 = 1000;
 const DEFAULT_SESSION_IDLE_TIMEOUT: u64 = 7 * 24 * 3600;
 const DEFAULT_REFRESH_REUSE_GRACE_SECONDS: u64 = 10;
 
@@ -48,6 +54,32 @@ pub struct Config {
     /// Where users and sessions live: `sqlite://FILE` (created when missing) or `postgres://...`.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
+
+    /// Most connections this instance opens to the database.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = DEFAULT_DATABASE_MAX_CONNECTIONS)]
+    pub database_max_connections: u32,
+
+    /// How long opening a database connection may take, in seconds.
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_SECONDS", default_value_t = DEFAULT_DATABASE_CONNECT_TIMEOUT_SECONDS)]
+    pub database_connect_timeout_seconds: u64,
+
+    /// How long a request waits for a database connection before it is answered
+    /// SERVICE_UNAVAILABLE, in seconds.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECONDS", default_value_t = DEFAULT_DATABASE_ACQUIRE_TIMEOUT_SECONDS)]
+    pub database_acquire_timeout_seconds: u64,
+
+    /// How often ended sessions are pruned, in seconds; 0 switches pruning off.
+    #[arg(long, env = "PRUNE_INTERVAL_SECONDS", default_value_t = DEFAULT_PRUNE_INTERVAL_SECONDS)]
+    pub prune_interval_seconds: u64,
+
+    /// How long an ended session is kept before it is pruned, in seconds.
+    #[arg(long, env = "PRUNE_RETENTION_SECONDS", default_value_t = DEFAULT_PRUNE_RETENTION_SECONDS)]
+    pub prune_retention_seconds: u64,
+
+    /// Most sessions deleted by one pruning statement.
+    #[arg(long, env = "PRUNE_BATCH_SIZE", default_value_t = DEFAULT_PRUNE_BATCH_SIZE,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub prune_batch_size: u64,
 
     /// The HS256 key that signs tokens, at least 32 bytes. When unset, authql generates one on
     /// first start and keeps it in the database, so that every instance sharing it agrees.
@@ -189,6 +221,12 @@ impl Config {
     pub fn defaults() -> Self {
         Config {
             database_url: DEFAULT_DATABASE_URL.into(),
+            database_max_connections: DEFAULT_DATABASE_MAX_CONNECTIONS,
+            database_connect_timeout_seconds: DEFAULT_DATABASE_CONNECT_TIMEOUT_SECONDS,
+            database_acquire_timeout_seconds: DEFAULT_DATABASE_ACQUIRE_TIMEOUT_SECONDS,
+            prune_interval_seconds: DEFAULT_PRUNE_INTERVAL_SECONDS,
+            prune_retention_seconds: DEFAULT_PRUNE_RETENTION_SECONDS,
+            prune_batch_size: DEFAULT_PRUNE_BATCH_SIZE,
             jwt_secret_key: None,
             jwt_algorithm: JwtAlgorithm::Hs256,
             jwt_private_key_file: None,

@@ -69,6 +69,8 @@ pub enum AppError {
     /// RATE_LIMITED: too many attempts from this client or at this account; `retryAfterSeconds`
     /// says when the next one will be taken.
     RateLimited { retry_after_seconds: u64 },
+    /// SERVICE_UNAVAILABLE: the database cannot be reached right now; retry later.
+    ServiceUnavailable,
     /// INTERNAL_SERVER_ERROR: something failed on our side; the cause is in the server log only.
     Internal,
 }
@@ -82,6 +84,7 @@ impl AppError {
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::Internal => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -99,6 +102,7 @@ impl AppError {
             } => {
                 format!("too many attempts; try again in {retry_after_seconds} s")
             }
+            Self::ServiceUnavailable => "the service is unavailable for a moment; try again".into(),
             Self::Internal => "internal server error".into(),
         }
     }
@@ -114,6 +118,21 @@ impl AppError {
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
         Self::Internal
+    }
+}
+
+impl From<crate::store::StoreError> for AppError {
+    fn from(error: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match error {
+            StoreError::EmailTaken => Self::EmailTaken,
+            StoreError::UsernameTaken => Self::UsernameTaken,
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(event = "database_unavailable", error = %cause, "database unavailable");
+                Self::ServiceUnavailable
+            }
+            StoreError::Database(cause) => Self::internal(cause),
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 use crate::{
     auth::{BearerToken, RequestAuth},
     graphql::AuthSchema,
-    service::ClientInfo,
+    service::{AuthService, ClientInfo},
 };
 
 /// Longest User-Agent kept on a session.
@@ -54,22 +54,31 @@ pub struct EdgeLimits {
 #[derive(Clone)]
 struct EdgeState {
     schema: AuthSchema,
+    /// For readiness: the same service the schema holds.
+    service: AuthService,
     /// The public signing keys, when they are asymmetric; `None` with HS256.
     jwks: Option<Arc<JwkSet>>,
     limits: EdgeLimits,
 }
 
-pub fn router(schema: AuthSchema, jwks: Option<Arc<JwkSet>>, limits: EdgeLimits) -> Router {
+pub fn router(
+    schema: AuthSchema,
+    service: AuthService,
+    jwks: Option<Arc<JwkSet>>,
+    limits: EdgeLimits,
+) -> Router {
     let timeout = limits.request_timeout;
     Router::new()
         .route("/", get(graphiql))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks_document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(EdgeState {
             schema,
+            service,
             jwks,
             limits,
         })
@@ -337,8 +346,23 @@ async fn graphiql() -> Html<String> {
     Html(GraphiQLSource::build().endpoint("/graphql").finish())
 }
 
+/// Liveness: the process serves. It stays 200 while the database is away, so that an
+/// orchestrator does not restart an instance that would recover by itself.
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: the database answers, so requests can be served. A load balancer should send
+/// traffic only to ready instances.
+async fn readyz(State(state): State<EdgeState>) -> Response {
+    match state.service.check_ready().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "reason": "the database does not answer" })),
+        )
+            .into_response(),
+    }
 }
 
 /// The public keys that verify authql's tokens. A symmetric key is never published.

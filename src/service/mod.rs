@@ -13,7 +13,7 @@ use crate::{
     auth::{Authenticated, BearerToken, PasswordHasher, TokenKeys, TokenKind},
     error::{AppError, UnauthenticatedReason},
     service::rate_limit::{Operation, RateLimits},
-    store::{NewUser, Rotation, Session, Store, StoreError, User},
+    store::{NewUser, Rotation, Session, Store, User},
 };
 
 /// At most this many session ids and tokens in one `revokeTokens`.
@@ -115,12 +115,7 @@ impl AuthService {
             .inner
             .store
             .create_user_with_session(user, session)
-            .await
-            .map_err(|err| match err {
-                StoreError::EmailTaken => AppError::EmailTaken,
-                StoreError::UsernameTaken => AppError::UsernameTaken,
-                other => AppError::internal(other),
-            })?;
+            .await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "user registered");
         self.issue(user, session, now)
     }
@@ -139,12 +134,7 @@ impl AuthService {
         if password.len() > input::PASSWORD_MAX_BYTES {
             return Err(AppError::InvalidCredentials);
         }
-        let credentials = self
-            .inner
-            .store
-            .find_credentials(&login)
-            .await
-            .map_err(AppError::internal)?;
+        let credentials = self.inner.store.find_credentials(&login).await?;
         let hash = credentials
             .as_ref()
             .map(|found| found.password_hash.clone());
@@ -161,8 +151,7 @@ impl AuthService {
             .inner
             .store
             .create_session(self.new_session(user.id, client, now))
-            .await
-            .map_err(AppError::internal)?;
+            .await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "logged in");
         self.issue(user, session, now)
     }
@@ -196,19 +185,14 @@ impl AuthService {
             idle_expires_at: now + self.inner.lifetimes.session_idle,
         };
         let store = &self.inner.store;
-        if let Some((user, session)) = store
-            .rotate_session(rotation)
-            .await
-            .map_err(AppError::internal)?
-        {
+        if let Some((user, session)) = store.rotate_session(rotation).await? {
             return self.issue(user, session, now);
         }
 
         // Not rotated: the session is gone, has ended, or holds another refresh jti.
         let (user, session) = store
             .find_session(claims.sid)
-            .await
-            .map_err(AppError::internal)?
+            .await?
             .filter(|(user, _)| user.id == claims.sub)
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
         if !session.is_live(now) {
@@ -221,10 +205,7 @@ impl AuthService {
             // Signing is deterministic: the same claims give the same bytes.
             return self.issue(user, session, rotated_at);
         }
-        store
-            .delete_user_sessions(user.id, &[session.id])
-            .await
-            .map_err(AppError::internal)?;
+        store.delete_user_sessions(user.id, &[session.id]).await?;
         tracing::warn!(
             event = "refresh_token_reused",
             user_id = %user.id,
@@ -257,8 +238,7 @@ impl AuthService {
             .inner
             .store
             .find_session_by_access_jti(claims.sid, claims.jti, now())
-            .await
-            .map_err(AppError::internal)?
+            .await?
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
         Ok(Authenticated { user, session })
     }
@@ -268,7 +248,7 @@ impl AuthService {
             .store
             .list_live_sessions(user_id, now())
             .await
-            .map_err(AppError::internal)
+            .map_err(AppError::from)
     }
 
     pub async fn logout(&self, caller: &Authenticated) -> Result<(), AppError> {
@@ -319,7 +299,7 @@ impl AuthService {
             .store
             .delete_other_sessions(caller.user.id, caller.session.id)
             .await
-            .map_err(AppError::internal)
+            .map_err(AppError::from)
     }
 
     /// Sets a new password and ends every other session of the caller.
@@ -342,8 +322,7 @@ impl AuthService {
             .inner
             .store
             .find_credentials_by_id(caller.user.id)
-            .await
-            .map_err(AppError::internal)?
+            .await?
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
         if current_password.len() > input::PASSWORD_MAX_BYTES
             || !self
@@ -359,10 +338,27 @@ impl AuthService {
             .inner
             .store
             .change_password(caller.user.id, password_hash, caller.session.id)
-            .await
-            .map_err(AppError::internal)?;
+            .await?;
         tracing::info!(user_id = %caller.user.id, ended_sessions = ended, "password changed");
         Ok(())
+    }
+
+    /// Whether the database answers: the readiness of this instance.
+    pub async fn check_ready(&self) -> Result<(), AppError> {
+        Ok(self.inner.store.ping().await?)
+    }
+
+    /// Deletes sessions that ended more than `retention` ago; returns how many.
+    pub async fn prune_ended_sessions(
+        &self,
+        retention: TimeDelta,
+        batch: u64,
+    ) -> Result<u64, AppError> {
+        Ok(self
+            .inner
+            .store
+            .prune_sessions(now() - retention, batch)
+            .await?)
     }
 
     async fn revoke_sessions(
@@ -374,7 +370,7 @@ impl AuthService {
             .store
             .delete_user_sessions(user_id, session_ids)
             .await
-            .map_err(AppError::internal)
+            .map_err(AppError::from)
     }
 
     fn new_session(&self, user_id: Uuid, client: ClientInfo, now: DateTime<Utc>) -> Session {

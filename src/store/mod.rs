@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use sea::SeaStore;
+pub use sea::{PoolSettings, SeaStore};
 
 /// A user as the rest of authql sees one: no password hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +85,37 @@ pub enum StoreError {
     EmailTaken,
     #[error("the username is already taken")]
     UsernameTaken,
+    /// The database cannot be reached (down, restarting, pool exhausted): worth retrying.
+    #[error("database unavailable: {0}")]
+    Unavailable(sea_orm::DbErr),
     #[error("database error: {0}")]
-    Database(#[from] sea_orm::DbErr),
+    Database(sea_orm::DbErr),
+}
+
+impl From<sea_orm::DbErr> for StoreError {
+    fn from(error: sea_orm::DbErr) -> Self {
+        use sea_orm::{DbErr, RuntimeErr, sqlx};
+        let unreachable = match &error {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+            DbErr::Exec(RuntimeErr::SqlxError(cause))
+            | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
+                matches!(
+                    cause.as_ref(),
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                        | sqlx::Error::Tls(_)
+                )
+            }
+            _ => false,
+        };
+        if unreachable {
+            Self::Unavailable(error)
+        } else {
+            Self::Database(error)
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -150,6 +179,13 @@ pub trait Store: Send + Sync + 'static {
         password_hash: String,
         keep_session: Uuid,
     ) -> StoreResult<u64>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Deletes, in batches of at most `batch`, sessions that ended (expired or idle) before
+    /// `ended_before`; returns how many. Safe to run on every instance at once.
+    async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64>;
 
     /// The stored value of a server-wide setting; stores `candidate` first if there is none.
     /// Safe against concurrent callers: all of them get the value that won.

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, SqlErr, TransactionTrait,
+    ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
     sea_query::{Expr, OnConflict},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -23,19 +23,52 @@ pub struct SeaStore {
     db: DatabaseConnection,
 }
 
+/// How the pool of database connections behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long opening a new connection may take.
+    pub connect_timeout: Duration,
+    /// How long a request waits for a free connection before it is answered
+    /// SERVICE_UNAVAILABLE: this bounds how fast clients learn that the database is gone.
+    pub acquire_timeout: Duration,
+}
+
+/// Any constant serves, as long as every authql instance uses the same one.
+const MIGRATION_LOCK_KEY: i64 = 0x6175_7468_716c; // "authql"
+
 impl SeaStore {
-    pub async fn connect(database_url: &str) -> Result<Self, DbErr> {
+    pub async fn connect(database_url: &str, pool: PoolSettings) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(database_url);
-        // Statements carry token ids; authql logs its own events instead.
-        options.sqlx_logging(false);
-        options.map_sqlx_sqlite_opts(configure_sqlite);
+        options
+            .max_connections(pool.max_connections)
+            .min_connections(1)
+            .connect_timeout(pool.connect_timeout)
+            .acquire_timeout(pool.acquire_timeout)
+            // Connections that died with the database are noticed and replaced.
+            .test_before_acquire(true)
+            // Statements carry token ids; authql logs its own events instead.
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(configure_sqlite);
         Ok(Self {
             db: Database::connect(options).await?,
         })
     }
 
+    /// Applies pending migrations. On PostgreSQL an advisory lock, held for the migration's
+    /// transaction, makes instances that start together take turns instead of racing.
     pub async fn migrate(&self) -> Result<(), DbErr> {
-        Migrator::up(&self.db, None).await
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return Migrator::up(&self.db, None).await;
+        }
+        let transaction = self.db.begin().await?;
+        transaction
+            .execute_unprepared(&format!(
+                "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+            ))
+            .await?;
+        Migrator::up(&transaction, None).await?;
+        transaction.commit().await
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -326,6 +359,42 @@ impl Store for SeaStore {
             .rows_affected;
         transaction.commit().await?;
         Ok(ended)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(self.db.ping().await?)
+    }
+
+    async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {
+        let mut pruned = 0;
+        loop {
+            // Bounded batches keep each statement short, so pruning never holds the write lock
+            // (SQLite) or many row locks (PostgreSQL) for long.
+            let ended: Vec<Uuid> = session::Entity::find()
+                .select_only()
+                .column(session::Column::Id)
+                .filter(
+                    Condition::any()
+                        .add(session::Column::ExpiresAt.lte(ended_before))
+                        .add(session::Column::IdleExpiresAt.lte(ended_before)),
+                )
+                .limit(batch)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            if ended.is_empty() {
+                return Ok(pruned);
+            }
+            let deleted = session::Entity::delete_many()
+                .filter(session::Column::Id.is_in(ended.iter().copied()))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+            pruned += deleted;
+            if (ended.len() as u64) < batch {
+                return Ok(pruned);
+            }
+        }
     }
 
     async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String> {

@@ -161,31 +161,42 @@ async fn unknown_accounts_and_wrong_passwords_look_and_take_the_same() {
     // A real bcrypt cost, so that the hash dominates as it does in production.
     let app = spawn_app_with(|config| config.bcrypt_cost = 10).await;
     app.register("timing@x.com").await;
-    let mut wrong_password = Vec::new();
-    let mut unknown_account = Vec::new();
-    for i in 0..30 {
-        let started = Instant::now();
-        let body = app.login_raw("timing@x.com", "not the password").await;
-        wrong_password.push(started.elapsed());
-        assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
-
-        let started = Instant::now();
-        let body = app
-            .login_raw(&format!("nobody{i}@x.com"), "not the password")
-            .await;
-        unknown_account.push(started.elapsed());
-        assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+    // On a shared 2-core machine other work comes and goes: the two kinds alternate (and swap
+    // order every try) so that drift hits both alike, and a round spoiled by noise is measured
+    // again, up to three rounds. A real difference (the ported app: 4 ms vs 320 ms) fails all.
+    let mut rounds = Vec::new();
+    for round in 0..3 {
+        let mut wrong_password = Vec::new();
+        let mut unknown_account = Vec::new();
+        for i in 0..30 {
+            let unknown_login = format!("nobody{round}-{i}@x.com");
+            let mut attempts = [
+                ("timing@x.com", &mut wrong_password),
+                (unknown_login.as_str(), &mut unknown_account),
+            ];
+            if i % 2 == 1 {
+                attempts.swap(0, 1);
+            }
+            for (login, times) in attempts {
+                let started = Instant::now();
+                let body = app.login_raw(login, "not the password").await;
+                times.push(started.elapsed());
+                assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+            }
+        }
+        let (wrong, unknown) = (median(&mut wrong_password), median(&mut unknown_account));
+        let ratio = unknown / wrong;
+        if (0.9..=1.1).contains(&ratio) {
+            return;
+        }
+        rounds.push(format!("unknown {unknown:.4}s vs wrong {wrong:.4}s"));
     }
-    let median = |times: &mut Vec<Duration>| {
-        times.sort();
-        times[times.len() / 2].as_secs_f64()
-    };
-    let (wrong, unknown) = (median(&mut wrong_password), median(&mut unknown_account));
-    let ratio = unknown / wrong;
-    assert!(
-        (0.9..=1.1).contains(&ratio),
-        "median unknown {unknown:.4}s vs wrong {wrong:.4}s"
-    );
+    panic!("median times differ by more than 10% in every round: {rounds:?}");
+}
+
+fn median(times: &mut [Duration]) -> f64 {
+    times.sort();
+    times[times.len() / 2].as_secs_f64()
 }
 
 #[tokio::test]
