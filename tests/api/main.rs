@@ -7,6 +7,7 @@ mod binary;
 mod errors;
 mod http;
 mod passwords;
+mod postgres;
 mod register_login;
 mod revoke;
 mod schema;

@@ -1,0 +1,277 @@
+//! PostgreSQL as the database of several stateless authql processes (issue 4). These need a
+//! server: they run in the PostgreSQL pass of `scripts/test` (`--include-ignored`).
+
+use std::collections::HashSet;
+
+use futures::future::join_all;
+use sea_orm::{ConnectionTrait, Database, DbBackend, EntityTrait, Statement, TransactionTrait};
+use serde_json::{Value, json};
+
+use authql::store::entity::{session, user};
+
+use crate::helpers::*;
+
+const NEEDS_POSTGRES: &str = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)";
+
+/// `count` authql processes on one fresh PostgreSQL database, started at the same time.
+async fn instances(
+    dir: &tempfile::TempDir,
+    count: usize,
+    extra_env: &[(&str, &str)],
+) -> (String, Vec<RunningBinary>) {
+    assert!(postgres_admin_url().is_some(), "{NEEDS_POSTGRES}");
+    let database_url = fresh_database_url(dir.path()).await;
+    let folders: Vec<_> = (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut env = vec![
+        ("DATABASE_URL", database_url.as_str()),
+        ("BCRYPT_COST", "4"),
+        ("RATE_LIMIT_IP_PER_MINUTE", "0"),
+        ("RATE_LIMIT_ACCOUNT_PER_MINUTE", "0"),
+        ("RUST_LOG", "warn"),
+    ];
+    env.extend_from_slice(extra_env);
+    let started = join_all(
+        folders
+            .iter()
+            .map(|folder| start_binary(folder.path(), &env)),
+    )
+    .await;
+    // The folders only hold logs; keep them alive as long as the processes.
+    std::mem::forget(folders);
+    (database_url, started)
+}
+
+async fn gql(
+    instance: &RunningBinary,
+    query: &str,
+    variables: Value,
+    token: Option<&str>,
+) -> Value {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .post(instance.url("/graphql"))
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+const REGISTER: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken session { id } } }";
+const REFRESH: &str =
+    "mutation($t: String!) { refresh(refreshToken: $t) { accessToken refreshToken } }";
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+async fn a_token_from_one_instance_works_on_another_and_revocation_is_seen_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, nodes) = instances(
+        &dir,
+        2,
+        &[("JWT_SECRET_KEY", "one secret shared by every instance here")],
+    )
+    .await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let registered = gql(
+        a,
+        REGISTER,
+        json!({ "i": { "email": "multi@x.com", "password": PASSWORD } }),
+        None,
+    )
+    .await;
+    let access = string_at(&registered, "/data/register/accessToken");
+    let me = gql(b, "{ me { email } }", json!({}), Some(&access)).await;
+    assert_eq!(me["data"]["me"]["email"], json!("multi@x.com"), "{me}");
+
+    let session_id = string_at(&registered, "/data/register/session/id");
+    let revoked = gql(
+        b,
+        "mutation($i: RevokeTokensInput!) { revokeTokens(input: $i) { revokedCount } }",
+        json!({ "i": { "sessionIds": [session_id] } }),
+        Some(&access),
+    )
+    .await;
+    assert_eq!(
+        revoked["data"]["revokeTokens"]["revokedCount"],
+        json!(1),
+        "{revoked}"
+    );
+    // The very next request on A is refused: there is no cache to go stale.
+    assert_unauthenticated(
+        &gql(a, "{ me { id } }", json!({}), Some(&access)).await,
+        "REVOKED",
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+async fn fifty_parallel_refreshes_across_instances_give_exactly_one_new_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (database_url, nodes) = instances(
+        &dir,
+        3,
+        &[("JWT_SECRET_KEY", "one secret shared by every instance here")],
+    )
+    .await;
+    let registered = gql(
+        &nodes[0],
+        REGISTER,
+        json!({ "i": { "email": "race@x.com", "password": PASSWORD } }),
+        None,
+    )
+    .await;
+    let refresh = string_at(&registered, "/data/register/refreshToken");
+
+    let answers = join_all((0..50).map(|i| {
+        gql(
+            &nodes[i % nodes.len()],
+            REFRESH,
+            json!({ "t": refresh }),
+            None,
+        )
+    }))
+    .await;
+    let pairs: HashSet<(String, String)> = answers
+        .iter()
+        .map(|body| {
+            assert_no_errors(body);
+            (
+                string_at(body, "/data/refresh/accessToken"),
+                string_at(body, "/data/refresh/refreshToken"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs.len(),
+        1,
+        "one rotation; the repeats within the grace window get its pair"
+    );
+    let (access, new_refresh) = pairs.into_iter().next().unwrap();
+
+    let rows = session::Entity::find()
+        .all(&Database::connect(&database_url).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].refresh_jti.to_string(), jti_of(&new_refresh));
+    assert_eq!(
+        rows[0].previous_refresh_jti.map(|jti| jti.to_string()),
+        Some(jti_of(&refresh))
+    );
+    for node in &nodes {
+        assert_no_errors(&gql(node, "{ me { id } }", json!({}), Some(&access)).await);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+async fn fifty_parallel_registrations_of_one_email_across_instances_make_one_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let (database_url, nodes) = instances(
+        &dir,
+        3,
+        &[("JWT_SECRET_KEY", "one secret shared by every instance here")],
+    )
+    .await;
+    let answers = join_all((0..50).map(|i| {
+        // Case and spaces vary: it is still one email.
+        let email = if i % 2 == 0 { "Same@X.com".to_owned() } else { format!(" same@x.COM{}", " ".repeat(i % 3)) };
+        gql(&nodes[i % nodes.len()], REGISTER, json!({ "i": { "email": email, "password": PASSWORD, "username": format!("same{i}") } }), None)
+    }))
+    .await;
+    let created = answers
+        .iter()
+        .filter(|body| body.get("errors").is_none())
+        .count();
+    assert_eq!(created, 1, "{answers:?}");
+    for refused in answers.iter().filter(|body| body.get("errors").is_some()) {
+        assert_eq!(error_code(refused), "EMAIL_TAKEN", "{refused}");
+    }
+    let db = Database::connect(&database_url).await.unwrap();
+    assert_eq!(user::Entity::find().all(&db).await.unwrap().len(), 1);
+    assert_eq!(
+        session::Entity::find().all(&db).await.unwrap().len(),
+        1,
+        "no session without its user"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+async fn instances_started_together_without_a_secret_agree_on_the_generated_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fresh database: the three race to migrate it and to store the first secret.
+    let (database_url, nodes) = instances(&dir, 3, &[]).await;
+    let registered = gql(
+        &nodes[0],
+        REGISTER,
+        json!({ "i": { "email": "secret@x.com", "password": PASSWORD } }),
+        None,
+    )
+    .await;
+    let access = string_at(&registered, "/data/register/accessToken");
+    for node in &nodes {
+        assert_no_errors(&gql(node, "{ me { id } }", json!({}), Some(&access)).await);
+    }
+    let db = Database::connect(&database_url).await.unwrap();
+    let settings = authql::store::entity::setting::Entity::find()
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(settings.len(), 1);
+}
+
+/// Each per-request lookup can use an index. Sequential scans are switched off for the
+/// session so that the planner shows whether an index exists for it at all: on a near-empty
+/// table it would rightly prefer a scan.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+async fn every_per_request_lookup_is_an_index_scan() {
+    assert!(postgres_admin_url().is_some(), "{NEEDS_POSTGRES}");
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::connect(fresh_database_url(dir.path()).await)
+        .await
+        .unwrap();
+    let id = "'6f1c1c4e-0000-4000-8000-000000000001'";
+    let lookups = [
+        // The guard: a session by id and access jti, with its user.
+        format!(
+            "SELECT * FROM sessions JOIN users ON users.id = sessions.user_id \
+             WHERE sessions.id = {id} AND sessions.access_jti = {id} AND sessions.expires_at > now()"
+        ),
+        format!("SELECT * FROM sessions WHERE access_jti = {id}"),
+        // Refresh: the conditional rotation.
+        format!("UPDATE sessions SET refresh_jti = {id} WHERE id = {id} AND refresh_jti = {id}"),
+        format!("SELECT * FROM sessions WHERE refresh_jti = {id}"),
+        // mySessions, revokeOtherSessions: by user.
+        format!("SELECT * FROM sessions WHERE user_id = {id} ORDER BY created_at DESC"),
+        format!("DELETE FROM sessions WHERE user_id = {id} AND id <> {id}"),
+        // Login: by email or username.
+        "SELECT * FROM users WHERE email_normalized = 'a@x.com' OR username_normalized = 'a@x.com'"
+            .to_owned(),
+    ];
+    let transaction = db.begin().await.unwrap();
+    transaction
+        .execute_unprepared("SET LOCAL enable_seqscan = off")
+        .await
+        .unwrap();
+    for lookup in lookups {
+        let plan: Vec<String> = transaction
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                format!("EXPLAIN {lookup}"),
+            ))
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(0).unwrap())
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index"), "no index for {lookup}:\n{plan}");
+        assert!(
+            !plan.contains("Seq Scan"),
+            "a sequential scan for {lookup}:\n{plan}"
+        );
+    }
+    transaction.rollback().await.unwrap();
+}
