@@ -111,11 +111,7 @@ impl AuthService {
             created_at: now,
         };
         let session = self.new_session(user.id, client, now);
-        let (user, session) = self
-            .inner
-            .store
-            .create_user_with_session(user, session)
-            .await?;
+        let (user, session) = self.store().create_user_with_session(user, session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "user registered");
         self.issue(user, session, now)
     }
@@ -134,7 +130,7 @@ impl AuthService {
         if password.len() > input::PASSWORD_MAX_BYTES {
             return Err(AppError::InvalidCredentials);
         }
-        let credentials = self.inner.store.find_credentials(&login).await?;
+        let credentials = self.store().find_credentials(&login).await?;
         let hash = credentials
             .as_ref()
             .map(|found| found.password_hash.clone());
@@ -148,8 +144,7 @@ impl AuthService {
         };
         let now = now();
         let session = self
-            .inner
-            .store
+            .store()
             .create_session(self.new_session(user.id, client, now))
             .await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "logged in");
@@ -184,7 +179,7 @@ impl AuthService {
             at: now,
             idle_expires_at: now + self.inner.lifetimes.session_idle,
         };
-        let store = &self.inner.store;
+        let store = self.store();
         if let Some((user, session)) = store.rotate_session(rotation).await? {
             return self.issue(user, session, now);
         }
@@ -235,8 +230,7 @@ impl AuthService {
             .verify(TokenKind::Access, token)
             .map_err(AppError::Unauthenticated)?;
         let (user, session) = self
-            .inner
-            .store
+            .store()
             .find_session_by_access_jti(claims.sid, claims.jti, now())
             .await?
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
@@ -319,8 +313,7 @@ impl AuthService {
         )?;
         input::password("newPassword", &new_password)?;
         let credentials = self
-            .inner
-            .store
+            .store()
             .find_credentials_by_id(caller.user.id)
             .await?
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
@@ -335,8 +328,7 @@ impl AuthService {
         }
         let password_hash = self.inner.passwords.hash(new_password).await?;
         let ended = self
-            .inner
-            .store
+            .store()
             .change_password(caller.user.id, password_hash, caller.session.id)
             .await?;
         tracing::info!(user_id = %caller.user.id, ended_sessions = ended, "password changed");
@@ -345,7 +337,7 @@ impl AuthService {
 
     /// Whether the database answers: the readiness of this instance.
     pub async fn check_ready(&self) -> Result<(), AppError> {
-        Ok(self.inner.store.ping().await?)
+        Ok(self.store().ping().await?)
     }
 
     /// Deletes sessions that ended more than `retention` ago; returns how many.
@@ -355,8 +347,7 @@ impl AuthService {
         batch: u64,
     ) -> Result<u64, AppError> {
         Ok(self
-            .inner
-            .store
+            .store()
             .prune_sessions(now() - retention, batch)
             .await?)
     }
@@ -371,6 +362,10 @@ impl AuthService {
             .delete_user_sessions(user_id, session_ids)
             .await
             .map_err(AppError::from)
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
     }
 
     fn new_session(&self, user_id: Uuid, client: ClientInfo, now: DateTime<Utc>) -> Session {

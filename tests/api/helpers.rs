@@ -416,3 +416,22 @@ pub async fn spawn_instance_on(first: &TestApp, configure: impl FnOnce(&mut Conf
     let dir = tempfile::tempdir().expect("a temporary folder");
     start(dir, first.database_url.clone(), configure).await
 }
+
+/// Asserts an error answered before GraphQL ran: the HTTP status, a JSON body, and its code.
+pub async fn assert_http_error(
+    response: reqwest::Response,
+    status: reqwest::StatusCode,
+    code: &str,
+) {
+    assert_eq!(response.status(), status);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), code, "{body}");
+}

@@ -5,20 +5,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-async fn json_error(response: reqwest::Response, status: StatusCode, code: &str) {
-    assert_eq!(response.status(), status);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/json"),
-        "{content_type}"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(error_code(&body), code, "{body}");
-}
-
 #[tokio::test]
 async fn unknown_routes_are_404_json() {
     let app = spawn_app().await;
@@ -28,7 +14,7 @@ async fn unknown_routes_are_404_json() {
         .send()
         .await
         .unwrap();
-    json_error(response, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    assert_http_error(response, StatusCode::NOT_FOUND, "NOT_FOUND").await;
 }
 
 #[tokio::test]
@@ -46,7 +32,7 @@ async fn wrong_methods_are_405_json() {
             .send()
             .await
             .unwrap();
-        json_error(
+        assert_http_error(
             response,
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
@@ -75,7 +61,7 @@ async fn malformed_bodies_are_400_json_and_the_server_lives_on() {
             .send()
             .await
             .unwrap();
-        json_error(response, StatusCode::BAD_REQUEST, "BAD_REQUEST").await;
+        assert_http_error(response, StatusCode::BAD_REQUEST, "BAD_REQUEST").await;
     }
     app.register("still@x.com").await;
 }
@@ -104,7 +90,7 @@ async fn get_runs_queries_but_never_mutations() {
         .send()
         .await
         .unwrap();
-    json_error(
+    assert_http_error(
         response,
         StatusCode::METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",

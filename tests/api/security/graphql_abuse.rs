@@ -24,12 +24,6 @@ async fn post_raw(
         .unwrap()
 }
 
-async fn assert_http_error(response: reqwest::Response, status: StatusCode, code: &str) {
-    assert_eq!(response.status(), status);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(error_code(&body), code, "{body}");
-}
-
 #[tokio::test]
 async fn cross_site_form_and_text_posts_are_refused_and_run_nothing() {
     let app = spawn_app().await;
