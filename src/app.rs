@@ -89,11 +89,11 @@ impl Application {
             jwks,
             edge_limits(&config)?,
         );
+        let retention =
+            duration_setting(config.prune_retention_seconds, "PRUNE_RETENTION_SECONDS")?;
         let pruning = (config.prune_interval_seconds > 0).then(|| Pruning {
             interval: Duration::from_secs(config.prune_interval_seconds),
-            retention: TimeDelta::seconds(
-                i64::try_from(config.prune_retention_seconds).unwrap_or(i64::MAX / 1000),
-            ),
+            retention,
             batch: config.prune_batch_size,
         });
         let address = SocketAddr::new(config.host, config.port);
@@ -182,24 +182,38 @@ fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
 }
 
 fn lifetimes(config: &Config) -> anyhow::Result<Lifetimes> {
-    let seconds = |value: u64, setting: &str| {
-        i64::try_from(value)
-            .ok()
-            .and_then(TimeDelta::try_seconds)
-            .with_context(|| format!("{setting} is out of range"))
-    };
     Ok(Lifetimes {
-        access_token: seconds(config.jwt_access_token_expires, "JWT_ACCESS_TOKEN_EXPIRES")?,
-        session: seconds(
+        access_token: duration_setting(
+            config.jwt_access_token_expires,
+            "JWT_ACCESS_TOKEN_EXPIRES",
+        )?,
+        session: duration_setting(
             config.jwt_refresh_token_expires,
             "JWT_REFRESH_TOKEN_EXPIRES",
         )?,
-        session_idle: seconds(config.session_idle_timeout, "SESSION_IDLE_TIMEOUT")?,
-        refresh_reuse_grace: seconds(
+        session_idle: duration_setting(config.session_idle_timeout, "SESSION_IDLE_TIMEOUT")?,
+        refresh_reuse_grace: duration_setting(
             config.refresh_reuse_grace_seconds,
             "REFRESH_REUSE_GRACE_SECONDS",
         )?,
     })
+}
+
+/// Longest duration a setting may hold: far beyond any sensible lifetime, and far from where
+/// adding it to a date would overflow.
+const MAX_DURATION_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
+/// A duration setting in seconds, refused (naming the setting) when out of range.
+fn duration_setting(seconds: u64, setting: &str) -> anyhow::Result<TimeDelta> {
+    if seconds > MAX_DURATION_SECONDS {
+        bail!(
+            "{setting} is {seconds} seconds; at most {MAX_DURATION_SECONDS} (100 years) is allowed"
+        );
+    }
+    i64::try_from(seconds)
+        .ok()
+        .and_then(TimeDelta::try_seconds)
+        .with_context(|| format!("{setting} is out of range"))
 }
 
 /// The configured secret, or the one generated and kept in the database.

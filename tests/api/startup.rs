@@ -48,3 +48,18 @@ async fn without_a_secret_every_instance_on_the_database_agrees_on_a_generated_o
     assert_eq!(settings.len(), 1);
     assert!(settings[0].value.len() >= 32);
 }
+
+#[tokio::test]
+async fn out_of_range_durations_refuse_to_start_instead_of_overflowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&sqlite_url(&dir.path().join("authql.db")));
+    config.jwt_refresh_token_expires = u64::MAX / 2;
+    let error = Application::build(config)
+        .await
+        .err()
+        .expect("start-up fails");
+    assert!(
+        format!("{error:#}").contains("JWT_REFRESH_TOKEN_EXPIRES"),
+        "{error:#}"
+    );
+}
