@@ -435,3 +435,85 @@ pub async fn assert_http_error(
     let body: Value = response.json().await.unwrap();
     assert_eq!(error_code(&body), code, "{body}");
 }
+
+/// A TCP proxy on 127.0.0.1 in front of a server (PostgreSQL, in the fault tests), that a test
+/// can switch off — every forwarded connection is cut and new ones are closed as soon as they
+/// are accepted, as when the database goes away — and on again. Stops when dropped.
+pub struct SwitchableProxy {
+    pub address: std::net::SocketAddr,
+    on: tokio::sync::watch::Sender<bool>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl SwitchableProxy {
+    pub async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port for the proxy");
+        let address = listener.local_addr().unwrap();
+        let (on, watch_on) = tokio::sync::watch::channel(true);
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*watch_on.borrow() {
+                    // Off: the connection is closed before a byte is exchanged.
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut switched = watch_on.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        // Switched off: both sockets are dropped here, mid-conversation.
+                        _ = switched.wait_for(|on| !*on) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            address,
+            on,
+            accepting,
+        }
+    }
+
+    pub fn switch_off(&self) {
+        self.on.send_replace(false);
+    }
+
+    pub fn switch_on(&self) {
+        self.on.send_replace(true);
+    }
+
+    /// `database_url` with its host and port replaced by the proxy's.
+    pub fn url_for(&self, database_url: &str) -> String {
+        let (scheme, rest) = database_url.split_once("://").expect("a URL with a scheme");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let user = authority
+            .rsplit_once('@')
+            .map_or(String::new(), |(user, _)| format!("{user}@"));
+        format!("{scheme}://{user}{}/{path}", self.address)
+    }
+}
+
+impl Drop for SwitchableProxy {
+    fn drop(&mut self) {
+        self.switch_off();
+        self.accepting.abort();
+    }
+}
+
+/// The `host:port` of a database URL.
+pub fn host_and_port(database_url: &str) -> String {
+    let (_, rest) = database_url.split_once("://").expect("a URL with a scheme");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    }
+}

@@ -5,6 +5,7 @@ mod helpers;
 mod binary;
 
 mod errors;
+mod faults;
 mod http;
 mod passwords;
 mod postgres;
