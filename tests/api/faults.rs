@@ -800,3 +800,55 @@ async fn pruners_running_at_once_delete_each_ended_session_exactly_once_without_
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id.to_string(), account.session_id);
 }
+
+/// What a restart or failover does to open connections: PostgreSQL ends them with 57P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL"]
+async fn when_postgres_ends_connections_requests_get_service_unavailable_never_internal() {
+    use sea_orm::ConnectionTrait;
+    let admin_url = postgres_admin_url().expect("TEST_DATABASE_URL names a PostgreSQL server");
+    let app = Arc::new(spawn_app_with(|config| config.prune_interval_seconds = 0).await);
+    let account = app.register("terminated@x.com").await;
+    let database = app.database_url.rsplit('/').next().unwrap().to_owned();
+    let admin = sea_orm::Database::connect(admin_url).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let terminator = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                admin
+                    .execute_unprepared(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = '{database}'"
+                    ))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut unavailable = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let (app, token) = (app.clone(), account.access_token.clone());
+                tokio::spawn(async move { outcome(&app.me(&token).await) })
+            })
+            .collect();
+        for call in calls {
+            let code = call.await.unwrap();
+            assert!(
+                matches!(code.as_deref(), None | Some("SERVICE_UNAVAILABLE")),
+                "an ended connection is SERVICE_UNAVAILABLE, got {code:?}"
+            );
+            unavailable += usize::from(code.is_some());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    terminator.await.unwrap();
+    assert!(unavailable > 0, "some requests met an ended connection");
+    // Left alone, the pool reconnects by itself.
+    assert_no_errors(&app.me(&account.access_token).await);
+}
