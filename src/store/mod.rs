@@ -106,7 +106,8 @@ impl From<sea_orm::DbErr> for StoreError {
                         | sqlx::Error::PoolClosed
                         | sqlx::Error::WorkerCrashed
                         | sqlx::Error::Tls(_)
-                )
+                ) || matches!(cause.as_ref(), sqlx::Error::Database(error)
+                        if error.code().is_some_and(|code| database_is_away(&code)))
             }
             _ => false,
         };
@@ -119,6 +120,18 @@ impl From<sea_orm::DbErr> for StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Whether a PostgreSQL SQLSTATE says the server cannot serve right now, rather than that the
+/// statement was wrong: worth a retry, so SERVICE_UNAVAILABLE, not INTERNAL_SERVER_ERROR.
+/// A restart, failover or `pg_terminate_backend` ends every open connection with 57P01, which
+/// sqlx reports as a database error, not an I/O one (tests/api/faults.rs shows it).
+/// Class 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting up;
+/// class 53: out of resources (disk full, too many connections).
+fn database_is_away(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08")
+        || sqlstate.starts_with("53")
+        || matches!(sqlstate, "57P01" | "57P02" | "57P03")
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -190,4 +203,22 @@ pub trait Store: Send + Sync + 'static {
     /// The stored value of a server-wide setting; stores `candidate` first if there is none.
     /// Safe against concurrent callers: all of them get the value that won.
     async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_is_away;
+
+    #[test]
+    fn sqlstates_that_mean_the_database_is_away() {
+        // Admin shutdown, connection failure, too many connections.
+        assert!(database_is_away("57P01"));
+        assert!(database_is_away("08006"));
+        assert!(database_is_away("53300"));
+        // A unique violation or a syntax error is our problem, not the database's.
+        assert!(!database_is_away("23505"));
+        assert!(!database_is_away("42601"));
+        // SQLite's numeric codes are left as they were.
+        assert!(!database_is_away("778"));
+    }
 }

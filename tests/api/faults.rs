@@ -209,6 +209,13 @@ async fn when_postgres_goes_away_requests_get_service_unavailable_quickly_and_re
     assert_eq!(status_of(&http, healthz).await, 200);
 }
 
+// SQLite has no twin of this test. Tests run as root, which ignores file permissions, and the
+// alternatives are not sound faults: with `chattr +i` on the database and its WAL, writes
+// through connections already open still succeed (a login did, when tried) while connections
+// opened later fail as read-only, and on the memory-mapped `-shm` file it kills the process
+// with SIGBUS; replacing the folder leaves the open files (now unlinked)
+// in use. None gives "the database went away" for every connection at once.
+
 // ---------------------------------------------------------------------------------------------
 // 2. `kill -9` during a write-heavy load, then a restart on the same SQLite file.
 // ---------------------------------------------------------------------------------------------
@@ -249,6 +256,8 @@ struct Acknowledged {
     login_in_flight: bool,
     /// A session whose revoke was sent but never answered: it may or may not exist.
     revoke_in_flight: Option<String>,
+    /// Whether the client stopped because an answer was lost (rather than at its deadline).
+    cut_off: bool,
     /// Any error answer at all: none is expected.
     errors: Vec<Value>,
     operations: usize,
@@ -285,6 +294,8 @@ async fn write_heavy_client(url: String, email: String, deadline: Instant) -> Ac
     // Live sessions, oldest first.
     let mut live: Vec<String> = Vec::new();
     let mut round = 0usize;
+    // Set back to false when the loop ends at its deadline.
+    seen.cut_off = true;
     while Instant::now() < deadline {
         round += 1;
         let variables = json!({ "input": { "emailOrUsername": email, "password": PASSWORD } });
@@ -362,6 +373,7 @@ async fn write_heavy_client(url: String, email: String, deadline: Instant) -> Ac
             seen.operations += 1;
         }
     }
+    seen.cut_off = false;
     seen
 }
 
@@ -431,6 +443,20 @@ async fn after_kill_9_mid_writes_every_acknowledged_write_is_there_and_no_sessio
     }
     let operations: usize = seen.iter().map(|client| client.operations).sum();
     assert!(operations >= 30, "a real load ran: {operations} operations");
+    assert!(
+        seen.iter().all(|client| client.cut_off),
+        "the kill came in the middle of the load"
+    );
+    eprintln!(
+        "kill -9 after {operations} acknowledged operations; lost answers: {} logins, {} refreshes, {} revokes",
+        seen.iter().filter(|client| client.login_in_flight).count(),
+        seen.iter()
+            .filter(|client| client.refresh_in_flight.is_some())
+            .count(),
+        seen.iter()
+            .filter(|client| client.revoke_in_flight.is_some())
+            .count(),
+    );
 
     // Restart on the same file; it must come up and serve.
     let binary = start_binary(dir.path(), &env).await;
@@ -447,6 +473,7 @@ async fn after_kill_9_mid_writes_every_acknowledged_write_is_there_and_no_sessio
         .map(|row| (row.id.to_string(), row))
         .collect();
 
+    let mut lost_rotations = 0;
     for client in &seen {
         known.extend(client.revoke_in_flight.clone());
         for revoked in &client.revoked {
@@ -511,6 +538,7 @@ async fn after_kill_9_mid_writes_every_acknowledged_write_is_there_and_no_sessio
                 .await
                 .unwrap();
                 assert_no_errors(&body);
+                lost_rotations += 1;
                 let retried = Pair::from_payload(&body["data"]["refresh"]);
                 assert_eq!(
                     (retried.access_jti, retried.refresh_jti),
@@ -522,6 +550,10 @@ async fn after_kill_9_mid_writes_every_acknowledged_write_is_there_and_no_sessio
     // Any other stored session comes from a login whose answer was lost: one per client at most.
     let unknown = stored.keys().filter(|id| !known.contains(*id)).count();
     let logins_lost = seen.iter().filter(|client| client.login_in_flight).count();
+    eprintln!(
+        "after the restart: {} sessions stored, {lost_rotations} rotated by a refresh whose answer was lost, {unknown} from a lost login",
+        stored.len()
+    );
     assert!(
         unknown <= logins_lost,
         "{unknown} sessions nobody acknowledged, {logins_lost} logins lost"
@@ -767,4 +799,56 @@ async fn pruners_running_at_once_delete_each_ended_session_exactly_once_without_
     let left = app.session_rows().await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id.to_string(), account.session_id);
+}
+
+/// What a restart or failover does to open connections: PostgreSQL ends them with 57P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL"]
+async fn when_postgres_ends_connections_requests_get_service_unavailable_never_internal() {
+    use sea_orm::ConnectionTrait;
+    let admin_url = postgres_admin_url().expect("TEST_DATABASE_URL names a PostgreSQL server");
+    let app = Arc::new(spawn_app_with(|config| config.prune_interval_seconds = 0).await);
+    let account = app.register("terminated@x.com").await;
+    let database = app.database_url.rsplit('/').next().unwrap().to_owned();
+    let admin = sea_orm::Database::connect(admin_url).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let terminator = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                admin
+                    .execute_unprepared(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = '{database}'"
+                    ))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut unavailable = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let (app, token) = (app.clone(), account.access_token.clone());
+                tokio::spawn(async move { outcome(&app.me(&token).await) })
+            })
+            .collect();
+        for call in calls {
+            let code = call.await.unwrap();
+            assert!(
+                matches!(code.as_deref(), None | Some("SERVICE_UNAVAILABLE")),
+                "an ended connection is SERVICE_UNAVAILABLE, got {code:?}"
+            );
+            unavailable += usize::from(code.is_some());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    terminator.await.unwrap();
+    assert!(unavailable > 0, "some requests met an ended connection");
+    // Left alone, the pool reconnects by itself.
+    assert_no_errors(&app.me(&account.access_token).await);
 }
