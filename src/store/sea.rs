@@ -6,8 +6,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
-    sea_query::{Expr, OnConflict},
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, SqlErr, TransactionTrait,
+    sea_query::{Expr, LockBehavior, LockType, OnConflict, Query},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 use uuid::Uuid;
@@ -368,30 +368,31 @@ impl Store for SeaStore {
     async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {
         let mut pruned = 0;
         loop {
-            // Bounded batches keep each statement short, so pruning never holds the write lock
-            // (SQLite) or many row locks (PostgreSQL) for long.
-            let ended: Vec<Uuid> = session::Entity::find()
-                .select_only()
+            // One statement per batch: DELETE ... WHERE id IN (SELECT ... LIMIT batch). Bounded
+            // batches keep each statement short, so pruning never holds SQLite's write lock or
+            // many PostgreSQL row locks for long.
+            let mut ended = Query::select();
+            ended
                 .column(session::Column::Id)
-                .filter(
+                .from(session::Entity)
+                .cond_where(
                     Condition::any()
                         .add(session::Column::ExpiresAt.lte(ended_before))
                         .add(session::Column::IdleExpiresAt.lte(ended_before)),
                 )
-                .limit(batch)
-                .into_tuple()
-                .all(&self.db)
-                .await?;
-            if ended.is_empty() {
-                return Ok(pruned);
+                .limit(batch);
+            if self.db.get_database_backend() == DbBackend::Postgres {
+                // Instances pruning at once skip each other's rows instead of waiting on them
+                // (or deadlocking over overlapping batches).
+                ended.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
             }
             let deleted = session::Entity::delete_many()
-                .filter(session::Column::Id.is_in(ended.iter().copied()))
+                .filter(session::Column::Id.in_subquery(ended))
                 .exec(&self.db)
                 .await?
                 .rows_affected;
             pruned += deleted;
-            if (ended.len() as u64) < batch {
+            if deleted < batch {
                 return Ok(pruned);
             }
         }
