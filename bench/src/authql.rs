@@ -140,7 +140,21 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     if folder.file_name().is_some_and(|name| name == "release") {
         // `cargo run` sets CARGO; run outside cargo, the binary must already be there.
         if let Some(cargo) = std::env::var_os("CARGO") {
-            let status = Command::new(cargo)
+            // Without the variables `cargo run` sets for this package: build scripts that
+            // watch them (ring watches CARGO_MANIFEST_DIR) would rebuild half the tree, and
+            // again at the next plain `cargo build`.
+            let package_vars = std::env::vars_os().filter_map(|(key, _)| {
+                let name = key.to_string_lossy();
+                (name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_MANIFEST_")
+                    || matches!(&*name, "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"))
+                .then_some(key)
+            });
+            let mut command = Command::new(cargo);
+            for key in package_vars {
+                command.env_remove(key);
+            }
+            let status = command
                 .args(["build", "--release", "-p", "authql", "--bin", "authql"])
                 .stdout(Stdio::null())
                 .status()
