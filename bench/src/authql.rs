@@ -15,14 +15,21 @@ const JWT_SECRET: &str = "authql-bench: a throwaway secret for one benchmark run
 
 /// The settings every authql under test gets, printed with the results.
 pub fn settings(bcrypt_cost: u32) -> Vec<(&'static str, String)> {
-    vec![
+    let mut settings = vec![
         // Rate limits would refuse the login storm after a few attempts: off.
         ("RATE_LIMIT_IP_PER_MINUTE", "0".into()),
         ("RATE_LIMIT_ACCOUNT_PER_MINUTE", "0".into()),
         ("RUST_LOG", "warn".into()),
         ("BCRYPT_COST", bcrypt_cost.to_string()),
         ("JWT_SECRET_KEY", JWT_SECRET.into()),
-    ]
+    ];
+    // Knobs worth trying, passed on from the benchmark's environment.
+    for knob in ["DATABASE_MAX_CONNECTIONS", "BCRYPT_MAX_CONCURRENCY"] {
+        if let Ok(value) = std::env::var(knob) {
+            settings.push((knob, value));
+        }
+    }
+    settings
 }
 
 pub struct Authql {
@@ -46,7 +53,9 @@ impl Authql {
             || format!("sqlite://{}", dir.path().join("authql.db").display()),
             str::to_owned,
         );
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let log = std::fs::File::create(dir.path().join("authql.log"))?;
         let spawned = Instant::now();
@@ -147,7 +156,10 @@ pub fn binary() -> anyhow::Result<PathBuf> {
                 let name = key.to_string_lossy();
                 (name.starts_with("CARGO_PKG_")
                     || name.starts_with("CARGO_MANIFEST_")
-                    || matches!(&*name, "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"))
+                    || matches!(
+                        &*name,
+                        "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+                    ))
                 .then_some(key)
             });
             let mut command = Command::new(cargo);

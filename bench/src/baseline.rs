@@ -30,7 +30,9 @@ impl Baseline {
                     "/graphql",
                     post(move |_body: Bytes| {
                         let answer = answer.clone();
-                        async move { ([(header::CONTENT_TYPE, "application/json")], answer).into_response() }
+                        async move {
+                            ([(header::CONTENT_TYPE, "application/json")], answer).into_response()
+                        }
                     }),
                 );
                 let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");

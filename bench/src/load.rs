@@ -161,7 +161,8 @@ async fn connection_loop(
     let period = shape
         .rate
         .map(|rate| Duration::from_secs_f64(shape.connections as f64 / rate));
-    let mut next = period.map(|period| started + period.mul_f64(index as f64 / shape.connections as f64));
+    let mut next =
+        period.map(|period| started + period.mul_f64(index as f64 / shape.connections as f64));
     loop {
         let scheduled = match (next, period) {
             (Some(at), Some(period)) => {
@@ -182,7 +183,9 @@ async fn connection_loop(
         if ok {
             let micros = scheduled.elapsed().as_micros();
             outcome.ok += 1;
-            outcome.latencies_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
+            outcome
+                .latencies_us
+                .push(u32::try_from(micros).unwrap_or(u32::MAX));
         } else {
             outcome.failed += 1;
         }
