@@ -43,7 +43,7 @@ pub struct Application {
 impl Application {
     /// Connects to the database, applies migrations, settles the JWT secret and binds.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = SeaStore::connect(&config.database_url)
+        let store = SeaStore::connect(&config.database_url, config.database_max_connections)
             .await
             .context("could not open the database (DATABASE_URL)")?;
         if config.migrate_on_start {

@@ -49,6 +49,11 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
+    /// Most database connections open at once. By default one per CPU core for SQLite (WAL
+    /// lets that many readers run beside the one writer) and 10 for PostgreSQL.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_max_connections: Option<u32>,
+
     /// The HS256 key that signs tokens, at least 32 bytes. When unset, authql generates one on
     /// first start and keeps it in the database, so that every instance sharing it agrees.
     #[arg(long, env = "JWT_SECRET_KEY", hide_env_values = true, value_parser = parse_secret)]
@@ -164,6 +169,7 @@ impl Config {
     pub fn defaults() -> Self {
         Config {
             database_url: DEFAULT_DATABASE_URL.into(),
+            database_max_connections: None,
             jwt_secret_key: None,
             jwt_access_token_expires: DEFAULT_ACCESS_TOKEN_EXPIRES,
             jwt_refresh_token_expires: DEFAULT_REFRESH_TOKEN_EXPIRES,

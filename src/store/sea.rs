@@ -24,11 +24,21 @@ pub struct SeaStore {
 }
 
 impl SeaStore {
-    pub async fn connect(database_url: &str) -> Result<Self, DbErr> {
+    /// Opens the pool. `max_connections` defaults to one per core on SQLite (SeaORM's own
+    /// default there is a single connection, which queues every request's session lookup
+    /// behind the one before it) and to sqlx's 10 on PostgreSQL.
+    pub async fn connect(database_url: &str, max_connections: Option<u32>) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(database_url);
         // Statements carry token ids; authql logs its own events instead.
         options.sqlx_logging(false);
         options.map_sqlx_sqlite_opts(configure_sqlite);
+        let sqlite = database_url.starts_with("sqlite:");
+        if sqlite {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            options.max_connections(max_connections.unwrap_or(cores));
+        } else if let Some(max_connections) = max_connections {
+            options.max_connections(max_connections);
+        }
         Ok(Self {
             db: Database::connect(options).await?,
         })
