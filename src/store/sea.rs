@@ -222,12 +222,18 @@ impl Store for SeaStore {
         access_jti: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<(User, Session)>> {
+        // `.all()`, not `.one()`: `.one()` adds `LIMIT ?`, and SQLite re-prepares a statement
+        // whose LIMIT is a bound parameter on every run (it plans with the bound value), which
+        // on this, the hottest query, cost more than the lookup itself. The primary key matches
+        // one row at most anyway.
         let found = session::Entity::find_by_id(session_id)
             .filter(session::Column::AccessJti.eq(access_jti))
             .filter(live_at(now))
             .find_also_related(user::Entity)
-            .one(&self.db)
-            .await?;
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .next();
         Ok(with_user(found))
     }
 
