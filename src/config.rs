@@ -23,7 +23,6 @@ const DEFAULT_GRAPHQL_MAX_DIRECTIVES: usize = 5;
 const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 30;
 const DEFAULT_RATE_LIMIT_IP_PER_MINUTE: u32 = 60;
 const DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE: u32 = 10;
-const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 10;
 const DEFAULT_DATABASE_CONNECT_TIMEOUT_SECONDS: u64 = 5;
 const DEFAULT_DATABASE_ACQUIRE_TIMEOUT_SECONDS: u64 = 5;
 const DEFAULT_PRUNE_INTERVAL_SECONDS: u64 = 600;
@@ -55,9 +54,10 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
-    /// Most connections this instance opens to the database.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = DEFAULT_DATABASE_MAX_CONNECTIONS)]
-    pub database_max_connections: u32,
+    /// Most database connections open at once. By default one per CPU core for SQLite (WAL
+    /// lets that many readers run beside the one writer) and 10 for PostgreSQL.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_max_connections: Option<u32>,
 
     /// How long opening a database connection may take, in seconds.
     #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_SECONDS", default_value_t = DEFAULT_DATABASE_CONNECT_TIMEOUT_SECONDS)]
@@ -221,7 +221,7 @@ impl Config {
     pub fn defaults() -> Self {
         Config {
             database_url: DEFAULT_DATABASE_URL.into(),
-            database_max_connections: DEFAULT_DATABASE_MAX_CONNECTIONS,
+            database_max_connections: None,
             database_connect_timeout_seconds: DEFAULT_DATABASE_CONNECT_TIMEOUT_SECONDS,
             database_acquire_timeout_seconds: DEFAULT_DATABASE_ACQUIRE_TIMEOUT_SECONDS,
             prune_interval_seconds: DEFAULT_PRUNE_INTERVAL_SECONDS,

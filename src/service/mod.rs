@@ -193,9 +193,14 @@ impl AuthService {
         if !session.is_live(now) {
             return Err(AppError::Unauthenticated(UnauthenticatedReason::Expired));
         }
+        // `now` was taken when this request began, so a repeat racing the rotation can see it
+        // as "before" the rotation: the window is checked by its end only. No window at all
+        // (grace 0) means no repeat is ever answered.
+        let grace = self.inner.lifetimes.refresh_reuse_grace;
         if session.previous_refresh_jti == Some(claims.jti)
             && let Some(rotated_at) = session.last_refreshed_at
-            && now - rotated_at < self.inner.lifetimes.refresh_reuse_grace
+            && !grace.is_zero()
+            && now < rotated_at + grace
         {
             // Signing is deterministic: the same claims give the same bytes.
             return self.issue(user, session, rotated_at);

@@ -26,7 +26,8 @@ pub struct SeaStore {
 /// How the pool of database connections behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
-    pub max_connections: u32,
+    /// By default one per core on SQLite, 10 on PostgreSQL.
+    pub max_connections: Option<u32>,
     /// How long opening a new connection may take.
     pub connect_timeout: Duration,
     /// How long a request waits for a free connection before it is answered
@@ -38,15 +39,26 @@ pub struct PoolSettings {
 const MIGRATION_LOCK_KEY: i64 = 0x6175_7468_716c; // "authql"
 
 impl SeaStore {
+    /// Opens the pool.
     pub async fn connect(database_url: &str, pool: PoolSettings) -> Result<Self, DbErr> {
+        let sqlite = database_url.starts_with("sqlite:");
+        // SeaORM's own default on SQLite is a single connection, which queues every request's
+        // session lookup behind the one before; WAL lets one reader per core run beside the
+        // one writer. PostgreSQL gets sqlx's usual 10.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let max_connections = pool
+            .max_connections
+            .unwrap_or(if sqlite { cores } else { 10 });
         let mut options = ConnectOptions::new(database_url);
         options
-            .max_connections(pool.max_connections)
+            .max_connections(max_connections)
             .min_connections(1)
             .connect_timeout(pool.connect_timeout)
             .acquire_timeout(pool.acquire_timeout)
-            // Connections that died with the database are noticed and replaced.
-            .test_before_acquire(true)
+            // A server restart or failover kills PostgreSQL connections; checking one before
+            // handing it out replaces it instead of failing a request. SQLite connections are
+            // a file handle that does not die, so they skip the extra round trip.
+            .test_before_acquire(!sqlite)
             // Statements carry token ids; authql logs its own events instead.
             .sqlx_logging(false)
             .map_sqlx_sqlite_opts(configure_sqlite);
@@ -245,12 +257,18 @@ impl Store for SeaStore {
         access_jti: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<(User, Session)>> {
+        // `.all()`, not `.one()`: `.one()` adds `LIMIT ?`, and SQLite re-prepares a statement
+        // whose LIMIT is a bound parameter on every run (it plans with the bound value), which
+        // on this, the hottest query, cost more than the lookup itself. The primary key matches
+        // one row at most anyway.
         let found = session::Entity::find_by_id(session_id)
             .filter(session::Column::AccessJti.eq(access_jti))
             .filter(live_at(now))
             .find_also_related(user::Entity)
-            .one(&self.db)
-            .await?;
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .next();
         Ok(with_user(found))
     }
 

@@ -765,7 +765,7 @@ async fn pruners_running_at_once_delete_each_ended_session_exactly_once_without_
 
     // Four instances' stores pruning at the same moment, in batches of two.
     let pool = PoolSettings {
-        max_connections: 2,
+        max_connections: Some(2),
         connect_timeout: Duration::from_secs(5),
         acquire_timeout: Duration::from_secs(10),
     };

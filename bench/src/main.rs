@@ -1,0 +1,459 @@
+//! `cargo run --release -p authql-bench`: how much authql costs per request, next to the cost of
+//! HTTP itself, and whether its expensive path (bcrypt) hurts the cheap one.
+//!
+//! authql runs as its release binary in a child process (built first by this command), on a
+//! fresh SQLite file, with rate limits off (they would refuse the login storm) and logging at
+//! `warn`. The load comes from this process: HTTP/1.1 keep-alive connections on loopback. The
+//! machine is shared, so absolute numbers are noisy; every ratio compares two measurements taken
+//! in the same run, back to back.
+//!
+//! Scenarios:
+//! 1. **`me` against bare HTTP.** Throughput and p50/p99 latency of `{ me { ... } }` with a valid
+//!    token at 64 connections (closed loop: each connection sends again when answered), against
+//!    a bare axum server built here that answers the same bytes (`baseline`). Alternated over
+//!    several rounds so that drifting background load hits both. `me / baseline` is the share of
+//!    HTTP's throughput left once authql verifies the JWT, looks up the session and runs GraphQL.
+//! 2. **`me` latency under a login storm.** `me` sent on a fixed schedule (open loop, latency
+//!    counted from the scheduled time) alone, then while 32 clients log in as fast as they are
+//!    answered. `storm / idle` of p99 shows whether bcrypt, bounded and off the async workers,
+//!    leaves the cheap path alone. A fixed rate rather than a closed loop: a saturating closed
+//!    loop measures the queue it builds itself, not the server's responsiveness.
+//! 3. **Logins against the machine's bcrypt limit.** Logins per second from 32 clients, against
+//!    cores / (time of one hash at the configured cost), measured here with the same pre-hash
+//!    authql uses (bcrypt of base64(SHA-256(password)), `src/auth/password.rs`).
+//! 4. **Memory and start-up.** VmRSS of authql idle and its VmHWM (peak) after scenario 1, read
+//!    from `/proc/<pid>/status`; start-up from spawn to the first answered request on a fresh
+//!    SQLite file (median of several starts; it includes creating the file and migrating).
+//!
+//! With `BENCH_DATABASE_URL=postgres://...`, scenario 1 also runs against authql on PostgreSQL.
+//! Durations, connection counts and the bcrypt cost are overridable (see [`Settings`]).
+
+mod authql;
+mod baseline;
+mod load;
+
+use std::{
+    net::SocketAddr,
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use bytes::Bytes;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    authql::Authql,
+    baseline::Baseline,
+    load::{Outcome, Shape, Target},
+};
+
+const PASSWORD: &str = "authql-bench correct horse battery staple";
+const ME_QUERY: &str = "{ me { id email username createdAt } }";
+const FAILURE_MARKER: &[u8] = b"\"errors\"";
+
+/// What a run does; every field has an environment variable.
+#[derive(Debug)]
+struct Settings {
+    /// `BENCH_SECONDS`: length of each measured phase.
+    seconds: f64,
+    /// `BENCH_MAX_REQUESTS`: a phase also stops after this many requests.
+    max_requests: u64,
+    /// `BENCH_CONNECTIONS`: connections for scenario 1.
+    connections: usize,
+    /// `BENCH_ROUNDS`: alternations of baseline and `me` in scenario 1.
+    rounds: usize,
+    /// `BENCH_LOGIN_CLIENTS`: clients logging in, scenarios 2 and 3.
+    login_clients: usize,
+    /// `BENCH_PROBE_RATE`: `me` requests per second in scenario 2.
+    probe_rate: f64,
+    /// `BENCH_PROBE_CONNECTIONS`: connections the scenario 2 probe spreads over.
+    probe_connections: usize,
+    /// `BENCH_BCRYPT_COST`: authql's `BCRYPT_COST` and the cost of the reference hash.
+    bcrypt_cost: u32,
+    /// `BENCH_STARTS`: starts of authql for the start-up median.
+    starts: usize,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            seconds: env_or("BENCH_SECONDS", 4.0)?,
+            max_requests: env_or("BENCH_MAX_REQUESTS", 5_000_000)?,
+            connections: env_or("BENCH_CONNECTIONS", 64)?,
+            rounds: env_or("BENCH_ROUNDS", 3)?,
+            login_clients: env_or("BENCH_LOGIN_CLIENTS", 32)?,
+            probe_rate: env_or("BENCH_PROBE_RATE", 200.0)?,
+            probe_connections: env_or("BENCH_PROBE_CONNECTIONS", 8)?,
+            bcrypt_cost: env_or("BENCH_BCRYPT_COST", 12)?,
+            starts: env_or("BENCH_STARTS", 3)?,
+        })
+    }
+
+    fn phase(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+
+    fn closed(&self, connections: usize) -> Shape {
+        Shape {
+            connections,
+            duration: self.phase(),
+            max_requests: self.max_requests,
+            rate: None,
+        }
+    }
+}
+
+fn env_or<T: FromStr>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .map_err(|err| anyhow::anyhow!("{name}={value:?}: {err}")),
+        Err(_) => Ok(default),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let binary = authql::binary()?;
+    let authql_settings = authql::settings(settings.bcrypt_cost);
+    println!("authql-bench: {} on {cores} cores", binary.display());
+    println!(
+        "authql settings: {}",
+        authql_settings
+            .iter()
+            .filter(|(key, _)| *key != "JWT_SECRET_KEY")
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("  (rate limits are off so that the login storm is not refused; logging at warn)");
+    println!("{settings:?}\n");
+
+    // Scenario 4, start-up: throwaway starts, then the one measured below.
+    let mut startups = Vec::new();
+    for _ in 1..settings.starts.max(1) {
+        let authql = Authql::start(&binary, None, &authql_settings).await?;
+        startups.push(authql.startup);
+    }
+    let authql = Authql::start(&binary, None, &authql_settings).await?;
+    startups.push(authql.startup);
+    startups.sort();
+    let startup = startups[startups.len() / 2];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (idle_rss, _) = authql.memory()?;
+    eprintln!("started in {startups:?}; idle RSS {}", mib(idle_rss));
+
+    let token = register(authql.address, "bench@example.com").await?;
+    let me = me_target(authql.address, &token);
+    let answer = me_answer(&me).await?;
+    let baseline = Baseline::start(answer)?;
+    let bare = Target {
+        address: baseline.address,
+        ..me.clone()
+    };
+
+    // Scenario 1.
+    let (me_sqlite, bare_sqlite) = compare_with_http(&settings, &me, &bare).await?;
+    let (_, peak_rss) = authql.memory()?;
+
+    // Scenario 2.
+    let probe = Shape {
+        connections: settings.probe_connections,
+        duration: settings.phase(),
+        max_requests: settings.max_requests,
+        rate: Some(settings.probe_rate),
+    };
+    let idle = load::run(&me, probe).await?;
+    eprintln!(
+        "probe idle: p50 {:.2} ms p99 {:.2} ms",
+        idle.p50_ms(),
+        idle.p99_ms()
+    );
+    let login = login_target(authql.address, "bench@example.com");
+    let storm_shape = Shape {
+        duration: settings.phase() + Duration::from_millis(1500),
+        ..settings.closed(settings.login_clients)
+    };
+    let storm_logins = {
+        let login = login.clone();
+        tokio::spawn(async move { load::run(&login, storm_shape).await })
+    };
+    // Let the storm fill the bcrypt permits and their queue before probing.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let storm = load::run(&me, probe).await?;
+    let storm_logins = storm_logins.await??;
+    eprintln!(
+        "probe in storm: p50 {:.2} ms p99 {:.2} ms; {:.1} logins/s",
+        storm.p50_ms(),
+        storm.p99_ms(),
+        storm_logins.per_second()
+    );
+    check_no_failures("login storm", &storm_logins)?;
+
+    // Scenario 3.
+    // Twice the usual phase: logins complete in batches of `cores` every hash time, and a short
+    // window would count a fraction of a batch too many or too few.
+    let logins = load::run(
+        &login,
+        Shape {
+            duration: settings.phase() * 2,
+            ..settings.closed(settings.login_clients)
+        },
+    )
+    .await?;
+    check_no_failures("logins", &logins)?;
+    let hash_time = bcrypt_hash_time(settings.bcrypt_cost)?;
+    let capacity = bcrypt_capacity(settings.bcrypt_cost, cores, settings.phase());
+    let limit = cores as f64 / hash_time.as_secs_f64();
+    eprintln!(
+        "logins {:.2}/s; one hash at cost {} takes {:.0} ms; {cores} threads hash {capacity:.2}/s",
+        logins.per_second(),
+        settings.bcrypt_cost,
+        hash_time.as_secs_f64() * 1000.0
+    );
+
+    // Scenario 1 on PostgreSQL, when one is given.
+    let postgres = match std::env::var("BENCH_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            let on_postgres = Authql::start(&binary, Some(&url), &authql_settings).await?;
+            let email = format!("bench-{}@example.com", std::process::id());
+            let token = register(on_postgres.address, &email).await?;
+            let me = me_target(on_postgres.address, &token);
+            Some(compare_with_http(&settings, &me, &bare).await?)
+        }
+        _ => None,
+    };
+
+    println!();
+    println!("| scenario | authql | reference | ratio | bar | met |");
+    println!("|---|---|---|---|---|---|");
+    let ratio = me_sqlite.per_second() / bare_sqlite.per_second();
+    println!(
+        "| 1. `me`, {} connections, SQLite: req/s (p50 / p99) | {} | bare axum {} | {ratio:.2} | ≥ 0.35 | {} |",
+        settings.connections,
+        throughput(&me_sqlite),
+        throughput(&bare_sqlite),
+        met(ratio >= 0.35)
+    );
+    match &postgres {
+        Some((me_pg, bare_pg)) => {
+            let ratio = me_pg.per_second() / bare_pg.per_second();
+            println!(
+                "| 1. `me`, {} connections, PostgreSQL: req/s (p50 / p99) | {} | bare axum {} | {ratio:.2} | | |",
+                settings.connections,
+                throughput(me_pg),
+                throughput(bare_pg),
+            );
+        }
+        None => {
+            println!("| 1. `me` on PostgreSQL | skipped: BENCH_DATABASE_URL is not set | | | | |")
+        }
+    }
+    let ratio = storm.p99_ms() / idle.p99_ms();
+    println!(
+        "| 2. `me` p99 at {:.0} req/s, during {} clients' login storm ({:.1} logins/s) vs idle | {:.2} ms (p50 {:.2}) | idle {:.2} ms (p50 {:.2}) | {ratio:.2} | ≤ 3 | {} |",
+        settings.probe_rate,
+        settings.login_clients,
+        storm_logins.per_second(),
+        storm.p99_ms(),
+        storm.p50_ms(),
+        idle.p99_ms(),
+        idle.p50_ms(),
+        met(ratio <= 3.0)
+    );
+    let ratio = logins.per_second() / limit;
+    println!(
+        "| 3. logins/s, {} clients, vs bcrypt limit ({cores} cores / {:.0} ms per hash at cost {}) | {:.2} | {:.2} | {ratio:.2} | ≥ 0.9 | {} |",
+        settings.login_clients,
+        hash_time.as_secs_f64() * 1000.0,
+        settings.bcrypt_cost,
+        logins.per_second(),
+        limit,
+        met(ratio >= 0.9)
+    );
+    println!(
+        "| 3'. the same logins/s vs {cores} threads hashing side by side now (shared machine) | {:.2} | {capacity:.2} | {:.2} | | |",
+        logins.per_second(),
+        logins.per_second() / capacity,
+    );
+    println!(
+        "| 4. peak RSS during scenario 1 (VmHWM) | {} | idle VmRSS {} | | < 64 MiB | {} |",
+        mib(peak_rss),
+        mib(idle_rss),
+        met(peak_rss < 64 * 1024 * 1024)
+    );
+    println!(
+        "| 4. start-up, spawn to first answer, fresh SQLite (median of {}) | {:.0} ms | | | < 200 ms | {} |",
+        startups.len(),
+        startup.as_secs_f64() * 1000.0,
+        met(startup < Duration::from_millis(200))
+    );
+    if postgres.is_none() {
+        println!(
+            "\nPostgreSQL run skipped: set BENCH_DATABASE_URL=postgres://... to run scenario 1 on it."
+        );
+    }
+    Ok(())
+}
+
+/// Scenario 1: alternates rounds of the bare server and authql, after a warm-up of each, and
+/// sums the rounds of each side.
+async fn compare_with_http(
+    settings: &Settings,
+    me: &Target,
+    bare: &Target,
+) -> anyhow::Result<(Outcome, Outcome)> {
+    let warm_up = Shape {
+        duration: Duration::from_millis(1000),
+        ..settings.closed(settings.connections)
+    };
+    load::run(bare, warm_up).await?;
+    load::run(me, warm_up).await?;
+    let (mut me_total, mut bare_total) = (Outcome::default(), Outcome::default());
+    for round in 0..settings.rounds.max(1) {
+        let bare_round = load::run(bare, settings.closed(settings.connections)).await?;
+        let me_round = load::run(me, settings.closed(settings.connections)).await?;
+        check_no_failures("me", &me_round)?;
+        eprintln!(
+            "round {round}: bare {:.0}/s, me {:.0}/s",
+            bare_round.per_second(),
+            me_round.per_second()
+        );
+        add(&mut bare_total, bare_round);
+        add(&mut me_total, me_round);
+    }
+    me_total.latencies_us.sort_unstable();
+    bare_total.latencies_us.sort_unstable();
+    Ok((me_total, bare_total))
+}
+
+fn add(total: &mut Outcome, round: Outcome) {
+    total.ok += round.ok;
+    total.failed += round.failed;
+    total.elapsed += round.elapsed;
+    total.latencies_us.extend(round.latencies_us);
+}
+
+fn check_no_failures(what: &str, outcome: &Outcome) -> anyhow::Result<()> {
+    if outcome.failed > 0 {
+        bail!("{what}: {} requests failed", outcome.failed);
+    }
+    Ok(())
+}
+
+fn me_target(address: SocketAddr, token: &str) -> Target {
+    Target {
+        address,
+        body: Bytes::from(json!({ "query": ME_QUERY }).to_string()),
+        bearer: Some(token.to_owned()),
+        failure_marker: FAILURE_MARKER,
+    }
+}
+
+fn login_target(address: SocketAddr, email: &str) -> Target {
+    let body = json!({
+        "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+        "variables": { "i": { "emailOrUsername": email, "password": PASSWORD } },
+    });
+    Target {
+        address,
+        body: Bytes::from(body.to_string()),
+        bearer: None,
+        failure_marker: FAILURE_MARKER,
+    }
+}
+
+/// Registers an account and returns its access token.
+async fn register(address: SocketAddr, email: &str) -> anyhow::Result<String> {
+    let body = json!({
+        "query": "mutation($i: RegisterInput!) { register(input: $i) { accessToken } }",
+        "variables": { "i": { "email": email, "password": PASSWORD } },
+    });
+    let answer = load::once(&Target {
+        address,
+        body: Bytes::from(body.to_string()),
+        bearer: None,
+        failure_marker: FAILURE_MARKER,
+    })
+    .await?;
+    answer
+        .pointer("/data/register/accessToken")
+        .and_then(|token| token.as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("register failed: {answer}"))
+}
+
+/// authql's answer to `me`, byte for byte: the baseline answers the same.
+async fn me_answer(me: &Target) -> anyhow::Result<Bytes> {
+    let mut sender = load::connect(me.address).await?;
+    let (ok, body) = load::send(&mut sender, me).await?;
+    if !ok {
+        bail!("me failed: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(body)
+}
+
+/// Median time of one bcrypt hash at `cost` of the pre-hash authql uses, on one thread.
+fn bcrypt_hash_time(cost: u32) -> anyhow::Result<Duration> {
+    let prehash = STANDARD.encode(Sha256::digest(PASSWORD.as_bytes()));
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        bcrypt::hash(&prehash, cost)?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok(times[1])
+}
+
+/// Hashes per second that `threads` threads achieve side by side for `duration`: the limit as
+/// the machine grants it now, with whatever else it runs.
+fn bcrypt_capacity(cost: u32, threads: usize, duration: Duration) -> f64 {
+    let prehash = STANDARD.encode(Sha256::digest(PASSWORD.as_bytes()));
+    let started = Instant::now();
+    let hashed: u32 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut hashed = 0;
+                    while started.elapsed() < duration {
+                        if bcrypt::hash(&prehash, cost).is_ok() {
+                            hashed += 1;
+                        }
+                    }
+                    hashed
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().unwrap_or(0))
+            .sum()
+    });
+    f64::from(hashed) / started.elapsed().as_secs_f64()
+}
+
+fn throughput(outcome: &Outcome) -> String {
+    format!(
+        "{:.0} ({:.2} / {:.2} ms)",
+        outcome.per_second(),
+        outcome.p50_ms(),
+        outcome.p99_ms()
+    )
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "yes" } else { "**no**" }
+}
