@@ -216,7 +216,11 @@ impl AuthService {
         }
         if session.previous_refresh_jti == Some(claims.jti)
             && let Some(rotated_at) = session.last_refreshed_at
-            && now - rotated_at < self.inner.lifetimes.refresh_reuse_grace
+            // `now` was read before the rotation we lost to, so it can be earlier than
+            // `rotated_at`; that is no time at all, not negative time, else a zero grace window
+            // would still let concurrent losers through. (Seen once SQLite had more than one
+            // connection and concurrent refreshes really ran side by side.)
+            && (now - rotated_at).max(TimeDelta::zero()) < self.inner.lifetimes.refresh_reuse_grace
         {
             // Signing is deterministic: the same claims give the same bytes.
             return self.issue(user, session, rotated_at);
