@@ -25,11 +25,13 @@ async fn a_foreign_session_id_or_token_leaves_the_other_users_session_alive() {
 
 #[tokio::test]
 async fn unknown_malformed_and_expired_entries_are_skipped_without_error() {
-    let app = spawn_app_with(|config| config.jwt_access_token_expires = 1).await;
+    // Tokens live 2 s (at least 1 s after issue, as `exp` counts whole seconds): the expired one
+    // is certainly dead after the sleep, the fresh one certainly alive for the next request.
+    let app = spawn_app_with(|config| config.jwt_access_token_expires = 2).await;
     let account = app.register("skip@x.com").await;
     let other = app.login("skip@x.com").await;
     let expired_token = other.access_token.clone();
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let fresh = app.refresh_raw(&account.refresh_token).await;
     let access = string_at(&fresh, "/data/refresh/accessToken");
 
