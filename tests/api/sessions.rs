@@ -167,11 +167,13 @@ async fn expired_access_tokens_are_refused_as_expired_and_sessions_past_expiry_a
 
 #[tokio::test]
 async fn my_sessions_does_not_list_expired_sessions() {
-    let app = spawn_app_with(|config| config.jwt_refresh_token_expires = 2).await;
+    // Sessions live 3 s, in whole seconds: the first ends 2 to 3 s after it began, the second
+    // at least 2 s after it began, which leaves a slow request a second of margin.
+    let app = spawn_app_with(|config| config.jwt_refresh_token_expires = 3).await;
     app.register("old@example.com").await;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
     let fresh = app.login("old@example.com").await;
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     // The first session is now past its expiry; the second is not.
     let body = app.my_sessions(&fresh.access_token).await;
     assert_no_errors(&body);

@@ -87,9 +87,9 @@ async fn a_token_two_rotations_old_is_reuse_even_within_the_grace_window() {
 
 #[tokio::test]
 async fn an_idle_session_can_no_longer_refresh_and_is_not_listed() {
-    let app = spawn_app_with(|config| config.session_idle_timeout = 1).await;
+    let app = spawn_app_with(|config| config.session_idle_timeout = 2).await;
     let idle = app.register("idle@x.com").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let active = app.login("idle@x.com").await;
 
     assert_unauthenticated(&app.refresh_raw(&idle.refresh_token).await, "EXPIRED");
@@ -106,10 +106,10 @@ async fn an_idle_session_can_no_longer_refresh_and_is_not_listed() {
     );
 
     // Refreshing in time keeps a session alive past the idle timeout.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let refreshed = app.refresh_raw(&active.refresh_token).await;
     assert_no_errors(&refreshed);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_no_errors(
         &app.me(&string_at(&refreshed, "/data/refresh/accessToken"))
             .await,
