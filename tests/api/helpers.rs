@@ -282,6 +282,15 @@ impl TestApp {
         .await
     }
 
+    /// A plain GET of `path` on the server.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("the server answers")
+    }
+
     /// A direct connection to the test's database, to check what was stored.
     pub async fn db(&self) -> DatabaseConnection {
         Database::connect(&self.database_url)

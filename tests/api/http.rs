@@ -8,12 +8,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn unknown_routes_are_404_json() {
     let app = spawn_app().await;
-    let response = app
-        .client
-        .get(format!("{}/v1/auth/login", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/v1/auth/login").await;
     assert_http_error(response, StatusCode::NOT_FOUND, "NOT_FOUND").await;
 }
 
@@ -115,12 +110,7 @@ async fn graphiql_and_health_are_served() {
             .to_lowercase()
             .contains("graphiql")
     );
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), StatusCode::OK);
     let body: Value = health.json().await.unwrap();
     assert_eq!(body["status"], json!("ok"));

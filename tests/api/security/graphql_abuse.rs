@@ -250,12 +250,7 @@ async fn a_request_that_runs_too_long_is_stopped_with_a_json_error() {
     .await;
     assert_http_error(response, StatusCode::SERVICE_UNAVAILABLE, "REQUEST_TIMEOUT").await;
     assert!(started.elapsed() < Duration::from_secs(3));
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), StatusCode::OK);
 }
 

@@ -369,12 +369,7 @@ fn use_key(config: &mut authql::config::Config, algorithm: JwtAlgorithm, file: &
 }
 
 async fn fetch_jwks(app: &TestApp) -> (reqwest::StatusCode, Value) {
-    let response = app
-        .client
-        .get(format!("{}/.well-known/jwks.json", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/.well-known/jwks.json").await;
     (response.status(), response.json().await.unwrap())
 }
 
