@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use axum::Router;
+use axum::{Router, http::HeaderValue};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::TimeDelta;
 use ipnet::IpNet;
@@ -20,9 +20,9 @@ use tokio::net::TcpListener;
 
 use crate::{
     auth::{KeySet, PasswordHasher, TokenKeys},
-    config::Config,
-    graphql::build_schema,
-    http::{self, EdgeLimits},
+    config::{Config, SameSite},
+    graphql::{RefreshCookie, build_schema},
+    http::{self, EdgeLimits, FrontendSettings},
     service::{
         AuthService, Lifetimes,
         rate_limit::{RateLimitSettings, RateLimits},
@@ -83,11 +83,13 @@ impl Application {
         });
         let service = AuthService::new(store, tokens, passwords, lifetimes(&config)?, rate_limits);
 
+        let frontend = frontend_settings(&config)?;
         let router = http::router(
-            build_schema(service.clone(), &config),
+            build_schema(service.clone(), &config, frontend.refresh_cookie.clone()),
             service.clone(),
             jwks,
             edge_limits(&config)?,
+            frontend,
         );
         let retention =
             duration_setting(config.prune_retention_seconds, "PRUNE_RETENTION_SECONDS")?;
@@ -179,6 +181,59 @@ fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
         request_timeout: Duration::from_secs(config.request_timeout_seconds),
         trusted_proxies,
     })
+}
+
+/// CORS origins, GraphiQL, persisted queries and the refresh cookie, checked at start-up.
+fn frontend_settings(config: &Config) -> anyhow::Result<FrontendSettings> {
+    let allowed_origins = config
+        .cors_allowed_origins
+        .iter()
+        .map(|origin| origin.trim())
+        .filter(|origin| !origin.is_empty())
+        .map(parse_origin)
+        .collect::<anyhow::Result<_>>()?;
+    if config.refresh_token_cookie_same_site == SameSite::None
+        && !config.refresh_token_cookie_secure
+    {
+        bail!(
+            "REFRESH_TOKEN_COOKIE_SAME_SITE=None needs REFRESH_TOKEN_COOKIE_SECURE=true: browsers drop SameSite=None cookies that are not Secure"
+        );
+    }
+    Ok(FrontendSettings {
+        allowed_origins,
+        cors_max_age: Duration::from_secs(config.cors_max_age_seconds),
+        graphiql: config.graphiql,
+        refresh_cookie: config.refresh_token_cookie.then(|| {
+            RefreshCookie::new(
+                config.refresh_token_cookie_secure,
+                config.refresh_token_cookie_same_site,
+            )
+        }),
+        persisted_queries: config.persisted_queries_cache_size,
+    })
+}
+
+/// An origin as browsers send it (RFC 6454 § 6.1): `scheme://host[:port]`, lower case, no path.
+fn parse_origin(origin: &str) -> anyhow::Result<HeaderValue> {
+    let refuse = |why: &str| anyhow::anyhow!("CORS_ALLOWED_ORIGINS: {origin:?} {why}");
+    if origin == "*" || origin == "null" {
+        return Err(refuse(
+            "is not allowed: list the exact origins (credentials are never allowed for every origin)",
+        ));
+    }
+    let (scheme, authority) = origin
+        .split_once("://")
+        .ok_or_else(|| refuse("is not an origin like https://app.example.com"))?;
+    if !matches!(scheme, "http" | "https")
+        || authority.is_empty()
+        || authority.contains(['/', '?', '#', '@', ' '])
+    {
+        return Err(refuse(
+            "is not an origin like https://app.example.com (scheme, host and port only)",
+        ));
+    }
+    HeaderValue::from_str(&origin.to_ascii_lowercase())
+        .map_err(|_| refuse("is not a valid header value"))
 }
 
 fn lifetimes(config: &Config) -> anyhow::Result<Lifetimes> {

@@ -30,6 +30,8 @@ const DEFAULT_PRUNE_RETENTION_SECONDS: u64 = 24 * 3600;
 const DEFAULT_PRUNE_BATCH_SIZE: u64 = 1000;
 const DEFAULT_SESSION_IDLE_TIMEOUT: u64 = 7 * 24 * 3600;
 const DEFAULT_REFRESH_REUSE_GRACE_SECONDS: u64 = 10;
+const DEFAULT_CORS_MAX_AGE_SECONDS: u64 = 600;
+const DEFAULT_PERSISTED_QUERIES_CACHE_SIZE: usize = 1000;
 
 #[derive(Debug, Parser)]
 #[command(name = "authql", version, about = "A GraphQL authentication service")]
@@ -209,6 +211,47 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
 
+    /// Origins that browsers may call authql from (CORS), comma-separated, each exactly
+    /// `scheme://host[:port]` (e.g. `https://app.example.com,http://localhost:5173`). Credentials
+    /// (cookies) are allowed for these origins only; `*` is refused. Empty (the default) sends no
+    /// CORS headers at all. The cookie-held refresh token is accepted only from these origins
+    /// and authql's own.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// How long a browser may reuse a CORS preflight answer, in seconds.
+    #[arg(long, env = "CORS_MAX_AGE_SECONDS", default_value_t = DEFAULT_CORS_MAX_AGE_SECONDS)]
+    pub cors_max_age_seconds: u64,
+
+    /// The GraphiQL page at `/` (its assets are served by authql itself); off makes `/` a 404.
+    /// Turn off in production together with GRAPHQL_INTROSPECTION.
+    #[arg(long, env = "GRAPHIQL", default_value = "true",
+          value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub graphiql: bool,
+
+    /// Most queries kept for automatic persisted queries (Apollo's protocol), least recently
+    /// used dropped first; 0 switches them off.
+    #[arg(long, env = "PERSISTED_QUERIES_CACHE_SIZE", default_value_t = DEFAULT_PERSISTED_QUERIES_CACHE_SIZE)]
+    pub persisted_queries_cache_size: usize,
+
+    /// Keep the refresh token in an HttpOnly cookie instead of the response body: `register`,
+    /// `login` and `refresh` set it, `refresh` without an argument reads it, `logout` clears it.
+    #[arg(long, env = "REFRESH_TOKEN_COOKIE", default_value = "false",
+          value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub refresh_token_cookie: bool,
+
+    /// The refresh cookie is `Secure` and named `__Secure-authql_refresh`; false (plain-http
+    /// development only) drops both.
+    #[arg(long, env = "REFRESH_TOKEN_COOKIE_SECURE", default_value = "true",
+          value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub refresh_token_cookie_secure: bool,
+
+    /// The refresh cookie's SameSite: Strict (the default; the frontend is on authql's site),
+    /// Lax, or None (a frontend on another site; needs Secure, and then rests on the Origin
+    /// check against CORS_ALLOWED_ORIGINS).
+    #[arg(long, env = "REFRESH_TOKEN_COOKIE_SAME_SITE", value_enum, ignore_case = true, default_value_t = SameSite::Strict)]
+    pub refresh_token_cookie_same_site: SameSite,
+
     /// Apply pending database migrations at start-up.
     #[arg(long, env = "MIGRATE_ON_START", default_value = "true",
           value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
@@ -255,6 +298,13 @@ impl Config {
             trusted_proxies: Vec::new(),
             rate_limit_ip_per_minute: DEFAULT_RATE_LIMIT_IP_PER_MINUTE,
             rate_limit_account_per_minute: DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE,
+            cors_allowed_origins: Vec::new(),
+            cors_max_age_seconds: DEFAULT_CORS_MAX_AGE_SECONDS,
+            graphiql: true,
+            persisted_queries_cache_size: DEFAULT_PERSISTED_QUERIES_CACHE_SIZE,
+            refresh_token_cookie: false,
+            refresh_token_cookie_secure: true,
+            refresh_token_cookie_same_site: SameSite::Strict,
         }
     }
 }
@@ -271,6 +321,17 @@ pub enum JwtAlgorithm {
     /// ECDSA on P-256 with SHA-256.
     #[value(name = "ES256")]
     Es256,
+}
+
+/// The `SameSite` attribute of the refresh cookie (RFC 6265bis § 4.1.2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SameSite {
+    /// Sent only with requests from authql's own site.
+    Strict,
+    /// Also sent on top-level navigations from other sites.
+    Lax,
+    /// Sent from any site; browsers require `Secure` with it.
+    None,
 }
 
 fn parse_secret(value: &str) -> Result<SecretString, std::convert::Infallible> {

@@ -69,6 +69,9 @@ pub enum AppError {
     /// RATE_LIMITED: too many attempts from this client or at this account; `retryAfterSeconds`
     /// says when the next one will be taken.
     RateLimited { retry_after_seconds: u64 },
+    /// FORBIDDEN (`reason: ORIGIN_NOT_ALLOWED`): a cookie-authenticated request from an `Origin`
+    /// that may not use the cookie (CSRF); nothing was changed.
+    OriginNotAllowed,
     /// SERVICE_UNAVAILABLE: the database cannot be reached right now; retry later.
     ServiceUnavailable,
     /// INTERNAL_SERVER_ERROR: something failed on our side; the cause is in the server log only.
@@ -84,6 +87,7 @@ impl AppError {
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::OriginNotAllowed => "FORBIDDEN",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::Internal => "INTERNAL_SERVER_ERROR",
         }
@@ -101,6 +105,9 @@ impl AppError {
                 retry_after_seconds,
             } => {
                 format!("too many attempts; try again in {retry_after_seconds} s")
+            }
+            Self::OriginNotAllowed => {
+                "the refresh-token cookie may only be used from an allowed origin".into()
             }
             Self::ServiceUnavailable => "the service is unavailable for a moment; try again".into(),
             Self::Internal => "internal server error".into(),
@@ -146,6 +153,7 @@ impl From<AppError> for async_graphql::Error {
                 AppError::RateLimited {
                     retry_after_seconds,
                 } => extensions.set("retryAfterSeconds", *retry_after_seconds),
+                AppError::OriginNotAllowed => extensions.set("reason", "ORIGIN_NOT_ALLOWED"),
                 _ => {}
             }
         })

@@ -1,26 +1,77 @@
 //! Every error a client sees carries `extensions.code`. authql's own errors set theirs; this
 //! extension codes the ones async-graphql raises before and around our resolvers.
+//!
+//! async-graphql checks variable values during validation, so a variable of the wrong type
+//! (`{"t": 123}` for `String!`, an unknown input field, `null` for a non-null variable) would
+//! come out as a document error. The GraphQL spec calls it a coercion failure of the request's
+//! input (§ 6.1.2 "Coercing Variable Values"): `BAD_USER_INPUT`. A validation error located
+//! only at arguments whose value uses a variable is coded so; anything else in the document
+//! is `GRAPHQL_VALIDATION_FAILED`.
+//!
+//! Two request errors are checked here after validation because async-graphql gets them wrong:
+//! a variable whose value does not coerce to its type (§ 6.1.2, see `coercion`; async-graphql
+//! lets `null` for `String!` through to the resolver) is `BAD_USER_INPUT`, and an `operationName`
+//! that names no
+//! operation of the document, or its absence from a document of several (§ 6.1 "GetOperation"),
+//! is `OPERATION_RESOLUTION_FAILURE`, the code Apollo Server uses.
 
-use std::sync::Arc;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
 use async_graphql::{
-    Response, ServerError, ServerResult, ValidationResult, Value, Variables,
+    Pos, Positioned, Request, Response, ServerError, ServerResult, ValidationResult, Value,
+    Variables,
     extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextValidation,
+        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
+        NextRequest, NextValidation,
     },
-    parser::types::ExecutableDocument,
+    parser::types::{ExecutableDocument, Field, Selection, SelectionSet},
 };
+use async_graphql_value::Value as InputValue;
+
+use super::coercion::coercion_error;
+use async_graphql::registry::Registry;
 
 pub struct ErrorCodes;
 
 impl ExtensionFactory for ErrorCodes {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ErrorCodes)
+        Arc::new(ErrorCodesExtension::default())
     }
 }
 
+/// One request's state, gathered as it is prepared and parsed.
+#[derive(Default)]
+struct ErrorCodesExtension {
+    /// Positions of the arguments whose value refers to a variable.
+    variable_arguments: Mutex<HashSet<Pos>>,
+    /// The request's `operationName`.
+    operation_name: Mutex<Option<String>>,
+    /// The variables of the operation to run that do not coerce to their types (message and
+    /// position); `Err` when no operation can be chosen.
+    selected: Mutex<Option<Result<Vec<(String, Pos)>, ServerError>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[async_trait::async_trait]
-impl Extension for ErrorCodes {
+impl Extension for ErrorCodesExtension {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        lock(&self.operation_name).clone_from(&request.operation_name);
+        next.run(ctx, request).await
+    }
+
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
         let mut response = next.run(ctx).await;
         // What is left uncoded comes from coercing input values (a number where a String
@@ -38,10 +89,30 @@ impl Extension for ErrorCodes {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables).await.map_err(|mut error| {
+        let document = next.run(ctx, query, variables).await.map_err(|mut error| {
             set_code_if_missing(&mut error, "GRAPHQL_PARSE_FAILED");
             error
-        })
+        })?;
+        let operation_name = lock(&self.operation_name).clone();
+        *lock(&self.selected) = Some(select_operation(
+            &ctx.schema_env.registry,
+            &document,
+            operation_name.as_deref(),
+            variables,
+        ));
+        if !variables.is_empty() || has_variable_definitions(&document) {
+            let mut positions = HashSet::new();
+            let operations = document
+                .operations
+                .iter()
+                .map(|(_, op)| &op.node.selection_set);
+            let fragments = document.fragments.values().map(|f| &f.node.selection_set);
+            for selection_set in operations.chain(fragments) {
+                collect_variable_arguments(&selection_set.node, &mut positions);
+            }
+            *lock(&self.variable_arguments) = positions;
+        }
+        Ok(document)
     }
 
     async fn validation(
@@ -49,13 +120,127 @@ impl Extension for ErrorCodes {
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
-        next.run(ctx).await.map_err(|mut errors| {
+        let validated = next.run(ctx).await.map_err(|mut errors| {
+            let variable_arguments = lock(&self.variable_arguments);
             for error in &mut errors {
-                set_code_if_missing(error, "GRAPHQL_VALIDATION_FAILED");
+                let from_variables = !error.locations.is_empty()
+                    && error
+                        .locations
+                        .iter()
+                        .all(|location| variable_arguments.contains(location));
+                let code = if from_variables {
+                    "BAD_USER_INPUT"
+                } else {
+                    "GRAPHQL_VALIDATION_FAILED"
+                };
+                set_code_if_missing(error, code);
             }
             errors
-        })
+        })?;
+        match lock(&self.selected).take() {
+            Some(Err(error)) => Err(vec![error]),
+            Some(Ok(invalid)) if !invalid.is_empty() => Err(invalid
+                .into_iter()
+                .map(|(message, position)| {
+                    let mut error = ServerError::new(message, Some(position));
+                    set_code_if_missing(&mut error, "BAD_USER_INPUT");
+                    error
+                })
+                .collect()),
+            _ => Ok(validated),
+        }
     }
+}
+
+/// The operation that runs (GraphQL spec § 6.1 "GetOperation"), and the variables it declares
+/// whose values do not coerce to their types (§ 6.1.2).
+fn select_operation(
+    registry: &Registry,
+    document: &ExecutableDocument,
+    operation_name: Option<&str>,
+    variables: &Variables,
+) -> Result<Vec<(String, Pos)>, ServerError> {
+    let mut operations = document.operations.iter();
+    let operation = match operation_name {
+        Some(wanted) => operations
+            .find(|(name, _)| name.is_some_and(|name| name.as_str() == wanted))
+            .ok_or_else(|| format!("the document has no operation named {wanted:?}")),
+        None => match (operations.next(), operations.next()) {
+            (Some(only), None) => Ok(only),
+            _ => Err("the document has several operations: name one in operationName".into()),
+        },
+    }
+    .map_err(|message: String| {
+        let mut error = ServerError::new(message, None);
+        set_code_if_missing(&mut error, "OPERATION_RESOLUTION_FAILURE");
+        error
+    })?;
+    Ok(operation
+        .1
+        .node
+        .variable_definitions
+        .iter()
+        .filter_map(|definition| {
+            let name = &definition.node.name.node;
+            coercion_error(
+                registry,
+                &definition.node.var_type.node,
+                variables.get(name),
+                definition.node.default_value.is_some(),
+                &format!("${name}"),
+            )
+            .map(|message| (message, definition.pos))
+        })
+        .collect())
+}
+
+fn has_variable_definitions(document: &ExecutableDocument) -> bool {
+    document
+        .operations
+        .iter()
+        .any(|(_, operation)| !operation.node.variable_definitions.is_empty())
+}
+
+/// The positions of every argument (of fields and of their directives) whose value refers to a
+/// variable: where async-graphql reports a variable that does not coerce.
+fn collect_variable_arguments(selection_set: &SelectionSet, positions: &mut HashSet<Pos>) {
+    for selection in &selection_set.items {
+        match &selection.node {
+            Selection::Field(field) => {
+                collect_field(&field.node, positions);
+                collect_variable_arguments(&field.node.selection_set.node, positions);
+            }
+            Selection::InlineFragment(fragment) => {
+                collect_variable_arguments(&fragment.node.selection_set.node, positions);
+            }
+            Selection::FragmentSpread(_) => {}
+        }
+    }
+}
+
+fn collect_field(field: &Field, positions: &mut HashSet<Pos>) {
+    let directive_arguments = field
+        .directives
+        .iter()
+        .flat_map(|directive| directive.node.arguments.iter());
+    for (name, value) in field.arguments.iter().chain(directive_arguments) {
+        if uses_variable(value) {
+            positions.insert(name.pos);
+            positions.insert(value.pos);
+        }
+    }
+}
+
+fn uses_variable(value: &Positioned<InputValue>) -> bool {
+    fn contains_variable(value: &InputValue) -> bool {
+        match value {
+            InputValue::Variable(_) => true,
+            InputValue::List(items) => items.iter().any(contains_variable),
+            InputValue::Object(fields) => fields.values().any(contains_variable),
+            _ => false,
+        }
+    }
+    contains_variable(&value.node)
 }
 
 fn set_code_if_missing(error: &mut ServerError, code: &str) {

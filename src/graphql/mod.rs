@@ -1,16 +1,20 @@
 //! The GraphQL schema: roots, types, the limits an operation must stay within, and the
 //! extension that gives every error a code.
 
+mod coercion;
 mod error_codes;
 mod limits;
 mod mutation;
+mod null_propagation;
 mod query;
+mod refresh_cookie;
 pub mod types;
 
-use async_graphql::{EmptySubscription, Schema};
+use async_graphql::{EmptySubscription, SDLExportOptions, Schema};
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
+pub use refresh_cookie::{RefreshCookie, RequestRefreshCookie};
 
 use crate::{config::Config, service::AuthService};
 
@@ -20,14 +24,23 @@ pub type AuthSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 /// (ordinary fields cost 1): with the default limit of 1000 no operation holds two of them.
 pub const EXPENSIVE_FIELD_COST: usize = 500;
 
-pub fn build_schema(service: AuthService, config: &Config) -> AuthSchema {
+/// The executable schema. `refresh_cookie` is `Some` when the refresh token travels in a cookie.
+pub fn build_schema(
+    service: AuthService,
+    config: &Config,
+    refresh_cookie: Option<RefreshCookie>,
+) -> AuthSchema {
     let mut schema = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
         .extension(error_codes::ErrorCodes)
+        .extension(null_propagation::NullPropagation)
         .extension(limits::AliasLimit(config.graphql_max_aliases))
         .limit_depth(config.graphql_max_depth)
         .limit_complexity(config.graphql_max_complexity)
         .limit_directives(config.graphql_max_directives)
         .data(service);
+    if let Some(cookie) = refresh_cookie {
+        schema = schema.data(cookie);
+    }
     if !config.graphql_introspection {
         schema = schema.disable_introspection().disable_suggestions();
     }
@@ -38,5 +51,5 @@ pub fn build_schema(service: AuthService, config: &Config) -> AuthSchema {
 pub fn schema_sdl() -> String {
     Schema::build(QueryRoot, MutationRoot, EmptySubscription)
         .finish()
-        .sdl()
+        .sdl_with_options(SDLExportOptions::new().include_specified_by())
 }

@@ -1,13 +1,16 @@
 use async_graphql::{Context, ID, Object, Result};
+use axum::http::header::SET_COOKIE;
 
 use super::EXPENSIVE_FIELD_COST;
+use super::refresh_cookie::{RefreshCookie, RequestRefreshCookie};
 use super::types::{
     AuthPayload, ChangePasswordInput, LoginInput, RegisterInput, RevokeTokensInput,
     RevokeTokensPayload,
 };
 use crate::{
     auth::{SignedIn, signed_in},
-    service::{AuthService, ClientInfo, Registration},
+    error::{AppError, UnauthenticatedReason},
+    service::{AuthService, ClientInfo, IssuedTokens, Registration},
 };
 
 /// Changes. `register`, `login` and `refresh` are public; the others need
@@ -25,7 +28,7 @@ impl MutationRoot {
             username: input.username,
         };
         let issued = service(ctx)?.register(registration, client(ctx)).await?;
-        Ok(issued.into())
+        Ok(deliver(ctx, issued))
     }
 
     /// Opens a new session; every login gets its own.
@@ -34,22 +37,39 @@ impl MutationRoot {
         let issued = service(ctx)?
             .login(&input.email_or_username, input.password, client(ctx))
             .await?;
-        Ok(issued.into())
+        Ok(deliver(ctx, issued))
     }
 
     /// Exchanges a refresh token for a new pair of the same session; the old pair dies at once.
+    /// Without `refreshToken`, the refresh-token cookie is used (when the server keeps the token
+    /// in one), and then only from an allowed `Origin`.
     #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
-    async fn refresh(&self, ctx: &Context<'_>, refresh_token: String) -> Result<AuthPayload> {
-        Ok(service(ctx)?
-            .refresh(&refresh_token, client(ctx))
-            .await?
-            .into())
+    async fn refresh(
+        &self,
+        ctx: &Context<'_>,
+        refresh_token: Option<String>,
+    ) -> Result<AuthPayload> {
+        let (token, from_cookie) = match refresh_token {
+            Some(token) => (token, false),
+            None => (cookie_refresh_token(ctx)?, true),
+        };
+        match service(ctx)?.refresh(&token, client(ctx)).await {
+            Ok(issued) => Ok(deliver(ctx, issued)),
+            Err(error) => {
+                // A cookie that can never work again is deleted, so the browser stops sending it.
+                if from_cookie && matches!(error, AppError::Unauthenticated(_)) {
+                    clear_cookie(ctx);
+                }
+                Err(error.into())
+            }
+        }
     }
 
-    /// Ends the session of this request's access token.
+    /// Ends the session of this request's access token (and deletes the refresh-token cookie).
     #[graphql(guard = "SignedIn")]
     async fn logout(&self, ctx: &Context<'_>) -> Result<bool> {
         service(ctx)?.logout(signed_in(ctx).await?).await?;
+        clear_cookie(ctx);
         Ok(true)
     }
 
@@ -68,9 +88,11 @@ impl MutationRoot {
             .map(ID::into)
             .collect();
         let tokens = input.tokens.unwrap_or_default();
-        let revoked = service(ctx)?
-            .revoke(signed_in(ctx).await?, &session_ids, &tokens)
-            .await?;
+        let caller = signed_in(ctx).await?;
+        let revoked = service(ctx)?.revoke(caller, &session_ids, &tokens).await?;
+        if revoked.contains(&caller.session.id) {
+            clear_cookie(ctx);
+        }
         Ok(revoked.into())
     }
 
@@ -107,4 +129,46 @@ fn service<'ctx>(ctx: &Context<'ctx>) -> Result<&'ctx AuthService> {
 
 fn client(ctx: &Context<'_>) -> ClientInfo {
     ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default()
+}
+
+/// The payload for a fresh pair. With the refresh-token cookie on, the refresh token goes into
+/// `Set-Cookie` and not into the body.
+fn deliver(ctx: &Context<'_>, issued: IssuedTokens) -> AuthPayload {
+    let Some(cookie) = ctx.data_opt::<RefreshCookie>() else {
+        return issued.into();
+    };
+    ctx.append_http_header(
+        SET_COOKIE,
+        cookie.set(&issued.refresh_token, issued.refresh_token_expires_at),
+    );
+    AuthPayload {
+        refresh_token: None,
+        ..issued.into()
+    }
+}
+
+fn clear_cookie(ctx: &Context<'_>) {
+    if let Some(cookie) = ctx.data_opt::<RefreshCookie>() {
+        ctx.append_http_header(SET_COOKIE, cookie.clear());
+    }
+}
+
+/// The refresh token from the cookie. Errors: UNAUTHENTICATED `MISSING` (no cookie, or the
+/// cookie mode is off), `MALFORMED` (the cookie sent twice), FORBIDDEN `ORIGIN_NOT_ALLOWED`
+/// (the request's `Origin` may not use the cookie: CSRF).
+fn cookie_refresh_token(ctx: &Context<'_>) -> Result<String, AppError> {
+    let cookie = ctx
+        .data_opt::<RequestRefreshCookie>()
+        .cloned()
+        .unwrap_or_default();
+    if cookie.ambiguous {
+        return Err(AppError::Unauthenticated(UnauthenticatedReason::Malformed));
+    }
+    let token = cookie
+        .token
+        .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Missing))?;
+    if !cookie.origin_allowed {
+        return Err(AppError::OriginNotAllowed);
+    }
+    Ok(token)
 }

@@ -1,11 +1,46 @@
 //! The GraphQL types. They are built from the store's domain types, never from entities, so
 //! that nothing (a password hash, a jti) reaches a client by accident.
 
-use async_graphql::{ID, InputObject, SimpleObject};
-use chrono::{DateTime, Utc};
+use async_graphql::{
+    ID, InputObject, InputValueError, InputValueResult, Scalar, ScalarType, SimpleObject, Value,
+};
+use chrono::{SecondsFormat, Utc};
 use uuid::Uuid;
 
 use crate::{service::IssuedTokens, store};
+
+/// A point in time, as an RFC 3339 date-time in UTC with exactly three fractional digits
+/// (milliseconds), e.g. `2026-11-29T12:47:10.123Z`: what `new Date(value)` reads in every browser.
+/// Input accepts any RFC 3339 date-time with an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DateTime(pub chrono::DateTime<Utc>);
+
+/// A point in time: an RFC 3339 date-time (the andimarek date-time specification), always in
+/// UTC (`Z`) and with millisecond precision, e.g. `2026-11-29T12:47:10.123Z`.
+#[Scalar(
+    name = "DateTime",
+    specified_by_url = "https://scalars.graphql.org/andimarek/date-time"
+)]
+impl ScalarType for DateTime {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
+                .map(|time| Self(time.with_timezone(&Utc)))
+                .map_err(|_| InputValueError::custom("expected an RFC 3339 date-time")),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(self.0.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+}
+
+impl From<chrono::DateTime<Utc>> for DateTime {
+    fn from(time: chrono::DateTime<Utc>) -> Self {
+        Self(time)
+    }
+}
 
 /// An account.
 #[derive(SimpleObject)]
@@ -17,7 +52,7 @@ pub struct User {
     /// The name the user can log in with besides the email; defaults to the email.
     pub username: String,
     /// When the account was created.
-    pub created_at: DateTime<Utc>,
+    pub created_at: DateTime,
 }
 
 impl From<store::User> for User {
@@ -26,7 +61,7 @@ impl From<store::User> for User {
             id: user.id.into(),
             email: user.email,
             username: user.username,
-            created_at: user.created_at,
+            created_at: user.created_at.into(),
         }
     }
 }
@@ -37,11 +72,11 @@ pub struct Session {
     /// Stable identifier of the session; pass it to `revokeTokens` to end the session.
     pub id: ID,
     /// When the user logged in.
-    pub created_at: DateTime<Utc>,
+    pub created_at: DateTime,
     /// When the session's tokens were last rotated by `refresh`, if ever.
-    pub last_refreshed_at: Option<DateTime<Utc>>,
+    pub last_refreshed_at: Option<DateTime>,
     /// When the session and its refresh token expire; refreshing does not move this.
-    pub expires_at: DateTime<Utc>,
+    pub expires_at: DateTime,
     /// The User-Agent header of the login request.
     pub user_agent: Option<String>,
     /// The client address of the login request.
@@ -55,9 +90,9 @@ impl Session {
         Self {
             id: session.id.into(),
             current: session.id == current_session,
-            created_at: session.created_at,
-            last_refreshed_at: session.last_refreshed_at,
-            expires_at: session.expires_at,
+            created_at: session.created_at.into(),
+            last_refreshed_at: session.last_refreshed_at.map(Into::into),
+            expires_at: session.expires_at.into(),
             user_agent: session.user_agent,
             ip_address: session.ip_address,
         }
@@ -69,14 +104,15 @@ impl Session {
 pub struct AuthPayload {
     /// Send as `Authorization: Bearer <accessToken>`; short-lived.
     pub access_token: String,
-    /// Exchange for a new pair with `refresh`; usable once.
-    pub refresh_token: String,
+    /// Exchange for a new pair with `refresh`; usable once. Null when the server keeps it in an
+    /// HttpOnly cookie instead (`REFRESH_TOKEN_COOKIE=true`), so that page scripts never see it.
+    pub refresh_token: Option<String>,
     /// Always "Bearer".
     pub token_type: String,
     /// When the access token expires.
-    pub access_token_expires_at: DateTime<Utc>,
+    pub access_token_expires_at: DateTime,
     /// When the refresh token, and with it the session, expires.
-    pub refresh_token_expires_at: DateTime<Utc>,
+    pub refresh_token_expires_at: DateTime,
     /// The signed-in user.
     pub user: User,
     /// The session these tokens belong to.
@@ -88,10 +124,10 @@ impl From<IssuedTokens> for AuthPayload {
         let session_id = issued.session.id;
         Self {
             access_token: issued.access_token,
-            refresh_token: issued.refresh_token,
+            refresh_token: Some(issued.refresh_token),
             token_type: "Bearer".to_owned(),
-            access_token_expires_at: issued.access_token_expires_at,
-            refresh_token_expires_at: issued.refresh_token_expires_at,
+            access_token_expires_at: issued.access_token_expires_at.into(),
+            refresh_token_expires_at: issued.refresh_token_expires_at.into(),
             user: issued.user.into(),
             session: Session::new(issued.session, session_id),
         }

@@ -6,9 +6,12 @@ mod binary;
 
 mod errors;
 mod faults;
+mod frontend;
+mod graphql_over_http;
 mod http;
 mod passwords;
 mod postgres;
+mod readme;
 mod register_login;
 mod revoke;
 mod schema;

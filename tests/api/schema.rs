@@ -20,7 +20,7 @@ fn the_schema_has_the_contracted_operations() {
         "mySessions: [Session!]!",
         "register(input: RegisterInput!): AuthPayload!",
         "login(input: LoginInput!): AuthPayload!",
-        "refresh(refreshToken: String!): AuthPayload!",
+        "refresh(refreshToken: String): AuthPayload!",
         "logout: Boolean!",
         "revokeTokens(input: RevokeTokensInput!): RevokeTokensPayload!",
         "revokeOtherSessions: Int!",

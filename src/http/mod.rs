@@ -1,11 +1,20 @@
 //! The HTTP edge: routes, and everything checked before GraphQL runs. Every answer, errors
 //! included, is JSON shaped like a GraphQL response so that clients read them one way.
 //!
-//! Order of checks for `POST /graphql`, cheapest first: content type (CSRF: a form or
-//! `text/plain` post from another site is refused), body size (enforced while streaming, before
-//! anything is buffered), JSON shape, query size, bracket nesting (the GraphQL parser recurses
-//! and would overflow its stack on a few thousand levels), then GraphQL with its own depth,
-//! complexity, alias and directive limits.
+//! Order of checks for `POST /graphql`, cheapest first: the `Accept` header (406 when nothing
+//! offered is acceptable), content type (CSRF: a form or `text/plain` post from another site is
+//! refused), body size (enforced while streaming, before anything is buffered), JSON shape, the
+//! persisted query, query size, bracket nesting (the GraphQL parser recurses and would overflow
+//! its stack on a few thousand levels), then GraphQL with its own depth, complexity, alias and
+//! directive limits. `GET /graphql` runs the same checks on its query string and refuses
+//! mutations.
+//!
+//! Browsers: CORS (`CORS_ALLOWED_ORIGINS`, tower-http's `CorsLayer`) wraps every route, so that
+//! error answers are readable by the page too; preflights are answered `204`.
+
+mod graphiql;
+mod graphql_over_http;
+mod persisted_queries;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -13,31 +22,46 @@ use std::{
     time::Duration,
 };
 
-use async_graphql::{http::GraphiQLSource, http::parse_query_string, parser::types::OperationType};
-use async_graphql_axum::GraphQLResponse;
+use async_graphql::parser::types::OperationType;
 use axum::{
     Json, Router,
     body::Body,
     extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use ipnet::IpNet;
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::json;
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, CorsLayer},
+    trace::TraceLayer,
+};
 
+pub use graphql_over_http::{GRAPHQL_RESPONSE_MEDIA_TYPE, HttpError, MediaType};
+
+use self::{
+    graphql_over_http::{GraphQLParams, into_http_response},
+    persisted_queries::{Lookup, PersistedQueries},
+};
 use crate::{
     auth::{BearerToken, RequestAuth},
-    graphql::AuthSchema,
+    graphql::{AuthSchema, RefreshCookie},
     service::{AuthService, ClientInfo},
 };
 
 /// Longest User-Agent kept on a session.
 const MAX_USER_AGENT_CHARS: usize = 512;
-const GRAPHQL_RESPONSE_MEDIA_TYPE: &str = "application/graphql-response+json";
+/// The request headers a browser may send cross-origin: what Apollo Client and GraphiQL send.
+const CORS_ALLOWED_HEADERS: [&str; 4] = [
+    "content-type",
+    "authorization",
+    "apollo-require-preflight",
+    "x-apollo-operation-name",
+];
 
 /// What the edge accepts, from the configuration.
 #[derive(Debug, Clone)]
@@ -51,6 +75,21 @@ pub struct EdgeLimits {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// What the edge offers browsers, from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct FrontendSettings {
+    /// Origins allowed by CORS, each `scheme://host[:port]`, lower case; empty: no CORS.
+    pub allowed_origins: Vec<HeaderValue>,
+    /// How long a preflight answer may be reused.
+    pub cors_max_age: Duration,
+    /// Serve GraphiQL at `/`.
+    pub graphiql: bool,
+    /// The refresh-token cookie, when `REFRESH_TOKEN_COOKIE` is on.
+    pub refresh_cookie: Option<RefreshCookie>,
+    /// Most persisted queries kept; 0 switches them off.
+    pub persisted_queries: usize,
+}
+
 #[derive(Clone)]
 struct EdgeState {
     schema: AuthSchema,
@@ -58,7 +97,9 @@ struct EdgeState {
     service: AuthService,
     /// The public signing keys, when they are asymmetric; `None` with HS256.
     jwks: Option<Arc<JwkSet>>,
-    limits: EdgeLimits,
+    limits: Arc<EdgeLimits>,
+    frontend: Arc<FrontendSettings>,
+    persisted_queries: Arc<PersistedQueries>,
 }
 
 pub fn router(
@@ -66,10 +107,17 @@ pub fn router(
     service: AuthService,
     jwks: Option<Arc<JwkSet>>,
     limits: EdgeLimits,
+    frontend: FrontendSettings,
 ) -> Router {
     let timeout = limits.request_timeout;
-    Router::new()
-        .route("/", get(graphiql))
+    let cors = cors_layer(&frontend);
+    let mut router = Router::new();
+    if frontend.graphiql {
+        router = router
+            .route("/", get(graphiql::page))
+            .route("/graphiql/{file}", get(graphiql::asset));
+    }
+    let router = router
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -80,14 +128,61 @@ pub fn router(
             schema,
             service,
             jwks,
-            limits,
+            limits: Arc::new(limits),
+            persisted_queries: Arc::new(PersistedQueries::new(frontend.persisted_queries)),
+            frontend: Arc::new(frontend),
         })
         .layer(middleware::from_fn_with_state(timeout, time_limit))
-        .layer(json_panic_layer())
-        // One span per request with method and path only: a query string may hold variables.
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-        }))
+        .layer(json_panic_layer());
+    let router = match cors {
+        Some(cors) => router.layer(cors).layer(middleware::from_fn(tidy_cors)),
+        None => router,
+    };
+    // One span per request with method and path only: a query string may hold variables.
+    router.layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+    }))
+}
+
+/// CORS for the listed origins only (the Fetch standard's CORS protocol): credentials allowed,
+/// the methods and headers Apollo Client and GraphiQL send, `Retry-After` readable by the page.
+/// tower-http adds `Vary: Origin` and the request-method/-headers `Vary` entries.
+fn cors_layer(frontend: &FrontendSettings) -> Option<CorsLayer> {
+    if frontend.allowed_origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(frontend.allowed_origins.clone()))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers(CORS_ALLOWED_HEADERS.map(header::HeaderName::from_static))
+            .expose_headers([header::RETRY_AFTER])
+            .allow_credentials(true)
+            .max_age(frontend.cors_max_age),
+    )
+}
+
+/// Two touches on tower-http's answers: a preflight is `204 No Content` (tower-http says `200`),
+/// and an origin that is not allowed gets no `Access-Control-*` header at all (tower-http sends
+/// `Access-Control-Allow-Credentials` and the allowed methods and headers to anyone).
+async fn tidy_cors(request: Request, next: Next) -> Response {
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = next.run(request).await;
+    if preflight && response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        let cors_headers: Vec<_> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for name in cors_headers {
+            headers.remove(name);
+        }
+    }
+    response
 }
 
 /// A panic anywhere below becomes a JSON 500; the server keeps serving.
@@ -124,23 +219,53 @@ async fn graphql_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match read_json_request(&headers, body, &state.limits).await {
-        Ok(request) => execute(&state, peer, &headers, request).await,
-        Err(error) => error.into_response(),
-    }
+    let result = async {
+        let media = negotiate(&headers)?;
+        let params = read_json_body(&headers, body, &state.limits, media).await?;
+        run(&state, peer, &headers, params, media, Method::POST).await
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn read_json_request(
+/// GET carries queries only (GraphQL over HTTP § GET): a mutation must not run from a link or
+/// an `<img>` tag.
+async fn graphql_get(
+    State(state): State<EdgeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let result = async {
+        let media = negotiate(&headers)?;
+        let params = GraphQLParams::from_query_string(uri.query().unwrap_or_default(), media)?;
+        run(&state, peer, &headers, params, media, Method::GET).await
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn negotiate(headers: &HeaderMap) -> Result<MediaType, HttpError> {
+    MediaType::negotiate(headers).ok_or_else(|| {
+        HttpError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "NOT_ACCEPTABLE",
+            format!("accept {GRAPHQL_RESPONSE_MEDIA_TYPE} or application/json"),
+        )
+    })
+}
+
+async fn read_json_body(
     headers: &HeaderMap,
     body: Body,
     limits: &EdgeLimits,
-) -> Result<async_graphql::Request, HttpError> {
+    media: MediaType,
+) -> Result<GraphQLParams, HttpError> {
     if !is_json(headers) {
         return Err(HttpError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UNSUPPORTED_MEDIA_TYPE",
             "send the request as Content-Type: application/json",
-        ));
+        )
+        .in_media(media));
     }
     let bytes = axum::body::to_bytes(body, limits.max_body_bytes)
         .await
@@ -153,18 +278,9 @@ async fn read_json_request(
                     limits.max_body_bytes
                 ),
             )
+            .in_media(media)
         })?;
-    // An array (a batch) does not parse as one request: one operation per request, so that no
-    // limit can be multiplied by batching. serde_json refuses nesting beyond 128 levels.
-    let request: async_graphql::Request = serde_json::from_slice(&bytes).map_err(|_| {
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            "the body must be one JSON object like {\"query\": \"...\", \"variables\": {...}}",
-        )
-    })?;
-    check_query_text(&request.query, limits)?;
-    Ok(request)
+    GraphQLParams::from_json_body(&bytes, media).map_err(|error| error.in_media(media))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -175,43 +291,62 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// GET carries queries only: a mutation must not run from a link or an `<img>` tag.
-async fn graphql_get(
-    State(state): State<EdgeState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Response {
-    let Ok(request) = parse_query_string(uri.query().unwrap_or_default()) else {
-        return HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            "a GET request needs a `query` parameter (and optionally `variables` as JSON)",
-        )
-        .into_response();
+/// From parameters to an answer: the persisted query, the checks on the query text, the
+/// GET-is-for-queries rule, then the executor.
+async fn run(
+    state: &EdgeState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    params: GraphQLParams,
+    media: MediaType,
+    method: Method,
+) -> Result<Response, HttpError> {
+    let lookup = state.persisted_queries.lookup(
+        params.extensions.as_ref(),
+        params.query.as_deref(),
+        media,
+    )?;
+    let query = match &lookup {
+        Lookup::Stored(query) => query.clone(),
+        Lookup::NotPersisted | Lookup::Register(_) => params
+            .query
+            .clone()
+            .filter(|query| !query.is_empty())
+            .ok_or_else(|| {
+                HttpError::bad_parameters(media, "the request needs a `query` string")
+            })?,
     };
-    if let Err(error) = check_query_text(&request.query, &state.limits) {
-        return error.into_response();
-    }
-    if is_mutation(&request.query, request.operation_name.as_deref()) {
-        return HttpError::new(
+    check_query_text(&query, &state.limits, media)?;
+    if method == Method::GET && is_mutation(&query, params.operation_name.as_deref()) {
+        let mut refused = HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
             "mutations must be sent with POST",
         )
+        .in_media(media)
         .into_response();
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return Ok(refused);
     }
-    execute(&state, peer, &headers, request).await
+    if let Lookup::Register(hash) = lookup {
+        state.persisted_queries.store(hash, &query);
+    }
+    let request = params.into_request(query);
+    Ok(execute(state, peer, headers, request, media).await)
 }
 
-/// Size and nesting of the query text, checked before the parser sees it.
-fn check_query_text(query: &str, limits: &EdgeLimits) -> Result<(), HttpError> {
+/// Size and nesting of the query text, checked before the parser sees it: `400` in both media
+/// types, as the document is refused unread.
+fn check_query_text(query: &str, limits: &EdgeLimits, media: MediaType) -> Result<(), HttpError> {
     if query.len() > limits.max_query_bytes {
         return Err(HttpError::new(
             StatusCode::BAD_REQUEST,
             "QUERY_TOO_LARGE",
             format!("the query is longer than {} bytes", limits.max_query_bytes),
-        ));
+        )
+        .in_media(media));
     }
     if nesting_exceeds(query, limits.max_query_nesting) {
         return Err(HttpError::new(
@@ -221,7 +356,8 @@ fn check_query_text(query: &str, limits: &EdgeLimits) -> Result<(), HttpError> {
                 "the query nests more than {} levels",
                 limits.max_query_nesting
             ),
-        ));
+        )
+        .in_media(media));
     }
     Ok(())
 }
@@ -269,20 +405,21 @@ fn nesting_exceeds(query: &str, limit: usize) -> bool {
     false
 }
 
-/// Whether the operation that would run is a mutation. A query that does not parse is left to
-/// the executor, which reports the parse error.
+/// Whether the operation that would run is a mutation: the one named `operation_name`, or the
+/// only one. A query that does not parse, or names no single operation, is left to the
+/// executor, which reports it.
 fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
     let Ok(document) = async_graphql::parser::parse_query(query) else {
         return false;
     };
-    document.operations.iter().any(|(name, operation)| {
-        let selected = match (operation_name, name) {
-            (Some(wanted), Some(name)) => wanted == name.as_str(),
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        selected && operation.node.ty == OperationType::Mutation
-    })
+    let mut operations = document.operations.iter();
+    let selected = match operation_name {
+        Some(wanted) => operations.find(|(name, _)| name.is_some_and(|name| name == wanted)),
+        None => operations
+            .next()
+            .filter(|_| document.operations.iter().count() == 1),
+    };
+    selected.is_some_and(|(_, operation)| operation.node.ty == OperationType::Mutation)
 }
 
 async fn execute(
@@ -290,6 +427,7 @@ async fn execute(
     peer: SocketAddr,
     headers: &HeaderMap,
     request: async_graphql::Request,
+    media: MediaType,
 ) -> Response {
     let bearer = BearerToken::from_header(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()));
     let client = ClientInfo {
@@ -299,23 +437,35 @@ async fn execute(
             .map(|agent| agent.chars().take(MAX_USER_AGENT_CHARS).collect()),
         ip: Some(client_ip(peer.ip(), headers, &state.limits.trusted_proxies)),
     };
-    let request = request.data(RequestAuth::new(bearer)).data(client);
-    let mut response = GraphQLResponse::from(state.schema.execute(request).await).into_response();
-    // GraphQL over HTTP: clients that do not ask for the new media type get plain JSON.
-    if !accepts_graphql_response(headers) {
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+    let mut request = request.data(RequestAuth::new(bearer)).data(client);
+    if let Some(cookie) = &state.frontend.refresh_cookie {
+        let origin_allowed = origin_allowed(headers, &state.frontend.allowed_origins);
+        request = request.data(cookie.read(headers, origin_allowed));
     }
-    response
+    into_http_response(state.schema.execute(request).await, media)
 }
 
-fn accepts_graphql_response(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|accept| accept.contains(GRAPHQL_RESPONSE_MEDIA_TYPE))
+/// CSRF for the cookie-held refresh token (OWASP CSRF Prevention Cheat Sheet, "Verifying Origin
+/// With Standard Headers"): exactly one `Origin` header, naming a listed origin or authql's own
+/// (its host and port equal to the `Host` header's). No `Origin` at all is refused: browsers
+/// send it with every POST, and other clients pass the token as an argument.
+fn origin_allowed(headers: &HeaderMap, allowed: &[HeaderValue]) -> bool {
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let (Some(origin), None) = (origins.next(), origins.next()) else {
+        return false;
+    };
+    if allowed.iter().any(|allowed| allowed == origin) {
+        return true;
+    }
+    let own_host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.split_once("://"))
+        .map(|(_, host)| host);
+    matches!((own_host, origin_host), (Some(own), Some(origin)) if own.eq_ignore_ascii_case(origin))
 }
 
 /// The client's address. `X-Forwarded-For` is believed only when the connection comes from a
@@ -340,10 +490,6 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -
         .or(forwarded.first())
         .copied()
         .unwrap_or(peer)
-}
-
-async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").finish())
 }
 
 /// Liveness: the process serves. It stays 200 while the database is away, so that an
@@ -392,33 +538,6 @@ async fn method_not_allowed() -> HttpError {
         "METHOD_NOT_ALLOWED",
         "this route does not accept that method",
     )
-}
-
-/// An error answered before GraphQL runs.
-#[derive(Debug)]
-pub struct HttpError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl HttpError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "errors": [{ "message": self.message, "extensions": { "code": self.code } }]
-        });
-        (self.status, Json(body)).into_response()
-    }
 }
 
 #[cfg(test)]
