@@ -1,0 +1,55 @@
+// A small static file server for the browser tests: serves the page and bundle of a test
+// app (or GraphiQL's files) from another origin than authql's.
+import { createServer } from 'node:http';
+import { readFile } from 'node:fs/promises';
+import { extname } from 'node:path';
+
+const TYPES = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json',
+  '.map': 'application/json',
+  '.txt': 'text/plain; charset=utf-8',
+  '.md': 'text/plain; charset=utf-8',
+};
+
+/**
+ * routes: { '/path': { file } | { body, type } }. Anything else is a 404.
+ * Returns { url, port, requests, stop() }; `requests` lists every path asked for.
+ */
+export async function startStaticServer({ routes, host = '127.0.0.1' }) {
+  const requests = [];
+  const server = createServer(async (req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    requests.push(path);
+    const route = routes[path];
+    if (!route) {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+      return;
+    }
+    try {
+      const body = route.file ? await readFile(route.file) : route.body;
+      const type = route.type || TYPES[extname(route.file || path)] || 'application/octet-stream';
+      res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
+    } catch (e) {
+      res.writeHead(500, { 'content-type': 'text/plain' }).end(String(e));
+    }
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, host, resolve);
+  });
+  const { port } = server.address();
+  return {
+    url: `http://${host}:${port}`,
+    port,
+    requests,
+    stop: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections?.();
+        server.close(() => resolve());
+      }),
+  };
+}
