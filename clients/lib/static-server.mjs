@@ -1,6 +1,6 @@
 // A small static file server for the browser tests: serves the page and bundle of a test
 // app (or GraphiQL's files) from another origin than authql's.
-import { createServer } from 'node:http';
+import { createServer, request as httpRequest } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { extname } from 'node:path';
 
@@ -17,13 +17,25 @@ const TYPES = {
 
 /**
  * routes: { '/path': { file } | { body, type } }. Anything else is a 404.
+ * proxy: { '/path': 'http://host:port' } forwards those paths (method, headers, body) there.
+ * headers: added to every file answered.
  * Returns { url, port, requests, stop() }; `requests` lists every path asked for.
  */
-export async function startStaticServer({ routes, host = '127.0.0.1' }) {
+export async function startStaticServer({ routes, proxy = {}, headers = {}, host = '127.0.0.1' }) {
   const requests = [];
   const server = createServer(async (req, res) => {
     const path = new URL(req.url, 'http://x').pathname;
     requests.push(path);
+    if (proxy[path]) {
+      const upstream = new URL(req.url, proxy[path]);
+      const forward = httpRequest(upstream, { method: req.method, headers: { ...req.headers, host: upstream.host } }, (up) => {
+        res.writeHead(up.statusCode, up.headers);
+        up.pipe(res);
+      });
+      forward.on('error', (e) => res.writeHead(502, { 'content-type': 'text/plain' }).end(String(e)));
+      req.pipe(forward);
+      return;
+    }
     const route = routes[path];
     if (!route) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
@@ -32,7 +44,7 @@ export async function startStaticServer({ routes, host = '127.0.0.1' }) {
     try {
       const body = route.file ? await readFile(route.file) : route.body;
       const type = route.type || TYPES[extname(route.file || path)] || 'application/octet-stream';
-      res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
+      res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store', ...headers }).end(body);
     } catch (e) {
       res.writeHead(500, { 'content-type': 'text/plain' }).end(String(e));
     }
