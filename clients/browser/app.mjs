@@ -22,11 +22,32 @@ const operations = operationsFromSource(operationsSource);
 
 window.authqlApp = {
   responses,
-  errorCodes,
-  graphqlErrorsOf,
+  client: null,
   /** A client in cookie mode: credentials 'include', refresh without an argument. */
   create(uri) {
-    return createAuthqlClient({ uri, fetch: capturingFetch, sha256, operations, cookieMode: true });
+    this.client = createAuthqlClient({ uri, fetch: capturingFetch, sha256, operations, cookieMode: true });
+    return this.client;
   },
+  /**
+   * Call a method of the client; never throws, so tests can look at the outcome:
+   * { ok: true, value, state } or { ok: false, codes, reasons, network, state }.
+   */
+  async call(method, ...args) {
+    const snapshot = () => ({ ...this.client.state });
+    try {
+      return { ok: true, value: await this.client[method](...args), state: snapshot() };
+    } catch (error) {
+      const errors = graphqlErrorsOf(error);
+      return {
+        ok: false,
+        codes: errors.map((e) => e.extensions?.code),
+        reasons: errors.map((e) => e.extensions?.reason),
+        network: errors.length === 0,
+        errorName: error?.name,
+        state: snapshot(),
+      };
+    }
+  },
+  errorCodes,
 };
 document.title = 'authql app ready';

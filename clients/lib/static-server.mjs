@@ -18,10 +18,10 @@ const TYPES = {
 /**
  * routes: { '/path': { file } | { body, type } }. Anything else is a 404.
  * proxy: { '/path': 'http://host:port' } forwards those paths (method, headers, body) there.
- * headers: added to every file answered.
+ * headers: added to every file answered. publicHost: the host name in `url` (e.g. localhost).
  * Returns { url, port, requests, stop() }; `requests` lists every path asked for.
  */
-export async function startStaticServer({ routes, proxy = {}, headers = {}, host = '127.0.0.1' }) {
+export async function startStaticServer({ routes, proxy = {}, headers = {}, host = '127.0.0.1', publicHost = host }) {
   const requests = [];
   const server = createServer(async (req, res) => {
     const path = new URL(req.url, 'http://x').pathname;
@@ -55,7 +55,7 @@ export async function startStaticServer({ routes, proxy = {}, headers = {}, host
   });
   const { port } = server.address();
   return {
-    url: `http://${host}:${port}`,
+    url: `http://${publicHost}:${port}`,
     port,
     requests,
     stop: () =>
