@@ -238,4 +238,30 @@ describe('automatic persisted queries over plain HTTP', () => {
     assert.equal(byHash.status, 200);
     assert.deepEqual(await byHash.json(), { data: { __typename: 'Query' } });
   });
+
+  it('a query sent with a hash that is not its SHA-256 is refused, and the hash stays unknown', async () => {
+    const query = `query Other { __typename }`;
+    const wrong = sha256('something else');
+    const ext = JSON.stringify({ persistedQuery: { version: 1, sha256Hash: wrong } });
+    const mismatch = await (await get({ query, extensions: ext })).json();
+    assert.deepEqual(mismatch.errors?.map((e) => e.extensions?.code), ['PERSISTED_QUERY_HASH_MISMATCH']);
+    assert.equal(mismatch.data ?? null, null);
+    const after = await (await get({ extensions: ext })).json();
+    assert.deepEqual(after.errors?.map((e) => e.extensions?.code), ['PERSISTED_QUERY_NOT_FOUND']);
+  });
+
+  it('a persisted mutation is not run by GET', async () => {
+    const query = `mutation { logout }`;
+    const ext = JSON.stringify({ persistedQuery: { version: 1, sha256Hash: sha256(query) } });
+    // Register it by POST (logout without a token fails, which is fine: the text is stored).
+    await fetch(server.graphql, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json' },
+      body: JSON.stringify({ query, extensions: JSON.parse(ext) }),
+      signal: AbortSignal.timeout(10000),
+    }).then((r) => r.arrayBuffer());
+    const res = await get({ extensions: ext });
+    assert.equal(res.status, 405);
+    assert.deepEqual((await res.json()).errors?.map((e) => e.extensions?.code), ['METHOD_NOT_ALLOWED']);
+  });
 });
