@@ -158,11 +158,9 @@ async fn graphiql_is_served_whole_from_authql_itself() {
     let html = page.text().await.unwrap();
     let urls = linked_urls(&html);
     assert!(!urls.is_empty(), "the page links its scripts and styles");
-    for url in urls {
-        assert!(
-            !url.contains("//") && !url.starts_with("data:"),
-            "{url} would leave authql"
-        );
+    // `data:` URLs (an empty favicon) load nothing from anywhere.
+    for url in urls.into_iter().filter(|url| !url.starts_with("data:")) {
+        assert!(!url.contains("//"), "{url} would leave authql");
         let path = if url.starts_with('/') {
             url.clone()
         } else {
