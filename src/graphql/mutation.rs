@@ -65,10 +65,31 @@ impl MutationRoot {
         }
     }
 
-    /// Ends the session of this request's access token (and deletes the refresh-token cookie).
-    #[graphql(guard = "SignedIn")]
-    async fn logout(&self, ctx: &Context<'_>) -> Result<bool> {
-        service(ctx)?.logout(signed_in(ctx).await?).await?;
+    /// Ends a session and deletes the refresh-token cookie. With `refreshToken` (the session's
+    /// current refresh token), the session it belongs to, which works when the access token has
+    /// already expired; without it, the session of this request's access token, or, when there
+    /// is no usable access token, the session of the refresh-token cookie.
+    async fn logout(&self, ctx: &Context<'_>, refresh_token: Option<String>) -> Result<bool> {
+        let service = service(ctx)?;
+        let caller = signed_in(ctx).await;
+        match (refresh_token, caller) {
+            (Some(token), caller) => {
+                service
+                    .logout_with_refresh_token(&token, caller.ok())
+                    .await?
+            }
+            (None, Ok(caller)) => service.logout(caller).await?,
+            (None, Err(refused)) => {
+                let has_cookie = ctx
+                    .data_opt::<RequestRefreshCookie>()
+                    .is_some_and(|cookie| cookie.token.is_some() || cookie.ambiguous);
+                if !has_cookie {
+                    return Err(refused.into());
+                }
+                let token = cookie_refresh_token(ctx)?;
+                service.logout_with_refresh_token(&token, None).await?
+            }
+        }
         clear_cookie(ctx);
         Ok(true)
     }

@@ -234,12 +234,27 @@ impl AuthService {
             .tokens
             .verify(TokenKind::Access, token)
             .map_err(AppError::Unauthenticated)?;
-        let (user, session) = self
-            .store()
-            .find_session_by_access_jti(claims.sid, claims.jti, now())
+        let now = now();
+        let store = self.store();
+        if let Some((user, session)) = store
+            .find_session_by_access_jti(claims.sid, claims.jti, now)
             .await?
-            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
-        Ok(Authenticated { user, session })
+        {
+            return Ok(Authenticated { user, session });
+        }
+        // Refused: say whether the session timed out (idle or absolute expiry) or was ended.
+        // This second lookup runs only for refused tokens.
+        let timed_out = store
+            .find_session(claims.sid)
+            .await?
+            .is_some_and(|(user, session)| {
+                user.id == claims.sub && session.access_jti == claims.jti && !session.is_live(now)
+            });
+        Err(AppError::Unauthenticated(if timed_out {
+            UnauthenticatedReason::Expired
+        } else {
+            UnauthenticatedReason::Revoked
+        }))
     }
 
     pub async fn live_sessions(&self, user_id: Uuid) -> Result<Vec<Session>, AppError> {
@@ -248,6 +263,47 @@ impl AuthService {
             .list_live_sessions(user_id, now())
             .await
             .map_err(AppError::from)
+    }
+
+    /// Ends the session that `refresh_token` belongs to, for a client whose access token has
+    /// expired (a shared computer must be able to sign out without refreshing first). The token
+    /// must be the session's current refresh token, or the one it replaced within
+    /// `REFRESH_REUSE_GRACE_SECONDS`; when `caller` is signed in too, the session must be theirs.
+    /// Errors: UNAUTHENTICATED (`MALFORMED`, `EXPIRED`, `WRONG_TOKEN_TYPE`, `REVOKED` for a token
+    /// that no longer speaks for its session), nothing changed.
+    pub async fn logout_with_refresh_token(
+        &self,
+        refresh_token: &str,
+        caller: Option<&Authenticated>,
+    ) -> Result<(), AppError> {
+        let claims = self
+            .inner
+            .tokens
+            .verify(TokenKind::Refresh, refresh_token)
+            .map_err(AppError::Unauthenticated)?;
+        let now = now();
+        let grace = self.inner.lifetimes.refresh_reuse_grace;
+        let revoked = AppError::Unauthenticated(UnauthenticatedReason::Revoked);
+        let (user, session) = self
+            .store()
+            .find_session(claims.sid)
+            .await?
+            .filter(|(user, _)| user.id == claims.sub)
+            .ok_or(revoked.clone())?;
+        if caller.is_some_and(|caller| caller.user.id != user.id) {
+            return Err(revoked);
+        }
+        let current = session.refresh_jti == claims.jti
+            || (session.previous_refresh_jti == Some(claims.jti)
+                && session
+                    .last_refreshed_at
+                    .is_some_and(|rotated_at| !grace.is_zero() && now < rotated_at + grace));
+        if !current {
+            return Err(revoked);
+        }
+        self.revoke_sessions(user.id, &[session.id]).await?;
+        tracing::info!(user_id = %user.id, session_id = %session.id, "logged out by refresh token");
+        Ok(())
     }
 
     pub async fn logout(&self, caller: &Authenticated) -> Result<(), AppError> {

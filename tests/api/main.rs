@@ -18,4 +18,5 @@ mod schema;
 mod security;
 mod sessions;
 mod startup;
+mod token_edges;
 mod user_story;
