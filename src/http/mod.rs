@@ -284,8 +284,9 @@ async fn read_json_body(
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
+    single_header(headers, header::CONTENT_TYPE)
+        .ok()
+        .flatten()
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
         .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
@@ -429,7 +430,11 @@ async fn execute(
     request: async_graphql::Request,
     media: MediaType,
 ) -> Response {
-    let bearer = BearerToken::from_header(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()));
+    // Two `Authorization` headers are ambiguous, whichever comes first: MALFORMED.
+    let bearer = match single_header(headers, header::AUTHORIZATION) {
+        Ok(value) => BearerToken::from_header(value.map(HeaderValue::as_bytes)),
+        Err(Ambiguous) => BearerToken::Unreadable,
+    };
     let client = ClientInfo {
         user_agent: headers
             .get(header::USER_AGENT)
@@ -445,20 +450,38 @@ async fn execute(
     into_http_response(state.schema.execute(request).await, media)
 }
 
+/// A header sent more than once where authql needs exactly one.
+struct Ambiguous;
+
+/// The one value of a header that security decisions rest on (`Authorization`, `Origin`,
+/// `Host`, `Content-Type`): several values are ambiguous (RFC 9110 § 5.3 allows repeating only
+/// list-valued fields), and a proxy and authql could each read a different one.
+fn single_header(
+    headers: &HeaderMap,
+    name: header::HeaderName,
+) -> Result<Option<&HeaderValue>, Ambiguous> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    match values.next() {
+        None => Ok(first),
+        Some(_) => Err(Ambiguous),
+    }
+}
+
 /// CSRF for the cookie-held refresh token (OWASP CSRF Prevention Cheat Sheet, "Verifying Origin
 /// With Standard Headers"): exactly one `Origin` header, naming a listed origin or authql's own
 /// (its host and port equal to the `Host` header's). No `Origin` at all is refused: browsers
 /// send it with every POST, and other clients pass the token as an argument.
 fn origin_allowed(headers: &HeaderMap, allowed: &[HeaderValue]) -> bool {
-    let mut origins = headers.get_all(header::ORIGIN).iter();
-    let (Some(origin), None) = (origins.next(), origins.next()) else {
+    let Ok(Some(origin)) = single_header(headers, header::ORIGIN) else {
         return false;
     };
     if allowed.iter().any(|allowed| allowed == origin) {
         return true;
     }
-    let own_host = headers
-        .get(header::HOST)
+    let own_host = single_header(headers, header::HOST)
+        .ok()
+        .flatten()
         .and_then(|host| host.to_str().ok());
     let origin_host = origin
         .to_str()

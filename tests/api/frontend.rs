@@ -487,6 +487,22 @@ async fn a_cookie_refresh_is_refused_from_an_origin_not_allowed() {
         );
     }
 
+    // Two Origin headers, one of them allowed: ambiguous, refused.
+    let (_, body) = {
+        let response = app
+            .client
+            .post(format!("{}/graphql", app.address))
+            .header(header::COOKIE, &cookie)
+            .header(header::ORIGIN, APP_ORIGIN)
+            .header(header::ORIGIN, "http://evil.example")
+            .json(&json!({ "query": REFRESH_FROM_COOKIE }))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(error_code(&body), "FORBIDDEN", "{body}");
+
     // The cookie sent twice (cookie tossing from a sibling domain) is used by no one.
     let twice = format!("{cookie}; {COOKIE}=other");
     let (_, body) = cookie_request(

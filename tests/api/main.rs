@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod ambiguous_headers;
 mod binary;
 
 mod errors;
