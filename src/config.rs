@@ -334,6 +334,57 @@ pub enum SameSite {
     None,
 }
 
+/// Applies the settings of the `.env` file at `path`, all of them or none: the whole file is
+/// parsed before any variable is set, and a variable already in the environment wins. A missing
+/// file is no error. Errors: a file that cannot be read, or a line that does not parse, named by
+/// its number and variable, never its value (it may be a secret).
+pub fn load_dotenv(path: &std::path::Path) -> Result<(), String> {
+    let shown = path.display();
+    let entries = match dotenvy::from_path_iter(path) {
+        Ok(entries) => entries,
+        Err(error) if error.not_found() => return Ok(()),
+        Err(_) => {
+            return Err(format!(
+                "{shown} cannot be read; nothing from it was applied"
+            ));
+        }
+    };
+    for entry in entries {
+        match entry {
+            Ok(_) => {}
+            Err(dotenvy::Error::LineParse(..)) => {
+                // dotenvy's error holds the rest of the broken line, which may be a secret:
+                // find the line by parsing ever longer prefixes of the file instead.
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let broken = (1..=lines.len()).find(|&count| {
+                    let prefix = lines[..count].join("\n");
+                    dotenvy::from_read_iter(prefix.as_bytes()).any(|entry| entry.is_err())
+                });
+                // Only the variable's name, never more of the line.
+                let (number, name) = broken.map_or(("?".to_owned(), String::new()), |count| {
+                    let name = lines[count - 1]
+                        .trim_start()
+                        .trim_start_matches("export ")
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    (count.to_string(), name)
+                });
+                return Err(format!(
+                    "{shown} line {number} ({name}) does not parse (quote values that contain spaces); nothing from {shown} was applied"
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "{shown} does not parse; nothing from it was applied"
+                ));
+            }
+        }
+    }
+    dotenvy::from_path(path).map_err(|_| format!("{shown} could not be applied"))
+}
+
 fn parse_secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(value))
 }

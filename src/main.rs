@@ -6,18 +6,18 @@
 use anyhow::Context;
 use authql::{
     app::Application,
-    config::{Cli, Command},
+    config::{self, Cli, Command},
     graphql,
 };
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // A missing .env is normal; a broken one is worth saying but not fatal.
-    if let Err(err) = dotenvy::dotenv()
-        && !err.not_found()
-    {
-        eprintln!("authql: ignoring .env: {err}");
+    // A missing .env is normal. A broken one stops the start: applying the lines before the
+    // broken one and dropping the rest would leave security settings silently at defaults.
+    if let Err(problem) = config::load_dotenv(std::path::Path::new(".env")) {
+        eprintln!("authql: {problem}");
+        std::process::exit(2);
     }
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {

@@ -1,7 +1,7 @@
 //! The `authql` binary itself, as the README runs it.
 
 use std::{
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -88,5 +88,67 @@ fn a_short_secret_stops_the_binary_with_a_clear_message() {
     assert!(
         !stderr.contains("too-short"),
         "the secret itself is never printed"
+    );
+}
+
+#[test]
+fn a_dotenv_with_a_broken_line_stops_the_start_and_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "GRAPHIQL=false\nNOTE=two words\nRATE_LIMIT_IP_PER_MINUTE=1\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authql"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PORT", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for_exit(&mut child, Duration::from_secs(10));
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains(".env line 2"), "{stderr}");
+    assert!(stderr.contains("NOTE"), "{stderr}");
+    assert!(
+        !stderr.contains("two words"),
+        "the value is not echoed: {stderr}"
+    );
+    assert!(
+        !dir.path().join("authql.db").exists(),
+        "the server never started"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_dotenv_is_applied_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "# settings\nGRAPHIQL=false\nNOTE=\"two words\"\nPERSISTED_QUERIES_CACHE_SIZE=0\n",
+    )
+    .unwrap();
+    let binary = crate::helpers::start_binary(dir.path(), &[]).await;
+    let page = reqwest::get(binary.url("/")).await.unwrap();
+    assert_eq!(
+        page.status(),
+        reqwest::StatusCode::NOT_FOUND,
+        "GRAPHIQL=false applied"
+    );
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(binary.url("/graphql"))
+        .json(&serde_json::json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": "0".repeat(64) } } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_SUPPORTED",
+        "the last line applied too: {body}"
     );
 }
