@@ -57,6 +57,7 @@ impl Application {
             max_connections: config.database_max_connections,
             connect_timeout: Duration::from_secs(config.database_connect_timeout_seconds),
             acquire_timeout: Duration::from_secs(config.database_acquire_timeout_seconds),
+            busy_timeout: Duration::from_secs(config.database_busy_timeout_seconds),
         };
         let store = SeaStore::connect(&config.database_url, pool)
             .await
@@ -67,6 +68,11 @@ impl Application {
                 .await
                 .context("could not apply database migrations")?;
         }
+        wait_until_writable(
+            &store,
+            Duration::from_secs(config.database_connect_timeout_seconds),
+        )
+        .await?;
         let store: Arc<dyn Store> = Arc::new(store);
         let keys =
             KeySet::load(&config, async || jwt_secret(&config, store.as_ref()).await).await?;
@@ -181,6 +187,23 @@ fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
         request_timeout: Duration::from_secs(config.request_timeout_seconds),
         trusted_proxies,
     })
+}
+
+/// A database that cannot take a write (read-only, locked by another process, a full disk, a
+/// read-only standby) stops the start with a plain message, after trying for `patience`.
+async fn wait_until_writable(store: &SeaStore, patience: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match store.check_writable().await {
+            Ok(()) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                bail!(
+                    "the database at DATABASE_URL cannot be written ({error}); authql needs to write sessions. Check that it is not read-only, locked by another process, or out of space"
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// CORS origins, GraphiQL, persisted queries and the refresh cookie, checked at start-up.

@@ -25,6 +25,7 @@ const DEFAULT_RATE_LIMIT_IP_PER_MINUTE: u32 = 60;
 const DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE: u32 = 10;
 const DEFAULT_DATABASE_CONNECT_TIMEOUT_SECONDS: u64 = 5;
 const DEFAULT_DATABASE_ACQUIRE_TIMEOUT_SECONDS: u64 = 5;
+const DEFAULT_DATABASE_BUSY_TIMEOUT_SECONDS: u64 = 10;
 const DEFAULT_PRUNE_INTERVAL_SECONDS: u64 = 600;
 const DEFAULT_PRUNE_RETENTION_SECONDS: u64 = 24 * 3600;
 const DEFAULT_PRUNE_BATCH_SIZE: u64 = 1000;
@@ -69,6 +70,11 @@ pub struct Config {
     /// SERVICE_UNAVAILABLE, in seconds.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECONDS", default_value_t = DEFAULT_DATABASE_ACQUIRE_TIMEOUT_SECONDS)]
     pub database_acquire_timeout_seconds: u64,
+
+    /// SQLite: how long a write waits for the file's write lock held by another connection or
+    /// process, in seconds, before the request is answered SERVICE_UNAVAILABLE.
+    #[arg(long, env = "DATABASE_BUSY_TIMEOUT_SECONDS", default_value_t = DEFAULT_DATABASE_BUSY_TIMEOUT_SECONDS)]
+    pub database_busy_timeout_seconds: u64,
 
     /// How often ended sessions are pruned, in seconds; 0 switches pruning off.
     #[arg(long, env = "PRUNE_INTERVAL_SECONDS", default_value_t = DEFAULT_PRUNE_INTERVAL_SECONDS)]
@@ -267,6 +273,7 @@ impl Config {
             database_max_connections: None,
             database_connect_timeout_seconds: DEFAULT_DATABASE_CONNECT_TIMEOUT_SECONDS,
             database_acquire_timeout_seconds: DEFAULT_DATABASE_ACQUIRE_TIMEOUT_SECONDS,
+            database_busy_timeout_seconds: DEFAULT_DATABASE_BUSY_TIMEOUT_SECONDS,
             prune_interval_seconds: DEFAULT_PRUNE_INTERVAL_SECONDS,
             prune_retention_seconds: DEFAULT_PRUNE_RETENTION_SECONDS,
             prune_batch_size: DEFAULT_PRUNE_BATCH_SIZE,

@@ -23,7 +23,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 /// The media type of GraphQL responses defined by the GraphQL-over-HTTP spec.
@@ -216,36 +216,20 @@ pub fn into_http_response(response: async_graphql::Response, media: MediaType) -
         })
         .max();
 
-    let mut body = Map::new();
-    if !request_error {
-        body.insert(
-            "data".into(),
-            response.data.into_json().unwrap_or(Value::Null),
-        );
-    }
-    if !response.errors.is_empty() {
-        body.insert(
-            "errors".into(),
-            serde_json::to_value(&response.errors).unwrap_or(Value::Null),
-        );
-    }
-    if !response.extensions.is_empty() {
-        let extensions: Map<String, Value> = response
-            .extensions
-            .into_iter()
-            .map(|(name, value): (String, async_graphql::Value)| {
-                (name, value.into_json().unwrap_or(Value::Null))
-            })
-            .collect();
-        body.insert("extensions".into(), Value::Object(extensions));
-    }
+    // Serialized straight from async-graphql's values, which keep the selection set's order
+    // (the GraphQL spec's "ordered map"); a serde_json map would sort the keys.
+    let body = ResponseBody {
+        data: (!request_error).then_some(&response.data),
+        errors: &response.errors,
+        extensions: &response.extensions,
+    };
     let status = if request_error {
         media.request_error_status()
     } else {
         StatusCode::OK
     };
 
-    let mut http = json_response(status, media, &Value::Object(body));
+    let mut http = json_response(status, media, &body);
     for (name, value) in response.http_headers.iter() {
         http.headers_mut().append(name, value.clone());
     }
@@ -256,7 +240,18 @@ pub fn into_http_response(response: async_graphql::Response, media: MediaType) -
     http
 }
 
-fn json_response(status: StatusCode, media: MediaType, body: &Value) -> Response {
+/// A GraphQL response body (GraphQL spec § 7.1 "Response Format").
+#[derive(Serialize)]
+struct ResponseBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a async_graphql::Value>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [async_graphql::ServerError],
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    extensions: &'a std::collections::BTreeMap<String, async_graphql::Value>,
+}
+
+fn json_response(status: StatusCode, media: MediaType, body: &impl Serialize) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut response = (status, Body::from(bytes)).into_response();
     response

@@ -126,11 +126,22 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// A restart, failover or `pg_terminate_backend` ends every open connection with 57P01, which
 /// sqlx reports as a database error, not an I/O one (tests/api/faults.rs shows it).
 /// Class 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting up;
-/// class 53: out of resources (disk full, too many connections).
-fn database_is_away(sqlstate: &str) -> bool {
-    sqlstate.starts_with("08")
-        || sqlstate.starts_with("53")
-        || matches!(sqlstate, "57P01" | "57P02" | "57P03")
+/// class 53: out of resources (disk full, too many connections); 25006: a read-only server (a
+/// standby after a failover).
+///
+/// SQLite reports its (extended) result code instead, as a number; its primary code is the low
+/// byte (sqlite.org/rescode.html): 5 BUSY and 6 LOCKED (another process holds the write lock
+/// past the busy timeout), 8 READONLY, 10 IOERR, 13 FULL, 14 CANTOPEN, 15 PROTOCOL.
+fn database_is_away(code: &str) -> bool {
+    // A SQLSTATE has exactly five characters; SQLite's codes have at most four digits.
+    if code.len() < 5
+        && let Ok(sqlite_code) = code.parse::<u32>()
+    {
+        return matches!(sqlite_code & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15);
+    }
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
 }
 
 #[async_trait]
@@ -218,7 +229,15 @@ mod tests {
         // A unique violation or a syntax error is our problem, not the database's.
         assert!(!database_is_away("23505"));
         assert!(!database_is_away("42601"));
-        // SQLite's numeric codes are left as they were.
-        assert!(!database_is_away("778"));
+        // A read-only standby.
+        assert!(database_is_away("25006"));
+        // SQLite: busy, locked, read-only (and its extended 1032), I/O error on write, full.
+        for code in ["5", "517", "6", "8", "1032", "778", "13"] {
+            assert!(database_is_away(code), "{code}");
+        }
+        // SQLite: a constraint (unique) violation, a generic error, a misuse.
+        for code in ["19", "2067", "1", "21"] {
+            assert!(!database_is_away(code), "{code}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, SqlErr, TransactionTrait,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, SqlErr, Statement, TransactionTrait,
     sea_query::{Expr, LockBehavior, LockType, OnConflict, Query},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -21,6 +21,8 @@ use super::{
 #[derive(Clone)]
 pub struct SeaStore {
     db: DatabaseConnection,
+    /// SQLite: how the readiness probe opens a connection of its own.
+    write_probe: Option<SqliteConnectOptions>,
 }
 
 /// How the pool of database connections behaves.
@@ -33,7 +35,13 @@ pub struct PoolSettings {
     /// How long a request waits for a free connection before it is answered
     /// SERVICE_UNAVAILABLE: this bounds how fast clients learn that the database is gone.
     pub acquire_timeout: Duration,
+    /// SQLite: how long a write waits for another writer (another process holding the file's
+    /// write lock) before it is answered SERVICE_UNAVAILABLE.
+    pub busy_timeout: Duration,
 }
+
+/// How long the readiness probe waits for SQLite's write lock: a probe must answer quickly.
+const WRITE_PROBE_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Any constant serves, as long as every authql instance uses the same one.
 const MIGRATION_LOCK_KEY: i64 = 0x6175_7468_716c; // "authql"
@@ -61,10 +69,67 @@ impl SeaStore {
             .test_before_acquire(!sqlite)
             // Statements carry token ids; authql logs its own events instead.
             .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(configure_sqlite);
+            .map_sqlx_sqlite_opts(move |options| configure_sqlite(options, pool.busy_timeout));
+        let write_probe = if sqlite {
+            let options: SqliteConnectOptions = database_url
+                .parse()
+                .map_err(|_| DbErr::Custom("DATABASE_URL is not a SQLite URL".into()))?;
+            Some(configure_sqlite(options, WRITE_PROBE_BUSY_TIMEOUT))
+        } else {
+            None
+        };
         Ok(Self {
             db: Database::connect(options).await?,
+            write_probe,
         })
+    }
+
+    /// Whether the database takes a write right now. SQLite: a write in a transaction that is
+    /// rolled back, on a connection of its own that waits at most 500 ms for the write lock (a
+    /// file locked by another process, read-only, on a full disk or gone fails it). PostgreSQL:
+    /// the server is not read-only (a standby after a failover is). Errors are `Unavailable`.
+    pub async fn check_writable(&self) -> StoreResult<()> {
+        use sea_orm::sqlx::{self, Connection};
+        let refused =
+            |why: String| StoreError::Unavailable(DbErr::Custom(format!("writes fail: {why}")));
+        match &self.write_probe {
+            Some(options) => {
+                let mut connection = sqlx::SqliteConnection::connect_with(options)
+                    .await
+                    .map_err(|error| refused(error.to_string()))?;
+                let probe = async {
+                    sqlx::query("BEGIN IMMEDIATE")
+                        .execute(&mut connection)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO settings (name, value) VALUES ('authql.write_probe', '')",
+                    )
+                    .execute(&mut connection)
+                    .await?;
+                    sqlx::query("ROLLBACK").execute(&mut connection).await
+                };
+                let outcome = probe.await;
+                let _ = connection.close().await;
+                outcome
+                    .map(drop)
+                    .map_err(|error| refused(error.to_string()))
+            }
+            None => {
+                let read_only = self
+                    .db
+                    .query_one_raw(Statement::from_string(
+                        DbBackend::Postgres,
+                        "SELECT current_setting('transaction_read_only') = 'on' AS read_only",
+                    ))
+                    .await?
+                    .and_then(|row| row.try_get::<bool>("", "read_only").ok())
+                    .unwrap_or(false);
+                if read_only {
+                    return Err(refused("the server is read-only".into()));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Applies pending migrations. On PostgreSQL an advisory lock, held for the migration's
@@ -90,12 +155,12 @@ impl SeaStore {
 
 /// WAL lets readers run beside the one writer, and the busy timeout makes concurrent writers
 /// queue instead of failing with "database is locked".
-fn configure_sqlite(options: SqliteConnectOptions) -> SqliteConnectOptions {
+fn configure_sqlite(options: SqliteConnectOptions, busy_timeout: Duration) -> SqliteConnectOptions {
     options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(busy_timeout)
         .foreign_keys(true)
 }
 
@@ -380,7 +445,8 @@ impl Store for SeaStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        Ok(self.db.ping().await?)
+        self.db.ping().await?;
+        self.check_writable().await
     }
 
     async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {

@@ -768,6 +768,7 @@ async fn pruners_running_at_once_delete_each_ended_session_exactly_once_without_
         max_connections: Some(2),
         connect_timeout: Duration::from_secs(5),
         acquire_timeout: Duration::from_secs(10),
+        busy_timeout: Duration::from_secs(10),
     };
     let mut stores = Vec::new();
     for _ in 0..4 {

@@ -323,3 +323,22 @@ async fn every_timestamp_is_rfc3339_utc_with_milliseconds() {
 fn string(body: &Value, pointer: &str) -> String {
     crate::helpers::string_at(body, pointer)
 }
+
+#[tokio::test]
+async fn response_fields_keep_the_order_of_the_selection_set() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .json(&json!({ "query": "{ zz: __typename aa: __typename mm: __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    let (zz, aa, mm) = (
+        text.find("\"zz\"").unwrap(),
+        text.find("\"aa\"").unwrap(),
+        text.find("\"mm\"").unwrap(),
+    );
+    assert!(zz < aa && aa < mm, "{text}");
+}

@@ -20,4 +20,5 @@ mod security;
 mod sessions;
 mod startup;
 mod token_edges;
+mod unwritable_database;
 mod user_story;

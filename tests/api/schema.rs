@@ -21,7 +21,7 @@ fn the_schema_has_the_contracted_operations() {
         "register(input: RegisterInput!): AuthPayload!",
         "login(input: LoginInput!): AuthPayload!",
         "refresh(refreshToken: String): AuthPayload!",
-        "logout: Boolean!",
+        "logout(refreshToken: String): Boolean!",
         "revokeTokens(input: RevokeTokensInput!): RevokeTokensPayload!",
         "revokeOtherSessions: Int!",
         "changePassword(input: ChangePasswordInput!): Boolean!",
