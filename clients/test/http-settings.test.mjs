@@ -249,6 +249,20 @@ describe('defaults: no cookie, no CORS, GraphiQL on', () => {
     assert.equal(r.headers.get('access-control-allow-origin'), null);
   });
 
+  it('response fields come in the order of the selection set (GraphQL spec, Serialized Map Ordering)', async () => {
+    for (const accept of [GRAPHQL_RESPONSE, 'application/json']) {
+      const r = await gql(server.graphql, '{ zz: __typename aa: __typename mm: __typename }', { accept });
+      assert.deepEqual(Object.keys(r.body.data), ['zz', 'aa', 'mm'], accept);
+      const reg = await gql(server.graphql, `mutation($i: RegisterInput!) {
+        register(input: $i) { user { username id email } tokenType accessToken } }`, {
+        variables: { i: { email: newEmail(), password } },
+        accept,
+      });
+      assert.deepEqual(Object.keys(reg.body.data.register), ['user', 'tokenType', 'accessToken'], accept);
+      assert.deepEqual(Object.keys(reg.body.data.register.user), ['username', 'id', 'email'], accept);
+    }
+  });
+
   it('GraphiQL: the page at / and its files at /graphiql/<file>', async () => {
     const page = await fetch(`${server.url}/`, { signal: AbortSignal.timeout(10000) });
     assert.equal(page.status, 200);
