@@ -34,6 +34,8 @@ describe(`Apollo Client app in Chromium, refresh token in an HttpOnly cookie (${
   let api;
   const seenRefreshTokens = new Set();
   const requests = [];
+  const pageBodies = []; // every response body the page's fetch wrapper read
+  const documentCookies = []; // document.cookie, before each reload and at the end
   const email = `grace-${Date.now()}@example.com`;
   const password = 'correct horse battery staple';
 
@@ -70,6 +72,16 @@ describe(`Apollo Client app in Chromium, refresh token in an HttpOnly cookie (${
     await other?.stop();
     await server?.stop();
   });
+
+  /** Move what the page captured so far into pageBodies / documentCookies. */
+  async function drainPage() {
+    const { bodies, cookie } = await page.evaluate(() => ({
+      bodies: window.authqlApp.responses.splice(0).map((r) => r.body),
+      cookie: document.cookie,
+    }));
+    pageBodies.push(...bodies);
+    documentCookies.push(cookie);
+  }
 
   const call = (method, ...args) => page.evaluate(([m, a]) => window.authqlApp.call(m, ...a), [method, args]);
 
@@ -139,6 +151,22 @@ describe(`Apollo Client app in Chromium, refresh token in an HttpOnly cookie (${
     assert.deepEqual(sessions.value.filter((s) => s.current).map((s) => s.id), [r.value.session.id]);
   });
 
+  it('after a reload (no token left in script) refresh on load restores the session from the cookie', async () => {
+    const before = await call('mySessions');
+    const current = before.value.find((s) => s.current).id;
+    await drainPage();
+    await page.reload({ timeout: 30000 });
+    await page.waitForFunction(() => document.title === 'authql app ready', null, { timeout: 10000 });
+    await page.evaluate((uri) => { window.authqlApp.create(uri); }, api);
+    const anonymous = await call('me');
+    assert.deepEqual(anonymous.codes, ['UNAUTHENTICATED']);
+    const r = await call('refresh');
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.equal(r.value.session.id, current);
+    assert.ok((await call('me')).ok);
+    await refreshCookie();
+  });
+
   it('a page from an origin not in CORS_ALLOWED_ORIGINS is blocked', async () => {
     const page2 = await context.newPage();
     try {
@@ -189,14 +217,14 @@ describe(`Apollo Client app in Chromium, refresh token in an HttpOnly cookie (${
 
   it('no refresh token ever reached page script: not in document.cookie, not in any response body', async () => {
     assert.ok(seenRefreshTokens.size >= 4, `saw ${seenRefreshTokens.size} refresh tokens`);
-    const { cookie, bodies } = await page.evaluate(() => ({
-      cookie: document.cookie,
-      bodies: window.authqlApp.responses.map((r) => r.body),
-    }));
-    assert.ok(bodies.length >= 8, `captured ${bodies.length} response bodies`);
-    assert.ok(!cookie.includes('authql_refresh'), `document.cookie: ${cookie}`);
+    await drainPage();
+    const bodies = pageBodies;
+    assert.ok(bodies.length >= 12, `captured ${bodies.length} response bodies`);
+    for (const cookie of documentCookies) {
+      assert.ok(!cookie.includes('authql_refresh'), `document.cookie: ${cookie}`);
+      for (const token of seenRefreshTokens) assert.ok(!cookie.includes(token), 'a refresh token in document.cookie');
+    }
     for (const token of seenRefreshTokens) {
-      assert.ok(!cookie.includes(token), 'a refresh token in document.cookie');
       for (const body of bodies) assert.ok(!body.includes(token), 'a refresh token in a response body');
     }
     // And every AuthPayload the page read had refreshToken: null.

@@ -139,7 +139,8 @@ describe('CORS_ALLOWED_ORIGINS and REFRESH_TOKEN_COOKIE (Secure default)', () =>
     const s = await session();
     for (const origin of [EVIL, undefined]) {
       const r = await refreshByCookie(s.cookie, origin);
-      assert.ok(codes(r).length > 0, `refused (origin ${origin}): ${JSON.stringify(r.body)}`);
+      assert.deepEqual(codes(r), ['FORBIDDEN'], `origin ${origin}`);
+      assert.equal(r.body.errors[0].extensions.reason, 'ORIGIN_NOT_ALLOWED');
       assert.ok(!r.body?.data?.refresh, 'no pair');
       assert.equal(r.cookies.filter((c) => !isCleared(c)).length, 0, 'no new cookie');
     }
@@ -161,10 +162,32 @@ describe('CORS_ALLOWED_ORIGINS and REFRESH_TOKEN_COOKIE (Secure default)', () =>
     assert.equal(r.body.data.refresh.session.id, s.sessionId);
   });
 
+  it('changePassword keeps the current session, and so its cookie', async () => {
+    const s = await session();
+    const r = await gql(server.graphql, 'mutation($i: ChangePasswordInput!) { changePassword(input: $i) }', {
+      variables: { i: { currentPassword: password, newPassword: 'another long passphrase' } },
+      headers: { authorization: `Bearer ${s.access}`, origin: APP, cookie: s.cookie },
+    });
+    assert.deepEqual(codes(r), []);
+    assert.deepEqual(r.cookies.filter((c) => c.name === '__Secure-authql_refresh'), [], 'no Set-Cookie');
+    const again = await refreshByCookie(s.cookie, APP);
+    assert.deepEqual(codes(again), [], 'the cookie still refreshes');
+  });
+
+  it('logout with neither access token nor argument ends the session of the cookie', async () => {
+    const s = await session();
+    const r = await gql(server.graphql, 'mutation { logout }', { headers: { cookie: s.cookie, origin: APP } });
+    assert.deepEqual(codes(r), []);
+    assert.equal(r.body.data.logout, true);
+    assert.ok(r.cookies.some((c) => c.name === '__Secure-authql_refresh' && isCleared(c)), 'the cookie is cleared');
+    const me = await gql(server.graphql, '{ me { id } }', { headers: { authorization: `Bearer ${s.access}` } });
+    assert.deepEqual(codes(me), ['UNAUTHENTICATED'], 'the access token died with its session');
+    const again = await refreshByCookie(s.cookie, APP);
+    assert.deepEqual(codes(again), ['UNAUTHENTICATED']);
+  });
+
   for (const [name, mutation, variables] of [
     ['logout', 'mutation { logout }'],
-    ['changePassword', 'mutation($i: ChangePasswordInput!) { changePassword(input: $i) }',
-      { i: { currentPassword: password, newPassword: 'another long passphrase' } }],
     ['revokeTokens of the current session', 'mutation($i: RevokeTokensInput!) { revokeTokens(input: $i) { revokedCount } }'],
   ]) {
     it(`${name} clears the cookie`, async () => {
@@ -224,6 +247,20 @@ describe('defaults: no cookie, no CORS, GraphiQL on', () => {
     assert.equal(typeof r.body.data.register.refreshToken, 'string');
     assert.deepEqual(r.cookies, []);
     assert.equal(r.headers.get('access-control-allow-origin'), null);
+  });
+
+  it('response fields come in the order of the selection set (GraphQL spec, Serialized Map Ordering)', async () => {
+    for (const accept of [GRAPHQL_RESPONSE, 'application/json']) {
+      const r = await gql(server.graphql, '{ zz: __typename aa: __typename mm: __typename }', { accept });
+      assert.deepEqual(Object.keys(r.body.data), ['zz', 'aa', 'mm'], accept);
+      const reg = await gql(server.graphql, `mutation($i: RegisterInput!) {
+        register(input: $i) { user { username id email } tokenType accessToken } }`, {
+        variables: { i: { email: newEmail(), password } },
+        accept,
+      });
+      assert.deepEqual(Object.keys(reg.body.data.register), ['user', 'tokenType', 'accessToken'], accept);
+      assert.deepEqual(Object.keys(reg.body.data.register.user), ['username', 'id', 'email'], accept);
+    }
   });
 
   it('GraphiQL: the page at / and its files at /graphiql/<file>', async () => {
