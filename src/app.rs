@@ -83,10 +83,18 @@ impl Application {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let passwords = PasswordHasher::new(config.bcrypt_cost, hash_slots)
             .map_err(|_| anyhow::anyhow!("could not set up password hashing"))?;
-        let rate_limits = RateLimits::new(RateLimitSettings {
+        let rate_limit_settings = RateLimitSettings {
             per_ip_per_minute: NonZeroU32::new(config.rate_limit_ip_per_minute),
             per_account_per_minute: NonZeroU32::new(config.rate_limit_account_per_minute),
-        });
+            ipv6_prefix: config.rate_limit_ipv6_prefix,
+        };
+        // Several instances share a PostgreSQL database, so they share its buckets; a SQLite
+        // file is served by one process, which keeps them in memory.
+        let rate_limits = if config.database_url.starts_with("postgres") {
+            RateLimits::shared(rate_limit_settings, store.clone())
+        } else {
+            RateLimits::in_memory(rate_limit_settings)
+        };
         let service = AuthService::new(store, tokens, passwords, lifetimes(&config)?, rate_limits);
 
         let frontend = frontend_settings(&config)?;
@@ -163,6 +171,12 @@ async fn prune_periodically(service: AuthService, pruning: Pruning) {
                 tracing::info!(event = "sessions_pruned", pruned, "pruned ended sessions")
             }
             Err(_) => tracing::warn!(event = "prune_failed", "pruning failed; will retry"),
+        }
+        if service.prune_rate_limits().await.is_err() {
+            tracing::warn!(
+                event = "prune_failed",
+                "pruning rate-limit buckets failed; will retry"
+            );
         }
     }
 }

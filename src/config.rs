@@ -23,6 +23,7 @@ const DEFAULT_GRAPHQL_MAX_DIRECTIVES: usize = 5;
 const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 30;
 const DEFAULT_RATE_LIMIT_IP_PER_MINUTE: u32 = 60;
 const DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE: u32 = 10;
+const DEFAULT_RATE_LIMIT_IPV6_PREFIX: u8 = 64;
 const DEFAULT_DATABASE_CONNECT_TIMEOUT_SECONDS: u64 = 5;
 const DEFAULT_DATABASE_ACQUIRE_TIMEOUT_SECONDS: u64 = 5;
 const DEFAULT_DATABASE_BUSY_TIMEOUT_SECONDS: u64 = 10;
@@ -212,8 +213,15 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_ACCOUNT_PER_MINUTE", default_value_t = DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE)]
     pub rate_limit_account_per_minute: u32,
 
-    /// Proxies (addresses or CIDR ranges, comma-separated) whose X-Forwarded-For header names
-    /// the client; from anyone else the header is ignored.
+    /// IPv6 clients are rate-limited per network of this prefix length (a host is commonly
+    /// given a whole /64); sessions still record the full address.
+    #[arg(long, env = "RATE_LIMIT_IPV6_PREFIX", default_value_t = DEFAULT_RATE_LIMIT_IPV6_PREFIX,
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub rate_limit_ipv6_prefix: u8,
+
+    /// Proxies (addresses or CIDR ranges, comma-separated) whose `Forwarded` or
+    /// `X-Forwarded-For` header names the client (read from the right, skipping these
+    /// proxies); from anyone else the headers are ignored.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
 
@@ -305,6 +313,7 @@ impl Config {
             trusted_proxies: Vec::new(),
             rate_limit_ip_per_minute: DEFAULT_RATE_LIMIT_IP_PER_MINUTE,
             rate_limit_account_per_minute: DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE,
+            rate_limit_ipv6_prefix: DEFAULT_RATE_LIMIT_IPV6_PREFIX,
             cors_allowed_origins: Vec::new(),
             cors_max_age_seconds: DEFAULT_CORS_MAX_AGE_SECONDS,
             graphiql: true,

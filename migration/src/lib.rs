@@ -6,6 +6,8 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_create_users_and_sessions;
 mod m20261129_000002_create_settings;
+mod m20261129_000003_create_rate_limit_buckets;
+mod m20261129_000004_recompute_identity_keys;
 
 pub struct Migrator;
 
@@ -15,6 +17,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_create_users_and_sessions::Migration),
             Box::new(m20261129_000002_create_settings::Migration),
+            Box::new(m20261129_000003_create_rate_limit_buckets::Migration),
+            Box::new(m20261129_000004_recompute_identity_keys::Migration),
         ]
     }
 }

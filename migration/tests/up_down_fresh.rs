@@ -12,7 +12,7 @@ async fn migrations_go_up_down_and_fresh() {
 
     assert_eq!(
         Migrator::get_pending_migrations(&db).await.unwrap().len(),
-        2
+        4
     );
     Migrator::up(&db, None).await.unwrap();
     assert!(
@@ -21,7 +21,7 @@ async fn migrations_go_up_down_and_fresh() {
             .unwrap()
             .is_empty()
     );
-    for table in ["users", "sessions", "settings"] {
+    for table in ["users", "sessions", "settings", "rate_limit_buckets"] {
         assert!(
             manager.has_table(table).await.unwrap(),
             "{table} exists after up"
@@ -35,7 +35,7 @@ async fn migrations_go_up_down_and_fresh() {
     );
 
     Migrator::down(&db, None).await.unwrap();
-    for table in ["users", "sessions", "settings"] {
+    for table in ["users", "sessions", "settings", "rate_limit_buckets"] {
         assert!(
             !manager.has_table(table).await.unwrap(),
             "{table} is gone after down"
@@ -46,6 +46,6 @@ async fn migrations_go_up_down_and_fresh() {
     assert!(manager.has_table("sessions").await.unwrap());
     assert_eq!(
         Migrator::get_applied_migrations(&db).await.unwrap().len(),
-        2
+        4
     );
 }

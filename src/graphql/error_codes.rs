@@ -49,10 +49,13 @@ struct ErrorCodesExtension {
     variable_arguments: Mutex<HashSet<Pos>>,
     /// The request's `operationName`.
     operation_name: Mutex<Option<String>>,
-    /// The variables of the operation to run that do not coerce to their types (message and
-    /// position); `Err` when no operation can be chosen.
-    selected: Mutex<Option<Result<Vec<(String, Pos)>, ServerError>>>,
+    /// The variables of the operation to run that do not coerce to their types; `Err` when no
+    /// operation can be chosen.
+    selected: Mutex<Option<Result<Vec<InvalidVariable>, ServerError>>>,
 }
+
+/// A variable value that does not coerce: the message and the variable's position.
+type InvalidVariable = (String, Pos);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -159,7 +162,7 @@ fn select_operation(
     document: &ExecutableDocument,
     operation_name: Option<&str>,
     variables: &Variables,
-) -> Result<Vec<(String, Pos)>, ServerError> {
+) -> Result<Vec<InvalidVariable>, ServerError> {
     let mut operations = document.operations.iter();
     let operation = match operation_name {
         Some(wanted) => operations

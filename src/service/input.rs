@@ -2,6 +2,8 @@
 
 use std::{collections::HashSet, sync::LazyLock};
 
+use authql_identity::{IdentityError, email_key, login_key, username_key};
+
 use crate::error::AppError;
 
 /// Shipped with authql; see the file for where it comes from.
@@ -44,39 +46,57 @@ pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
     if !well_formed {
         return Err(invalid());
     }
+    let normalized = email_key(display).map_err(|error| match error {
+        IdentityError::InvalidDomain => {
+            AppError::bad_input(field, "the part after @ is not a valid domain name")
+        }
+        IdentityError::DisallowedCharacters => AppError::bad_input(
+            field,
+            "the part before @ holds characters an address cannot use (spaces, invisible or control characters)",
+        ),
+        IdentityError::MalformedEmail => invalid(),
+    })?;
     Ok(Email {
         display: display.to_owned(),
-        normalized: normalize_login(display),
+        normalized,
     })
 }
 
-/// A username (trimmed) and its case-insensitive form. It may contain `@` only when it is the
-/// account's own email, so that a login name never matches one user's email and another's
-/// username.
+/// A username (trimmed) and its key (RFC 8265 `UsernameCaseMapped`, see `authql_identity`). It
+/// may contain `@` only when it is the account's own email, so that a login name never matches
+/// one user's email and another's username.
 pub fn username(
     field: &'static str,
     raw: &str,
     email: &Email,
 ) -> Result<(String, String), AppError> {
     let display = raw.trim();
-    let normalized = normalize_login(display);
-    if normalized == email.normalized {
-        return Ok((display.to_owned(), normalized));
+    if display.contains('@') {
+        return match email_key(display) {
+            Ok(key) if key == email.normalized => Ok((display.to_owned(), key)),
+            _ => Err(AppError::bad_input(
+                field,
+                "a username has no spaces and no @ (unless it is your email)",
+            )),
+        };
     }
-    let length = display.chars().count();
-    if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&length) {
+    if display.chars().count() > USERNAME_MAX_CHARS * 4 {
         return Err(AppError::bad_input(
             field,
             "a username has 3 to 64 characters",
         ));
     }
-    if display
-        .chars()
-        .any(|c| c == '@' || c.is_whitespace() || c.is_control())
-    {
+    let normalized = username_key(display).map_err(|_| {
+        AppError::bad_input(
+            field,
+            "a username has letters, digits and ASCII symbols only: no spaces, no invisible, zero-width or direction-control characters",
+        )
+    })?;
+    let length = normalized.chars().count();
+    if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&length) {
         return Err(AppError::bad_input(
             field,
-            "a username has no spaces and no @ (unless it is your email)",
+            "a username has 3 to 64 characters",
         ));
     }
     Ok((display.to_owned(), normalized))
@@ -110,9 +130,12 @@ pub fn password(field: &'static str, password: &str) -> Result<(), AppError> {
     Ok(())
 }
 
-/// How emails and usernames are compared: trimmed and case-insensitive.
+/// The key a login name is looked up by (an email's or a username's, see `authql_identity`).
+/// A name no account can have gets a key that matches none, so that it costs the same bcrypt
+/// work as a wrong password.
 pub fn normalize_login(raw: &str) -> String {
-    raw.trim().to_lowercase()
+    // U+FFFD is outside every key (RFC 8264 IdentifierClass disallows symbols).
+    login_key(raw).unwrap_or_else(|| format!("\u{fffd}{}", raw.trim()))
 }
 
 #[cfg(test)]
@@ -124,7 +147,15 @@ mod tests {
         let parsed = email("email", "  Bob@X.com ").unwrap();
         assert_eq!(parsed.display, "Bob@X.com");
         assert_eq!(parsed.normalized, "bob@x.com");
-        for bad in ["", "bob", "@x.com", "bob@", "bo b@x.com", "bob@.com"] {
+        for bad in [
+            "",
+            "bob",
+            "@x.com",
+            "bob@",
+            "bo b@x.com",
+            "bob@.com",
+            "bo\u{200b}b@x.com",
+        ] {
             assert!(email("email", bad).is_err(), "{bad:?} was accepted");
         }
     }
@@ -139,6 +170,12 @@ mod tests {
             ("Bobby".to_owned(), "bobby".to_owned())
         );
         assert!(username("username", "bo", &own).is_err());
+        assert!(username("username", "admin\u{200b}", &own).is_err());
+        assert!(username("username", "\u{200b}\u{200b}\u{200b}", &own).is_err());
+        assert_eq!(
+            username("username", "Jose\u{301}", &own).unwrap().1,
+            "jos\u{e9}"
+        );
     }
 
     #[test]

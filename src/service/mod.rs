@@ -93,7 +93,7 @@ impl AuthService {
         client: ClientInfo,
     ) -> Result<IssuedTokens, AppError> {
         let limits = &self.inner.rate_limits;
-        limits.check_client(Operation::Register, client.ip)?;
+        limits.check_client(Operation::Register, client.ip).await?;
         let email = input::email("email", &registration.email)?;
         let username_raw = registration.username.as_deref().unwrap_or(&email.display);
         let (username, username_normalized) = input::username("username", username_raw, &email)?;
@@ -124,8 +124,10 @@ impl AuthService {
     ) -> Result<IssuedTokens, AppError> {
         let login = input::normalize_login(email_or_username);
         let limits = &self.inner.rate_limits;
-        limits.check_client(Operation::Login, client.ip)?;
-        limits.check_account(Operation::Login, &login, client.ip)?;
+        limits.check_client(Operation::Login, client.ip).await?;
+        limits
+            .check_account(Operation::Login, &login, client.ip)
+            .await?;
         // Only the limits that protect the server; the password policy is for new passwords.
         if password.len() > input::PASSWORD_MAX_BYTES {
             return Err(AppError::InvalidCredentials);
@@ -163,13 +165,15 @@ impl AuthService {
         client: ClientInfo,
     ) -> Result<IssuedTokens, AppError> {
         let limits = &self.inner.rate_limits;
-        limits.check_client(Operation::Refresh, client.ip)?;
+        limits.check_client(Operation::Refresh, client.ip).await?;
         let claims = self
             .inner
             .tokens
             .verify(TokenKind::Refresh, refresh_token)
             .map_err(AppError::Unauthenticated)?;
-        limits.check_account(Operation::Refresh, &claims.sid.to_string(), client.ip)?;
+        limits
+            .check_account(Operation::Refresh, &claims.sid.to_string(), client.ip)
+            .await?;
         let now = now();
         let rotation = Rotation {
             session_id: claims.sid,
@@ -366,12 +370,16 @@ impl AuthService {
         client: ClientInfo,
     ) -> Result<(), AppError> {
         let limits = &self.inner.rate_limits;
-        limits.check_client(Operation::ChangePassword, client.ip)?;
-        limits.check_account(
-            Operation::ChangePassword,
-            &caller.user.id.to_string(),
-            client.ip,
-        )?;
+        limits
+            .check_client(Operation::ChangePassword, client.ip)
+            .await?;
+        limits
+            .check_account(
+                Operation::ChangePassword,
+                &caller.user.id.to_string(),
+                client.ip,
+            )
+            .await?;
         input::password("newPassword", &new_password)?;
         let credentials = self
             .store()
@@ -399,6 +407,11 @@ impl AuthService {
     /// Whether the database answers: the readiness of this instance.
     pub async fn check_ready(&self) -> Result<(), AppError> {
         Ok(self.store().ping().await?)
+    }
+
+    /// Forgets rate-limit buckets that have filled up again.
+    pub async fn prune_rate_limits(&self) -> Result<(), AppError> {
+        self.inner.rate_limits.prune().await
     }
 
     /// Deletes sessions that ended more than `retention` ago; returns how many.

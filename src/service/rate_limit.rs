@@ -2,24 +2,35 @@
 //! `changePassword`. Every call of one of them takes a token, so aliases (and batches, which the
 //! edge refuses anyway) cannot multiply attempts.
 //!
-//! Two buckets per call: one per client IP and operation, and one per account *and* IP. Keying
-//! the account bucket by IP too means an attacker who burns a victim's attempts from one address
-//! does not lock the victim out from another. Buckets live in this process: with several
-//! instances each keeps its own.
+//! Two buckets per call: one per client address and operation, and one per account *and*
+//! address. Keying the account bucket by address too means an attacker who burns a victim's
+//! attempts from one address does not lock the victim out from another.
+//!
+//! An IPv6 client is keyed by its `/RATE_LIMIT_IPV6_PREFIX` network (64 by default): one host
+//! is routinely given a whole /64 and can rotate through it freely (OWASP Credential Stuffing
+//! Prevention; RFC 6177). Sessions still record the full address.
+//!
+//! Where the buckets live ([`BucketStore`]): in this process on SQLite, which one process serves;
+//! in the database on PostgreSQL, so that N instances allow the limit once, not N times.
 
 use std::{
-    hash::Hash,
     net::IpAddr,
     num::NonZeroU32,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
+use async_trait::async_trait;
 use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
+use ipnet::Ipv6Net;
 
-use crate::error::AppError;
+use crate::{error::AppError, store::Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -41,16 +52,50 @@ impl Operation {
 }
 
 /// Attempts allowed per minute; `None` switches a bucket off.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct RateLimitSettings {
     pub per_ip_per_minute: Option<NonZeroU32>,
     pub per_account_per_minute: Option<NonZeroU32>,
+    /// IPv6 clients share a bucket per network of this prefix length (0 to 128).
+    pub ipv6_prefix: u8,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            per_ip_per_minute: None,
+            per_account_per_minute: None,
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+/// Which of the two buckets a check takes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Address,
+    Account,
+}
+
+/// Where buckets are kept. `take` takes one token of `per_minute` (a burst of that many, one
+/// back every `60 s / per_minute`) from the bucket `key`; it answers how long until a token
+/// will be there when there is none now.
+#[async_trait]
+pub trait BucketStore: Send + Sync {
+    async fn take(
+        &self,
+        scope: Scope,
+        per_minute: NonZeroU32,
+        key: &str,
+    ) -> Result<Option<Duration>, AppError>;
+
+    /// Forgets buckets that have filled up again; called now and then.
+    async fn prune(&self) -> Result<(), AppError>;
 }
 
 pub struct RateLimits {
-    per_ip: Option<DefaultKeyedRateLimiter<(Operation, IpAddr)>>,
-    /// The account is its normalized login name, user id or session id.
-    per_account: Option<DefaultKeyedRateLimiter<(Operation, String, Option<IpAddr>)>>,
+    settings: RateLimitSettings,
+    buckets: Box<dyn BucketStore>,
     checks: AtomicU64,
 }
 
@@ -58,83 +103,174 @@ pub struct RateLimits {
 const CHECKS_BETWEEN_CLEANUPS: u64 = 4096;
 
 impl RateLimits {
-    pub fn new(settings: RateLimitSettings) -> Self {
+    /// Buckets in this process.
+    pub fn in_memory(settings: RateLimitSettings) -> Self {
+        Self::with_buckets(settings, Box::new(MemoryBuckets::new(settings)))
+    }
+
+    /// Buckets in the database, shared by every process on it.
+    pub fn shared(settings: RateLimitSettings, store: Arc<dyn Store>) -> Self {
+        Self::with_buckets(settings, Box::new(StoreBuckets(store)))
+    }
+
+    fn with_buckets(settings: RateLimitSettings, buckets: Box<dyn BucketStore>) -> Self {
         Self {
-            per_ip: settings
-                .per_ip_per_minute
-                .map(|rate| RateLimiter::keyed(Quota::per_minute(rate))),
-            per_account: settings
-                .per_account_per_minute
-                .map(|rate| RateLimiter::keyed(Quota::per_minute(rate))),
+            settings,
+            buckets,
             checks: AtomicU64::new(0),
         }
     }
 
     /// Takes a token from the client address's bucket for this operation.
-    pub fn check_client(&self, operation: Operation, ip: Option<IpAddr>) -> Result<(), AppError> {
+    /// Errors: RATE_LIMITED with the seconds to wait; SERVICE_UNAVAILABLE when shared buckets
+    /// cannot be reached.
+    pub async fn check_client(
+        &self,
+        operation: Operation,
+        ip: Option<IpAddr>,
+    ) -> Result<(), AppError> {
         if self
             .checks
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(CHECKS_BETWEEN_CLEANUPS)
         {
-            self.forget_idle_buckets();
+            self.buckets.prune().await?;
         }
-        match (&self.per_ip, ip) {
-            (Some(limiter), Some(ip)) => take(limiter, &(operation, ip), operation, "ip"),
+        match (self.settings.per_ip_per_minute, ip) {
+            (Some(per_minute), Some(ip)) => {
+                let key = format!("{}|address|{}", operation.name(), self.address_key(ip));
+                self.take(Scope::Address, per_minute, &key, operation).await
+            }
             _ => Ok(()),
         }
     }
 
     /// Takes a token from the bucket of this account as used from this address.
-    pub fn check_account(
+    pub async fn check_account(
         &self,
         operation: Operation,
         account: &str,
         ip: Option<IpAddr>,
     ) -> Result<(), AppError> {
-        match &self.per_account {
-            Some(limiter) => take(
-                limiter,
-                &(operation, account.to_owned(), ip),
-                operation,
-                "account",
-            ),
-            None => Ok(()),
+        let Some(per_minute) = self.settings.per_account_per_minute else {
+            return Ok(());
+        };
+        let address = ip.map(|ip| self.address_key(ip)).unwrap_or_default();
+        let key = format!("{}|account|{account}|{address}", operation.name());
+        self.take(Scope::Account, per_minute, &key, operation).await
+    }
+
+    /// Forgets buckets that have filled up again.
+    pub async fn prune(&self) -> Result<(), AppError> {
+        self.buckets.prune().await
+    }
+
+    /// The address a bucket is keyed by: IPv4 as it is, IPv6 by its network.
+    fn address_key(&self, ip: IpAddr) -> String {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => Ipv6Net::new(v6, self.settings.ipv6_prefix.min(128))
+                .map(|net| net.trunc().to_string())
+                .unwrap_or_else(|_| v6.to_string()),
+            v4 => v4.to_string(),
         }
     }
 
-    fn forget_idle_buckets(&self) {
-        if let Some(limiter) = &self.per_ip {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-        if let Some(limiter) = &self.per_account {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-    }
-}
-
-fn take<K: Hash + Eq + Clone>(
-    limiter: &DefaultKeyedRateLimiter<K>,
-    key: &K,
-    operation: Operation,
-    scope: &'static str,
-) -> Result<(), AppError> {
-    limiter.check_key(key).map_err(|not_until| {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
+    async fn take(
+        &self,
+        scope: Scope,
+        per_minute: NonZeroU32,
+        key: &str,
+        operation: Operation,
+    ) -> Result<(), AppError> {
+        let Some(wait) = self.buckets.take(scope, per_minute, key).await? else {
+            return Ok(());
+        };
         let retry_after_seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         tracing::warn!(
             event = "rate_limited",
             operation = operation.name(),
-            scope,
+            scope = match scope {
+                Scope::Address => "ip",
+                Scope::Account => "account",
+            },
             retry_after_seconds,
             "too many attempts"
         );
-        AppError::RateLimited {
+        Err(AppError::RateLimited {
             retry_after_seconds: retry_after_seconds.max(1),
+        })
+    }
+}
+
+/// Buckets in this process (governor's GCRA).
+struct MemoryBuckets {
+    per_address: Option<DefaultKeyedRateLimiter<String>>,
+    per_account: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl MemoryBuckets {
+    fn new(settings: RateLimitSettings) -> Self {
+        let limiter =
+            |rate: Option<NonZeroU32>| rate.map(|rate| RateLimiter::keyed(Quota::per_minute(rate)));
+        Self {
+            per_address: limiter(settings.per_ip_per_minute),
+            per_account: limiter(settings.per_account_per_minute),
         }
-    })
+    }
+}
+
+#[async_trait]
+impl BucketStore for MemoryBuckets {
+    async fn take(
+        &self,
+        scope: Scope,
+        _per_minute: NonZeroU32,
+        key: &str,
+    ) -> Result<Option<Duration>, AppError> {
+        let limiter = match scope {
+            Scope::Address => &self.per_address,
+            Scope::Account => &self.per_account,
+        };
+        let Some(limiter) = limiter else {
+            return Ok(None);
+        };
+        Ok(limiter
+            .check_key(&key.to_owned())
+            .err()
+            .map(|not_until| not_until.wait_time_from(DefaultClock::default().now())))
+    }
+
+    async fn prune(&self) -> Result<(), AppError> {
+        for limiter in [&self.per_address, &self.per_account].into_iter().flatten() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        Ok(())
+    }
+}
+
+/// Buckets in the database: one atomic GCRA statement per check.
+struct StoreBuckets(Arc<dyn Store>);
+
+#[async_trait]
+impl BucketStore for StoreBuckets {
+    async fn take(
+        &self,
+        _scope: Scope,
+        per_minute: NonZeroU32,
+        key: &str,
+    ) -> Result<Option<Duration>, AppError> {
+        let interval = Duration::from_secs(60) / per_minute.get();
+        Ok(self
+            .0
+            .take_rate_limit_token(key, chrono::Utc::now(), interval, per_minute.get())
+            .await?)
+    }
+
+    async fn prune(&self) -> Result<(), AppError> {
+        self.0.prune_rate_limit_buckets(chrono::Utc::now()).await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -142,19 +278,24 @@ mod tests {
     use super::*;
 
     fn limits(per_ip: u32, per_account: u32) -> RateLimits {
-        RateLimits::new(RateLimitSettings {
+        RateLimits::in_memory(RateLimitSettings {
             per_ip_per_minute: NonZeroU32::new(per_ip),
             per_account_per_minute: NonZeroU32::new(per_account),
+            ipv6_prefix: 64,
         })
     }
 
-    #[test]
-    fn an_empty_bucket_says_when_to_retry() {
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_empty_bucket_says_when_to_retry() {
         let limits = limits(2, 100);
-        let ip = Some("1.2.3.4".parse().unwrap());
-        assert!(limits.check_client(Operation::Login, ip).is_ok());
-        assert!(limits.check_client(Operation::Login, ip).is_ok());
-        match limits.check_client(Operation::Login, ip) {
+        let ip = ip("1.2.3.4");
+        assert!(limits.check_client(Operation::Login, ip).await.is_ok());
+        assert!(limits.check_client(Operation::Login, ip).await.is_ok());
+        match limits.check_client(Operation::Login, ip).await {
             Err(AppError::RateLimited {
                 retry_after_seconds,
             }) => {
@@ -163,43 +304,82 @@ mod tests {
             other => panic!("expected RATE_LIMITED, got {other:?}"),
         }
         // Other operations and other addresses have their own buckets.
-        assert!(limits.check_client(Operation::Register, ip).is_ok());
+        assert!(limits.check_client(Operation::Register, ip).await.is_ok());
         assert!(
             limits
                 .check_client(Operation::Login, Some("5.6.7.8".parse().unwrap()))
+                .await
                 .is_ok()
         );
     }
 
-    #[test]
-    fn an_account_bucket_is_per_address() {
+    #[tokio::test]
+    async fn an_account_bucket_is_per_address() {
         let limits = limits(100, 1);
-        let attacker = Some("6.6.6.6".parse().unwrap());
-        let victim = Some("1.1.1.1".parse().unwrap());
+        let (attacker, victim) = (ip("6.6.6.6"), ip("1.1.1.1"));
+        let check = |who| limits.check_account(Operation::Login, "bob", who);
+        assert!(check(attacker).await.is_ok());
+        assert!(check(attacker).await.is_err());
+        assert!(check(victim).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_network_is_one_client() {
+        let limits = limits(2, 100);
+        for host in ["2001:db8:1:2::1", "2001:db8:1:2::2"] {
+            assert!(
+                limits
+                    .check_client(Operation::Login, ip(host))
+                    .await
+                    .is_ok()
+            );
+        }
+        let same_64 = ip("2001:db8:1:2:ffff::9");
         assert!(
             limits
-                .check_account(Operation::Login, "bob", attacker)
-                .is_ok()
-        );
-        assert!(
-            limits
-                .check_account(Operation::Login, "bob", attacker)
+                .check_client(Operation::Login, same_64)
+                .await
                 .is_err()
         );
         assert!(
             limits
-                .check_account(Operation::Login, "bob", victim)
+                .check_client(Operation::Login, ip("2001:db8:1:3::1"))
+                .await
                 .is_ok()
+        );
+        // An IPv4-mapped address is its IPv4 address.
+        assert!(
+            limits
+                .check_client(Operation::Login, ip("9.9.9.9"))
+                .await
+                .is_ok()
+        );
+        assert!(
+            limits
+                .check_client(Operation::Login, ip("9.9.9.9"))
+                .await
+                .is_ok()
+        );
+        assert!(
+            limits
+                .check_client(Operation::Login, ip("::ffff:9.9.9.9"))
+                .await
+                .is_err()
         );
     }
 
-    #[test]
-    fn switched_off_buckets_never_refuse() {
+    #[tokio::test]
+    async fn switched_off_buckets_never_refuse() {
         let limits = limits(0, 0);
-        let ip = Some("1.2.3.4".parse().unwrap());
+        let ip = ip("1.2.3.4");
         for _ in 0..1000 {
-            assert!(limits.check_client(Operation::Login, ip).is_ok());
-            assert!(limits.check_account(Operation::Login, "a", ip).is_ok());
+            assert!(limits.check_client(Operation::Login, ip).await.is_ok());
+            assert!(
+                limits
+                    .check_account(Operation::Login, "a", ip)
+                    .await
+                    .is_ok()
+            );
         }
     }
 }

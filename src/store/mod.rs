@@ -214,6 +214,21 @@ pub trait Store: Send + Sync + 'static {
     /// The stored value of a server-wide setting; stores `candidate` first if there is none.
     /// Safe against concurrent callers: all of them get the value that won.
     async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String>;
+
+    /// Takes one token from the rate-limit bucket `key`, shared by every process on the
+    /// database, in one atomic statement: the GCRA (generic cell rate algorithm, ITU-T I.371) with
+    /// one token every `emission_interval` and room for `burst` at once. `now` is the caller's
+    /// clock. Returns `None` when the token was taken, else how long until one will be.
+    async fn take_rate_limit_token(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        emission_interval: std::time::Duration,
+        burst: u32,
+    ) -> StoreResult<Option<std::time::Duration>>;
+
+    /// Deletes the rate-limit buckets that have filled up again by `now`; returns how many.
+    async fn prune_rate_limit_buckets(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 }
 
 #[cfg(test)]

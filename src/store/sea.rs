@@ -502,4 +502,80 @@ impl Store for SeaStore {
             .ok_or_else(|| DbErr::RecordNotFound(format!("setting {name}")))?;
         Ok(stored.value)
     }
+
+    async fn take_rate_limit_token(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        emission_interval: Duration,
+        burst: u32,
+    ) -> StoreResult<Option<Duration>> {
+        // tat: the theoretical arrival time of the next token, in microseconds. A token may be
+        // taken while max(tat, now) + interval stays within burst * interval of now.
+        let backend = self.db.get_database_backend();
+        let now_us = now.timestamp_micros();
+        let interval_us = i64::try_from(emission_interval.as_micros()).unwrap_or(i64::MAX);
+        let capacity_us = interval_us.saturating_mul(i64::from(burst));
+        let (greatest, p) = match backend {
+            DbBackend::Postgres => ("GREATEST", ["$1", "$2", "$3", "$4"]),
+            _ => ("MAX", ["?1", "?2", "?3", "?4"]),
+        };
+        let take = format!(
+            "INSERT INTO rate_limit_buckets AS bucket (key, tat) VALUES ({key}, {now} + {interval}) \
+             ON CONFLICT (key) DO UPDATE SET tat = {greatest}(bucket.tat, {now}) + {interval} \
+             WHERE {greatest}(bucket.tat, {now}) + {interval} <= {now} + {capacity} \
+             RETURNING tat",
+            key = p[0],
+            now = p[1],
+            interval = p[2],
+            capacity = p[3],
+        );
+        let values = [
+            key.into(),
+            now_us.into(),
+            interval_us.into(),
+            capacity_us.into(),
+        ];
+        let taken = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(backend, take, values))
+            .await?;
+        if taken.is_some() {
+            return Ok(None);
+        }
+        let tat: i64 = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                format!("SELECT tat FROM rate_limit_buckets WHERE key = {}", p[0]),
+                [key.into()],
+            ))
+            .await?
+            .and_then(|row| row.try_get::<i64>("", "tat").ok())
+            .unwrap_or(now_us);
+        let wait_us = tat
+            .saturating_add(interval_us)
+            .saturating_sub(now_us)
+            .saturating_sub(capacity_us)
+            .max(1);
+        Ok(Some(Duration::from_micros(wait_us.unsigned_abs())))
+    }
+
+    async fn prune_rate_limit_buckets(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let backend = self.db.get_database_backend();
+        let placeholder = if backend == DbBackend::Postgres {
+            "$1"
+        } else {
+            "?1"
+        };
+        let deleted = self
+            .db
+            .execute_raw(Statement::from_sql_and_values(
+                backend,
+                format!("DELETE FROM rate_limit_buckets WHERE tat < {placeholder}"),
+                [now.timestamp_micros().into()],
+            ))
+            .await?;
+        Ok(deleted.rows_affected())
+    }
 }

@@ -853,3 +853,54 @@ async fn when_postgres_ends_connections_requests_get_service_unavailable_never_i
     // Left alone, the pool reconnects by itself.
     assert_no_errors(&app.me(&account.access_token).await);
 }
+
+/// The shared rate-limit statement, run directly against whichever database the suite is on.
+#[tokio::test]
+async fn the_database_rate_limit_bucket_takes_a_burst_then_says_when() {
+    use authql::store::{PoolSettings, SeaStore, Store};
+    let app = spawn_app().await;
+    let pool = PoolSettings {
+        max_connections: Some(1),
+        connect_timeout: Duration::from_secs(5),
+        acquire_timeout: Duration::from_secs(5),
+        busy_timeout: Duration::from_secs(5),
+    };
+    let store = SeaStore::connect(&app.database_url, pool).await.unwrap();
+    let now = chrono::Utc::now();
+    let interval = Duration::from_secs(20); // 3 per minute
+    for _ in 0..3 {
+        assert_eq!(
+            store
+                .take_rate_limit_token("k", now, interval, 3)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    let wait = store
+        .take_rate_limit_token("k", now, interval, 3)
+        .await
+        .unwrap()
+        .expect("the fourth is refused");
+    assert!(
+        wait > Duration::from_secs(19) && wait <= interval,
+        "{wait:?}"
+    );
+    // Another key is untouched; a minute later the bucket is full again and can be pruned.
+    assert_eq!(
+        store
+            .take_rate_limit_token("other", now, interval, 3)
+            .await
+            .unwrap(),
+        None
+    );
+    let later = now + chrono::TimeDelta::seconds(61);
+    assert_eq!(store.prune_rate_limit_buckets(later).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .take_rate_limit_token("k", later, interval, 3)
+            .await
+            .unwrap(),
+        None
+    );
+}

@@ -4,12 +4,14 @@ mod helpers;
 
 mod ambiguous_headers;
 mod binary;
+mod client_address;
 
 mod errors;
 mod faults;
 mod frontend;
 mod graphql_over_http;
 mod http;
+mod identities;
 mod passwords;
 mod postgres;
 mod readme;

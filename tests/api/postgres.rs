@@ -275,3 +275,38 @@ async fn every_per_request_lookup_is_an_index_scan() {
     }
     transaction.rollback().await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+async fn rate_limit_buckets_are_shared_by_every_instance() {
+    assert!(postgres_admin_url().is_some(), "{NEEDS_POSTGRES}");
+    let configure = |config: &mut authql::config::Config| {
+        config.rate_limit_ip_per_minute = 3;
+        config.trusted_proxies = vec!["127.0.0.1".into()];
+    };
+    let first = spawn_app_with(configure).await;
+    let second = spawn_instance_on(&first, configure).await;
+    let login = "mutation { login(input: {emailOrUsername: \"nobody@example.com\", password: \"wrong password\"}) { accessToken } }";
+    let mut codes = Vec::new();
+    for app in [&first, &second, &first, &second] {
+        let body = app
+            .graphql_from(Some("203.0.113.9"), login, json!({}), None)
+            .await;
+        codes.push(error_code(&body));
+    }
+    assert_eq!(
+        codes,
+        [
+            "INVALID_CREDENTIALS",
+            "INVALID_CREDENTIALS",
+            "INVALID_CREDENTIALS",
+            "RATE_LIMITED"
+        ],
+        "two instances allow the limit once, not twice"
+    );
+    // Another address has its own bucket, on either instance.
+    let body = second
+        .graphql_from(Some("203.0.113.10"), login, json!({}), None)
+        .await;
+    assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+}

@@ -1,0 +1,127 @@
+//! How authql tells accounts apart. One normalisation, used when an account is registered, when
+//! a login name is looked up, and in the unique columns (and by the migration that recomputes
+//! them), so that two spellings of one identity can never be two accounts:
+//!
+//! - A **username** is prepared and enforced by the PRECIS `UsernameCaseMapped` profile
+//!   (RFC 8265 § 3.2): full-width characters mapped to their usual width, lower-cased, NFC, and
+//!   refused when it holds spaces, invisible or zero-width characters (U+200B, U+2060, ...),
+//!   bidirectional controls (U+202E, ...) or other characters outside the `IdentifierClass`
+//!   (RFC 8264 § 4.2), or when it breaks the Bidi Rule (RFC 5893).
+//! - An **email**'s local part gets the same profile; its domain is compared in its IDNA ASCII
+//!   form (UTS #46 processing with the STD3 rules, RFC 5891: letters, digits and hyphens), so
+//!   `Bücher.example` and `xn--bcher-kva.example` are one domain.
+//!
+//! What the user typed stays the display form; only the key is normalised.
+
+use precis_profiles::{UsernameCaseMapped, precis_core::profile::PrecisFastInvocation};
+
+/// Why an identifier cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityError {
+    /// Not shaped like `local@domain`.
+    MalformedEmail,
+    /// The email's domain is not a valid (internationalised) domain name.
+    InvalidDomain,
+    /// Characters that RFC 8265 does not allow in an identifier: spaces, invisible, zero-width
+    /// or bidirectional control characters, symbols outside ASCII, or nothing at all.
+    DisallowedCharacters,
+}
+
+/// The key an email is unique and looked up by: `UsernameCaseMapped(local) @ ascii(domain)`.
+/// Errors: [`IdentityError::MalformedEmail`], [`IdentityError::InvalidDomain`],
+/// [`IdentityError::DisallowedCharacters`] (in the local part).
+pub fn email_key(email: &str) -> Result<String, IdentityError> {
+    let (local, domain) = email
+        .trim()
+        .rsplit_once('@')
+        .ok_or(IdentityError::MalformedEmail)?;
+    if local.is_empty() || domain.is_empty() {
+        return Err(IdentityError::MalformedEmail);
+    }
+    let local =
+        UsernameCaseMapped::enforce(local).map_err(|_| IdentityError::DisallowedCharacters)?;
+    let domain = idna::domain_to_ascii_strict(domain).map_err(|_| IdentityError::InvalidDomain)?;
+    if domain.is_empty() || domain.starts_with('.') || domain.ends_with('.') {
+        return Err(IdentityError::InvalidDomain);
+    }
+    Ok(format!("{local}@{domain}"))
+}
+
+/// The key a username is unique and looked up by (RFC 8265 `UsernameCaseMapped`).
+/// Errors: [`IdentityError::DisallowedCharacters`].
+pub fn username_key(username: &str) -> Result<String, IdentityError> {
+    UsernameCaseMapped::enforce(username.trim())
+        .map(|key| key.into_owned())
+        .map_err(|_| IdentityError::DisallowedCharacters)
+}
+
+/// The key to look a login name up by: an email's when it holds an `@`, else a username's.
+/// `None` for a name no account can have.
+pub fn login_key(login: &str) -> Option<String> {
+    if login.contains('@') {
+        email_key(login).ok()
+    } else {
+        username_key(login).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_identity_has_one_key_whatever_its_spelling() {
+        // NFC and NFD.
+        assert_eq!(
+            email_key("jos\u{e9}@example.com"),
+            email_key("jose\u{301}@example.com")
+        );
+        assert_eq!(username_key("Jos\u{e9}"), username_key("jose\u{301}"));
+        // Case, width, and the domain's Unicode and ASCII forms.
+        assert_eq!(email_key("Ada@EXAMPLE.com").unwrap(), "ada@example.com");
+        assert_eq!(username_key("ＡＤＡ").unwrap(), "ada");
+        assert_eq!(
+            email_key("ada@B\u{fc}cher.example").unwrap(),
+            "ada@xn--bcher-kva.example"
+        );
+        assert_eq!(
+            email_key("ada@xn--bcher-kva.example"),
+            email_key("ada@bücher.EXAMPLE")
+        );
+    }
+
+    #[test]
+    fn invisible_and_control_characters_are_refused() {
+        for name in [
+            "admin\u{200b}",
+            "\u{200b}\u{200b}\u{200b}",
+            "ad\u{2060}min",
+            "evil\u{202e}gnp",
+            "zero\u{feff}width",
+            "two words",
+            "",
+        ] {
+            assert_eq!(
+                username_key(name),
+                Err(IdentityError::DisallowedCharacters),
+                "{name:?}"
+            );
+        }
+        assert_eq!(
+            email_key("ad\u{200b}min@example.com"),
+            Err(IdentityError::DisallowedCharacters)
+        );
+        assert_eq!(email_key("nobody"), Err(IdentityError::MalformedEmail));
+        assert!(email_key("a@exa mple.com").is_err());
+    }
+
+    #[test]
+    fn ordinary_names_pass_unchanged() {
+        for name in ["ada", "ada_lovelace", "ada.l-1", "a+b"] {
+            assert_eq!(username_key(name).unwrap(), name);
+        }
+        assert_eq!(login_key("ADA@example.com").unwrap(), "ada@example.com");
+        assert_eq!(login_key("ADA").unwrap(), "ada");
+        assert_eq!(login_key("ad\u{200b}a"), None);
+    }
+}

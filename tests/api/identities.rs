@@ -1,0 +1,86 @@
+//! Identities that look alike are one identity: Unicode normalisation forms, case, width and
+//! IDNA spellings of one email or username make one account, and invisible or direction-control
+//! characters are refused (RFC 8265, UTS #46).
+
+use crate::helpers::{PASSWORD, TestApp, error_code, spawn_app, string_at};
+
+async fn register(app: &TestApp, email: &str, username: Option<&str>) -> serde_json::Value {
+    app.register_raw(email, PASSWORD, username).await
+}
+
+#[tokio::test]
+async fn one_email_in_two_normalisation_forms_is_one_account() {
+    let app = spawn_app().await;
+    let nfc = register(&app, "jos\u{e9}@example.com", None).await;
+    assert!(nfc["data"]["register"].is_object(), "{nfc}");
+    for spelling in [
+        "jose\u{301}@example.com",
+        "JOSE\u{301}@EXAMPLE.COM",
+        "ｊｏｓé@example.com",
+    ] {
+        let body = register(&app, spelling, Some("other")).await;
+        assert_eq!(error_code(&body), "EMAIL_TAKEN", "{spelling:?}: {body}");
+    }
+    assert_eq!(app.user_rows().await.len(), 1);
+    // Either spelling logs in to the one account; the display form stays as typed.
+    let login = app.login_raw("jose\u{301}@example.com", PASSWORD).await;
+    assert_eq!(
+        string_at(&login, "/data/login/user/email"),
+        "jos\u{e9}@example.com"
+    );
+}
+
+#[tokio::test]
+async fn one_domain_in_unicode_and_ascii_is_one_domain() {
+    let app = spawn_app().await;
+    let first = register(&app, "ada@B\u{fc}cher.example", None).await;
+    assert_eq!(
+        string_at(&first, "/data/register/user/email"),
+        "ada@B\u{fc}cher.example",
+        "shown as typed"
+    );
+    let body = register(&app, "ada@xn--bcher-kva.example", Some("ada2")).await;
+    assert_eq!(error_code(&body), "EMAIL_TAKEN", "{body}");
+    let login = app.login_raw("ADA@xn--bcher-kva.EXAMPLE", PASSWORD).await;
+    assert!(login["data"]["login"].is_object(), "{login}");
+}
+
+#[tokio::test]
+async fn one_username_in_two_forms_or_widths_is_one_username() {
+    let app = spawn_app().await;
+    assert!(
+        register(&app, "a@example.com", Some("Jos\u{e9}")).await["data"]["register"].is_object()
+    );
+    for spelling in ["jose\u{301}", "JOSÉ", "ＪＯＳＥ\u{301}"] {
+        let body = register(&app, "b@example.com", Some(spelling)).await;
+        assert_eq!(error_code(&body), "USERNAME_TAKEN", "{spelling:?}: {body}");
+    }
+    let login = app.login_raw("jose\u{301}", PASSWORD).await;
+    assert_eq!(string_at(&login, "/data/login/user/username"), "Jos\u{e9}");
+}
+
+#[tokio::test]
+async fn invisible_and_direction_control_characters_are_refused() {
+    let app = spawn_app().await;
+    for username in [
+        "admin\u{200b}",
+        "\u{200b}\u{200b}\u{200b}",
+        "ad\u{2060}min",
+        "\u{feff}admin",
+        "evil\u{202e}gnp.exe",
+        "ad\u{200d}min",
+    ] {
+        let body = register(&app, "x@example.com", Some(username)).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{username:?}: {body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "username");
+    }
+    let body = register(&app, "ad\u{200b}min@example.com", None).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "email");
+    assert!(app.user_rows().await.is_empty(), "nothing was stored");
+
+    // And "admin" itself is fine, found by its plain spelling only.
+    assert!(register(&app, "x@example.com", Some("admin")).await["data"]["register"].is_object());
+    let body = app.login_raw("admin\u{200b}", PASSWORD).await;
+    assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+}
