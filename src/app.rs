@@ -4,7 +4,7 @@
 use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
-    num::NonZeroU32,
+    num::{NonZeroU32, NonZeroUsize},
     sync::Arc,
     time::Duration,
 };
@@ -27,7 +27,7 @@ use crate::{
         AuthService, Lifetimes,
         rate_limit::{RateLimitSettings, RateLimits},
     },
-    store::{PoolSettings, SeaStore, Store},
+    store::{CachedStore, DatabaseLock, PoolSettings, SESSION_CACHE_CAPACITY, SeaStore, Store},
 };
 
 /// Shortest JWT secret accepted: 256 bits, the size of an HS256 key (RFC 7518 §3.2).
@@ -40,6 +40,8 @@ pub struct Application {
     router: Router,
     service: AuthService,
     pruning: Option<Pruning>,
+    /// SQLite: held while the application lives, so no second process serves the file.
+    _database_lock: Option<DatabaseLock>,
 }
 
 /// When and what the background pruning deletes.
@@ -59,6 +61,11 @@ impl Application {
             acquire_timeout: Duration::from_secs(config.database_acquire_timeout_seconds),
             busy_timeout: Duration::from_secs(config.database_busy_timeout_seconds),
         };
+        // One process serves a SQLite file: that is what makes the session cache exact.
+        let database_lock = SeaStore::sqlite_path(&config.database_url)
+            .map(DatabaseLock::acquire)
+            .transpose()
+            .map_err(|why| anyhow::anyhow!("DATABASE_URL: {why}"))?;
         let store = SeaStore::connect(&config.database_url, pool)
             .await
             .context("could not open the database (DATABASE_URL)")?;
@@ -73,7 +80,11 @@ impl Application {
             Duration::from_secs(config.database_connect_timeout_seconds),
         )
         .await?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let store: Arc<dyn Store> =
+            match (&database_lock, NonZeroUsize::new(SESSION_CACHE_CAPACITY)) {
+                (Some(_), Some(capacity)) => Arc::new(CachedStore::new(store, capacity)),
+                _ => Arc::new(store),
+            };
         let keys =
             KeySet::load(&config, async || jwt_secret(&config, store.as_ref()).await).await?;
         let jwks = keys.jwks().map(Arc::new);
@@ -121,6 +132,7 @@ impl Application {
             router,
             service,
             pruning,
+            _database_lock: database_lock,
         })
     }
 

@@ -1,6 +1,7 @@
 //! Every read and write of users, sessions and settings goes through [`Store`]. The service never
 //! sees SeaORM; [`SeaStore`] is the implementation on SQLite and PostgreSQL.
 
+mod cached;
 pub mod entity;
 mod sea;
 
@@ -8,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use cached::{CachedStore, DatabaseLock, SESSION_CACHE_CAPACITY};
 pub use sea::{PoolSettings, SeaStore};
 
 /// A user as the rest of authql sees one: no password hash.

@@ -84,6 +84,16 @@ impl SeaStore {
         })
     }
 
+    /// The file of a SQLite `database_url`; `None` for PostgreSQL and in-memory SQLite.
+    pub fn sqlite_path(database_url: &str) -> Option<std::path::PathBuf> {
+        if !database_url.starts_with("sqlite:") {
+            return None;
+        }
+        let options: SqliteConnectOptions = database_url.parse().ok()?;
+        let path = options.get_filename();
+        (!path.as_os_str().is_empty() && path.as_os_str() != ":memory:").then(|| path.to_path_buf())
+    }
+
     /// Whether the database takes a write right now. SQLite: a write in a transaction that is
     /// rolled back, on a connection of its own that waits at most 500 ms for the write lock (a
     /// file locked by another process, read-only, on a full disk or gone fails it). PostgreSQL:

@@ -685,9 +685,6 @@ async fn ended_sessions_are_pruned_in_the_background_by_every_instance_while_liv
         config.session_idle_timeout = 2;
     })
     .await;
-    // ...those made here live on. Both instances prune the same database every second.
-    let long = spawn_instance_on(&short, pruning_every_second).await;
-
     short.register("prune@x.com").await;
     for _ in 0..6 {
         short.login("prune@x.com").await;
@@ -699,6 +696,15 @@ async fn ended_sessions_are_pruned_in_the_background_by_every_instance_while_liv
         .map(|row| row.id)
         .collect();
     assert_eq!(ending.len(), 7, "seven sessions, more than a few batches");
+    // ...those made here live on. On PostgreSQL both instances prune the same database every
+    // second; a SQLite file is served by one process, so there it is the next release.
+    let (short, long) = if postgres_admin_url().is_some() {
+        let long = spawn_instance_on(&short, pruning_every_second).await;
+        (Some(short), long)
+    } else {
+        (None, short.restart(pruning_every_second).await)
+    };
+    let short = short.as_ref().unwrap_or(&long);
     // A session that is still live: logged in through the other instance, after the others.
     let live = long.login("prune@x.com").await;
 

@@ -21,8 +21,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub database_url: String,
     /// Holds the database file; removed when the test ends.
-    _dir: TempDir,
+    dir: Option<TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -47,15 +48,32 @@ async fn start(dir: TempDir, database_url: String, configure: impl FnOnce(&mut C
     let app = Application::build(config).await.expect("authql starts");
     let address = format!("http://{}", app.local_addr().expect("a bound address"));
     let (shutdown, stopped) = oneshot::channel();
-    tokio::spawn(app.run_until(async {
+    let server = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     TestApp {
         address,
         client: reqwest::Client::new(),
         database_url,
-        _dir: dir,
+        dir: Some(dir),
         shutdown: Some(shutdown),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Stops this server, waits until it has let go of the database (a SQLite file is served
+    /// by one process at a time), and starts another on the same database with `configure`:
+    /// a restart, or a new release rolled out.
+    pub async fn restart(mut self, configure: impl FnOnce(&mut Config)) -> TestApp {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        let dir = self.dir.take().expect("the database folder");
+        start(dir, self.database_url.clone(), configure).await
     }
 }
 

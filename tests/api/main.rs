@@ -19,6 +19,7 @@ mod register_login;
 mod revoke;
 mod schema;
 mod security;
+mod session_cache;
 mod sessions;
 mod startup;
 mod token_edges;

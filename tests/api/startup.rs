@@ -18,20 +18,12 @@ async fn a_short_secret_refuses_to_start() {
 async fn without_a_secret_every_instance_on_the_database_agrees_on_a_generated_one() {
     let first = spawn_app_with(|config| config.jwt_secret_key = None).await;
     let account = first.register("shared@x.com").await;
-    // A second instance on the same database file.
-    let second = {
-        let mut config = test_config(&first.database_url);
-        config.jwt_secret_key = None;
-        let app = Application::build(config)
-            .await
-            .expect("second instance starts");
-        let address = format!("http://{}", app.local_addr().unwrap());
-        tokio::spawn(app.run_until(std::future::pending()));
-        address
-    };
+    // The next start on the same database (a restart on SQLite; on PostgreSQL, see
+    // postgres::instances_started_together_without_a_secret_agree_on_the_generated_one).
+    let first = first.restart(|config| config.jwt_secret_key = None).await;
     let response = first
         .client
-        .post(format!("{second}/graphql"))
+        .post(format!("{}/graphql", first.address))
         .bearer_auth(&account.access_token)
         .json(&serde_json::json!({ "query": "{ me { email } }" }))
         .send()

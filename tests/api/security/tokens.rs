@@ -472,14 +472,18 @@ async fn with_an_asymmetric_key_hs256_tokens_are_refused_even_keyed_with_the_pub
 async fn a_retired_key_verifies_its_tokens_on_another_instance_but_never_signs() {
     let old = spawn_app_with(|config| use_key(config, JwtAlgorithm::EdDsa, "ed25519-a.pem")).await;
     let account = old.register("rotation@x.com").await;
+    let other = old.login("rotation@x.com").await;
     let old_kid = header_of(&account.access_token)["kid"].clone();
 
-    // A new instance on the same database: P-256 signs, the old Ed25519 key only verifies.
-    let rotated = spawn_instance_on(&old, |config| {
-        use_key(config, JwtAlgorithm::Es256, "p256-a.pem");
-        config.jwt_retired_key_files = vec![fixture("ed25519-a.pem").display().to_string()];
-    })
-    .await;
+    // The new release on the same database (a restart on SQLite, which one process serves; on
+    // PostgreSQL the same holds for every instance): P-256 signs, the old Ed25519 key only
+    // verifies.
+    let rotated = old
+        .restart(|config| {
+            use_key(config, JwtAlgorithm::Es256, "p256-a.pem");
+            config.jwt_retired_key_files = vec![fixture("ed25519-a.pem").display().to_string()];
+        })
+        .await;
     let me = rotated.me(&account.access_token).await;
     assert_eq!(me["data"]["me"]["email"], "rotation@x.com", "{me}");
     let fresh = rotated.login("rotation@x.com").await;
@@ -503,11 +507,9 @@ async fn a_retired_key_verifies_its_tokens_on_another_instance_but_never_signs()
     assert_eq!(header_of(&refreshed_access)["kid"], new_header["kid"]);
 
     // Once the old key is dropped, a token it signed means nothing.
-    let without_old = spawn_instance_on(&old, |config| {
-        use_key(config, JwtAlgorithm::Es256, "p256-a.pem");
-    })
-    .await;
-    let other = old.login("rotation@x.com").await;
+    let without_old = rotated
+        .restart(|config| use_key(config, JwtAlgorithm::Es256, "p256-a.pem"))
+        .await;
     assert_unauthenticated(&without_old.me(&other.access_token).await, "MALFORMED");
     assert_no_errors(&without_old.me(&fresh.access_token).await);
 }
