@@ -4,21 +4,92 @@
 //! truncated. authql therefore hashes `base64(SHA-256(password))` (44 ASCII bytes, no NUL)
 //! with bcrypt: every byte of a password up to the 256-byte limit counts, and bcrypt's work
 //! factor still protects it.
+//!
+//! Hashes run on a pool of their own (`BCRYPT_MAX_CONCURRENCY` threads, one per core by
+//! default) at a lower scheduling priority (nice 10 on Linux): when a login storm and ordinary
+//! requests want the same cores, the async workers that answer `me` in microseconds win, and
+//! bcrypt takes every cycle they leave, so logins lose little throughput.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::error::AppError;
+
+/// The nice value of the hashing threads (Linux: 0 is normal, 19 the lowest priority).
+const HASHING_NICE: i32 = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that run password hashes, at a lower priority than the rest of authql.
+struct HashPool {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+impl HashPool {
+    fn new(threads: usize) -> Result<Self, AppError> {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for index in 0..threads.max(1) {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("authql-bcrypt-{index}"))
+                .spawn(move || {
+                    lower_this_threads_priority();
+                    loop {
+                        let job = match receiver.lock() {
+                            Ok(receiver) => receiver.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return, // the pool was dropped
+                        }
+                    }
+                })
+                .map_err(AppError::internal)?;
+        }
+        Ok(Self {
+            jobs: Mutex::new(sender),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AppError> {
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
+        });
+        self.jobs
+            .lock()
+            .map_err(|_| AppError::internal("the hashing pool is poisoned"))?
+            .send(job)
+            .map_err(AppError::internal)?;
+        result.await.map_err(AppError::internal)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_this_threads_priority() {
+    // On Linux, PRIO_PROCESS with who = 0 sets the calling thread's nice value. Failing (a
+    // sandbox forbids it) only leaves the thread at normal priority.
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_this_threads_priority() {}
 
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: u32,
-    /// bcrypt is CPU-bound: at most this many hashes at once, so a burst of logins queues here
-    /// instead of filling the blocking pool and starving everything else.
-    permits: Arc<Semaphore>,
+    /// bcrypt is CPU-bound: at most as many hashes at once as the pool has threads, so a burst
+    /// of logins queues here instead of starving everything else.
+    pool: Arc<HashPool>,
     /// Checked when the account does not exist, so that an unknown login costs as much as a
     /// wrong password and the two cannot be told apart by timing.
     dummy_hash: Arc<str>,
@@ -32,7 +103,7 @@ impl PasswordHasher {
         let dummy_hash = format!("$2b${cost:02}{}", &cheap["$2b$04".len()..]);
         Ok(Self {
             cost,
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            pool: Arc::new(HashPool::new(max_concurrent)?),
             dummy_hash: dummy_hash.into(),
         })
     }
@@ -57,11 +128,7 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> Result<T, bcrypt::BcryptError> + Send + 'static,
     ) -> Result<T, AppError> {
-        let _permit = self.permits.acquire().await.map_err(AppError::internal)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(AppError::internal)?
-            .map_err(AppError::internal)
+        self.pool.run(work).await?.map_err(AppError::internal)
     }
 }
 
