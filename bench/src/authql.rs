@@ -35,12 +35,18 @@ pub fn settings(bcrypt_cost: u32) -> Vec<(&'static str, String)> {
 pub struct Authql {
     child: Child,
     pub address: SocketAddr,
+    database_url: String,
     /// From spawn to the first answered request.
     pub startup: Duration,
     _dir: tempfile::TempDir,
 }
 
 impl Authql {
+    /// The database this server runs on.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone()
+    }
+
     /// Starts `binary` on a free loopback port against `database_url` (a fresh SQLite file in a
     /// temporary folder when `None`) and waits until it answers `/healthz`.
     pub async fn start(
@@ -73,6 +79,7 @@ impl Authql {
         let mut authql = Self {
             child,
             address,
+            database_url: database_url.clone(),
             startup: Duration::ZERO,
             _dir: dir,
         };

@@ -25,12 +25,21 @@
 //!    from `/proc/<pid>/status`; start-up from spawn to the first answered request on a fresh
 //!    SQLite file (median of several starts; it includes creating the file and migrating).
 //!
-//! With `BENCH_DATABASE_URL=postgres://...`, scenario 1 also runs against authql on PostgreSQL.
+//! 5. **Cost as sessions grow.** `me` throughput with 1,000,000 session rows (100,000 users)
+//!    against the same with 1,000 rows, rounds alternated between the two servers, on SQLite and
+//!    on PostgreSQL; the rows are written in bulk (`seed.rs`), not through the API. The peak RSS
+//!    of the SQLite server with the large database is reported too.
+//!
+//! Scenario 1 and 5 also run on PostgreSQL: `BENCH_DATABASE_URL=postgres://...` names a server
+//! (a role that may create databases), else a throwaway one is started from the machine's
+//! PostgreSQL binaries as `scripts/test` does; the table says when there are none.
 //! Durations, connection counts and the bcrypt cost are overridable (see [`Settings`]).
 
 mod authql;
 mod baseline;
 mod load;
+mod postgres;
+mod seed;
 
 use std::{
     net::SocketAddr,
@@ -161,7 +170,8 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // Scenario 1.
-    let (me_sqlite, bare_sqlite) = compare_with_http(&settings, &me, &bare).await?;
+    let (me_sqlite, bare_sqlite, me_ratio_sqlite) =
+        compare_with_http(&settings, &me, &bare).await?;
     let (_, peak_rss) = authql.memory()?;
 
     // Scenario 2.
@@ -220,42 +230,56 @@ async fn main() -> anyhow::Result<()> {
         hash_time.as_secs_f64() * 1000.0
     );
 
-    // Scenario 1 on PostgreSQL, when one is given.
-    let postgres = match std::env::var("BENCH_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => {
+    // Scenario 1 on PostgreSQL.
+    let server = postgres::Postgres::start()?;
+    let postgres = match &server {
+        Some(server) => {
+            let url = server.fresh_database("authql_bench_me").await?;
             let on_postgres = Authql::start(&binary, Some(&url), &authql_settings).await?;
-            let email = format!("bench-{}@example.com", std::process::id());
-            let token = register(on_postgres.address, &email).await?;
+            let token = register(on_postgres.address, "bench@example.com").await?;
             let me = me_target(on_postgres.address, &token);
             Some(compare_with_http(&settings, &me, &bare).await?)
         }
-        _ => None,
+        None => None,
+    };
+
+    // Scenario 5, on SQLite and on PostgreSQL.
+    let growth_sqlite = growth(&settings, &binary, &authql_settings, async |_| Ok(None)).await?;
+    let growth_postgres = match &server {
+        Some(server) => Some(
+            growth(&settings, &binary, &authql_settings, async |name| {
+                server.fresh_database(name).await.map(Some)
+            })
+            .await?,
+        ),
+        None => None,
     };
 
     println!();
     println!("| scenario | authql | reference | ratio | bar | met |");
     println!("|---|---|---|---|---|---|");
-    let ratio = me_sqlite.per_second() / bare_sqlite.per_second();
+    let ratio = me_ratio_sqlite;
     println!(
-        "| 1. `me`, {} connections, SQLite: req/s (p50 / p99) | {} | bare axum {} | {ratio:.2} | ≥ 0.35 | {} |",
+        "| 1. `me`, {} connections, SQLite: req/s (p50 / p99); ratio = median of {} rounds | {} | bare axum {} | {ratio:.2} | ≥ 0.35 | {} |",
         settings.connections,
+        settings.rounds,
         throughput(&me_sqlite),
         throughput(&bare_sqlite),
         met(ratio >= 0.35)
     );
     match &postgres {
-        Some((me_pg, bare_pg)) => {
-            let ratio = me_pg.per_second() / bare_pg.per_second();
+        Some((me_pg, bare_pg, ratio)) => {
             println!(
-                "| 1. `me`, {} connections, PostgreSQL: req/s (p50 / p99) | {} | bare axum {} | {ratio:.2} | | |",
+                "| 1. `me`, {} connections, PostgreSQL: req/s (p50 / p99) | {} | bare axum {} | {ratio:.2} | ≥ 0.2 | {} |",
                 settings.connections,
                 throughput(me_pg),
                 throughput(bare_pg),
+                met(*ratio >= 0.2)
             );
         }
-        None => {
-            println!("| 1. `me` on PostgreSQL | skipped: BENCH_DATABASE_URL is not set | | | | |")
-        }
+        None => println!(
+            "| 1. `me` on PostgreSQL | skipped: no BENCH_DATABASE_URL and no PostgreSQL binaries | | | | |"
+        ),
     }
     let ratio = storm.p99_ms() / idle.p99_ms();
     println!(
@@ -296,10 +320,30 @@ async fn main() -> anyhow::Result<()> {
         startup.as_secs_f64() * 1000.0,
         met(startup < Duration::from_millis(200))
     );
-    if postgres.is_none() {
-        println!(
-            "\nPostgreSQL run skipped: set BENCH_DATABASE_URL=postgres://... to run scenario 1 on it."
-        );
+    for (backend, result) in [
+        ("SQLite", Some(&growth_sqlite)),
+        ("PostgreSQL", growth_postgres.as_ref()),
+    ] {
+        match result {
+            Some((small, large, ratio, peak)) => {
+                println!(
+                    "| 5. `me` with 1,000,000 session rows vs 1,000, {backend}: req/s (p50 / p99) | {} | {} | {ratio:.2} | ≥ 0.9 | {} |",
+                    throughput(large),
+                    throughput(small),
+                    met(*ratio >= 0.9)
+                );
+                if backend == "SQLite" {
+                    println!(
+                        "| 5. peak RSS with 1,000,000 session rows, SQLite (VmHWM) | {} | | | < 64 MiB | {} |",
+                        mib(*peak),
+                        met(*peak < 64 * 1024 * 1024)
+                    );
+                }
+            }
+            None => println!(
+                "| 5. `me` with 1,000,000 session rows, {backend} | skipped: no BENCH_DATABASE_URL and no PostgreSQL binaries | | | | |"
+            ),
+        }
     }
     Ok(())
 }
@@ -310,7 +354,7 @@ async fn compare_with_http(
     settings: &Settings,
     me: &Target,
     bare: &Target,
-) -> anyhow::Result<(Outcome, Outcome)> {
+) -> anyhow::Result<(Outcome, Outcome, f64)> {
     let warm_up = Shape {
         duration: Duration::from_millis(1000),
         ..settings.closed(settings.connections)
@@ -318,6 +362,7 @@ async fn compare_with_http(
     load::run(bare, warm_up).await?;
     load::run(me, warm_up).await?;
     let (mut me_total, mut bare_total) = (Outcome::default(), Outcome::default());
+    let mut ratios = Vec::new();
     for round in 0..settings.rounds.max(1) {
         let bare_round = load::run(bare, settings.closed(settings.connections)).await?;
         let me_round = load::run(me, settings.closed(settings.connections)).await?;
@@ -327,12 +372,79 @@ async fn compare_with_http(
             bare_round.per_second(),
             me_round.per_second()
         );
+        ratios.push(me_round.per_second() / bare_round.per_second());
         add(&mut bare_total, bare_round);
         add(&mut me_total, me_round);
     }
     me_total.latencies_us.sort_unstable();
     bare_total.latencies_us.sort_unstable();
-    Ok((me_total, bare_total))
+    Ok((me_total, bare_total, median(ratios)))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Scenario 5 on one backend: `me` on a small and a large database, rounds alternated.
+/// `fresh(name)` gives the URL of a new, empty database. Returns (small, large, ratio of the
+/// medians, peak RSS of the large server).
+async fn growth(
+    settings: &Settings,
+    binary: &std::path::Path,
+    authql_settings: &[(&str, String)],
+    fresh: impl AsyncFn(&str) -> anyhow::Result<Option<String>>,
+) -> anyhow::Result<(Outcome, Outcome, f64, u64)> {
+    let mut servers = Vec::new();
+    for (name, users) in [
+        ("authql_bench_small", 100u64),
+        ("authql_bench_large", 100_000),
+    ] {
+        let url = fresh(name).await?;
+        let server = Authql::start(binary, url.as_deref(), authql_settings).await?;
+        let url = url.unwrap_or_else(|| server.database_url());
+        let token = register(server.address, "bench@example.com").await?;
+        let started = Instant::now();
+        seed::seed(&url, users, 10).await?;
+        eprintln!(
+            "seeded {} session rows in {:.1} s",
+            seed::session_rows(&url).await?,
+            started.elapsed().as_secs_f64()
+        );
+        let me = me_target(server.address, &token);
+        let warm_up = Shape {
+            duration: Duration::from_millis(1000),
+            ..settings.closed(settings.connections)
+        };
+        load::run(&me, warm_up).await?;
+        servers.push((server, me));
+    }
+    let (mut small, mut large) = (Outcome::default(), Outcome::default());
+    let (mut small_rates, mut large_rates) = (Vec::new(), Vec::new());
+    for round in 0..settings.rounds.max(1) {
+        let small_round = load::run(&servers[0].1, settings.closed(settings.connections)).await?;
+        let large_round = load::run(&servers[1].1, settings.closed(settings.connections)).await?;
+        check_no_failures("me (growth)", &small_round)?;
+        check_no_failures("me (growth)", &large_round)?;
+        eprintln!(
+            "growth round {round}: 1k rows {:.0}/s, 1M rows {:.0}/s",
+            small_round.per_second(),
+            large_round.per_second()
+        );
+        small_rates.push(small_round.per_second());
+        large_rates.push(large_round.per_second());
+        add(&mut small, small_round);
+        add(&mut large, large_round);
+    }
+    small.latencies_us.sort_unstable();
+    large.latencies_us.sort_unstable();
+    let (_, peak) = servers[1].0.memory()?;
+    Ok((
+        small,
+        large,
+        median(large_rates) / median(small_rates),
+        peak,
+    ))
 }
 
 fn add(total: &mut Outcome, round: Outcome) {
