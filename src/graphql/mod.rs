@@ -2,12 +2,12 @@
 //! extension that gives every error a code.
 
 mod coercion;
-mod error_codes;
 mod limits;
 mod mutation;
 mod null_propagation;
 mod query;
 mod refresh_cookie;
+mod request_checks;
 pub mod types;
 
 use async_graphql::{EmptySubscription, SDLExportOptions, Schema};
@@ -31,9 +31,10 @@ pub fn build_schema(
     refresh_cookie: Option<RefreshCookie>,
 ) -> AuthSchema {
     let mut schema = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
-        .extension(error_codes::ErrorCodes)
+        .extension(request_checks::RequestChecks::new(
+            config.graphql_max_aliases,
+        ))
         .extension(null_propagation::NullPropagation)
-        .extension(limits::AliasLimit(config.graphql_max_aliases))
         .limit_depth(config.graphql_max_depth)
         .limit_complexity(config.graphql_max_complexity)
         .limit_directives(config.graphql_max_directives)

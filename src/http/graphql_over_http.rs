@@ -116,7 +116,7 @@ pub struct GraphQLParams {
     /// The document; may be absent when `extensions.persistedQuery` names a stored one.
     pub query: Option<String>,
     pub operation_name: Option<String>,
-    pub variables: Option<Map<String, Value>>,
+    pub variables: Option<Variables>,
     pub extensions: Option<Map<String, Value>>,
 }
 
@@ -134,27 +134,19 @@ impl GraphQLParams {
     /// Reads a POST body. Errors: `BAD_REQUEST` (400) for text that is not JSON or JSON that is
     /// not one request object (a batch array, a `query` that is not a string, ...).
     pub fn from_json_body(body: &[u8], media: MediaType) -> Result<Self, HttpError> {
-        // serde_json refuses nesting beyond 128 levels.
-        let value: Value = serde_json::from_slice(body).map_err(|_| {
-            HttpError::new(
+        // One pass, straight into the parameters; serde_json refuses nesting beyond 128
+        // levels. An array (a batch) is refused as a shape error: one operation per request,
+        // so that no limit can be multiplied by batching.
+        serde_json::from_slice(body).map_err(|error| match error.classify() {
+            serde_json::error::Category::Data => HttpError::bad_parameters(
+                media,
+                "the body must be one JSON object: `query` and `operationName` strings, `variables` and `extensions` objects",
+            ),
+            _ => HttpError::new(
                 StatusCode::BAD_REQUEST,
                 "BAD_REQUEST",
                 "the body is not valid JSON",
-            )
-        })?;
-        // An array (a batch) is refused: one operation per request, so that no limit can be
-        // multiplied by batching.
-        if !value.is_object() {
-            return Err(HttpError::bad_parameters(
-                media,
-                "the body must be one JSON object like {\"query\": \"...\", \"variables\": {...}}",
-            ));
-        }
-        serde_json::from_value(value).map_err(|_| {
-            HttpError::bad_parameters(
-                media,
-                "`query` and `operationName` must be strings, `variables` and `extensions` objects",
-            )
+            ),
         })
     }
 
@@ -168,19 +160,18 @@ impl GraphQLParams {
         };
         let raw: QueryStringParams =
             serde_urlencoded::from_str(query_string).map_err(|_| invalid())?;
-        let json_object = |text: Option<String>| -> Result<Option<Map<String, Value>>, HttpError> {
-            match text.map(|text| serde_json::from_str::<Value>(&text)) {
+        // JSON text that must be an object (or null).
+        fn object<T: serde::de::DeserializeOwned>(text: Option<String>) -> Result<Option<T>, ()> {
+            match text {
                 None => Ok(None),
-                Some(Ok(Value::Object(map))) => Ok(Some(map)),
-                Some(Ok(Value::Null)) => Ok(None),
-                Some(_) => Err(invalid()),
+                Some(text) => serde_json::from_str::<Option<T>>(&text).map_err(drop),
             }
-        };
+        }
         Ok(Self {
             query: raw.query,
             operation_name: raw.operation_name,
-            variables: json_object(raw.variables)?,
-            extensions: json_object(raw.extensions)?,
+            variables: object(raw.variables).map_err(|()| invalid())?,
+            extensions: object(raw.extensions).map_err(|()| invalid())?,
         })
     }
 
@@ -189,7 +180,7 @@ impl GraphQLParams {
         let mut request = async_graphql::Request::new(query);
         request.operation_name = self.operation_name;
         if let Some(variables) = self.variables {
-            request.variables = Variables::from_json(Value::Object(variables));
+            request.variables = variables;
         }
         request
     }
@@ -374,7 +365,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(params.operation_name.as_deref(), Some("A"));
-        assert_eq!(params.variables.unwrap()["x"], 1);
+        assert_eq!(
+            params.variables.unwrap().get("x"),
+            Some(&async_graphql::Value::from(1))
+        );
         assert!(
             GraphQLParams::from_query_string("query=x&variables=%5B1%5D", MediaType::Json).is_err()
         );

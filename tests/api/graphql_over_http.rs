@@ -342,3 +342,50 @@ async fn response_fields_keep_the_order_of_the_selection_set() {
     );
     assert!(zz < aa && aa < mm, "{text}");
 }
+
+#[tokio::test]
+async fn a_document_seen_before_still_has_its_variables_and_limits_checked() {
+    let app = spawn_app().await;
+    let account = app.register("ada@example.com").await;
+    let refresh = "mutation($t: String!) { refresh(refreshToken: $t) { accessToken } }";
+    // The first request parses, validates and keeps the document...
+    let body = app
+        .graphql(refresh, json!({ "t": account.refresh_token }), None)
+        .await;
+    assert_no_errors(&body);
+    let access_token = crate::helpers::string_at(&body, "/data/refresh/accessToken");
+    // ...the same text with bad variables is still refused, every time.
+    for _ in 0..2 {
+        for variables in [json!({ "t": 123 }), json!({ "t": null }), json!({})] {
+            let body = app.graphql(refresh, variables.clone(), None).await;
+            assert_eq!(error_code(&body), "BAD_USER_INPUT", "{variables}: {body}");
+        }
+    }
+    // A document over a limit is never kept, so it is refused every time.
+    let aliases: String = (0..20).map(|i| format!("a{i}: __typename ")).collect();
+    for _ in 0..2 {
+        let body = app
+            .graphql(&format!("{{ {aliases} }}"), json!({}), None)
+            .await;
+        assert_eq!(error_code(&body), "TOO_MANY_ALIASES", "{body}");
+    }
+    // And another operation name of one document is its own entry.
+    let document = "query A { me { email } } query B { mySessions { id } }";
+    for (name, field) in [("A", "me"), ("B", "mySessions"), ("A", "me")] {
+        let body = app
+            .client
+            .post(format!("{}/graphql", app.address))
+            .bearer_auth(&access_token)
+            .json(&json!({ "query": document, "operationName": name }))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        assert!(
+            body["data"][field].is_object() || body["data"][field].is_array(),
+            "{body}"
+        );
+    }
+}

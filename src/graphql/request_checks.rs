@@ -1,5 +1,14 @@
-//! Every error a client sees carries `extensions.code`. authql's own errors set theirs; this
-//! extension codes the ones async-graphql raises before and around our resolvers.
+//! Everything checked about a request before it executes, in one async-graphql extension:
+//!
+//! - **Error codes.** Every error a client sees carries `extensions.code`. authql's own errors
+//!   set theirs; this codes the ones async-graphql raises before and around our resolvers.
+//! - **Aliases.** At most `GRAPHQL_MAX_ALIASES` per request (`limits`), which async-graphql
+//!   has no limit for.
+//! - **Parse and validate once.** A document that parsed and validated is kept (bounded LRU,
+//!   keyed by query text and operation name) with its validation result, so that a repeated
+//!   operation (`me`, on every page view) pays for neither again. What can differ between two
+//!   requests with the same text is their variables, and those are checked on every request
+//!   against the schema (`coercion`), hits included.
 //!
 //! async-graphql checks variable values during validation, so a variable of the wrong type
 //! (`{"t": 123}` for `String!`, an unknown input field, `null` for a non-null variable) would
@@ -17,6 +26,7 @@
 
 use std::{
     collections::HashSet,
+    num::NonZeroUsize,
     sync::{Arc, Mutex},
 };
 
@@ -30,21 +40,54 @@ use async_graphql::{
     parser::types::{ExecutableDocument, Field, Selection, SelectionSet},
 };
 use async_graphql_value::Value as InputValue;
+use lru::LruCache;
 
-use super::coercion::coercion_error;
+use super::{coercion::coercion_error, limits};
 use async_graphql::registry::Registry;
 
-pub struct ErrorCodes;
+/// Documents that parsed and validated, with their validation result, by (query text,
+/// operation name).
+type Documents =
+    Mutex<LruCache<(String, Option<String>), Arc<(ExecutableDocument, ValidationResult)>>>;
 
-impl ExtensionFactory for ErrorCodes {
+/// How many documents are kept: a frontend sends a few dozen distinct operations.
+const DOCUMENT_CACHE_CAPACITY: usize = 256;
+
+pub struct RequestChecks {
+    max_aliases: usize,
+    documents: Arc<Documents>,
+}
+
+impl RequestChecks {
+    pub fn new(max_aliases: usize) -> Self {
+        let capacity = NonZeroUsize::new(DOCUMENT_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            max_aliases,
+            documents: Arc::new(Mutex::new(LruCache::new(capacity))),
+        }
+    }
+}
+
+impl ExtensionFactory for RequestChecks {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ErrorCodesExtension::default())
+        Arc::new(RequestChecksExtension {
+            max_aliases: self.max_aliases,
+            documents: self.documents.clone(),
+            state: Mutex::default(),
+            variable_arguments: Mutex::default(),
+            operation_name: Mutex::default(),
+            selected: Mutex::default(),
+        })
     }
 }
 
 /// One request's state, gathered as it is prepared and parsed.
-#[derive(Default)]
-struct ErrorCodesExtension {
+struct RequestChecksExtension {
+    max_aliases: usize,
+    documents: Arc<Documents>,
+    /// The cached validation result (a hit), or the document to cache once it validates (a
+    /// miss), with its key.
+    state: Mutex<Option<(CacheKey, Lookup)>>,
     /// Positions of the arguments whose value refers to a variable.
     variable_arguments: Mutex<HashSet<Pos>>,
     /// The request's `operationName`.
@@ -57,6 +100,13 @@ struct ErrorCodesExtension {
 /// A variable value that does not coerce: the message and the variable's position.
 type InvalidVariable = (String, Pos);
 
+type CacheKey = (String, Option<String>);
+
+enum Lookup {
+    Hit(ValidationResult),
+    Miss(ExecutableDocument),
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -64,7 +114,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[async_trait::async_trait]
-impl Extension for ErrorCodesExtension {
+impl Extension for RequestChecksExtension {
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -92,11 +142,24 @@ impl Extension for ErrorCodesExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let document = next.run(ctx, query, variables).await.map_err(|mut error| {
-            set_code_if_missing(&mut error, "GRAPHQL_PARSE_FAILED");
-            error
-        })?;
         let operation_name = lock(&self.operation_name).clone();
+        let key = (query.to_owned(), operation_name.clone());
+        let cached = lock(&self.documents).get(&key).cloned();
+        let document = match cached {
+            Some(cached) => {
+                *lock(&self.state) = Some((key, Lookup::Hit(cached.1)));
+                cached.0.clone()
+            }
+            None => {
+                let document = next.run(ctx, query, variables).await.map_err(|mut error| {
+                    set_code_if_missing(&mut error, "GRAPHQL_PARSE_FAILED");
+                    error
+                })?;
+                limits::check_aliases(&document, self.max_aliases)?;
+                *lock(&self.state) = Some((key, Lookup::Miss(document.clone())));
+                document
+            }
+        };
         *lock(&self.selected) = Some(select_operation(
             &ctx.schema_env.registry,
             &document,
@@ -123,7 +186,12 @@ impl Extension for ErrorCodesExtension {
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
-        let validated = next.run(ctx).await.map_err(|mut errors| {
+        let state = lock(&self.state).take();
+        let validated = match &state {
+            Some((_, Lookup::Hit(result))) => Ok(*result),
+            _ => next.run(ctx).await,
+        };
+        let validated = validated.map_err(|mut errors| {
             let variable_arguments = lock(&self.variable_arguments);
             for error in &mut errors {
                 let from_variables = !error.locations.is_empty()
@@ -150,7 +218,12 @@ impl Extension for ErrorCodesExtension {
                     error
                 })
                 .collect()),
-            _ => Ok(validated),
+            _ => {
+                if let Some((key, Lookup::Miss(document))) = state {
+                    lock(&self.documents).put(key, Arc::new((document, validated)));
+                }
+                Ok(validated)
+            }
         }
     }
 }
