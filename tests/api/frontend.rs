@@ -404,6 +404,15 @@ async fn cookie_request(
 const REFRESH_FROM_COOKIE: &str =
     "mutation { refresh { accessToken refreshToken session { id } } }";
 
+/// `refresh` with no argument, sending `cookie` from `origin`.
+async fn refresh_with_cookie(
+    app: &TestApp,
+    cookie: &str,
+    origin: Option<&str>,
+) -> (header::HeaderMap, Value) {
+    cookie_request(app, REFRESH_FROM_COOKIE, Some(cookie), origin, None).await
+}
+
 #[tokio::test]
 async fn in_cookie_mode_the_refresh_token_lives_in_an_http_only_cookie() {
     let app = spawn_cookie_app().await;
@@ -430,14 +439,7 @@ async fn in_cookie_mode_the_refresh_token_lives_in_an_http_only_cookie() {
 
     // refresh with no argument reads the cookie and sets the next one.
     let cookie = format!("{COOKIE}={refresh_token}");
-    let (headers, body) = cookie_request(
-        &app,
-        REFRESH_FROM_COOKIE,
-        Some(&cookie),
-        Some(APP_ORIGIN),
-        None,
-    )
-    .await;
+    let (headers, body) = refresh_with_cookie(&app, &cookie, Some(APP_ORIGIN)).await;
     assert_no_errors(&body);
     assert!(body["data"]["refresh"]["refreshToken"].is_null());
     let next = cookie_value(&refresh_cookies(&headers)[0]);
@@ -473,8 +475,7 @@ async fn a_cookie_refresh_is_refused_from_an_origin_not_allowed() {
         Some("http://evil.example"),
         Some("http://localhost:5174"),
     ] {
-        let (_, body) =
-            cookie_request(&app, REFRESH_FROM_COOKIE, Some(&cookie), origin, None).await;
+        let (_, body) = refresh_with_cookie(&app, &cookie, origin).await;
         assert_eq!(error_code(&body), "FORBIDDEN", "{origin:?}: {body}");
         assert_eq!(
             body["errors"][0]["extensions"]["reason"],
@@ -505,26 +506,12 @@ async fn a_cookie_refresh_is_refused_from_an_origin_not_allowed() {
 
     // The cookie sent twice (cookie tossing from a sibling domain) is used by no one.
     let twice = format!("{cookie}; {COOKIE}=other");
-    let (_, body) = cookie_request(
-        &app,
-        REFRESH_FROM_COOKIE,
-        Some(&twice),
-        Some(APP_ORIGIN),
-        None,
-    )
-    .await;
+    let (_, body) = refresh_with_cookie(&app, &twice, Some(APP_ORIGIN)).await;
     assert_unauthenticated(&body, "MALFORMED");
 
     // authql's own origin (GraphiQL on the same host) may use it.
     let own_origin = app.address.clone();
-    let (_, body) = cookie_request(
-        &app,
-        REFRESH_FROM_COOKIE,
-        Some(&cookie),
-        Some(&own_origin),
-        None,
-    )
-    .await;
+    let (_, body) = refresh_with_cookie(&app, &cookie, Some(&own_origin)).await;
     assert_no_errors(&body);
 }
 
@@ -556,14 +543,7 @@ async fn revoking_the_current_session_clears_the_cookie_and_a_dead_cookie_is_del
     assert!(refresh_cookies(&headers)[0].contains("Max-Age=0"));
 
     // The revoked session's token, still in some browser's cookie: refused, and deleted.
-    let (headers, body) = cookie_request(
-        &app,
-        REFRESH_FROM_COOKIE,
-        Some(&cookie),
-        Some(APP_ORIGIN),
-        None,
-    )
-    .await;
+    let (headers, body) = refresh_with_cookie(&app, &cookie, Some(APP_ORIGIN)).await;
     assert_unauthenticated(&body, "REVOKED");
     assert!(refresh_cookies(&headers)[0].contains("Max-Age=0"));
 }
@@ -573,14 +553,7 @@ async fn without_cookie_mode_refresh_needs_its_argument() {
     let app = spawn_app().await;
     let account = app.register("ada@example.com").await;
     let cookie = format!("{COOKIE}={}", account.refresh_token);
-    let (headers, body) = cookie_request(
-        &app,
-        REFRESH_FROM_COOKIE,
-        Some(&cookie),
-        Some(APP_ORIGIN),
-        None,
-    )
-    .await;
+    let (headers, body) = refresh_with_cookie(&app, &cookie, Some(APP_ORIGIN)).await;
     assert_unauthenticated(&body, "MISSING");
     assert!(headers.get(header::SET_COOKIE).is_none());
     // And the body still carries the refresh token.
