@@ -61,6 +61,10 @@ impl Application {
             acquire_timeout: Duration::from_secs(config.database_acquire_timeout_seconds),
             busy_timeout: Duration::from_secs(config.database_busy_timeout_seconds),
         };
+        // Settings that can be wrong are checked before the database is created or touched.
+        let frontend = frontend_settings(&config)?;
+        let edge = edge_limits(&config)?;
+        let lifetimes = lifetimes(&config)?;
         // One process serves a SQLite file: that is what makes the session cache exact.
         let database_lock = SeaStore::sqlite_path(&config.database_url)
             .map(DatabaseLock::acquire)
@@ -106,14 +110,13 @@ impl Application {
         } else {
             RateLimits::in_memory(rate_limit_settings)
         };
-        let service = AuthService::new(store, tokens, passwords, lifetimes(&config)?, rate_limits);
+        let service = AuthService::new(store, tokens, passwords, lifetimes, rate_limits);
 
-        let frontend = frontend_settings(&config)?;
         let router = http::router(
             build_schema(service.clone(), &config, frontend.refresh_cookie.clone()),
             service.clone(),
             jwks,
-            edge_limits(&config)?,
+            edge,
             frontend,
         );
         let retention =

@@ -388,7 +388,7 @@ pub fn load_dotenv(path: &std::path::Path) -> Result<(), String> {
                     (count.to_string(), name)
                 });
                 return Err(format!(
-                    "{shown} line {number} ({name}) does not parse (quote values that contain spaces); nothing from {shown} was applied"
+                    "{shown} line {number} ({name}) does not parse: a line is NAME=value, a value with spaces needs quotes, and a quote must close; nothing from {shown} was applied"
                 ));
             }
             Err(_) => {

@@ -39,7 +39,9 @@ impl UnauthenticatedReason {
 
     fn message(self) -> &'static str {
         match self {
-            Self::Missing => "this operation needs an access token (Authorization: Bearer ...)",
+            Self::Missing => {
+                "this operation needs a token: an access token (Authorization: Bearer ...), or for refresh a refresh token"
+            }
             Self::Malformed => "the token is not valid",
             Self::Expired => "the token has expired",
             Self::Revoked => "the token's session has ended",

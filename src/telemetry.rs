@@ -8,6 +8,7 @@ pub fn init() {
     // try_init: a second call (tests start many servers in one process) is harmless.
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(fmt::layer())
+        // Colours only for a terminal: a log file or a collector gets plain text.
+        .with(fmt::layer().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())))
         .try_init();
 }

@@ -1,5 +1,5 @@
-//! The GraphQL schema: roots, types, the limits an operation must stay within, and the
-//! extension that gives every error a code.
+//! The GraphQL schema: roots, types, and its two extensions: `request_checks` (error codes,
+//! limits, variable coercion, the document cache) and `null_propagation`.
 
 mod coercion;
 mod limits;
@@ -18,6 +18,7 @@ pub use refresh_cookie::{RefreshCookie, RequestRefreshCookie};
 
 use crate::{config::Config, service::AuthService};
 
+/// authql's executable schema: queries and mutations, no subscriptions yet.
 pub type AuthSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// What `register`, `login`, `refresh` and `changePassword` cost against `GRAPHQL_MAX_COMPLEXITY`

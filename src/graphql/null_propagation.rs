@@ -24,6 +24,7 @@ use async_graphql::{
     },
 };
 
+/// The extension factory; one recorder per request.
 pub struct NullPropagation;
 
 impl ExtensionFactory for NullPropagation {

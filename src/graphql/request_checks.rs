@@ -53,6 +53,7 @@ type Documents =
 /// How many documents are kept: a frontend sends a few dozen distinct operations.
 const DOCUMENT_CACHE_CAPACITY: usize = 256;
 
+/// The extension factory: the alias limit and the document cache shared by every request.
 pub struct RequestChecks {
     max_aliases: usize,
     documents: Arc<Documents>,

@@ -100,6 +100,9 @@ struct EdgeState {
     persisted_queries: Arc<PersistedQueries>,
 }
 
+/// The whole HTTP surface: `/` and `/graphiql/*` (when `GRAPHIQL`), `/graphql` (GET and POST),
+/// `/healthz`, `/readyz`, `/.well-known/jwks.json`, with JSON 404/405, the request time limit,
+/// panic catching, CORS (when origins are listed) and a span per request.
 pub fn router(
     schema: AuthSchema,
     service: AuthService,
@@ -131,6 +134,7 @@ pub fn router(
             frontend: Arc::new(frontend),
         })
         .layer(middleware::from_fn_with_state(timeout, time_limit))
+        .layer(middleware::from_fn(one_host))
         .layer(json_panic_layer());
     let router = match cors {
         Some(cors) => router.layer(cors).layer(middleware::from_fn(tidy_cors)),
@@ -181,6 +185,21 @@ async fn tidy_cors(request: Request, next: Next) -> Response {
         }
     }
     response
+}
+
+/// A request with more than one `Host` header is refused (RFC 9112 § 3.2: "a server MUST respond
+/// with a 400 (Bad Request) status code to any HTTP/1.1 request message that ... contains more
+/// than one Host header field"): a proxy and authql could each read a different one.
+async fn one_host(request: Request, next: Next) -> Response {
+    if single_header(request.headers(), header::HOST).is_err() {
+        return HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "a request has at most one Host header",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// A panic anywhere below becomes a JSON 500; the server keeps serving.

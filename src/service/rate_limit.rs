@@ -93,6 +93,7 @@ pub trait BucketStore: Send + Sync {
     async fn prune(&self) -> Result<(), AppError>;
 }
 
+/// The two buckets of every guessable operation, and where they are kept.
 pub struct RateLimits {
     settings: RateLimitSettings,
     buckets: Box<dyn BucketStore>,

@@ -26,6 +26,7 @@ use super::{NewSession, NewUser, Rotation, Session, Store, StoreResult, User, Us
 /// bytes each.
 pub const SESSION_CACHE_CAPACITY: usize = 50_000;
 
+/// `inner` with the session lookup cached (see the module).
 pub struct CachedStore<S> {
     inner: S,
     state: Mutex<CacheState>,

@@ -50,3 +50,21 @@ async fn two_content_types_are_refused() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(error_code(&body), "UNSUPPORTED_MEDIA_TYPE");
 }
+
+#[tokio::test]
+async fn two_host_headers_are_a_bad_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let body = json!({ "query": "{ __typename }" }).to_string();
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {address}\r\nHost: evil.example\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("BAD_REQUEST"), "{answer}");
+}

@@ -1,5 +1,6 @@
-//! The README's walkthrough ("The API, operation by operation") runs as pasted, in order, in
-//! bash and in zsh, against a real server.
+//! The README's walkthrough ("The API, operation by operation") runs as pasted, in order, at the
+//! prompt of an interactive bash and zsh (history expansion of `!`, zsh's comments-off default),
+//! and as a script, against a real server.
 
 use std::process::Command;
 
@@ -36,7 +37,8 @@ async fn the_readme_walkthrough_runs_in_bash_and_zsh() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let script = shell_blocks(&readme, "## The API, operation by operation");
     assert!(script.contains("gql()"), "the helper is in the walkthrough");
-    let mut shells = vec!["bash"];
+    // (shell, its arguments): the script is fed on standard input, as a paste is.
+    let mut shells: Vec<(&str, &[&str])> = vec![("bash", &["--norc", "-i"]), ("bash", &[])];
     for needed in ["zsh", "jq", "curl"] {
         if !installed(needed) {
             // .ci/run installs them; on a developer machine without them, say so loudly.
@@ -49,28 +51,41 @@ async fn the_readme_walkthrough_runs_in_bash_and_zsh() {
                 return;
             }
         } else if needed == "zsh" {
-            shells.push("zsh");
+            shells.push(("zsh", &["-f", "-i"]));
         }
     }
-    for shell in shells {
+    for (shell, arguments) in shells {
         // A fresh server each time: the walkthrough registers ada@example.com.
         let app = spawn_app().await;
         let output = tokio::task::spawn_blocking({
             let script = script.clone();
             let api = format!("{}/graphql", app.address);
             move || {
-                Command::new(shell)
-                    .args(["-c", &script])
+                use std::io::Write;
+                let mut child = Command::new(shell)
+                    .args(arguments)
                     .env("API", api)
-                    .output()
-                    .expect("the shell runs")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("the shell runs");
+                let mut stdin = child.stdin.take().expect("a stdin");
+                stdin.write_all(script.as_bytes()).expect("the paste");
+                stdin.write_all(b"\nexit\n").expect("the paste");
+                drop(stdin);
+                child.wait_with_output().expect("the shell ends")
             }
         })
         .await
         .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
+        let shell = format!("{shell} {arguments:?}");
         assert!(output.status.success(), "{shell}: {stderr}\n{stdout}");
+        for complaint in ["event not found", "command not found", "parse error"] {
+            assert!(!stderr.contains(complaint), "{shell}: {stderr}");
+        }
         let answers: Vec<Value> = stdout
             .lines()
             .filter(|line| !line.trim().is_empty())
