@@ -56,10 +56,6 @@ impl RefreshCookie {
         }
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// A `Set-Cookie` value holding `token` until `expires_at` (as `Max-Age`, in seconds).
     pub fn set(&self, token: &str, expires_at: DateTime<Utc>) -> HeaderValue {
         let seconds = (expires_at - Utc::now()).num_seconds().max(0);

@@ -143,42 +143,35 @@ impl Extension for RequestChecksExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let operation_name = lock(&self.operation_name).clone();
-        let key = (query.to_owned(), operation_name.clone());
+        let key = (query.to_owned(), lock(&self.operation_name).clone());
         let cached = lock(&self.documents).get(&key).cloned();
-        let document = match cached {
-            Some(cached) => {
-                *lock(&self.state) = Some((key, Lookup::Hit(cached.1)));
-                cached.0.clone()
-            }
+        let document = match &cached {
+            Some(cached) => cached.0.clone(),
             None => {
                 let document = next.run(ctx, query, variables).await.map_err(|mut error| {
                     set_code_if_missing(&mut error, "GRAPHQL_PARSE_FAILED");
                     error
                 })?;
                 limits::check_aliases(&document, self.max_aliases)?;
-                *lock(&self.state) = Some((key, Lookup::Miss(document.clone())));
+                // Only a document that goes through async-graphql's validation needs to know
+                // where its variables are used, to code that validation's errors.
+                if !variables.is_empty() || has_variable_definitions(&document) {
+                    *lock(&self.variable_arguments) = variable_arguments(&document);
+                }
                 document
             }
         };
         *lock(&self.selected) = Some(select_operation(
             &ctx.schema_env.registry,
             &document,
-            operation_name.as_deref(),
+            key.1.as_deref(),
             variables,
         ));
-        if !variables.is_empty() || has_variable_definitions(&document) {
-            let mut positions = HashSet::new();
-            let operations = document
-                .operations
-                .iter()
-                .map(|(_, op)| &op.node.selection_set);
-            let fragments = document.fragments.values().map(|f| &f.node.selection_set);
-            for selection_set in operations.chain(fragments) {
-                collect_variable_arguments(&selection_set.node, &mut positions);
-            }
-            *lock(&self.variable_arguments) = positions;
-        }
+        let lookup = match cached {
+            Some(cached) => Lookup::Hit(cached.1),
+            None => Lookup::Miss(document.clone()),
+        };
+        *lock(&self.state) = Some((key, lookup));
         Ok(document)
     }
 
@@ -276,6 +269,20 @@ fn has_variable_definitions(document: &ExecutableDocument) -> bool {
         .operations
         .iter()
         .any(|(_, operation)| !operation.node.variable_definitions.is_empty())
+}
+
+/// Where the document's arguments refer to variables (see `collect_variable_arguments`).
+fn variable_arguments(document: &ExecutableDocument) -> HashSet<Pos> {
+    let mut positions = HashSet::new();
+    let operations = document
+        .operations
+        .iter()
+        .map(|(_, op)| &op.node.selection_set);
+    let fragments = document.fragments.values().map(|f| &f.node.selection_set);
+    for selection_set in operations.chain(fragments) {
+        collect_variable_arguments(&selection_set.node, &mut positions);
+    }
+    positions
 }
 
 /// The positions of every argument (of fields and of their directives) whose value refers to a

@@ -146,7 +146,8 @@ impl GraphQLParams {
                 StatusCode::BAD_REQUEST,
                 "BAD_REQUEST",
                 "the body is not valid JSON",
-            ),
+            )
+            .in_media(media),
         })
     }
 

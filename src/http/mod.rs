@@ -297,7 +297,7 @@ async fn read_json_body(
             )
             .in_media(media)
         })?;
-    GraphQLParams::from_json_body(&bytes, media).map_err(|error| error.in_media(media))
+    GraphQLParams::from_json_body(&bytes, media)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

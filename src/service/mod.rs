@@ -197,15 +197,7 @@ impl AuthService {
         if !session.is_live(now) {
             return Err(AppError::Unauthenticated(UnauthenticatedReason::Expired));
         }
-        // `now` was taken when this request began, so a repeat racing the rotation can see it
-        // as "before" the rotation: the window is checked by its end only. No window at all
-        // (grace 0) means no repeat is ever answered.
-        let grace = self.inner.lifetimes.refresh_reuse_grace;
-        if session.previous_refresh_jti == Some(claims.jti)
-            && let Some(rotated_at) = session.last_refreshed_at
-            && !grace.is_zero()
-            && now < rotated_at + grace
-        {
+        if let Some(rotated_at) = self.replaced_within_grace(&session, claims.jti, now) {
             // Signing is deterministic: the same claims give the same bytes.
             return self.issue(user, session, rotated_at);
         }
@@ -286,7 +278,6 @@ impl AuthService {
             .verify(TokenKind::Refresh, refresh_token)
             .map_err(AppError::Unauthenticated)?;
         let now = now();
-        let grace = self.inner.lifetimes.refresh_reuse_grace;
         let revoked = AppError::Unauthenticated(UnauthenticatedReason::Revoked);
         let (user, session) = self
             .store()
@@ -298,16 +289,33 @@ impl AuthService {
             return Err(revoked);
         }
         let current = session.refresh_jti == claims.jti
-            || (session.previous_refresh_jti == Some(claims.jti)
-                && session
-                    .last_refreshed_at
-                    .is_some_and(|rotated_at| !grace.is_zero() && now < rotated_at + grace));
+            || self
+                .replaced_within_grace(&session, claims.jti, now)
+                .is_some();
         if !current {
             return Err(revoked);
         }
         self.revoke_sessions(user.id, &[session.id]).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "logged out by refresh token");
         Ok(())
+    }
+
+    /// When `refresh_jti` is the one the session's last rotation replaced, and that rotation is
+    /// less than `REFRESH_REUSE_GRACE_SECONDS` old: the rotation's time. `now` was taken when the
+    /// request began, so a repeat racing the rotation can see it as "before" the rotation: the
+    /// window is checked by its end only. No window at all (grace 0) means never.
+    fn replaced_within_grace(
+        &self,
+        session: &Session,
+        refresh_jti: Uuid,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let grace = self.inner.lifetimes.refresh_reuse_grace;
+        let rotated_at = session.last_refreshed_at?;
+        (session.previous_refresh_jti == Some(refresh_jti)
+            && !grace.is_zero()
+            && now < rotated_at + grace)
+            .then_some(rotated_at)
     }
 
     pub async fn logout(&self, caller: &Authenticated) -> Result<(), AppError> {
