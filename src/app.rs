@@ -27,7 +27,10 @@ use crate::{
         AuthService, Lifetimes,
         rate_limit::{RateLimitSettings, RateLimits},
     },
-    store::{CachedStore, DatabaseLock, PoolSettings, SESSION_CACHE_CAPACITY, SeaStore, Store},
+    store::{
+        CachedStore, DatabaseLock, MongoStore, PoolSettings, SESSION_CACHE_CAPACITY, SeaStore,
+        Store,
+    },
 };
 
 /// Shortest JWT secret accepted: 256 bits, the size of an HS256 key (RFC 7518 §3.2).
@@ -65,30 +68,50 @@ impl Application {
         let frontend = frontend_settings(&config)?;
         let edge = edge_limits(&config)?;
         let lifetimes = lifetimes(&config)?;
+        let retention =
+            duration_setting(config.prune_retention_seconds, "PRUNE_RETENTION_SECONDS")?;
+        let pruning = (config.prune_interval_seconds > 0).then(|| Pruning {
+            interval: Duration::from_secs(config.prune_interval_seconds),
+            retention,
+            batch: config.prune_batch_size,
+        });
+        let patience = Duration::from_secs(config.database_connect_timeout_seconds);
         // One process serves a SQLite file: that is what makes the session cache exact.
         let database_lock = SeaStore::sqlite_path(&config.database_url)
             .map(DatabaseLock::acquire)
             .transpose()
             .map_err(|why| anyhow::anyhow!("DATABASE_URL: {why}"))?;
-        let store = SeaStore::connect(&config.database_url, pool)
-            .await
-            .context("could not open the database (DATABASE_URL)")?;
-        if config.migrate_on_start {
-            store
-                .migrate()
+        let store: Arc<dyn Store> = if MongoStore::handles(&config.database_url) {
+            let store = MongoStore::connect(&config.database_url, pool)
                 .await
-                .context("could not apply database migrations")?;
-        }
-        wait_until_writable(
-            &store,
-            Duration::from_secs(config.database_connect_timeout_seconds),
-        )
-        .await?;
-        let store: Arc<dyn Store> =
+                .context("could not reach the MongoDB deployment (DATABASE_URL)")?;
+            if config.migrate_on_start {
+                // MongoDB deletes a session `retention` after its absolute expiry by itself.
+                let session_ttl =
+                    pruning.map(|_| Duration::from_secs(config.prune_retention_seconds));
+                store
+                    .create_indexes(session_ttl)
+                    .await
+                    .context("could not create the MongoDB indexes")?;
+            }
+            wait_until_writable(&store, patience).await?;
+            Arc::new(store)
+        } else {
+            let store = SeaStore::connect(&config.database_url, pool)
+                .await
+                .context("could not open the database (DATABASE_URL)")?;
+            if config.migrate_on_start {
+                store
+                    .migrate()
+                    .await
+                    .context("could not apply database migrations")?;
+            }
+            wait_until_writable(&store, patience).await?;
             match (&database_lock, NonZeroUsize::new(SESSION_CACHE_CAPACITY)) {
                 (Some(_), Some(capacity)) => Arc::new(CachedStore::new(store, capacity)),
                 _ => Arc::new(store),
-            };
+            }
+        };
         let keys =
             KeySet::load(&config, async || jwt_secret(&config, store.as_ref()).await).await?;
         let jwks = keys.jwks().map(Arc::new);
@@ -103,9 +126,9 @@ impl Application {
             per_account_per_minute: NonZeroU32::new(config.rate_limit_account_per_minute),
             ipv6_prefix: config.rate_limit_ipv6_prefix,
         };
-        // Several instances share a PostgreSQL database, so they share its buckets; a SQLite
-        // file is served by one process, which keeps them in memory.
-        let rate_limits = if config.database_url.starts_with("postgres") {
+        // Several instances share a PostgreSQL or MongoDB database, so they share its buckets; a
+        // SQLite file is served by one process, which keeps them in memory.
+        let rate_limits = if !config.database_url.starts_with("sqlite:") {
             RateLimits::shared(rate_limit_settings, store.clone())
         } else {
             RateLimits::in_memory(rate_limit_settings)
@@ -119,13 +142,6 @@ impl Application {
             edge,
             frontend,
         );
-        let retention =
-            duration_setting(config.prune_retention_seconds, "PRUNE_RETENTION_SECONDS")?;
-        let pruning = (config.prune_interval_seconds > 0).then(|| Pruning {
-            interval: Duration::from_secs(config.prune_interval_seconds),
-            retention,
-            batch: config.prune_batch_size,
-        });
         let address = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(address)
             .await
@@ -219,11 +235,12 @@ fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
 }
 
 /// A database that cannot take a write (read-only, locked by another process, a full disk, a
-/// read-only standby) stops the start with a plain message, after trying for `patience`.
-async fn wait_until_writable(store: &SeaStore, patience: Duration) -> anyhow::Result<()> {
+/// read-only standby, a MongoDB secondary) stops the start with a plain message, after trying
+/// for `patience`.
+async fn wait_until_writable(store: &dyn Store, patience: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        match store.check_writable().await {
+        match store.ping().await {
             Ok(()) => return Ok(()),
             Err(error) if tokio::time::Instant::now() >= deadline => {
                 bail!(

@@ -1,16 +1,37 @@
 //! Every read and write of users, sessions and settings goes through [`Store`]. The service never
-//! sees SeaORM; [`SeaStore`] is the implementation on SQLite and PostgreSQL.
+//! sees a database driver: [`SeaStore`] is the implementation on SQLite and PostgreSQL,
+//! [`MongoStore`] the one on MongoDB, chosen by the scheme of `DATABASE_URL`.
 
 mod cached;
 pub mod entity;
+pub mod mongo;
 mod sea;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use cached::{CachedStore, DatabaseLock, SESSION_CACHE_CAPACITY};
-pub use sea::{PoolSettings, SeaStore};
+pub use mongo::MongoStore;
+pub use sea::SeaStore;
+
+/// How the pool of database connections behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// By default one per core on SQLite, 10 on PostgreSQL and MongoDB.
+    pub max_connections: Option<u32>,
+    /// How long opening a new connection may take.
+    pub connect_timeout: Duration,
+    /// How long a request waits for a free connection (MongoDB: for a usable server) before it
+    /// is answered SERVICE_UNAVAILABLE: this bounds how fast clients learn that the database
+    /// is gone.
+    pub acquire_timeout: Duration,
+    /// SQLite: how long a write waits for another writer (another process holding the file's
+    /// write lock) before it is answered SERVICE_UNAVAILABLE.
+    pub busy_timeout: Duration,
+}
 
 /// A user as the rest of authql sees one: no password hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,10 +110,13 @@ pub enum StoreError {
     UsernameTaken,
     /// The database cannot be reached (down, restarting, pool exhausted): worth retrying.
     #[error("database unavailable: {0}")]
-    Unavailable(sea_orm::DbErr),
+    Unavailable(DriverError),
     #[error("database error: {0}")]
-    Database(sea_orm::DbErr),
+    Database(DriverError),
 }
+
+/// The driver's own error (SeaORM's, MongoDB's), kept for the server's log only.
+pub type DriverError = Box<dyn std::error::Error + Send + Sync>;
 
 impl From<sea_orm::DbErr> for StoreError {
     fn from(error: sea_orm::DbErr) -> Self {
@@ -114,9 +138,9 @@ impl From<sea_orm::DbErr> for StoreError {
             _ => false,
         };
         if unreachable {
-            Self::Unavailable(error)
+            Self::Unavailable(error.into())
         } else {
-            Self::Database(error)
+            Self::Database(error.into())
         }
     }
 }
@@ -144,6 +168,17 @@ fn database_is_away(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
+}
+
+/// How long until a refused GCRA bucket whose theoretical arrival time is `tat` has a token
+/// again (all in microseconds): at least one microsecond.
+fn gcra_wait(tat: i64, now: i64, interval: i64, capacity: i64) -> Duration {
+    let wait = tat
+        .saturating_add(interval)
+        .saturating_sub(now)
+        .saturating_sub(capacity)
+        .max(1);
+    Duration::from_micros(wait.unsigned_abs())
 }
 
 #[async_trait]

@@ -13,7 +13,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    NewSession, NewUser, Rotation, Session, Store, StoreError, StoreResult, User, UserCredentials,
+    NewSession, NewUser, PoolSettings, Rotation, Session, Store, StoreError, StoreResult, User,
+    UserCredentials,
     entity::{session, setting, user},
 };
 
@@ -23,21 +24,6 @@ pub struct SeaStore {
     db: DatabaseConnection,
     /// SQLite: how the readiness probe opens a connection of its own.
     write_probe: Option<SqliteConnectOptions>,
-}
-
-/// How the pool of database connections behaves.
-#[derive(Debug, Clone, Copy)]
-pub struct PoolSettings {
-    /// By default one per core on SQLite, 10 on PostgreSQL.
-    pub max_connections: Option<u32>,
-    /// How long opening a new connection may take.
-    pub connect_timeout: Duration,
-    /// How long a request waits for a free connection before it is answered
-    /// SERVICE_UNAVAILABLE: this bounds how fast clients learn that the database is gone.
-    pub acquire_timeout: Duration,
-    /// SQLite: how long a write waits for another writer (another process holding the file's
-    /// write lock) before it is answered SERVICE_UNAVAILABLE.
-    pub busy_timeout: Duration,
 }
 
 /// How long the readiness probe waits for SQLite's write lock: a probe must answer quickly.
@@ -102,8 +88,7 @@ impl SeaStore {
     /// the server is not read-only (a standby after a failover is). Errors are `Unavailable`.
     pub async fn check_writable(&self) -> StoreResult<()> {
         use sea_orm::sqlx::{self, Connection};
-        let refused =
-            |why: String| StoreError::Unavailable(DbErr::Custom(format!("writes fail: {why}")));
+        let refused = |why: String| StoreError::Unavailable(format!("writes fail: {why}").into());
         match &self.write_probe {
             Some(options) => {
                 let mut connection = sqlx::SqliteConnection::connect_with(options)
@@ -565,12 +550,12 @@ impl Store for SeaStore {
             .await?
             .and_then(|row| row.try_get::<i64>("", "tat").ok())
             .unwrap_or(now_us);
-        let wait_us = tat
-            .saturating_add(interval_us)
-            .saturating_sub(now_us)
-            .saturating_sub(capacity_us)
-            .max(1);
-        Ok(Some(Duration::from_micros(wait_us.unsigned_abs())))
+        Ok(Some(super::gcra_wait(
+            tat,
+            now_us,
+            interval_us,
+            capacity_us,
+        )))
     }
 
     async fn prune_rate_limit_buckets(&self, now: DateTime<Utc>) -> StoreResult<u64> {

@@ -1,0 +1,761 @@
+//! The store on MongoDB, through the official driver: `DATABASE_URL=mongodb://...` (or
+//! `mongodb+srv://`). The same contract as the SQL backends, written for MongoDB 4.4 and later
+//! (pipeline updates with `$expr` filters, `findAndModify`, TTL indexes; multi-document
+//! transactions on a replica set or sharded cluster, which 4.0 and later have). CI runs it
+//! against SecantusDB, a MongoDB-wire server on WiredTiger, both as a single-node replica set
+//! (transactions) and as a standalone server (none).
+//!
+//! Collections (in the URL's database, `authql` when the URL names none):
+//! - `users`: `_id` (UUID), `email`, `email_normalized` (unique), `username`,
+//!   `username_normalized` (unique), `password_hash`, `created_at`.
+//! - `sessions`: `_id` (UUID), `user_id`, `access_jti` (unique), `refresh_jti` (unique),
+//!   `previous_refresh_jti`, `created_at`, `last_refreshed_at`, `expires_at` (a TTL index when
+//!   pruning is on), `idle_expires_at`, `user_agent`, `ip_address`; indexed by
+//!   `(user_id, created_at)`.
+//! - `settings`: `_id` (the name), `value`.
+//! - `rate_limit_buckets`: `_id` (the key), `tat` (microseconds since the Unix epoch).
+//!
+//! Dates are BSON dates, so they keep milliseconds (the SQL backends keep microseconds); every
+//! date authql shows is in milliseconds anyway.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::{Bson, Document, doc};
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use mongodb::{
+    Client, ClientSession, Collection, Database, IndexModel,
+    error::{ErrorKind, WriteFailure},
+    options::{ClientOptions, IndexOptions, ReturnDocument},
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{
+    NewSession, NewUser, PoolSettings, Rotation, Session, Store, StoreError, StoreResult, User,
+    UserCredentials,
+};
+
+/// The database used when the URL names none.
+const DEFAULT_DATABASE: &str = "authql";
+/// MongoDB's duplicate key error.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// A user document in `users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDocument {
+    #[serde(rename = "_id")]
+    pub id: bson::Uuid,
+    pub email: String,
+    pub email_normalized: String,
+    pub username: String,
+    pub username_normalized: String,
+    pub password_hash: String,
+    pub created_at: bson::DateTime,
+}
+
+/// A session document in `sessions`: the fields of [`Session`], under the SQL column names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionDocument {
+    #[serde(rename = "_id")]
+    pub id: bson::Uuid,
+    pub user_id: bson::Uuid,
+    pub access_jti: bson::Uuid,
+    pub refresh_jti: bson::Uuid,
+    pub previous_refresh_jti: Option<bson::Uuid>,
+    pub created_at: bson::DateTime,
+    pub last_refreshed_at: Option<bson::DateTime>,
+    pub expires_at: bson::DateTime,
+    pub idle_expires_at: bson::DateTime,
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+}
+
+/// A server-wide setting in `settings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettingDocument {
+    #[serde(rename = "_id")]
+    pub name: String,
+    pub value: String,
+}
+
+/// The store on MongoDB: one driver client (which holds the connection pool) and the
+/// collections.
+#[derive(Clone)]
+pub struct MongoStore {
+    client: Client,
+    database: Database,
+    users: Collection<UserDocument>,
+    sessions: Collection<SessionDocument>,
+    settings: Collection<SettingDocument>,
+    buckets: Collection<Document>,
+    /// Whether the deployment runs multi-document transactions (a replica set or a sharded
+    /// cluster does, a standalone server does not).
+    transactions: bool,
+}
+
+impl MongoStore {
+    /// Whether `database_url` names a MongoDB deployment.
+    pub fn handles(database_url: &str) -> bool {
+        database_url.starts_with("mongodb://") || database_url.starts_with("mongodb+srv://")
+    }
+
+    /// Connects and asks the deployment what it is. Settings the URL sets itself
+    /// (`maxPoolSize`, `connectTimeoutMS`, `serverSelectionTimeoutMS`) win over `pool`'s;
+    /// `pool.acquire_timeout` bounds how long a request waits for a usable server (the driver's
+    /// server selection) before it is answered SERVICE_UNAVAILABLE.
+    /// Errors: a malformed URL (`Database`), no server within the timeouts (`Unavailable`).
+    pub async fn connect(database_url: &str, pool: PoolSettings) -> StoreResult<Self> {
+        let mut options = ClientOptions::parse(database_url).await.map_err(classify)?;
+        options.max_pool_size = options
+            .max_pool_size
+            .or(Some(pool.max_connections.unwrap_or(10)));
+        options.connect_timeout = options.connect_timeout.or(Some(pool.connect_timeout));
+        options.server_selection_timeout = options
+            .server_selection_timeout
+            .or(Some(pool.acquire_timeout));
+        options.app_name = options.app_name.or(Some("authql".into()));
+        let database_name = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATABASE.into());
+        let client = Client::with_options(options).map_err(classify)?;
+        let database = client.database(&database_name);
+        let hello = database
+            .run_command(doc! { "hello": 1 })
+            .await
+            .map_err(classify)?;
+        // A replica set member names its set; a mongos says it is one.
+        let transactions = hello.get_str("setName").is_ok()
+            || hello.get_str("msg").is_ok_and(|msg| msg == "isdbgrid");
+        Ok(Self {
+            users: database.collection("users"),
+            sessions: database.collection("sessions"),
+            settings: database.collection("settings"),
+            buckets: database.collection("rate_limit_buckets"),
+            client,
+            database,
+            transactions,
+        })
+    }
+
+    /// Whether writes that belong together run in one transaction here (see
+    /// [`Store::create_user_with_session`] for what happens without).
+    pub fn has_transactions(&self) -> bool {
+        self.transactions
+    }
+
+    /// Creates the indexes every lookup uses: idempotent, so every instance runs it at start-up
+    /// (the MongoDB counterpart of the SQL migrations, and under the same `MIGRATE_ON_START`).
+    /// With `session_ttl`, `expires_at` carries a TTL index that lets MongoDB delete a session
+    /// that long after its absolute expiry; without, a plain one. An existing index with the
+    /// other TTL is replaced.
+    pub async fn create_indexes(&self, session_ttl: Option<Duration>) -> StoreResult<()> {
+        let unique = |field: &str| {
+            IndexModel::builder()
+                .keys(doc! { field: 1 })
+                .options(IndexOptions::builder().unique(true).build())
+                .build()
+        };
+        let plain = |keys: Document| IndexModel::builder().keys(keys).build();
+        self.users
+            .create_indexes([unique("email_normalized"), unique("username_normalized")])
+            .await
+            .map_err(classify)?;
+        self.sessions
+            .create_indexes([
+                unique("access_jti"),
+                unique("refresh_jti"),
+                plain(doc! { "user_id": 1, "created_at": -1 }),
+                plain(doc! { "idle_expires_at": 1 }),
+            ])
+            .await
+            .map_err(classify)?;
+        self.buckets
+            .create_index(plain(doc! { "tat": 1 }))
+            .await
+            .map_err(classify)?;
+        self.ensure_expiry_index(session_ttl).await
+    }
+
+    async fn ensure_expiry_index(&self, ttl: Option<Duration>) -> StoreResult<()> {
+        const NAME: &str = "expires_at_1";
+        let wanted = ttl.map(|ttl| i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+        let existing: Vec<IndexModel> = self
+            .sessions
+            .list_indexes()
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        let current = existing
+            .iter()
+            .find(|index| index.options.as_ref().and_then(|o| o.name.as_deref()) == Some(NAME));
+        if let Some(index) = current {
+            let current_ttl = index
+                .options
+                .as_ref()
+                .and_then(|options| options.expire_after)
+                .map(|ttl| i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+            if current_ttl == wanted {
+                return Ok(());
+            }
+            self.sessions.drop_index(NAME).await.map_err(classify)?;
+        }
+        let options = IndexOptions::builder()
+            .name(NAME.to_owned())
+            .expire_after(ttl)
+            .build();
+        self.sessions
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "expires_at": 1 })
+                    .options(options)
+                    .build(),
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Whether the deployment takes writes now: it answers, and the server the driver talks to
+    /// is a writable primary (a secondary left after a failover is not). Errors are
+    /// `Unavailable`.
+    pub async fn check_writable(&self) -> StoreResult<()> {
+        let hello = self
+            .database
+            .run_command(doc! { "hello": 1 })
+            .await
+            .map_err(classify)?;
+        let writable = hello.get_bool("isWritablePrimary").unwrap_or(false)
+            || hello.get_bool("ismaster").unwrap_or(false);
+        if writable {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "the server is not a writable primary".into(),
+            ))
+        }
+    }
+
+    /// The user of a session document, if it still exists.
+    async fn with_user(&self, session: SessionDocument) -> StoreResult<Option<(User, Session)>> {
+        let user = self
+            .users
+            .find_one(doc! { "_id": session.user_id })
+            .await
+            .map_err(classify)?;
+        Ok(user.map(|user| (user_of(user), session_of(session))))
+    }
+
+    /// Runs `writes` in a transaction; commits when it succeeds and aborts when it fails.
+    async fn in_transaction<T>(
+        &self,
+        writes: impl AsyncFnOnce(&mut ClientSession) -> Result<T, mongodb::error::Error>,
+    ) -> Result<T, mongodb::error::Error> {
+        let mut transaction = self.client.start_session().await?;
+        transaction.start_transaction().await?;
+        match writes(&mut transaction).await {
+            Ok(value) => {
+                transaction.commit_transaction().await?;
+                Ok(value)
+            }
+            Err(error) => {
+                let _ = transaction.abort_transaction().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// The error for a duplicate key on registration: which of the two unique values is taken
+    /// (email first, as the username defaults to it), asked of the data rather than read from
+    /// the error, whose shape differs between servers.
+    async fn taken(&self, email_normalized: &str) -> StoreResult<StoreError> {
+        let email_taken = self
+            .users
+            .find_one(doc! { "email_normalized": email_normalized })
+            .await
+            .map_err(classify)?
+            .is_some();
+        Ok(if email_taken {
+            StoreError::EmailTaken
+        } else {
+            StoreError::UsernameTaken
+        })
+    }
+}
+
+/// Sorts the driver's errors as the SQL backends' are sorted: the deployment away or in
+/// transition (no server to select, I/O, a cleared pool, a primary stepping down or shutting
+/// down, a full disk, errors the driver labels retryable) is `Unavailable`; the rest is
+/// `Database`.
+fn classify(error: mongodb::error::Error) -> StoreError {
+    /// Server codes that mean "not now" (the driver's retryable-read and state-change codes,
+    /// MongoDB's error_codes.yml): HostUnreachable 6, HostNotFound 7, NetworkTimeout 89,
+    /// ShutdownInProgress 91, PrimarySteppedDown 189, ExceededTimeLimit 262,
+    /// SocketException 9001, ReadConcernMajorityNotAvailableYet 134, InterruptedAtShutdown
+    /// 11600, InterruptedDueToReplStateChange 11602, NotPrimaryOrSecondary 13436,
+    /// NotWritablePrimary 10107, NotPrimaryNoSecondaryOk 13435, NotPrimaryOrSecondary 10058,
+    /// OutOfDiskSpace 14031.
+    const AWAY: [i32; 15] = [
+        6, 7, 89, 91, 189, 262, 9001, 134, 11600, 11602, 13436, 10107, 13435, 10058, 14031,
+    ];
+    let code = match error.kind.as_ref() {
+        ErrorKind::Command(command) => Some(command.code),
+        ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => Some(concern.code),
+        _ => None,
+    };
+    let away = matches!(
+        error.kind.as_ref(),
+        ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::DnsResolve { .. }
+            | ErrorKind::Shutdown
+    ) || code.is_some_and(|code| AWAY.contains(&code))
+        || error.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
+        || error.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR);
+    if away {
+        StoreError::Unavailable(Box::new(error))
+    } else {
+        StoreError::Database(Box::new(error))
+    }
+}
+
+fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == DUPLICATE_KEY,
+        ErrorKind::Command(command) => command.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+fn id(uuid: Uuid) -> bson::Uuid {
+    bson::Uuid::from(uuid)
+}
+
+fn date(at: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_chrono(at)
+}
+
+fn user_of(document: UserDocument) -> User {
+    User {
+        id: document.id.into(),
+        email: document.email,
+        username: document.username,
+        created_at: document.created_at.to_chrono(),
+    }
+}
+
+fn credentials_of(document: UserDocument) -> UserCredentials {
+    let password_hash = document.password_hash.clone();
+    UserCredentials {
+        user: user_of(document),
+        password_hash,
+    }
+}
+
+fn session_of(document: SessionDocument) -> Session {
+    Session {
+        id: document.id.into(),
+        user_id: document.user_id.into(),
+        access_jti: document.access_jti.into(),
+        refresh_jti: document.refresh_jti.into(),
+        previous_refresh_jti: document.previous_refresh_jti.map(Into::into),
+        created_at: document.created_at.to_chrono(),
+        last_refreshed_at: document.last_refreshed_at.map(bson::DateTime::to_chrono),
+        expires_at: document.expires_at.to_chrono(),
+        idle_expires_at: document.idle_expires_at.to_chrono(),
+        user_agent: document.user_agent,
+        ip_address: document.ip_address,
+    }
+}
+
+fn session_document(session: NewSession) -> SessionDocument {
+    SessionDocument {
+        id: id(session.id),
+        user_id: id(session.user_id),
+        access_jti: id(session.access_jti),
+        refresh_jti: id(session.refresh_jti),
+        previous_refresh_jti: session.previous_refresh_jti.map(id),
+        created_at: date(session.created_at),
+        last_refreshed_at: session.last_refreshed_at.map(date),
+        expires_at: date(session.expires_at),
+        idle_expires_at: date(session.idle_expires_at),
+        user_agent: session.user_agent,
+        ip_address: session.ip_address,
+    }
+}
+
+/// The filter twin of `Session::is_live`.
+fn live_at(now: DateTime<Utc>) -> Document {
+    doc! { "expires_at": { "$gt": date(now) }, "idle_expires_at": { "$gt": date(now) } }
+}
+
+/// `filter` with the liveness conditions added.
+fn and_live(mut filter: Document, now: DateTime<Utc>) -> Document {
+    filter.extend(live_at(now));
+    filter
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    /// In a transaction where the deployment has them. Without (a standalone server) the
+    /// session is written first and the user second, so no failure or crash between the two
+    /// writes can leave a user without a session: what it can leave is a session whose user
+    /// does not exist, which every lookup refuses (they all need the user) and which is deleted
+    /// at once when the second write is refused, else pruned when it expires.
+    async fn create_user_with_session(
+        &self,
+        new_user: NewUser,
+        new_session: NewSession,
+    ) -> StoreResult<(User, Session)> {
+        let user = UserDocument {
+            id: id(new_user.id),
+            email: new_user.email,
+            email_normalized: new_user.email_normalized,
+            username: new_user.username,
+            username_normalized: new_user.username_normalized,
+            password_hash: new_user.password_hash,
+            created_at: date(new_user.created_at),
+        };
+        let session = session_document(new_session);
+        let written = if self.transactions {
+            self.in_transaction(async |transaction| {
+                self.users
+                    .insert_one(&user)
+                    .session(&mut *transaction)
+                    .await?;
+                self.sessions
+                    .insert_one(&session)
+                    .session(&mut *transaction)
+                    .await
+            })
+            .await
+        } else {
+            self.sessions.insert_one(&session).await.map_err(classify)?;
+            let inserted = self.users.insert_one(&user).await;
+            if inserted.is_err() {
+                // Best effort: if this fails too, the session is one that nothing accepts.
+                let _ = self.sessions.delete_one(doc! { "_id": session.id }).await;
+            }
+            inserted
+        };
+        match written {
+            Ok(_) => Ok((user_of(user), session_of(session))),
+            Err(error) if is_duplicate_key(&error) => {
+                Err(self.taken(&user.email_normalized).await?)
+            }
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    async fn find_credentials(
+        &self,
+        login_normalized: &str,
+    ) -> StoreResult<Option<UserCredentials>> {
+        let filter = doc! { "$or": [
+            { "email_normalized": login_normalized },
+            { "username_normalized": login_normalized },
+        ] };
+        Ok(self
+            .users
+            .find_one(filter)
+            .await
+            .map_err(classify)?
+            .map(credentials_of))
+    }
+
+    async fn find_credentials_by_id(&self, user_id: Uuid) -> StoreResult<Option<UserCredentials>> {
+        Ok(self
+            .users
+            .find_one(doc! { "_id": id(user_id) })
+            .await
+            .map_err(classify)?
+            .map(credentials_of))
+    }
+
+    async fn create_session(&self, new_session: NewSession) -> StoreResult<Session> {
+        let session = session_document(new_session);
+        self.sessions.insert_one(&session).await.map_err(classify)?;
+        Ok(session_of(session))
+    }
+
+    async fn find_session_by_access_jti(
+        &self,
+        session_id: Uuid,
+        access_jti: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(User, Session)>> {
+        let filter = and_live(
+            doc! { "_id": id(session_id), "access_jti": id(access_jti) },
+            now,
+        );
+        match self.sessions.find_one(filter).await.map_err(classify)? {
+            Some(session) => self.with_user(session).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn find_session(&self, session_id: Uuid) -> StoreResult<Option<(User, Session)>> {
+        match self
+            .sessions
+            .find_one(doc! { "_id": id(session_id) })
+            .await
+            .map_err(classify)?
+        {
+            Some(session) => self.with_user(session).await,
+            None => Ok(None),
+        }
+    }
+
+    /// One `findAndModify` conditional on the presented refresh jti: the server applies it to
+    /// one document atomically, so of concurrent rotations exactly one matches.
+    async fn rotate_session(&self, rotation: Rotation) -> StoreResult<Option<(User, Session)>> {
+        let filter = and_live(
+            doc! {
+                "_id": id(rotation.session_id),
+                "refresh_jti": id(rotation.presented_refresh_jti),
+            },
+            rotation.at,
+        );
+        let update = doc! { "$set": {
+            "access_jti": id(rotation.new_access_jti),
+            "refresh_jti": id(rotation.new_refresh_jti),
+            "previous_refresh_jti": id(rotation.presented_refresh_jti),
+            "last_refreshed_at": date(rotation.at),
+            "idle_expires_at": date(rotation.idle_expires_at),
+        } };
+        let rotated = self
+            .sessions
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(classify)?;
+        match rotated {
+            Some(session) => self.with_user(session).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn list_live_sessions(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Session>> {
+        let sessions: Vec<SessionDocument> = self
+            .sessions
+            .find(and_live(doc! { "user_id": id(user_id) }, now))
+            .sort(doc! { "created_at": -1, "_id": -1 })
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        Ok(sessions.into_iter().map(session_of).collect())
+    }
+
+    /// One `findOneAndDelete` per id, so the ids returned are exactly those this call deleted.
+    async fn delete_user_sessions(
+        &self,
+        user_id: Uuid,
+        session_ids: &[Uuid],
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut deleted = Vec::new();
+        for &session_id in session_ids {
+            let found = self
+                .sessions
+                .find_one_and_delete(doc! { "_id": id(session_id), "user_id": id(user_id) })
+                .await
+                .map_err(classify)?;
+            if found.is_some() {
+                deleted.push(session_id);
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> StoreResult<u64> {
+        Ok(self
+            .sessions
+            .delete_many(doc! { "user_id": id(user_id), "_id": { "$ne": id(keep) } })
+            .await
+            .map_err(classify)?
+            .deleted_count)
+    }
+
+    /// In a transaction where the deployment has them. Without, the other sessions are ended
+    /// before the new hash is stored and once more after it, so no failure between the writes
+    /// leaves the new password in place with another session still alive (one created with
+    /// the old password while the hash changed is caught by the second delete).
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: String,
+        keep_session: Uuid,
+    ) -> StoreResult<u64> {
+        let user_filter = doc! { "_id": id(user_id) };
+        let set_hash = doc! { "$set": { "password_hash": password_hash } };
+        let others = doc! { "user_id": id(user_id), "_id": { "$ne": id(keep_session) } };
+        if self.transactions {
+            return self
+                .in_transaction(async |transaction| {
+                    self.users
+                        .update_one(user_filter, set_hash)
+                        .session(&mut *transaction)
+                        .await?;
+                    let ended = self
+                        .sessions
+                        .delete_many(others)
+                        .session(&mut *transaction)
+                        .await?;
+                    Ok(ended.deleted_count)
+                })
+                .await
+                .map_err(classify);
+        }
+        let first = self
+            .sessions
+            .delete_many(others.clone())
+            .await
+            .map_err(classify)?;
+        self.users
+            .update_one(user_filter, set_hash)
+            .await
+            .map_err(classify)?;
+        let second = self.sessions.delete_many(others).await.map_err(classify)?;
+        Ok(first.deleted_count + second.deleted_count)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.check_writable().await
+    }
+
+    /// In batches: the ids of up to `batch` ended sessions, then one `deleteMany` of those that
+    /// are still there, so instances pruning at once each count only what they deleted.
+    async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {
+        let ended = doc! { "$or": [
+            { "expires_at": { "$lte": date(ended_before) } },
+            { "idle_expires_at": { "$lte": date(ended_before) } },
+        ] };
+        let ids_collection = self.sessions.clone_with_type::<Document>();
+        let mut pruned = 0;
+        loop {
+            let ids: Vec<Bson> = ids_collection
+                .find(ended.clone())
+                .projection(doc! { "_id": 1 })
+                .limit(i64::try_from(batch).unwrap_or(i64::MAX))
+                .await
+                .map_err(classify)?
+                .try_collect::<Vec<Document>>()
+                .await
+                .map_err(classify)?
+                .into_iter()
+                .filter_map(|mut document| document.remove("_id"))
+                .collect();
+            let found = ids.len() as u64;
+            if found == 0 {
+                return Ok(pruned);
+            }
+            let mut filter = ended.clone();
+            filter.insert("_id", doc! { "$in": ids });
+            pruned += self
+                .sessions
+                .delete_many(filter)
+                .await
+                .map_err(classify)?
+                .deleted_count;
+            if found < batch {
+                return Ok(pruned);
+            }
+        }
+    }
+
+    /// An upsert that only sets the value on insert: the first writer's value stays. Two
+    /// upserts racing on a new name can both try the insert; the loser's duplicate key error
+    /// means the winner's value is there to read.
+    async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String> {
+        let upserted = self
+            .settings
+            .update_one(
+                doc! { "_id": name },
+                doc! { "$setOnInsert": { "value": candidate } },
+            )
+            .upsert(true)
+            .await;
+        match upserted {
+            Ok(_) => {}
+            Err(error) if is_duplicate_key(&error) => {}
+            Err(error) => return Err(classify(error)),
+        }
+        self.settings
+            .find_one(doc! { "_id": name })
+            .await
+            .map_err(classify)?
+            .map(|setting| setting.value)
+            .ok_or_else(|| StoreError::Database(format!("setting {name} vanished").into()))
+    }
+
+    /// The GCRA step as one `findAndModify` with upsert: the filter matches the bucket only if
+    /// a token is free (`max(tat, now) + interval <= now + capacity`), and the pipeline update
+    /// moves `tat` on. When the bucket exists but is empty the filter matches nothing, the
+    /// upsert tries to insert a second document with the same `_id`, and the duplicate key
+    /// error is the refusal.
+    async fn take_rate_limit_token(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        emission_interval: Duration,
+        burst: u32,
+    ) -> StoreResult<Option<Duration>> {
+        let now_us = now.timestamp_micros();
+        let interval_us = i64::try_from(emission_interval.as_micros()).unwrap_or(i64::MAX);
+        let capacity_us = interval_us.saturating_mul(i64::from(burst));
+        let filter = doc! {
+            "_id": key,
+            "$expr": { "$lte": [
+                { "$add": [{ "$max": ["$tat", now_us] }, interval_us] },
+                now_us.saturating_add(capacity_us),
+            ] },
+        };
+        let update = vec![doc! { "$set": { "tat": { "$add": [
+            { "$max": [{ "$ifNull": ["$tat", now_us] }, now_us] },
+            interval_us,
+        ] } } }];
+        let taken = self
+            .buckets
+            .find_one_and_update(filter, update)
+            .upsert(true)
+            .await;
+        match taken {
+            Ok(_) => return Ok(None),
+            Err(error) if is_duplicate_key(&error) => {}
+            Err(error) => return Err(classify(error)),
+        }
+        let tat = self
+            .buckets
+            .find_one(doc! { "_id": key })
+            .await
+            .map_err(classify)?
+            .and_then(|bucket| bucket.get_i64("tat").ok())
+            .unwrap_or(now_us);
+        Ok(Some(super::gcra_wait(
+            tat,
+            now_us,
+            interval_us,
+            capacity_us,
+        )))
+    }
+
+    async fn prune_rate_limit_buckets(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        Ok(self
+            .buckets
+            .delete_many(doc! { "tat": { "$lt": now.timestamp_micros() } })
+            .await
+            .map_err(classify)?
+            .deleted_count)
+    }
+}
