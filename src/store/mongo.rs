@@ -15,6 +15,12 @@
 //! - `settings`: `_id` (the name), `value`.
 //! - `rate_limit_buckets`: `_id` (the key), `tat` (microseconds since the Unix epoch).
 //!
+//! Every query is shaped so that it is served by an index on any server: a read or
+//! `findAndModify` that filters on more than its index's fields names the index (`hint`), and
+//! writes of several documents select by `_id` or by one indexed field. (MongoDB's planner would
+//! find the index anyway; simpler planners, SecantusDB's among them, scan the collection when a
+//! filter has fields the index does not have. tests/api/mongodb.rs checks the plans.)
+//!
 //! Dates are BSON dates, so they keep milliseconds (the SQL backends keep microseconds); every
 //! date authql shows is in milliseconds anyway.
 
@@ -27,7 +33,7 @@ use futures_util::TryStreamExt;
 use mongodb::{
     Client, ClientSession, Collection, Database, IndexModel,
     error::{ErrorKind, WriteFailure},
-    options::{ClientOptions, IndexOptions, ReturnDocument},
+    options::{ClientOptions, Hint, IndexOptions, ReturnDocument},
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -39,8 +45,12 @@ use super::{
 
 /// The database used when the URL names none.
 const DEFAULT_DATABASE: &str = "authql";
-/// MongoDB's duplicate key error.
+/// MongoDB's error codes (error_codes.yml) that authql answers on its own.
 const DUPLICATE_KEY: i32 = 11000;
+const INDEX_NOT_FOUND: i32 = 27;
+const WRITE_CONFLICT: i32 = 112;
+/// How often a transaction that lost a write conflict to another is run again.
+const TRANSACTION_ATTEMPTS: usize = 10;
 
 /// A user document in `users`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,7 +212,11 @@ impl MongoStore {
             if current_ttl == wanted {
                 return Ok(());
             }
-            self.sessions.drop_index(NAME).await.map_err(classify)?;
+            match self.sessions.drop_index(NAME).await {
+                // Another instance starting beside this one dropped it first.
+                Err(error) if code_of(&error) == Some(INDEX_NOT_FOUND) => {}
+                dropped => dropped.map_err(classify)?,
+            }
         }
         let options = IndexOptions::builder()
             .name(NAME.to_owned())
@@ -240,6 +254,23 @@ impl MongoStore {
         }
     }
 
+    /// Deletes the sessions `ids` (in `transaction` if given); returns how many were there.
+    async fn delete_sessions(
+        &self,
+        ids: Vec<bson::Uuid>,
+        transaction: Option<&mut ClientSession>,
+    ) -> Result<u64, mongodb::error::Error> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let delete = self.sessions.delete_many(doc! { "_id": { "$in": ids } });
+        let deleted = match transaction {
+            Some(transaction) => delete.session(transaction).await?,
+            None => delete.await?,
+        };
+        Ok(deleted.deleted_count)
+    }
+
     /// The user of a session document, if it still exists.
     async fn with_user(&self, session: SessionDocument) -> StoreResult<Option<(User, Session)>> {
         let user = self
@@ -250,23 +281,37 @@ impl MongoStore {
         Ok(user.map(|user| (user_of(user), session_of(session))))
     }
 
-    /// Runs `writes` in a transaction; commits when it succeeds and aborts when it fails.
-    async fn in_transaction<T>(
+    /// A new driver session to run transactions in.
+    async fn transaction(&self) -> StoreResult<ClientSession> {
+        self.client.start_session().await.map_err(classify)
+    }
+
+    /// The ids of the user's sessions other than `keep`, read in `transaction` if given.
+    async fn other_session_ids(
         &self,
-        writes: impl AsyncFnOnce(&mut ClientSession) -> Result<T, mongodb::error::Error>,
-    ) -> Result<T, mongodb::error::Error> {
-        let mut transaction = self.client.start_session().await?;
-        transaction.start_transaction().await?;
-        match writes(&mut transaction).await {
-            Ok(value) => {
-                transaction.commit_transaction().await?;
-                Ok(value)
+        user_id: Uuid,
+        keep: Uuid,
+        transaction: Option<&mut ClientSession>,
+    ) -> Result<Vec<bson::Uuid>, mongodb::error::Error> {
+        let ids = self.sessions.clone_with_type::<Document>();
+        let find = ids
+            .find(doc! { "user_id": id(user_id) })
+            .projection(doc! { "_id": 1 });
+        let documents: Vec<Document> = match transaction {
+            Some(transaction) => {
+                let mut cursor = find.session(&mut *transaction).await?;
+                cursor.stream(transaction).try_collect().await?
             }
-            Err(error) => {
-                let _ = transaction.abort_transaction().await;
-                Err(error)
-            }
-        }
+            None => find.await?.try_collect().await?,
+        };
+        Ok(documents
+            .iter()
+            .filter_map(|document| match document.get("_id") {
+                Some(Bson::Binary(binary)) => binary.to_uuid().ok(),
+                _ => None,
+            })
+            .filter(|session_id| *session_id != id(keep))
+            .collect())
     }
 
     /// The error for a duplicate key on registration: which of the two unique values is taken
@@ -302,12 +347,7 @@ fn classify(error: mongodb::error::Error) -> StoreError {
     const AWAY: [i32; 15] = [
         6, 7, 89, 91, 189, 262, 9001, 134, 11600, 11602, 13436, 10107, 13435, 10058, 14031,
     ];
-    let code = match error.kind.as_ref() {
-        ErrorKind::Command(command) => Some(command.code),
-        ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => Some(concern.code),
-        _ => None,
-    };
+    let code = code_of(&error);
     let away = matches!(
         error.kind.as_ref(),
         ErrorKind::Io(_)
@@ -325,12 +365,57 @@ fn classify(error: mongodb::error::Error) -> StoreError {
     }
 }
 
-fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
-    match error.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == DUPLICATE_KEY,
-        ErrorKind::Command(command) => command.code == DUPLICATE_KEY,
-        _ => false,
+/// The server's error code, if the server answered with one.
+/// Ends one attempt at a transaction: commits it if its writes succeeded, else aborts it.
+/// `None` when it should run again: it lost a write conflict to a concurrent transaction (two
+/// registrations of one email: the second sees a conflict, not the duplicate key), which
+/// MongoDB's transaction API prescribes to retry (`TransientTransactionError`); the next run
+/// then sees what the winner wrote. At most `TRANSACTION_ATTEMPTS` runs. A network error is not
+/// retried: the deployment is away, which the caller reports at once.
+async fn settle<T>(
+    transaction: &mut ClientSession,
+    writes: Result<T, mongodb::error::Error>,
+    attempt: &mut usize,
+) -> Option<Result<T, mongodb::error::Error>> {
+    let outcome = match writes {
+        Ok(value) => transaction.commit_transaction().await.map(|()| value),
+        Err(error) => {
+            let _ = transaction.abort_transaction().await;
+            Err(error)
+        }
+    };
+    *attempt += 1;
+    match outcome {
+        Err(error)
+            if code_of(&error) == Some(WRITE_CONFLICT) && *attempt < TRANSACTION_ATTEMPTS =>
+        {
+            None
+        }
+        outcome => Some(outcome),
     }
+}
+
+fn code_of(error: &mongodb::error::Error) -> Option<i32> {
+    match error.kind.as_ref() {
+        ErrorKind::Command(command) => Some(command.code),
+        ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => Some(concern.code),
+        _ => None,
+    }
+}
+
+fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    code_of(error) == Some(DUPLICATE_KEY)
+}
+
+/// The `_id` index, for filters with more fields than `_id`.
+fn by_id() -> Hint {
+    Hint::Keys(doc! { "_id": 1 })
+}
+
+/// The `(user_id, created_at)` index.
+fn by_user() -> Hint {
+    Hint::Keys(doc! { "user_id": 1, "created_at": -1 })
 }
 
 fn id(uuid: Uuid) -> bson::Uuid {
@@ -424,17 +509,25 @@ impl Store for MongoStore {
         };
         let session = session_document(new_session);
         let written = if self.transactions {
-            self.in_transaction(async |transaction| {
-                self.users
-                    .insert_one(&user)
-                    .session(&mut *transaction)
-                    .await?;
-                self.sessions
-                    .insert_one(&session)
-                    .session(&mut *transaction)
-                    .await
-            })
-            .await
+            let mut transaction = self.transaction().await?;
+            let mut attempt = 0;
+            loop {
+                transaction.start_transaction().await.map_err(classify)?;
+                let writes = async {
+                    self.users
+                        .insert_one(&user)
+                        .session(&mut transaction)
+                        .await?;
+                    self.sessions
+                        .insert_one(&session)
+                        .session(&mut transaction)
+                        .await
+                }
+                .await;
+                if let Some(settled) = settle(&mut transaction, writes, &mut attempt).await {
+                    break settled;
+                }
+            }
         } else {
             self.sessions.insert_one(&session).await.map_err(classify)?;
             let inserted = self.users.insert_one(&user).await;
@@ -457,16 +550,20 @@ impl Store for MongoStore {
         &self,
         login_normalized: &str,
     ) -> StoreResult<Option<UserCredentials>> {
-        let filter = doc! { "$or": [
-            { "email_normalized": login_normalized },
-            { "username_normalized": login_normalized },
-        ] };
-        Ok(self
-            .users
-            .find_one(filter)
-            .await
-            .map_err(classify)?
-            .map(credentials_of))
+        // Email first, then username: two lookups on one unique index each (an `$or` needs a
+        // planner that unions two index scans). An email that is also someone's username
+        // deterministically logs in the account whose email it is.
+        for field in ["email_normalized", "username_normalized"] {
+            let found = self
+                .users
+                .find_one(doc! { field: login_normalized })
+                .await
+                .map_err(classify)?;
+            if let Some(user) = found {
+                return Ok(Some(credentials_of(user)));
+            }
+        }
+        Ok(None)
     }
 
     async fn find_credentials_by_id(&self, user_id: Uuid) -> StoreResult<Option<UserCredentials>> {
@@ -494,7 +591,13 @@ impl Store for MongoStore {
             doc! { "_id": id(session_id), "access_jti": id(access_jti) },
             now,
         );
-        match self.sessions.find_one(filter).await.map_err(classify)? {
+        let found = self
+            .sessions
+            .find_one(filter)
+            .hint(by_id())
+            .await
+            .map_err(classify)?;
+        match found {
             Some(session) => self.with_user(session).await,
             None => Ok(None),
         }
@@ -533,6 +636,7 @@ impl Store for MongoStore {
             .sessions
             .find_one_and_update(filter, update)
             .return_document(ReturnDocument::After)
+            .hint(by_id())
             .await
             .map_err(classify)?;
         match rotated {
@@ -550,6 +654,7 @@ impl Store for MongoStore {
             .sessions
             .find(and_live(doc! { "user_id": id(user_id) }, now))
             .sort(doc! { "created_at": -1, "_id": -1 })
+            .hint(by_user())
             .await
             .map_err(classify)?
             .try_collect()
@@ -569,6 +674,7 @@ impl Store for MongoStore {
             let found = self
                 .sessions
                 .find_one_and_delete(doc! { "_id": id(session_id), "user_id": id(user_id) })
+                .hint(by_id())
                 .await
                 .map_err(classify)?;
             if found.is_some() {
@@ -578,13 +684,14 @@ impl Store for MongoStore {
         Ok(deleted)
     }
 
+    /// The ids by user, then one delete by id: a session created between the two is not
+    /// ended (as on SQL, where it would be created after the delete).
     async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> StoreResult<u64> {
-        Ok(self
-            .sessions
-            .delete_many(doc! { "user_id": id(user_id), "_id": { "$ne": id(keep) } })
+        let others = self
+            .other_session_ids(user_id, keep, None)
             .await
-            .map_err(classify)?
-            .deleted_count)
+            .map_err(classify)?;
+        self.delete_sessions(others, None).await.map_err(classify)
     }
 
     /// In a transaction where the deployment has them. Without, the other sessions are ended
@@ -599,79 +706,77 @@ impl Store for MongoStore {
     ) -> StoreResult<u64> {
         let user_filter = doc! { "_id": id(user_id) };
         let set_hash = doc! { "$set": { "password_hash": password_hash } };
-        let others = doc! { "user_id": id(user_id), "_id": { "$ne": id(keep_session) } };
         if self.transactions {
-            return self
-                .in_transaction(async |transaction| {
+            let mut transaction = self.transaction().await?;
+            let mut attempt = 0;
+            loop {
+                transaction.start_transaction().await.map_err(classify)?;
+                let writes = async {
                     self.users
-                        .update_one(user_filter, set_hash)
-                        .session(&mut *transaction)
+                        .update_one(user_filter.clone(), set_hash.clone())
+                        .session(&mut transaction)
                         .await?;
-                    let ended = self
-                        .sessions
-                        .delete_many(others)
-                        .session(&mut *transaction)
+                    let others = self
+                        .other_session_ids(user_id, keep_session, Some(&mut transaction))
                         .await?;
-                    Ok(ended.deleted_count)
-                })
-                .await
-                .map_err(classify);
+                    self.delete_sessions(others, Some(&mut transaction)).await
+                }
+                .await;
+                if let Some(settled) = settle(&mut transaction, writes, &mut attempt).await {
+                    return settled.map_err(classify);
+                }
+            }
         }
-        let first = self
-            .sessions
-            .delete_many(others.clone())
-            .await
-            .map_err(classify)?;
+        let first = self.delete_other_sessions(user_id, keep_session).await?;
         self.users
             .update_one(user_filter, set_hash)
             .await
             .map_err(classify)?;
-        let second = self.sessions.delete_many(others).await.map_err(classify)?;
-        Ok(first.deleted_count + second.deleted_count)
+        let second = self.delete_other_sessions(user_id, keep_session).await?;
+        Ok(first + second)
     }
 
     async fn ping(&self) -> StoreResult<()> {
         self.check_writable().await
     }
 
-    /// In batches: the ids of up to `batch` ended sessions, then one `deleteMany` of those that
-    /// are still there, so instances pruning at once each count only what they deleted.
+    /// In batches, for each way a session ends (its absolute expiry, its idle timeout): the ids
+    /// of up to `batch` sessions that ended by that rule (one index each), then one delete by
+    /// id. A session that ended before `ended_before` cannot come back to life (a refresh needs
+    /// a live session), so deleting by id alone is safe; instances pruning at once each count
+    /// only what they deleted.
     async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {
-        let ended = doc! { "$or": [
-            { "expires_at": { "$lte": date(ended_before) } },
-            { "idle_expires_at": { "$lte": date(ended_before) } },
-        ] };
         let ids_collection = self.sessions.clone_with_type::<Document>();
         let mut pruned = 0;
-        loop {
-            let ids: Vec<Bson> = ids_collection
-                .find(ended.clone())
-                .projection(doc! { "_id": 1 })
-                .limit(i64::try_from(batch).unwrap_or(i64::MAX))
-                .await
-                .map_err(classify)?
-                .try_collect::<Vec<Document>>()
-                .await
-                .map_err(classify)?
-                .into_iter()
-                .filter_map(|mut document| document.remove("_id"))
-                .collect();
-            let found = ids.len() as u64;
-            if found == 0 {
-                return Ok(pruned);
-            }
-            let mut filter = ended.clone();
-            filter.insert("_id", doc! { "$in": ids });
-            pruned += self
-                .sessions
-                .delete_many(filter)
-                .await
-                .map_err(classify)?
-                .deleted_count;
-            if found < batch {
-                return Ok(pruned);
+        for field in ["expires_at", "idle_expires_at"] {
+            loop {
+                let ids: Vec<Bson> = ids_collection
+                    .find(doc! { field: { "$lte": date(ended_before) } })
+                    .projection(doc! { "_id": 1 })
+                    .limit(i64::try_from(batch).unwrap_or(i64::MAX))
+                    .await
+                    .map_err(classify)?
+                    .try_collect::<Vec<Document>>()
+                    .await
+                    .map_err(classify)?
+                    .into_iter()
+                    .filter_map(|mut document| document.remove("_id"))
+                    .collect();
+                let found = ids.len() as u64;
+                if found > 0 {
+                    pruned += self
+                        .sessions
+                        .delete_many(doc! { "_id": { "$in": ids } })
+                        .await
+                        .map_err(classify)?
+                        .deleted_count;
+                }
+                if found < batch {
+                    break;
+                }
             }
         }
+        Ok(pruned)
     }
 
     /// An upsert that only sets the value on insert: the first writer's value stays. Two
@@ -729,6 +834,7 @@ impl Store for MongoStore {
             .buckets
             .find_one_and_update(filter, update)
             .upsert(true)
+            .hint(by_id())
             .await;
         match taken {
             Ok(_) => return Ok(None),

@@ -110,13 +110,26 @@ async fn wrongly_typed_input_is_a_coded_error_not_a_crash() {
 async fn internal_failures_are_generic_and_carry_no_details() {
     let app = spawn_app().await;
     let account = app.register("internal@x.com").await;
-    // Take the users table away under the running server.
-    use sea_orm::ConnectionTrait;
-    app.db()
-        .await
-        .execute_unprepared("DROP TABLE sessions; DROP TABLE users;")
-        .await
-        .unwrap();
+    // Take the users table away under the running server; MongoDB has no tables to lose, so
+    // there a date the store cannot read stands in.
+    if mongodb_url().is_some() {
+        mongodb_database(&app.database_url)
+            .await
+            .collection::<bson::Document>("users")
+            .update_many(
+                bson::doc! {},
+                bson::doc! { "$set": { "created_at": "not a date" } },
+            )
+            .await
+            .unwrap();
+    } else {
+        use sea_orm::ConnectionTrait;
+        app.db()
+            .await
+            .execute_unprepared("DROP TABLE sessions; DROP TABLE users;")
+            .await
+            .unwrap();
+    }
     let body = app.me(&account.access_token).await;
     assert_eq!(error_code(&body), "INTERNAL_SERVER_ERROR");
     let message = body["errors"][0]["message"]

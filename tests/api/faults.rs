@@ -50,10 +50,10 @@ async fn status_of(client: &reqwest::Client, url: String) -> u16 {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL"]
-async fn when_postgres_goes_away_requests_get_service_unavailable_quickly_and_recover() {
-    let admin_url = postgres_admin_url().expect("TEST_DATABASE_URL names a PostgreSQL server");
-    let proxy = Arc::new(SwitchableProxy::start(host_and_port(&admin_url)).await);
+#[ignore = "needs PostgreSQL or MongoDB: set TEST_DATABASE_URL"]
+async fn when_the_database_goes_away_requests_get_service_unavailable_quickly_and_recover() {
+    let server_url = shared_database_url().expect("TEST_DATABASE_URL names a server");
+    let proxy = Arc::new(SwitchableProxy::start(host_and_port(&server_url)).await);
     const ACQUIRE_TIMEOUT: u64 = 1;
     // The longest answer accepted while the database is away: a request may wait for a
     // connection (ACQUIRE_TIMEOUT) at most once per statement; login runs two.
@@ -696,9 +696,10 @@ async fn ended_sessions_are_pruned_in_the_background_by_every_instance_while_liv
         .map(|row| row.id)
         .collect();
     assert_eq!(ending.len(), 7, "seven sessions, more than a few batches");
-    // ...those made here live on. On PostgreSQL both instances prune the same database every
-    // second; a SQLite file is served by one process, so there it is the next release.
-    let (short, long) = if postgres_admin_url().is_some() {
+    // ...those made here live on. On PostgreSQL and MongoDB both instances prune the same
+    // database every second; a SQLite file is served by one process, so there it is the next
+    // release.
+    let (short, long) = if shared_database_url().is_some() {
         let long = spawn_instance_on(&short, pruning_every_second).await;
         (Some(short), long)
     } else {
@@ -732,41 +733,39 @@ async fn ended_sessions_are_pruned_in_the_background_by_every_instance_while_liv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruners_running_at_once_delete_each_ended_session_exactly_once_without_errors() {
-    use authql::store::{PoolSettings, SeaStore, Store, entity::session};
-    use sea_orm::{ActiveValue::Set, EntityTrait};
+    use authql::store::{PoolSettings, entity::session};
 
     let app = spawn_app_with(|config| config.prune_interval_seconds = 0).await;
     let account = app.register("many@x.com").await;
     let user_id = app.user_rows().await[0].id;
-    let db = app.db().await;
     let now = chrono::Utc::now();
     const ENDED: usize = 60;
     let ended = (0..ENDED).map(|n| {
         let started = now - chrono::TimeDelta::hours(2);
-        session::ActiveModel {
-            id: Set(uuid::Uuid::new_v4()),
-            user_id: Set(user_id),
-            access_jti: Set(uuid::Uuid::new_v4()),
-            refresh_jti: Set(uuid::Uuid::new_v4()),
-            previous_refresh_jti: Set(None),
-            created_at: Set(started),
-            last_refreshed_at: Set(None),
+        session::Model {
+            id: uuid::Uuid::new_v4(),
+            user_id,
+            access_jti: uuid::Uuid::new_v4(),
+            refresh_jti: uuid::Uuid::new_v4(),
+            previous_refresh_jti: None,
+            created_at: started,
+            last_refreshed_at: None,
             // Half past their absolute end, half idle for too long.
-            expires_at: Set(if n % 2 == 0 {
+            expires_at: if n % 2 == 0 {
                 now - chrono::TimeDelta::hours(1)
             } else {
                 now + chrono::TimeDelta::hours(1)
-            }),
-            idle_expires_at: Set(if n % 2 == 0 {
+            },
+            idle_expires_at: if n % 2 == 0 {
                 now + chrono::TimeDelta::hours(1)
             } else {
                 now - chrono::TimeDelta::hours(1)
-            }),
-            user_agent: Set(None),
-            ip_address: Set(None),
+            },
+            user_agent: None,
+            ip_address: None,
         }
     });
-    session::Entity::insert_many(ended).exec(&db).await.unwrap();
+    insert_session_rows(&app.database_url, ended.collect()).await;
     assert_eq!(app.session_rows().await.len(), ENDED + 1);
 
     // Four instances' stores pruning at the same moment, in batches of two.
@@ -778,7 +777,7 @@ async fn pruners_running_at_once_delete_each_ended_session_exactly_once_without_
     };
     let mut stores = Vec::new();
     for _ in 0..4 {
-        stores.push(SeaStore::connect(&app.database_url, pool).await.unwrap());
+        stores.push(open_store(&app.database_url, pool).await);
     }
     let start = Arc::new(tokio::sync::Barrier::new(stores.len()));
     let pruners: Vec<_> = stores
@@ -813,7 +812,11 @@ async fn pruners_running_at_once_delete_each_ended_session_exactly_once_without_
 #[ignore = "needs PostgreSQL: set TEST_DATABASE_URL"]
 async fn when_postgres_ends_connections_requests_get_service_unavailable_never_internal() {
     use sea_orm::ConnectionTrait;
-    let admin_url = postgres_admin_url().expect("TEST_DATABASE_URL names a PostgreSQL server");
+    let Some(admin_url) = postgres_admin_url() else {
+        // MongoDB's counterpart: tests/api/mongodb.rs.
+        assert!(mongodb_url().is_some(), "TEST_DATABASE_URL names no server");
+        return;
+    };
     let app = Arc::new(spawn_app_with(|config| config.prune_interval_seconds = 0).await);
     let account = app.register("terminated@x.com").await;
     let database = app.database_url.rsplit('/').next().unwrap().to_owned();
@@ -863,7 +866,7 @@ async fn when_postgres_ends_connections_requests_get_service_unavailable_never_i
 /// The shared rate-limit statement, run directly against whichever database the suite is on.
 #[tokio::test]
 async fn the_database_rate_limit_bucket_takes_a_burst_then_says_when() {
-    use authql::store::{PoolSettings, SeaStore, Store};
+    use authql::store::PoolSettings;
     let app = spawn_app().await;
     let pool = PoolSettings {
         max_connections: Some(1),
@@ -871,7 +874,7 @@ async fn the_database_rate_limit_bucket_takes_a_burst_then_says_when() {
         acquire_timeout: Duration::from_secs(5),
         busy_timeout: Duration::from_secs(5),
     };
-    let store = SeaStore::connect(&app.database_url, pool).await.unwrap();
+    let store = open_store(&app.database_url, pool).await;
     let now = chrono::Utc::now();
     let interval = Duration::from_secs(20); // 3 per minute
     for _ in 0..3 {

@@ -1,4 +1,5 @@
-//! One place to start a real authql on port 0 against a fresh SQLite file and talk to it over
+//! One place to start a real authql on port 0 against a fresh database (a SQLite file, or a
+//! database on the PostgreSQL or MongoDB server `TEST_DATABASE_URL` names) and talk to it over
 //! HTTP, as a client would.
 
 use std::path::PathBuf;
@@ -6,8 +7,13 @@ use std::path::PathBuf;
 use authql::{
     app::Application,
     config::Config,
-    store::entity::{session, user},
+    store::{
+        MongoStore,
+        entity::{session, setting, user},
+        mongo::{SessionDocument, SettingDocument, UserDocument},
+    },
 };
+use futures::TryStreamExt;
 use sea_orm::{Database, DatabaseConnection, EntityTrait};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -45,6 +51,8 @@ pub async fn spawn_app_in(dir: TempDir, configure: impl FnOnce(&mut Config)) -> 
 async fn start(dir: TempDir, database_url: String, configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(&database_url);
     configure(&mut config);
+    // What the server really uses, if `configure` changed it.
+    let database_url = config.database_url.clone();
     let app = Application::build(config).await.expect("authql starts");
     let address = format!("http://{}", app.local_addr().expect("a bound address"));
     let (shutdown, stopped) = oneshot::channel();
@@ -77,21 +85,39 @@ impl TestApp {
     }
 }
 
-/// The PostgreSQL server the suite runs on, when `TEST_DATABASE_URL` names one.
-pub fn postgres_admin_url() -> Option<String> {
+/// The database server the suite runs on, when `TEST_DATABASE_URL` names one (PostgreSQL or
+/// MongoDB); without, every test has a SQLite file of its own.
+pub fn shared_database_url() -> Option<String> {
     std::env::var("TEST_DATABASE_URL")
         .ok()
         .filter(|url| !url.is_empty())
 }
 
-/// A new, migrated, empty database: on PostgreSQL when `TEST_DATABASE_URL` is set (a clone of
-/// a migrated template, as crates.io's test helpers do: far faster than migrating each), else a
-/// SQLite file in `dir`.
+/// The PostgreSQL server the suite runs on, when `TEST_DATABASE_URL` names one.
+pub fn postgres_admin_url() -> Option<String> {
+    shared_database_url().filter(|url| url.starts_with("postgres"))
+}
+
+/// The MongoDB deployment the suite runs on, when `TEST_DATABASE_URL` names one.
+pub fn mongodb_url() -> Option<String> {
+    shared_database_url().filter(|url| MongoStore::handles(url))
+}
+
+/// A new, empty database: on PostgreSQL (a clone of a migrated template, as crates.io's test
+/// helpers do: far faster than migrating each) or MongoDB (a database of its own name, which
+/// authql gives its indexes at start-up) when `TEST_DATABASE_URL` names one, else a SQLite file
+/// in `dir`.
 pub async fn fresh_database_url(dir: &std::path::Path) -> String {
-    match postgres_admin_url() {
-        Some(admin_url) => fresh_postgres_database(&admin_url).await,
-        None => sqlite_url(&dir.join("authql.db")),
+    if let Some(admin_url) = postgres_admin_url() {
+        return fresh_postgres_database(&admin_url).await;
     }
+    if let Some(url) = mongodb_url() {
+        return with_database(
+            &url,
+            &format!("authql_test_{}", uuid::Uuid::new_v4().simple()),
+        );
+    }
+    sqlite_url(&dir.join("authql.db"))
 }
 
 static POSTGRES_TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
@@ -309,7 +335,7 @@ impl TestApp {
             .expect("the server answers")
     }
 
-    /// A direct connection to the test's database, to check what was stored.
+    /// A direct connection to the test's SQL database, to check what was stored.
     pub async fn db(&self) -> DatabaseConnection {
         Database::connect(&self.database_url)
             .await
@@ -317,17 +343,221 @@ impl TestApp {
     }
 
     pub async fn session_rows(&self) -> Vec<session::Model> {
-        session::Entity::find()
-            .all(&self.db().await)
-            .await
-            .expect("sessions are readable")
+        session_rows_in(&self.database_url).await
     }
 
     pub async fn user_rows(&self) -> Vec<user::Model> {
-        user::Entity::find()
-            .all(&self.db().await)
+        user_rows_in(&self.database_url).await
+    }
+}
+
+/// The database of a MongoDB `database_url`, to check what was stored.
+pub async fn mongodb_database(database_url: &str) -> mongodb::Database {
+    let client = mongodb::Client::with_uri_str(database_url)
+        .await
+        .expect("the MongoDB URL parses");
+    client
+        .default_database()
+        .expect("the test URL names a database")
+}
+
+/// Every stored session, on any backend, in the SQL row's shape.
+pub async fn session_rows_in(database_url: &str) -> Vec<session::Model> {
+    if !MongoStore::handles(database_url) {
+        let db = Database::connect(database_url)
             .await
-            .expect("users are readable")
+            .expect("the database opens");
+        return session::Entity::find()
+            .all(&db)
+            .await
+            .expect("sessions are readable");
+    }
+    let documents: Vec<SessionDocument> = mongodb_database(database_url)
+        .await
+        .collection("sessions")
+        .find(bson::doc! {})
+        .await
+        .expect("sessions are readable")
+        .try_collect()
+        .await
+        .expect("session documents decode");
+    documents
+        .into_iter()
+        .map(|document| session::Model {
+            id: document.id.into(),
+            user_id: document.user_id.into(),
+            access_jti: document.access_jti.into(),
+            refresh_jti: document.refresh_jti.into(),
+            previous_refresh_jti: document.previous_refresh_jti.map(Into::into),
+            created_at: document.created_at.to_chrono(),
+            last_refreshed_at: document.last_refreshed_at.map(bson::DateTime::to_chrono),
+            expires_at: document.expires_at.to_chrono(),
+            idle_expires_at: document.idle_expires_at.to_chrono(),
+            user_agent: document.user_agent,
+            ip_address: document.ip_address,
+        })
+        .collect()
+}
+
+/// Every stored user, on any backend, in the SQL row's shape.
+pub async fn user_rows_in(database_url: &str) -> Vec<user::Model> {
+    if !MongoStore::handles(database_url) {
+        let db = Database::connect(database_url)
+            .await
+            .expect("the database opens");
+        return user::Entity::find()
+            .all(&db)
+            .await
+            .expect("users are readable");
+    }
+    let documents: Vec<UserDocument> = mongodb_database(database_url)
+        .await
+        .collection("users")
+        .find(bson::doc! {})
+        .await
+        .expect("users are readable")
+        .try_collect()
+        .await
+        .expect("user documents decode");
+    documents
+        .into_iter()
+        .map(|document| user::Model {
+            id: document.id.into(),
+            email: document.email,
+            email_normalized: document.email_normalized,
+            username: document.username,
+            username_normalized: document.username_normalized,
+            password_hash: document.password_hash,
+            created_at: document.created_at.to_chrono(),
+        })
+        .collect()
+}
+
+/// Every stored server-wide setting as (name, value), on any backend.
+pub async fn settings_in(database_url: &str) -> Vec<(String, String)> {
+    if !MongoStore::handles(database_url) {
+        let db = Database::connect(database_url)
+            .await
+            .expect("the database opens");
+        return setting::Entity::find()
+            .all(&db)
+            .await
+            .expect("settings are readable")
+            .into_iter()
+            .map(|row| (row.name, row.value))
+            .collect();
+    }
+    let documents: Vec<SettingDocument> = mongodb_database(database_url)
+        .await
+        .collection("settings")
+        .find(bson::doc! {})
+        .await
+        .expect("settings are readable")
+        .try_collect()
+        .await
+        .expect("setting documents decode");
+    documents
+        .into_iter()
+        .map(|document| (document.name, document.value))
+        .collect()
+}
+
+/// Deletes users (all of them, or the one with `id`) and sessions (all, or `id`) behind the
+/// server's back, as an operator with a database shell would; on SQL a user's sessions go with
+/// it (ON DELETE CASCADE), on MongoDB they stay, orphaned.
+pub async fn delete_rows(database_url: &str, collection: Collection, id: Option<uuid::Uuid>) {
+    if MongoStore::handles(database_url) {
+        let filter = match id {
+            Some(id) => bson::doc! { "_id": bson::Uuid::from(id) },
+            None => bson::doc! {},
+        };
+        mongodb_database(database_url)
+            .await
+            .collection::<bson::Document>(collection.name())
+            .delete_many(filter)
+            .await
+            .expect("the delete runs");
+        return;
+    }
+    let db = Database::connect(database_url)
+        .await
+        .expect("the database opens");
+    match (collection, id) {
+        (Collection::Users, None) => user::Entity::delete_many().exec(&db).await,
+        (Collection::Users, Some(id)) => user::Entity::delete_by_id(id).exec(&db).await,
+        (Collection::Sessions, None) => session::Entity::delete_many().exec(&db).await,
+        (Collection::Sessions, Some(id)) => session::Entity::delete_by_id(id).exec(&db).await,
+    }
+    .expect("the delete runs");
+}
+
+/// Stores `rows` as sessions behind the server's back, on any backend.
+pub async fn insert_session_rows(database_url: &str, rows: Vec<session::Model>) {
+    if !MongoStore::handles(database_url) {
+        use sea_orm::IntoActiveModel;
+        let db = Database::connect(database_url)
+            .await
+            .expect("the database opens");
+        session::Entity::insert_many(rows.into_iter().map(IntoActiveModel::into_active_model))
+            .exec(&db)
+            .await
+            .expect("the sessions are stored");
+        return;
+    }
+    let documents = rows.into_iter().map(|row| SessionDocument {
+        id: row.id.into(),
+        user_id: row.user_id.into(),
+        access_jti: row.access_jti.into(),
+        refresh_jti: row.refresh_jti.into(),
+        previous_refresh_jti: row.previous_refresh_jti.map(Into::into),
+        created_at: bson::DateTime::from_chrono(row.created_at),
+        last_refreshed_at: row.last_refreshed_at.map(bson::DateTime::from_chrono),
+        expires_at: bson::DateTime::from_chrono(row.expires_at),
+        idle_expires_at: bson::DateTime::from_chrono(row.idle_expires_at),
+        user_agent: row.user_agent,
+        ip_address: row.ip_address,
+    });
+    mongodb_database(database_url)
+        .await
+        .collection::<SessionDocument>("sessions")
+        .insert_many(documents)
+        .await
+        .expect("the sessions are stored");
+}
+
+/// A store of its own on `database_url`, as another instance would open it.
+pub async fn open_store(
+    database_url: &str,
+    pool: authql::store::PoolSettings,
+) -> Box<dyn authql::store::Store> {
+    if MongoStore::handles(database_url) {
+        Box::new(
+            MongoStore::connect(database_url, pool)
+                .await
+                .expect("MongoDB answers"),
+        )
+    } else {
+        Box::new(
+            authql::store::SeaStore::connect(database_url, pool)
+                .await
+                .expect("the database opens"),
+        )
+    }
+}
+
+/// What `delete_rows` deletes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Collection {
+    Users,
+    Sessions,
+}
+
+impl Collection {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Users => "users",
+            Self::Sessions => "sessions",
+        }
     }
 }
 
@@ -515,14 +745,21 @@ impl SwitchableProxy {
         self.on.send_replace(true);
     }
 
-    /// `database_url` with its host and port replaced by the proxy's.
+    /// `database_url` with its host and port replaced by the proxy's. A MongoDB URL also gets
+    /// `directConnection=true`: else the driver learns the server's own address from its
+    /// `hello` answer and goes around the proxy.
     pub fn url_for(&self, database_url: &str) -> String {
         let (scheme, rest) = database_url.split_once("://").expect("a URL with a scheme");
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let user = authority
             .rsplit_once('@')
             .map_or(String::new(), |(user, _)| format!("{user}@"));
-        format!("{scheme}://{user}{}/{path}", self.address)
+        let url = format!("{scheme}://{user}{}/{path}", self.address);
+        if !MongoStore::handles(&url) {
+            return url;
+        }
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}directConnection=true")
     }
 }
 
@@ -538,9 +775,14 @@ pub fn host_and_port(database_url: &str) -> String {
     let (_, rest) = database_url.split_once("://").expect("a URL with a scheme");
     let authority = rest.split(['/', '?']).next().unwrap_or(rest);
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let default_port = if MongoStore::handles(database_url) {
+        27017
+    } else {
+        5432
+    };
     if host_port.contains(':') {
         host_port.to_owned()
     } else {
-        format!("{host_port}:5432")
+        format!("{host_port}:{default_port}")
     }
 }

@@ -7,7 +7,7 @@ use authql::store::{CachedStore, NewUser, PoolSettings, Rotation, SeaStore, Sess
 use chrono::{TimeDelta, Utc};
 use uuid::Uuid;
 
-use crate::helpers::{postgres_admin_url, spawn_app, sqlite_url, test_config};
+use crate::helpers::{shared_database_url, spawn_app, sqlite_url, test_config};
 
 async fn cached_store(dir: &tempfile::TempDir) -> CachedStore<SeaStore> {
     let url = sqlite_url(&dir.path().join("cache.db"));
@@ -50,7 +50,7 @@ async fn accepted(store: &CachedStore<SeaStore>, session: &Session) -> bool {
 
 #[tokio::test]
 async fn every_write_method_leaves_the_cache_exact() {
-    if postgres_admin_url().is_some() {
+    if shared_database_url().is_some() {
         return; // the cache exists on SQLite only
     }
     let dir = tempfile::tempdir().unwrap();
@@ -145,7 +145,7 @@ async fn every_write_method_leaves_the_cache_exact() {
 
 #[tokio::test]
 async fn a_second_process_cannot_serve_the_same_sqlite_file() {
-    if postgres_admin_url().is_some() {
+    if shared_database_url().is_some() {
         return;
     }
     let app = spawn_app().await;

@@ -10,12 +10,12 @@ use sea_orm::sqlx::{self, Connection, SqliteConnection};
 use serde_json::json;
 
 use crate::helpers::{
-    PASSWORD, error_code, postgres_admin_url, spawn_app_with, sqlite_url, test_config,
+    PASSWORD, error_code, shared_database_url, spawn_app_with, sqlite_url, test_config,
 };
 
 #[tokio::test]
 async fn a_write_lock_held_by_another_process_is_service_unavailable_and_not_ready() {
-    if postgres_admin_url().is_some() {
+    if shared_database_url().is_some() {
         return; // SQLite's file lock; PostgreSQL has its own fault tests (faults.rs).
     }
     let app = spawn_app_with(|config| config.database_busy_timeout_seconds = 1).await;
@@ -53,7 +53,7 @@ async fn a_write_lock_held_by_another_process_is_service_unavailable_and_not_rea
 
 #[tokio::test]
 async fn a_start_on_a_read_only_database_says_so_and_stops() {
-    if postgres_admin_url().is_some() {
+    if shared_database_url().is_some() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

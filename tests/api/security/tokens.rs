@@ -460,11 +460,7 @@ async fn with_an_asymmetric_key_hs256_tokens_are_refused_even_keyed_with_the_pub
     assert_unauthenticated(&app.me(&token).await, "MALFORMED");
     assert_still_serving(&app, &account).await;
     // No secret was generated and kept for a key set that has no use for one.
-    use sea_orm::EntityTrait;
-    let settings = authql::store::entity::setting::Entity::find()
-        .all(&app.db().await)
-        .await
-        .unwrap();
+    let settings = settings_in(&app.database_url).await;
     assert!(settings.is_empty(), "{settings:?}");
 }
 

@@ -1,25 +1,25 @@
-//! PostgreSQL as the database of several stateless authql processes (issue 4). These need a
-//! server: they run in the PostgreSQL pass of `scripts/test` (`--include-ignored`).
+//! One PostgreSQL or MongoDB database behind several stateless authql processes (issues 4 and
+//! 11). These need a server: they run in the PostgreSQL and MongoDB passes of `scripts/test`
+//! (`--include-ignored`).
 
 use std::collections::HashSet;
 
 use futures::future::join_all;
-use sea_orm::{ConnectionTrait, Database, DbBackend, EntityTrait, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
 use serde_json::{Value, json};
-
-use authql::store::entity::{session, user};
 
 use crate::helpers::*;
 
-const NEEDS_POSTGRES: &str = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)";
+const NEEDS_SHARED: &str = "needs PostgreSQL or MongoDB: set TEST_DATABASE_URL (scripts/test does)";
 
-/// `count` authql processes on one fresh PostgreSQL database, started at the same time.
+/// `count` authql processes on one fresh PostgreSQL or MongoDB database, started at the same
+/// time.
 async fn instances(
     dir: &tempfile::TempDir,
     count: usize,
     extra_env: &[(&str, &str)],
 ) -> (String, Vec<RunningBinary>) {
-    assert!(postgres_admin_url().is_some(), "{NEEDS_POSTGRES}");
+    assert!(shared_database_url().is_some(), "{NEEDS_SHARED}");
     let database_url = fresh_database_url(dir.path()).await;
     let folders: Vec<_> = (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut env = vec![
@@ -62,7 +62,7 @@ const REFRESH: &str =
     "mutation($t: String!) { refresh(refreshToken: $t) { accessToken refreshToken } }";
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+#[ignore = "needs PostgreSQL or MongoDB: set TEST_DATABASE_URL (scripts/test does)"]
 async fn a_token_from_one_instance_works_on_another_and_revocation_is_seen_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (_, nodes) = instances(
@@ -104,7 +104,7 @@ async fn a_token_from_one_instance_works_on_another_and_revocation_is_seen_at_on
 }
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+#[ignore = "needs PostgreSQL or MongoDB: set TEST_DATABASE_URL (scripts/test does)"]
 async fn fifty_parallel_refreshes_across_instances_give_exactly_one_new_pair() {
     let dir = tempfile::tempdir().unwrap();
     let (database_url, nodes) = instances(
@@ -148,10 +148,7 @@ async fn fifty_parallel_refreshes_across_instances_give_exactly_one_new_pair() {
     );
     let (access, new_refresh) = pairs.into_iter().next().unwrap();
 
-    let rows = session::Entity::find()
-        .all(&Database::connect(&database_url).await.unwrap())
-        .await
-        .unwrap();
+    let rows = session_rows_in(&database_url).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].refresh_jti.to_string(), jti_of(&new_refresh));
     assert_eq!(
@@ -164,7 +161,7 @@ async fn fifty_parallel_refreshes_across_instances_give_exactly_one_new_pair() {
 }
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+#[ignore = "needs PostgreSQL or MongoDB: set TEST_DATABASE_URL (scripts/test does)"]
 async fn fifty_parallel_registrations_of_one_email_across_instances_make_one_account() {
     let dir = tempfile::tempdir().unwrap();
     let (database_url, nodes) = instances(
@@ -187,17 +184,16 @@ async fn fifty_parallel_registrations_of_one_email_across_instances_make_one_acc
     for refused in answers.iter().filter(|body| body.get("errors").is_some()) {
         assert_eq!(error_code(refused), "EMAIL_TAKEN", "{refused}");
     }
-    let db = Database::connect(&database_url).await.unwrap();
-    assert_eq!(user::Entity::find().all(&db).await.unwrap().len(), 1);
+    assert_eq!(user_rows_in(&database_url).await.len(), 1);
     assert_eq!(
-        session::Entity::find().all(&db).await.unwrap().len(),
+        session_rows_in(&database_url).await.len(),
         1,
         "no session without its user"
     );
 }
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+#[ignore = "needs PostgreSQL or MongoDB: set TEST_DATABASE_URL (scripts/test does)"]
 async fn instances_started_together_without_a_secret_agree_on_the_generated_one() {
     let dir = tempfile::tempdir().unwrap();
     // A fresh database: the three race to migrate it and to store the first secret.
@@ -213,12 +209,7 @@ async fn instances_started_together_without_a_secret_agree_on_the_generated_one(
     for node in &nodes {
         assert_no_errors(&gql(node, "{ me { id } }", json!({}), Some(&access)).await);
     }
-    let db = Database::connect(&database_url).await.unwrap();
-    let settings = authql::store::entity::setting::Entity::find()
-        .all(&db)
-        .await
-        .unwrap();
-    assert_eq!(settings.len(), 1);
+    assert_eq!(settings_in(&database_url).await.len(), 1);
 }
 
 /// Each per-request lookup can use an index. Sequential scans are switched off for the
@@ -226,8 +217,12 @@ async fn instances_started_together_without_a_secret_agree_on_the_generated_one(
 /// table it would rightly prefer a scan.
 #[tokio::test]
 #[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
-async fn every_per_request_lookup_is_an_index_scan() {
-    assert!(postgres_admin_url().is_some(), "{NEEDS_POSTGRES}");
+async fn every_per_request_lookup_is_an_index_scan_on_postgres() {
+    if postgres_admin_url().is_none() {
+        // MongoDB's counterpart: tests/api/mongodb.rs.
+        assert!(mongodb_url().is_some(), "{NEEDS_SHARED}");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = Database::connect(fresh_database_url(dir.path()).await)
         .await
@@ -277,9 +272,9 @@ async fn every_per_request_lookup_is_an_index_scan() {
 }
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL (scripts/test does)"]
+#[ignore = "needs PostgreSQL or MongoDB: set TEST_DATABASE_URL (scripts/test does)"]
 async fn rate_limit_buckets_are_shared_by_every_instance() {
-    assert!(postgres_admin_url().is_some(), "{NEEDS_POSTGRES}");
+    assert!(shared_database_url().is_some(), "{NEEDS_SHARED}");
     let configure = |config: &mut authql::config::Config| {
         config.rate_limit_ip_per_minute = 3;
         config.trusted_proxies = vec!["127.0.0.1".into()];
