@@ -54,7 +54,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct Config {
-    /// Where users and sessions live: `sqlite://FILE` (created when missing) or `postgres://...`.
+    /// Where users and sessions live: `sqlite://FILE` (created when missing), `postgres://...`
+    /// or `mongodb://...` (also `mongodb+srv://`).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
@@ -67,8 +68,8 @@ pub struct Config {
     #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_SECONDS", default_value_t = DEFAULT_DATABASE_CONNECT_TIMEOUT_SECONDS)]
     pub database_connect_timeout_seconds: u64,
 
-    /// How long a request waits for a database connection before it is answered
-    /// SERVICE_UNAVAILABLE, in seconds.
+    /// How long a request waits for a database connection (MongoDB: for a usable server) before
+    /// it is answered SERVICE_UNAVAILABLE, in seconds.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECONDS", default_value_t = DEFAULT_DATABASE_ACQUIRE_TIMEOUT_SECONDS)]
     pub database_acquire_timeout_seconds: u64,
 

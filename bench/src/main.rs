@@ -32,12 +32,17 @@
 //!
 //! Scenario 1 and 5 also run on PostgreSQL: `BENCH_DATABASE_URL=postgres://...` names a server
 //! (a role that may create databases), else a throwaway one is started from the machine's
-//! PostgreSQL binaries as `scripts/test` does; the table says when there are none.
+//! PostgreSQL binaries as `scripts/test` does; the table says when there are none. Scenario 1
+//! also runs on MongoDB: `BENCH_MONGODB_URL=mongodb://host/db` names a deployment, else a
+//! throwaway SecantusDB is installed and started as `scripts/test` does. SecantusDB is a
+//! MongoDB-wire server written in Python, so that row measures mostly SecantusDB, not what
+//! authql would do on a mongod.
 //! Durations, connection counts and the bcrypt cost are overridable (see [`Settings`]).
 
 mod authql;
 mod baseline;
 mod load;
+mod mongodb;
 mod postgres;
 mod seed;
 
@@ -243,6 +248,20 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
 
+    // Scenario 1 on MongoDB.
+    let mongodb_server = mongodb::MongoDb::start()?;
+    let on_mongodb = match &mongodb_server {
+        Some(server) => {
+            let url = server.database("authql_bench_me")?;
+            let on_mongodb = Authql::start(&binary, Some(&url), &authql_settings).await?;
+            let token = register(on_mongodb.address, "bench@example.com").await?;
+            let me = me_target(on_mongodb.address, &token);
+            Some(compare_with_http(&settings, &me, &bare).await?)
+        }
+        None => None,
+    };
+    drop(mongodb_server);
+
     // Scenario 5, on SQLite and on PostgreSQL.
     let growth_sqlite = growth(&settings, &binary, &authql_settings, async |_| Ok(None)).await?;
     let growth_postgres = match &server {
@@ -279,6 +298,19 @@ async fn main() -> anyhow::Result<()> {
         }
         None => println!(
             "| 1. `me` on PostgreSQL | skipped: no BENCH_DATABASE_URL and no PostgreSQL binaries | | | | |"
+        ),
+    }
+    match &on_mongodb {
+        Some((me_mongodb, bare_mongodb, ratio)) => {
+            println!(
+                "| 1. `me`, {} connections, MongoDB wire protocol (SecantusDB unless BENCH_MONGODB_URL): req/s (p50 / p99) | {} | bare axum {} | {ratio:.2} | | |",
+                settings.connections,
+                throughput(me_mongodb),
+                throughput(bare_mongodb),
+            );
+        }
+        None => println!(
+            "| 1. `me` on MongoDB | skipped: no BENCH_MONGODB_URL and SecantusDB could not be installed | | | | |"
         ),
     }
     let ratio = storm.p99_ms() / idle.p99_ms();
