@@ -19,12 +19,14 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::{
+    admin::{self, AdminSocket},
     auth::{KeySet, PasswordHasher, TokenKeys},
     config::{Config, SameSite},
     graphql::{RefreshCookie, build_schema},
     http::{self, EdgeLimits, FrontendSettings},
     service::{
         AuthService, Lifetimes,
+        admin::Admin,
         rate_limit::{RateLimitSettings, RateLimits},
     },
     store::{
@@ -43,6 +45,8 @@ pub struct Application {
     router: Router,
     service: AuthService,
     pruning: Option<Pruning>,
+    /// SQLite: where `authql admin` hands its commands to this process; removed with it.
+    _admin_socket: Option<AdminSocket>,
     /// SQLite: held while the application lives, so no second process serves the file.
     _database_lock: Option<DatabaseLock>,
 }
@@ -133,6 +137,24 @@ impl Application {
         } else {
             RateLimits::in_memory(rate_limit_settings)
         };
+        // SQLite: `authql admin` cannot write the file behind this process's session cache,
+        // so it hands its commands over a socket beside the file.
+        let admin_socket = match SeaStore::sqlite_path(&config.database_url) {
+            Some(path) if database_lock.is_some() => {
+                let socket = admin::socket_path(&path);
+                Some(
+                    AdminSocket::bind(socket.clone(), Admin::new(store.clone())).with_context(
+                        || {
+                            format!(
+                                "could not listen for admin commands on {}",
+                                socket.display()
+                            )
+                        },
+                    )?,
+                )
+            }
+            _ => None,
+        };
         let service = AuthService::new(store, tokens, passwords, lifetimes, rate_limits);
 
         let router = http::router(
@@ -151,6 +173,7 @@ impl Application {
             router,
             service,
             pruning,
+            _admin_socket: admin_socket,
             _database_lock: database_lock,
         })
     }

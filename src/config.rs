@@ -44,12 +44,15 @@ pub struct Cli {
     pub config: Config,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Serve the GraphQL API (the default).
     Serve,
     /// Print the GraphQL schema (SDL) to stdout.
     PrintSchema,
+    /// Operator commands for incidents, against DATABASE_URL: list, end, disable, enable or
+    /// delete a user's sessions and account.
+    Admin(crate::admin::AdminArgs),
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +274,25 @@ pub struct Config {
     #[arg(long, env = "MIGRATE_ON_START", default_value = "true",
           value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
+
+    /// How log lines are written: `text` (one readable line per event) or `json` (one JSON
+    /// object per line, for a log collector).
+    #[arg(long, env = "LOG_FORMAT", value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Where `GET /metrics` (Prometheus text format) is served: a listen address of its own
+    /// such as `127.0.0.1:9100`, kept off the public port; when unset, on the main port.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
 }
 
 impl Config {
@@ -322,6 +344,8 @@ impl Config {
             refresh_token_cookie: false,
             refresh_token_cookie_secure: true,
             refresh_token_cookie_same_site: SameSite::Strict,
+            log_format: LogFormat::Text,
+            metrics_addr: None,
         }
     }
 }

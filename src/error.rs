@@ -66,6 +66,10 @@ pub enum AppError {
     UsernameTaken,
     /// INVALID_CREDENTIALS: unknown account or wrong password; deliberately the same answer.
     InvalidCredentials,
+    /// ACCOUNT_DISABLED: an operator disabled the account (`authql admin disable-user`). Only
+    /// said after the right password (login) or a genuine refresh token (refresh), so it tells
+    /// nobody else whether the account exists.
+    AccountDisabled,
     /// UNAUTHENTICATED: no usable token; `reason` says why.
     Unauthenticated(UnauthenticatedReason),
     /// RATE_LIMITED: too many attempts from this client or at this account; `retryAfterSeconds`
@@ -87,6 +91,7 @@ impl AppError {
             Self::EmailTaken => "EMAIL_TAKEN",
             Self::UsernameTaken => "USERNAME_TAKEN",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::AccountDisabled => "ACCOUNT_DISABLED",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::OriginNotAllowed => "FORBIDDEN",
@@ -102,6 +107,7 @@ impl AppError {
             Self::EmailTaken => "an account with this email already exists".into(),
             Self::UsernameTaken => "this username is already taken".into(),
             Self::InvalidCredentials => "the email, username or password is not right".into(),
+            Self::AccountDisabled => "this account is disabled".into(),
             Self::Unauthenticated(reason) => reason.message().into(),
             Self::RateLimited {
                 retry_after_seconds,

@@ -4,6 +4,7 @@
 //! GraphQL layer (`graphql`), whose resolvers call the service (`service`), which reads and writes
 //! through the `store`. Tokens and passwords live in `auth`.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;

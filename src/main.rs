@@ -8,6 +8,7 @@ use authql::{
     app::Application,
     config::{self, Cli, Command},
     graphql,
+    telemetry::{self, LogTarget},
 };
 use clap::Parser;
 
@@ -30,8 +31,13 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", graphql::schema_sdl());
             Ok(())
         }
+        Command::Admin(args) => {
+            telemetry::init(cli.config.log_format, LogTarget::Stderr);
+            let code = authql::admin::run(&cli.config, &args).await;
+            std::process::exit(i32::from(code));
+        }
         Command::Serve => {
-            authql::telemetry::init();
+            telemetry::init(cli.config.log_format, LogTarget::Stdout);
             let app = Application::build(cli.config)
                 .await
                 .context("authql could not start")?;

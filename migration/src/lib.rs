@@ -8,6 +8,7 @@ mod m20261129_000001_create_users_and_sessions;
 mod m20261129_000002_create_settings;
 mod m20261129_000003_create_rate_limit_buckets;
 mod m20261129_000004_recompute_identity_keys;
+mod m20261129_000005_add_user_disabled_at;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000002_create_settings::Migration),
             Box::new(m20261129_000003_create_rate_limit_buckets::Migration),
             Box::new(m20261129_000004_recompute_identity_keys::Migration),
+            Box::new(m20261129_000005_add_user_disabled_at::Migration),
         ]
     }
 }

@@ -4,8 +4,8 @@ use axum::http::header::SET_COOKIE;
 use super::EXPENSIVE_FIELD_COST;
 use super::refresh_cookie::{RefreshCookie, RequestRefreshCookie};
 use super::types::{
-    AuthPayload, ChangePasswordInput, LoginInput, RegisterInput, RevokeTokensInput,
-    RevokeTokensPayload,
+    AuthPayload, ChangePasswordInput, DeleteAccountInput, LoginInput, RegisterInput,
+    RevokeTokensInput, RevokeTokensPayload,
 };
 use crate::{
     auth::{SignedIn, signed_in},
@@ -140,6 +140,22 @@ impl MutationRoot {
                 client(ctx),
             )
             .await?;
+        Ok(true)
+    }
+
+    /// Deletes the caller's account and every session of it, proven by the current password;
+    /// every token of it is refused from the next request on, and the email can register
+    /// again. Rate-limited as `changePassword` is. Errors: INVALID_CREDENTIALS (wrong password;
+    /// nothing changed), RATE_LIMITED.
+    #[graphql(
+        guard = "SignedIn",
+        complexity = "EXPENSIVE_FIELD_COST + child_complexity"
+    )]
+    async fn delete_account(&self, ctx: &Context<'_>, input: DeleteAccountInput) -> Result<bool> {
+        service(ctx)?
+            .delete_account(signed_in(ctx).await?, input.password, client(ctx))
+            .await?;
+        clear_cookie(ctx);
         Ok(true)
     }
 }

@@ -189,3 +189,10 @@ pub struct ChangePasswordInput {
     /// 8 characters to 256 bytes; every byte counts.
     pub new_password: String,
 }
+
+/// The proof that the account's owner, not only a holder of its token, deletes it.
+#[derive(InputObject)]
+pub struct DeleteAccountInput {
+    /// The password in use now.
+    pub password: String,
+}

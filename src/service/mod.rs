@@ -1,6 +1,7 @@
 //! What authql does, independent of GraphQL and HTTP: register, log in, refresh, authenticate,
 //! list and revoke sessions, change passwords.
 
+pub mod admin;
 pub mod input;
 pub mod rate_limit;
 
@@ -144,6 +145,12 @@ impl AuthService {
                 return Err(AppError::InvalidCredentials);
             }
         };
+        // After the password: a wrong one gets INVALID_CREDENTIALS whether or not the account
+        // is disabled, so this answer reveals nothing to someone without the password.
+        if user.disabled_at.is_some() {
+            tracing::info!(event = "login_refused_disabled", user_id = %user.id, "login refused: account disabled");
+            return Err(AppError::AccountDisabled);
+        }
         let now = now();
         let session = self
             .store()
@@ -185,15 +192,32 @@ impl AuthService {
         };
         let store = self.store();
         if let Some((user, session)) = store.rotate_session(rotation).await? {
+            if user.disabled_at.is_some() {
+                return Err(AppError::AccountDisabled);
+            }
             return self.issue(user, session, now);
         }
 
         // Not rotated: the session is gone, has ended, or holds another refresh jti.
-        let (user, session) = store
+        let Some((user, session)) = store
             .find_session(claims.sid)
             .await?
             .filter(|(user, _)| user.id == claims.sub)
-            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
+        else {
+            // Disabling an account ends its sessions; a genuine token of it says why.
+            let disabled = store
+                .find_credentials_by_id(claims.sub)
+                .await?
+                .is_some_and(|found| found.user.disabled_at.is_some());
+            return Err(if disabled {
+                AppError::AccountDisabled
+            } else {
+                AppError::Unauthenticated(UnauthenticatedReason::Revoked)
+            });
+        };
+        if user.disabled_at.is_some() {
+            return Err(AppError::AccountDisabled);
+        }
         if !session.is_live(now) {
             return Err(AppError::Unauthenticated(UnauthenticatedReason::Expired));
         }
@@ -236,6 +260,11 @@ impl AuthService {
             .find_session_by_access_jti(claims.sid, claims.jti, now)
             .await?
         {
+            // A disabled account's sessions are ended with it; should one outlive that (a
+            // MongoDB deployment without transactions failing half-way), it is refused here.
+            if user.disabled_at.is_some() {
+                return Err(AppError::Unauthenticated(UnauthenticatedReason::Revoked));
+            }
             return Ok(Authenticated { user, session });
         }
         // Refused: say whether the session timed out (idle or absolute expiry) or was ended.
@@ -364,7 +393,7 @@ impl AuthService {
     pub async fn revoke_other_sessions(&self, caller: &Authenticated) -> Result<u64, AppError> {
         self.inner
             .store
-            .delete_other_sessions(caller.user.id, caller.session.id)
+            .delete_other_sessions(caller.user.id, Some(caller.session.id))
             .await
             .map_err(AppError::from)
     }
@@ -409,6 +438,50 @@ impl AuthService {
             .change_password(caller.user.id, password_hash, caller.session.id)
             .await?;
         tracing::info!(user_id = %caller.user.id, ended_sessions = ended, "password changed");
+        Ok(())
+    }
+
+    /// Deletes the caller's account and every session of it, in one transaction, proven by the
+    /// current password; the email and username are free again. Rate-limited as
+    /// `changePassword` is. Errors: RATE_LIMITED, INVALID_CREDENTIALS (wrong password; nothing
+    /// changed), UNAUTHENTICATED `REVOKED` (the account is already gone).
+    pub async fn delete_account(
+        &self,
+        caller: &Authenticated,
+        password: String,
+        client: ClientInfo,
+    ) -> Result<(), AppError> {
+        let limits = &self.inner.rate_limits;
+        limits
+            .check_client(Operation::DeleteAccount, client.ip)
+            .await?;
+        limits
+            .check_account(
+                Operation::DeleteAccount,
+                &caller.user.id.to_string(),
+                client.ip,
+            )
+            .await?;
+        let credentials = self
+            .store()
+            .find_credentials_by_id(caller.user.id)
+            .await?
+            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
+        if password.len() > input::PASSWORD_MAX_BYTES
+            || !self
+                .inner
+                .passwords
+                .verify(password, Some(credentials.password_hash))
+                .await?
+        {
+            return Err(AppError::InvalidCredentials);
+        }
+        let ended = self
+            .store()
+            .delete_user(caller.user.id)
+            .await?
+            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
+        tracing::info!(event = "account_deleted", user_id = %caller.user.id, ended_sessions = ended, "account deleted by its user");
         Ok(())
     }
 

@@ -1,5 +1,5 @@
-//! Token buckets for the operations worth guessing at: `login`, `register`, `refresh` and
-//! `changePassword`. Every call of one of them takes a token, so aliases (and batches, which the
+//! Token buckets for the operations worth guessing at: `login`, `register`, `refresh`,
+//! `changePassword` and `deleteAccount`. Every call of one of them takes a token, so aliases (and batches, which the
 //! edge refuses anyway) cannot multiply attempts.
 //!
 //! Two buckets per call: one per client address and operation, and one per account *and*
@@ -38,6 +38,7 @@ pub enum Operation {
     Register,
     Refresh,
     ChangePassword,
+    DeleteAccount,
 }
 
 impl Operation {
@@ -47,6 +48,7 @@ impl Operation {
             Self::Register => "register",
             Self::Refresh => "refresh",
             Self::ChangePassword => "changePassword",
+            Self::DeleteAccount => "deleteAccount",
         }
     }
 }

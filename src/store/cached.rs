@@ -130,10 +130,27 @@ impl<S: Store> Store for CachedStore<S> {
         deleted
     }
 
-    async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> StoreResult<u64> {
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> StoreResult<u64> {
         let deleted = self.inner.delete_other_sessions(user_id, keep).await;
-        self.invalidate(|user, session| user.id == user_id && session.id != keep);
+        self.invalidate(|user, session| user.id == user_id && Some(session.id) != keep);
         deleted
+    }
+
+    async fn set_user_disabled(
+        &self,
+        user_id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<u64>> {
+        let ended = self.inner.set_user_disabled(user_id, disabled_at).await;
+        // The cached rows carry the user, `disabled_at` included.
+        self.invalidate(|user, _| user.id == user_id);
+        ended
+    }
+
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<u64>> {
+        let ended = self.inner.delete_user(user_id).await;
+        self.invalidate(|user, _| user.id == user_id);
+        ended
     }
 
     async fn change_password(
@@ -192,6 +209,14 @@ impl<S: Store> Store for CachedStore<S> {
         self.inner.ping().await
     }
 
+    async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.inner.count_live_sessions(now).await
+    }
+
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        self.inner.pool_status()
+    }
+
     async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String> {
         self.inner.setting_or_insert(name, candidate).await
     }
@@ -223,9 +248,20 @@ impl DatabaseLock {
     /// Takes the lock beside the SQLite file of `database_url`. Errors: another process holds
     /// it, or the lock file cannot be created; the message says what to do.
     pub fn acquire(database_path: PathBuf) -> Result<Self, String> {
-        let mut lock_path = database_path.into_os_string();
-        lock_path.push(".lock");
-        let lock_path = PathBuf::from(lock_path);
+        let lock_path = beside(&database_path, ".lock");
+        Self::try_acquire(database_path)?.ok_or_else(|| {
+            format!(
+                "another authql is already serving this SQLite database ({} is locked). One \
+                 process serves a SQLite file; to run several instances, use PostgreSQL \
+                 (DATABASE_URL=postgres://...)",
+                lock_path.display()
+            )
+        })
+    }
+
+    /// As `acquire`, but `Ok(None)` when another process holds the lock.
+    pub fn try_acquire(database_path: PathBuf) -> Result<Option<Self>, String> {
+        let lock_path = beside(&database_path, ".lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -233,16 +269,18 @@ impl DatabaseLock {
             .open(&lock_path)
             .map_err(|error| format!("cannot create {}: {error}", lock_path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(Self { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-                "another authql is already serving this SQLite database ({} is locked). One \
-                 process serves a SQLite file; to run several instances, use PostgreSQL \
-                 (DATABASE_URL=postgres://...)",
-                lock_path.display()
-            )),
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(error)) => {
                 Err(format!("cannot lock {}: {error}", lock_path.display()))
             }
         }
     }
+}
+
+/// The path of a file beside `database_path`: its name with `suffix` added.
+pub fn beside(database_path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut path = database_path.as_os_str().to_owned();
+    path.push(suffix);
+    PathBuf::from(path)
 }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use cached::{CachedStore, DatabaseLock, SESSION_CACHE_CAPACITY};
+pub use cached::{CachedStore, DatabaseLock, SESSION_CACHE_CAPACITY, beside};
 pub use mongo::MongoStore;
 pub use sea::SeaStore;
 
@@ -33,6 +33,16 @@ pub struct PoolSettings {
     pub busy_timeout: Duration,
 }
 
+/// The store `database_url` names, by its scheme (`mongodb://` or `mongodb+srv://`: MongoDB;
+/// else SQLite or PostgreSQL), without migrating it or caching anything: what a second
+/// process (the admin CLI, a test) needs beside the server.
+pub async fn connect(database_url: &str, pool: PoolSettings) -> StoreResult<Box<dyn Store>> {
+    if MongoStore::handles(database_url) {
+        return Ok(Box::new(MongoStore::connect(database_url, pool).await?));
+    }
+    Ok(Box::new(SeaStore::connect(database_url, pool).await?))
+}
+
 /// A user as the rest of authql sees one: no password hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -40,6 +50,17 @@ pub struct User {
     pub email: String,
     pub username: String,
     pub created_at: DateTime<Utc>,
+    /// When an operator disabled the account; `None` while it is enabled.
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// The connection pool right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections handed out to queries.
+    pub in_use: u64,
+    /// Open connections waiting for a query.
+    pub idle: u64,
 }
 
 /// A user together with the hash to check a password against; only login and
@@ -119,6 +140,8 @@ pub enum StoreError {
 pub type DriverError = Box<dyn std::error::Error + Send + Sync>;
 
 impl From<sea_orm::DbErr> for StoreError {
+    /// Connection failures and the SQLSTATEs / SQLite codes of [`database_is_away`] are
+    /// `Unavailable`; the rest is `Database`.
     fn from(error: sea_orm::DbErr) -> Self {
         use sea_orm::{DbErr, RuntimeErr, sqlx};
         let unreachable = match &error {
@@ -230,8 +253,27 @@ pub trait Store: Send + Sync + 'static {
         session_ids: &[Uuid],
     ) -> StoreResult<Vec<Uuid>>;
 
-    /// Deletes every session of the user but `keep`; returns how many.
-    async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> StoreResult<u64>;
+    /// Deletes every session of the user but `keep` (all of them without); returns how many.
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> StoreResult<u64>;
+
+    /// Disables the user as of `disabled_at` and ends all its sessions, in one transaction, or
+    /// enables it again (`None`). Returns how many sessions ended; `None` when there is no
+    /// such user.
+    async fn set_user_disabled(
+        &self,
+        user_id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<u64>>;
+
+    /// Deletes the user and every session of it, in one transaction. Returns how many sessions
+    /// ended; `None` when there is no such user.
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<u64>>;
+
+    /// How many sessions are live at `now`, for the live-sessions gauge.
+    async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// The connection pool's state, where the driver tells it.
+    fn pool_status(&self) -> Option<PoolStatus>;
 
     /// Sets the password hash and ends every other session of the user, in one transaction.
     async fn change_password(

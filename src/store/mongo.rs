@@ -24,7 +24,13 @@
 //! Dates are BSON dates, so they keep milliseconds (the SQL backends keep microseconds); every
 //! date authql shows is in milliseconds anyway.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use bson::{Bson, Document, doc};
@@ -33,14 +39,15 @@ use futures_util::TryStreamExt;
 use mongodb::{
     Client, ClientSession, Collection, Database, IndexModel,
     error::{ErrorKind, WriteFailure},
+    event::{EventHandler, cmap::CmapEvent},
     options::{ClientOptions, Hint, IndexOptions, ReturnDocument},
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    NewSession, NewUser, PoolSettings, Rotation, Session, Store, StoreError, StoreResult, User,
-    UserCredentials,
+    NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store, StoreError,
+    StoreResult, User, UserCredentials,
 };
 
 /// The database used when the URL names none.
@@ -63,6 +70,9 @@ pub struct UserDocument {
     pub username_normalized: String,
     pub password_hash: String,
     pub created_at: bson::DateTime,
+    /// When an operator disabled the account; absent or null while it is enabled.
+    #[serde(default)]
+    pub disabled_at: Option<bson::DateTime>,
 }
 
 /// A session document in `sessions`: the fields of [`Session`], under the SQL column names.
@@ -103,6 +113,27 @@ pub struct MongoStore {
     /// Whether the deployment runs multi-document transactions (a replica set or a sharded
     /// cluster does, a standalone server does not).
     transactions: bool,
+    /// Connections open and in use, counted from the driver's connection pool events.
+    pool: Arc<PoolCounts>,
+}
+
+#[derive(Debug, Default)]
+struct PoolCounts {
+    open: AtomicI64,
+    in_use: AtomicI64,
+}
+
+impl PoolCounts {
+    fn count(&self, event: CmapEvent) {
+        let (counter, step) = match event {
+            CmapEvent::ConnectionCreated(_) => (&self.open, 1),
+            CmapEvent::ConnectionClosed(_) => (&self.open, -1),
+            CmapEvent::ConnectionCheckedOut(_) => (&self.in_use, 1),
+            CmapEvent::ConnectionCheckedIn(_) => (&self.in_use, -1),
+            _ => return,
+        };
+        counter.fetch_add(step, Ordering::Relaxed);
+    }
 }
 
 impl MongoStore {
@@ -126,6 +157,9 @@ impl MongoStore {
             .server_selection_timeout
             .or(Some(pool.acquire_timeout));
         options.app_name = options.app_name.or(Some("authql".into()));
+        let pool = Arc::new(PoolCounts::default());
+        let counts = pool.clone();
+        options.cmap_event_handler = Some(EventHandler::callback(move |event| counts.count(event)));
         let database_name = options
             .default_database
             .clone()
@@ -147,6 +181,7 @@ impl MongoStore {
             client,
             database,
             transactions,
+            pool,
         })
     }
 
@@ -286,11 +321,12 @@ impl MongoStore {
         self.client.start_session().await.map_err(classify)
     }
 
-    /// The ids of the user's sessions other than `keep`, read in `transaction` if given.
+    /// The ids of the user's sessions other than `keep` (all without), read in `transaction`
+    /// if given.
     async fn other_session_ids(
         &self,
         user_id: Uuid,
-        keep: Uuid,
+        keep: Option<Uuid>,
         transaction: Option<&mut ClientSession>,
     ) -> Result<Vec<bson::Uuid>, mongodb::error::Error> {
         let ids = self.sessions.clone_with_type::<Document>();
@@ -310,7 +346,7 @@ impl MongoStore {
                 Some(Bson::Binary(binary)) => binary.to_uuid().ok(),
                 _ => None,
             })
-            .filter(|session_id| *session_id != id(keep))
+            .filter(|session_id| Some(*session_id) != keep.map(id))
             .collect())
     }
 
@@ -432,6 +468,7 @@ fn user_of(document: UserDocument) -> User {
         email: document.email,
         username: document.username,
         created_at: document.created_at.to_chrono(),
+        disabled_at: document.disabled_at.map(bson::DateTime::to_chrono),
     }
 }
 
@@ -506,6 +543,7 @@ impl Store for MongoStore {
             username_normalized: new_user.username_normalized,
             password_hash: new_user.password_hash,
             created_at: date(new_user.created_at),
+            disabled_at: None,
         };
         let session = session_document(new_session);
         let written = if self.transactions {
@@ -686,7 +724,7 @@ impl Store for MongoStore {
 
     /// The ids by user, then one delete by id: a session created between the two is not
     /// ended (as on SQL, where it would be created after the delete).
-    async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> StoreResult<u64> {
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> StoreResult<u64> {
         let others = self
             .other_session_ids(user_id, keep, None)
             .await
@@ -717,7 +755,7 @@ impl Store for MongoStore {
                         .session(&mut transaction)
                         .await?;
                     let others = self
-                        .other_session_ids(user_id, keep_session, Some(&mut transaction))
+                        .other_session_ids(user_id, Some(keep_session), Some(&mut transaction))
                         .await?;
                     self.delete_sessions(others, Some(&mut transaction)).await
                 }
@@ -727,13 +765,129 @@ impl Store for MongoStore {
                 }
             }
         }
-        let first = self.delete_other_sessions(user_id, keep_session).await?;
+        let first = self
+            .delete_other_sessions(user_id, Some(keep_session))
+            .await?;
         self.users
             .update_one(user_filter, set_hash)
             .await
             .map_err(classify)?;
-        let second = self.delete_other_sessions(user_id, keep_session).await?;
+        let second = self
+            .delete_other_sessions(user_id, Some(keep_session))
+            .await?;
         Ok(first + second)
+    }
+
+    /// In a transaction where the deployment has them. Without, the user is marked first and
+    /// its sessions ended second: a failure between leaves a disabled user with sessions,
+    /// which the service refuses all the same (it checks `disabled_at` on every lookup).
+    async fn set_user_disabled(
+        &self,
+        user_id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<u64>> {
+        let user_filter = doc! { "_id": id(user_id) };
+        let mark = doc! { "$set": { "disabled_at": disabled_at.map(date) } };
+        let end_sessions = disabled_at.is_some();
+        if self.transactions {
+            let mut transaction = self.transaction().await?;
+            let mut attempt = 0;
+            loop {
+                transaction.start_transaction().await.map_err(classify)?;
+                let writes = async {
+                    let marked = self
+                        .users
+                        .update_one(user_filter.clone(), mark.clone())
+                        .session(&mut transaction)
+                        .await?;
+                    if marked.matched_count == 0 || !end_sessions {
+                        return Ok((marked.matched_count > 0).then_some(0));
+                    }
+                    let sessions = self
+                        .other_session_ids(user_id, None, Some(&mut transaction))
+                        .await?;
+                    Ok(Some(
+                        self.delete_sessions(sessions, Some(&mut transaction))
+                            .await?,
+                    ))
+                }
+                .await;
+                if let Some(settled) = settle(&mut transaction, writes, &mut attempt).await {
+                    return settled.map_err(classify);
+                }
+            }
+        }
+        let marked = self
+            .users
+            .update_one(user_filter, mark)
+            .await
+            .map_err(classify)?;
+        if marked.matched_count == 0 {
+            return Ok(None);
+        }
+        if !end_sessions {
+            return Ok(Some(0));
+        }
+        Ok(Some(self.delete_other_sessions(user_id, None).await?))
+    }
+
+    /// In a transaction where the deployment has them. Without, the user goes first and its
+    /// sessions second: a failure between leaves sessions of no user, which every lookup
+    /// refuses and pruning removes.
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<u64>> {
+        if self.transactions {
+            let mut transaction = self.transaction().await?;
+            let mut attempt = 0;
+            loop {
+                transaction.start_transaction().await.map_err(classify)?;
+                let writes = async {
+                    let deleted = self
+                        .users
+                        .delete_one(doc! { "_id": id(user_id) })
+                        .session(&mut transaction)
+                        .await?;
+                    if deleted.deleted_count == 0 {
+                        return Ok(None);
+                    }
+                    let sessions = self
+                        .other_session_ids(user_id, None, Some(&mut transaction))
+                        .await?;
+                    Ok(Some(
+                        self.delete_sessions(sessions, Some(&mut transaction))
+                            .await?,
+                    ))
+                }
+                .await;
+                if let Some(settled) = settle(&mut transaction, writes, &mut attempt).await {
+                    return settled.map_err(classify);
+                }
+            }
+        }
+        let deleted = self
+            .users
+            .delete_one(doc! { "_id": id(user_id) })
+            .await
+            .map_err(classify)?;
+        if deleted.deleted_count == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.delete_other_sessions(user_id, None).await?))
+    }
+
+    async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.sessions
+            .count_documents(live_at(now))
+            .await
+            .map_err(classify)
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        let open = self.pool.open.load(Ordering::Relaxed).max(0);
+        let in_use = self.pool.in_use.load(Ordering::Relaxed).clamp(0, open);
+        Some(PoolStatus {
+            in_use: in_use.unsigned_abs(),
+            idle: (open - in_use).unsigned_abs(),
+        })
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -13,8 +13,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    NewSession, NewUser, PoolSettings, Rotation, Session, Store, StoreError, StoreResult, User,
-    UserCredentials,
+    NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store, StoreError,
+    StoreResult, User, UserCredentials,
     entity::{session, setting, user},
 };
 
@@ -168,6 +168,7 @@ impl From<user::Model> for User {
             email: row.email,
             username: row.username,
             created_at: row.created_at,
+            disabled_at: row.disabled_at,
         }
     }
 }
@@ -205,6 +206,15 @@ fn live_at(now: DateTime<Utc>) -> Condition {
     Condition::all()
         .add(session::Column::ExpiresAt.gt(now))
         .add(session::Column::IdleExpiresAt.gt(now))
+}
+
+/// Deletes the user's sessions but `keep` (all of them without).
+fn other_sessions(user_id: Uuid, keep: Option<Uuid>) -> sea_orm::DeleteMany<session::Entity> {
+    let mut delete = session::Entity::delete_many().filter(session::Column::UserId.eq(user_id));
+    if let Some(keep) = keep {
+        delete = delete.filter(session::Column::Id.ne(keep));
+    }
+    delete
 }
 
 fn with_user(found: Option<(session::Model, Option<user::Model>)>) -> Option<(User, Session)> {
@@ -246,6 +256,7 @@ impl Store for SeaStore {
             username_normalized: Set(new_user.username_normalized),
             password_hash: Set(new_user.password_hash),
             created_at: Set(new_user.created_at),
+            disabled_at: Set(None),
         };
         let transaction = self.db.begin().await?;
         let inserted = async {
@@ -410,13 +421,77 @@ impl Store for SeaStore {
             .collect())
     }
 
-    async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> StoreResult<u64> {
-        Ok(session::Entity::delete_many()
-            .filter(session::Column::UserId.eq(user_id))
-            .filter(session::Column::Id.ne(keep))
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> StoreResult<u64> {
+        Ok(other_sessions(user_id, keep)
             .exec(&self.db)
             .await?
             .rows_affected)
+    }
+
+    async fn set_user_disabled(
+        &self,
+        user_id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<u64>> {
+        let transaction = self.db.begin().await?;
+        let updated = user::Entity::update_many()
+            .col_expr(user::Column::DisabledAt, Expr::value(disabled_at))
+            .filter(user::Column::Id.eq(user_id))
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        let ended = if updated > 0 && disabled_at.is_some() {
+            other_sessions(user_id, None)
+                .exec(&transaction)
+                .await?
+                .rows_affected
+        } else {
+            0
+        };
+        transaction.commit().await?;
+        Ok((updated > 0).then_some(ended))
+    }
+
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<u64>> {
+        let transaction = self.db.begin().await?;
+        // The sessions go first and explicitly: the count is reported, and nothing relies on
+        // ON DELETE CASCADE being switched on (SQLite needs a pragma for it).
+        let ended = other_sessions(user_id, None)
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        let deleted = user::Entity::delete_by_id(user_id)
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        transaction.commit().await?;
+        Ok((deleted > 0).then_some(ended))
+    }
+
+    async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        use sea_orm::PaginatorTrait;
+        Ok(session::Entity::find()
+            .filter(live_at(now))
+            .count(&self.db)
+            .await?)
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        let (size, idle) = match self.db.get_database_backend() {
+            DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+        };
+        let idle = idle as u64;
+        Some(PoolStatus {
+            in_use: u64::from(size).saturating_sub(idle),
+            idle,
+        })
     }
 
     async fn change_password(
@@ -431,9 +506,7 @@ impl Store for SeaStore {
             .filter(user::Column::Id.eq(user_id))
             .exec(&transaction)
             .await?;
-        let ended = session::Entity::delete_many()
-            .filter(session::Column::UserId.eq(user_id))
-            .filter(session::Column::Id.ne(keep_session))
+        let ended = other_sessions(user_id, Some(keep_session))
             .exec(&transaction)
             .await?
             .rows_affected;

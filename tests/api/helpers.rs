@@ -429,6 +429,7 @@ pub async fn user_rows_in(database_url: &str) -> Vec<user::Model> {
             username_normalized: document.username_normalized,
             password_hash: document.password_hash,
             created_at: document.created_at.to_chrono(),
+            disabled_at: document.disabled_at.map(bson::DateTime::to_chrono),
         })
         .collect()
 }

@@ -110,7 +110,7 @@ async fn every_write_method_leaves_the_cache_exact() {
         .unwrap();
     assert!(accepted(&store, &third).await);
     store
-        .delete_other_sessions(user_id, rotated.id)
+        .delete_other_sessions(user_id, Some(rotated.id))
         .await
         .unwrap();
     assert!(!accepted(&store, &third).await);

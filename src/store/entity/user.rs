@@ -13,6 +13,8 @@ pub struct Model {
     pub username_normalized: String,
     pub password_hash: String,
     pub created_at: DateTimeUtc,
+    /// When an operator disabled the account; `None` while it is enabled.
+    pub disabled_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,244 @@
+//! What an operator does in an incident (`authql admin ...`): list a user's sessions, end them,
+//! disable, enable or delete the account. The same effects as the user's own revocation: rows
+//! are deleted in the store, so every instance refuses the tokens on its next request.
+//!
+//! The commands and their answers are plain data (serde), so that the CLI can run them here,
+//! against `DATABASE_URL`, or hand them to the running server that serves a SQLite file
+//! (`crate::admin`), which keeps its session cache exact.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    error::AppError,
+    service::input,
+    store::{Session, Store, User},
+};
+
+/// One admin command; `login` is an email or a username, matched as login matches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum AdminCommand {
+    /// The user's live sessions: id, created, last refreshed, expiry, IP, user agent.
+    Sessions {
+        /// The user's email or username.
+        login: String,
+    },
+    /// Ends every session of the user.
+    RevokeSessions {
+        /// The user's email or username.
+        login: String,
+    },
+    /// Ends one session.
+    RevokeSession {
+        /// The session's id (a UUID, as `sessions` and `mySessions` show it).
+        id: Uuid,
+    },
+    /// Disables the account: it cannot log in or refresh (ACCOUNT_DISABLED), and all its
+    /// sessions end.
+    DisableUser {
+        /// The user's email or username.
+        login: String,
+    },
+    /// Enables a disabled account again; its ended sessions stay ended.
+    EnableUser {
+        /// The user's email or username.
+        login: String,
+    },
+    /// Deletes the user and every session of it; the email and username are free again.
+    DeleteUser {
+        /// The user's email or username.
+        login: String,
+    },
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum AdminAnswer {
+    /// `sessions`: the user and its live sessions, newest first.
+    Sessions {
+        user: UserSummary,
+        sessions: Vec<SessionSummary>,
+    },
+    /// `revoke-sessions`, `revoke-session`, `disable-user`, `delete-user`: how many sessions
+    /// ended.
+    Done {
+        user: Option<UserSummary>,
+        ended_sessions: u64,
+    },
+}
+
+/// A user as an operator sees one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSummary {
+    pub id: Uuid,
+    pub email: String,
+    pub username: String,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// A session as an operator sees one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    /// The earlier of the absolute and the idle expiry.
+    pub expires_at: DateTime<Utc>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Why a command did nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "failure", rename_all = "kebab-case")]
+pub enum AdminFailure {
+    #[error("no user has the email or username {login:?}")]
+    UnknownUser { login: String },
+    #[error("no session has the id {id}")]
+    UnknownSession { id: Uuid },
+    #[error("the database cannot be reached; try again")]
+    DatabaseUnavailable,
+    #[error("the command failed; the server log says why")]
+    Failed,
+}
+
+impl From<AppError> for AdminFailure {
+    fn from(error: AppError) -> Self {
+        match error {
+            AppError::ServiceUnavailable => Self::DatabaseUnavailable,
+            _ => Self::Failed,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for AdminFailure {
+    fn from(error: crate::store::StoreError) -> Self {
+        AppError::from(error).into()
+    }
+}
+
+/// Runs admin commands against a store.
+#[derive(Clone)]
+pub struct Admin {
+    store: Arc<dyn Store>,
+}
+
+impl Admin {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// Runs `command`; each logs what it did (ids only) as `event = "admin_..."`.
+    pub async fn run(&self, command: &AdminCommand) -> Result<AdminAnswer, AdminFailure> {
+        let store = self.store.as_ref();
+        let answer = match command {
+            AdminCommand::Sessions { login } => {
+                let user = self.user(login).await?;
+                let sessions = store.list_live_sessions(user.id, Utc::now()).await?;
+                AdminAnswer::Sessions {
+                    user: user.into(),
+                    sessions: sessions.into_iter().map(Into::into).collect(),
+                }
+            }
+            AdminCommand::RevokeSessions { login } => {
+                let user = self.user(login).await?;
+                let ended = store.delete_other_sessions(user.id, None).await?;
+                tracing::warn!(event = "admin_revoke_sessions", user_id = %user.id, ended_sessions = ended, "admin ended every session of a user");
+                done(Some(user), ended)
+            }
+            AdminCommand::RevokeSession { id } => {
+                let (user, _) = store
+                    .find_session(*id)
+                    .await?
+                    .ok_or(AdminFailure::UnknownSession { id: *id })?;
+                let ended = store.delete_user_sessions(user.id, &[*id]).await?;
+                if ended.is_empty() {
+                    return Err(AdminFailure::UnknownSession { id: *id });
+                }
+                tracing::warn!(event = "admin_revoke_session", user_id = %user.id, session_id = %id, "admin ended a session");
+                done(Some(user), 1)
+            }
+            AdminCommand::DisableUser { login } => {
+                let user = self.user(login).await?;
+                let ended = store
+                    .set_user_disabled(user.id, Some(Utc::now()))
+                    .await?
+                    .ok_or_else(|| unknown(login))?;
+                tracing::warn!(event = "admin_disable_user", user_id = %user.id, ended_sessions = ended, "admin disabled a user");
+                done(Some(user), ended)
+            }
+            AdminCommand::EnableUser { login } => {
+                let user = self.user(login).await?;
+                store
+                    .set_user_disabled(user.id, None)
+                    .await?
+                    .ok_or_else(|| unknown(login))?;
+                tracing::warn!(event = "admin_enable_user", user_id = %user.id, "admin enabled a user");
+                done(Some(user), 0)
+            }
+            AdminCommand::DeleteUser { login } => {
+                let user = self.user(login).await?;
+                let ended = store
+                    .delete_user(user.id)
+                    .await?
+                    .ok_or_else(|| unknown(login))?;
+                tracing::warn!(event = "admin_delete_user", user_id = %user.id, ended_sessions = ended, "admin deleted a user");
+                done(Some(user), ended)
+            }
+        };
+        Ok(answer)
+    }
+
+    async fn user(&self, login: &str) -> Result<User, AdminFailure> {
+        let normalized = input::normalize_login(login);
+        self.store
+            .find_credentials(&normalized)
+            .await?
+            .map(|found| found.user)
+            .ok_or_else(|| unknown(login))
+    }
+}
+
+fn unknown(login: &str) -> AdminFailure {
+    AdminFailure::UnknownUser {
+        login: login.to_owned(),
+    }
+}
+
+fn done(user: Option<User>, ended_sessions: u64) -> AdminAnswer {
+    AdminAnswer::Done {
+        user: user.map(Into::into),
+        ended_sessions,
+    }
+}
+
+impl From<User> for UserSummary {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            username: user.username,
+            created_at: user.created_at,
+            disabled_at: user.disabled_at,
+        }
+    }
+}
+
+impl From<Session> for SessionSummary {
+    fn from(session: Session) -> Self {
+        Self {
+            id: session.id,
+            created_at: session.created_at,
+            last_refreshed_at: session.last_refreshed_at,
+            expires_at: session.expires_at.min(session.idle_expires_at),
+            ip_address: session.ip_address,
+            user_agent: session.user_agent,
+        }
+    }
+}
