@@ -48,6 +48,11 @@ pub async fn spawn_app_in(dir: TempDir, configure: impl FnOnce(&mut Config)) -> 
     start(dir, database_url, configure).await
 }
 
+/// Starts authql on the existing database `database_url`, kept in `dir` (from `TestApp::stop`).
+pub async fn spawn_app_in_existing(dir: TempDir, database_url: &str) -> TestApp {
+    start(dir, database_url.to_owned(), |_| {}).await
+}
+
 async fn start(dir: TempDir, database_url: String, configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(&database_url);
     configure(&mut config);
@@ -70,6 +75,18 @@ async fn start(dir: TempDir, database_url: String, configure: impl FnOnce(&mut C
 }
 
 impl TestApp {
+    /// Stops this server and waits until it has let go of the database; returns the folder
+    /// that holds a SQLite file, which lives as long as the returned value.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.dir.take().expect("the database folder")
+    }
+
     /// Stops this server, waits until it has let go of the database (a SQLite file is served
     /// by one process at a time), and starts another on the same database with `configure`:
     /// a restart, or a new release rolled out.

@@ -14,6 +14,7 @@ mod http;
 mod identities;
 mod instances;
 mod mongodb;
+mod operators;
 mod passwords;
 mod readme;
 mod register_login;

@@ -1,6 +1,6 @@
 //! Secrets in logs (ASVS 16.2): every operation runs with a canary password and canary-shaped
-//! tokens against the real binary at the most verbose log level; neither may appear in its
-//! output, while the security events do.
+//! tokens against the real binary at the most verbose log level, in both log formats; neither
+//! may appear in its output, while the security events do. In JSON, every line is an object.
 
 use serde_json::{Value, json};
 
@@ -14,10 +14,33 @@ const CANARY_TOKEN: &str =
 
 #[tokio::test]
 async fn no_password_or_token_reaches_the_logs_at_trace_level() {
+    exercise_every_operation_and_read_the_log("text").await;
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_carry_no_password_or_token() {
+    let log = exercise_every_operation_and_read_the_log("json").await;
+    let mut events = 0;
+    for line in log.lines().filter(|line| !line.trim().is_empty()) {
+        let object: Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("a log line that is not JSON ({error}): {line}"));
+        assert!(object["timestamp"].is_string(), "{line}");
+        assert!(object["level"].is_string(), "{line}");
+        if object["fields"]["event"].is_string() {
+            events += 1;
+        }
+    }
+    assert!(events >= 3, "events are fields of the JSON objects:\n{log}");
+}
+
+/// Runs every operation with canaries against the binary logging in `format`; checks that no
+/// canary and no issued token is in the log and that the security events are; returns the log.
+async fn exercise_every_operation_and_read_the_log(format: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let binary = start_binary(
         dir.path(),
         &[
+            ("LOG_FORMAT", format),
             ("RUST_LOG", "trace"),
             ("BCRYPT_COST", "4"),
             ("RATE_LIMIT_ACCOUNT_PER_MINUTE", "4"),
@@ -120,6 +143,29 @@ async fn no_password_or_token_reaches_the_logs_at_trace_level() {
     )
     .await;
     gql("mutation { logout }", json!({}), Some(&second_access)).await;
+    // Deleting an account (another one: this one's login bucket is empty by now), first with
+    // a wrong password, then with the right one.
+    let leaving = gql(
+        &format!("mutation($i: RegisterInput!) {{ register(input: $i) {auth_fields} }}"),
+        json!({ "i": { "email": "leaving@x.com", "password": CANARY_PASSWORD } }),
+        None,
+    )
+    .await;
+    let leaving_access = string_at(&leaving, "/data/register/accessToken");
+    issued.push(leaving_access.clone());
+    issued.push(string_at(&leaving, "/data/register/refreshToken"));
+    for (password, deleted) in [
+        ("CANARY-wrong-password-9d1c", false),
+        (CANARY_PASSWORD, true),
+    ] {
+        let answer = gql(
+            "mutation($i: DeleteAccountInput!) { deleteAccount(input: $i) }",
+            json!({ "i": { "password": password } }),
+            Some(&leaving_access),
+        )
+        .await;
+        assert_eq!(answer["data"].is_object(), deleted, "{answer}");
+    }
 
     let log = binary.log();
     assert!(log.len() > 1000, "trace logging produced output:\n{log}");
@@ -144,4 +190,5 @@ async fn no_password_or_token_reaches_the_logs_at_trace_level() {
     for event in ["login_failed", "rate_limited", "refresh_token_reused"] {
         assert!(log.contains(event), "the {event} event is logged:\n{log}");
     }
+    log
 }
