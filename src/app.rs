@@ -42,6 +42,8 @@ const GENERATED_SECRET_SETTING: &str = "jwt_secret_key";
 
 pub struct Application {
     listener: TcpListener,
+    /// `METRICS_ADDR`: `/metrics` on a listener of its own.
+    metrics_listener: Option<TcpListener>,
     router: Router,
     service: AuthService,
     pruning: Option<Pruning>,
@@ -68,6 +70,8 @@ impl Application {
             acquire_timeout: Duration::from_secs(config.database_acquire_timeout_seconds),
             busy_timeout: Duration::from_secs(config.database_busy_timeout_seconds),
         };
+        // The metrics recorder, before anything records.
+        crate::metrics::handle();
         // Settings that can be wrong are checked before the database is created or touched.
         let frontend = frontend_settings(&config)?;
         let edge = edge_limits(&config)?;
@@ -163,13 +167,23 @@ impl Application {
             jwks,
             edge,
             frontend,
+            config.metrics_addr.is_none(),
         );
+        let metrics_listener = match config.metrics_addr {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("could not listen on {address} (METRICS_ADDR)"))?,
+            ),
+            None => None,
+        };
         let address = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("could not listen on {address}"))?;
         Ok(Self {
             listener,
+            metrics_listener,
             router,
             service,
             pruning,
@@ -180,6 +194,13 @@ impl Application {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served when `METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Serves until SIGTERM or Ctrl-C, then finishes the requests in flight.
@@ -195,6 +216,12 @@ impl Application {
         let pruner = self
             .pruning
             .map(|pruning| tokio::spawn(prune_periodically(self.service.clone(), pruning)));
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tracing::info!(address = ?listener.local_addr().ok(), "metrics listening");
+            tokio::spawn(
+                axum::serve(listener, http::metrics_router(self.service.clone())).into_future(),
+            )
+        });
         let served = axum::serve(
             self.listener,
             self.router
@@ -204,6 +231,9 @@ impl Application {
         .await;
         if let Some(pruner) = pruner {
             pruner.abort();
+        }
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
         }
         served
     }

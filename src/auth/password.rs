@@ -56,13 +56,21 @@ impl HashPool {
         })
     }
 
+    /// Runs `work` on a hashing thread; `operation` names it in the metrics (queue depth while
+    /// it waits, its duration on the thread).
     async fn run<T: Send + 'static>(
         &self,
+        operation: &'static str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AppError> {
         let (done, result) = oneshot::channel();
+        crate::metrics::hash_queue(1.0);
         let job: Job = Box::new(move || {
-            let _ = done.send(work());
+            crate::metrics::hash_queue(-1.0);
+            let started = std::time::Instant::now();
+            let outcome = work();
+            crate::metrics::hash_duration(operation, started.elapsed().as_secs_f64());
+            let _ = done.send(outcome);
         });
         self.jobs
             .lock()
@@ -110,7 +118,7 @@ impl PasswordHasher {
 
     pub async fn hash(&self, password: String) -> Result<String, AppError> {
         let cost = self.cost;
-        self.run_blocking(move || bcrypt::hash(prehash(&password), cost))
+        self.run_blocking("hash", move || bcrypt::hash(prehash(&password), cost))
             .await
     }
 
@@ -119,16 +127,20 @@ impl PasswordHasher {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
         let matches = self
-            .run_blocking(move || bcrypt::verify(prehash(&password), &hash))
+            .run_blocking("verify", move || bcrypt::verify(prehash(&password), &hash))
             .await?;
         Ok(known && matches)
     }
 
     async fn run_blocking<T: Send + 'static>(
         &self,
+        operation: &'static str,
         work: impl FnOnce() -> Result<T, bcrypt::BcryptError> + Send + 'static,
     ) -> Result<T, AppError> {
-        self.pool.run(work).await?.map_err(AppError::internal)
+        self.pool
+            .run(operation, work)
+            .await?
+            .map_err(AppError::internal)
     }
 }
 

@@ -1,5 +1,6 @@
-//! The GraphQL schema: roots, types, and its two extensions: `request_checks` (error codes,
-//! limits, variable coercion, the document cache) and `null_propagation`.
+//! The GraphQL schema: roots, types, and its extensions: `request_metrics` (counts and times
+//! every request), `request_checks` (error codes, limits, variable coercion, the document
+//! cache) and `null_propagation`.
 
 mod coercion;
 mod limits;
@@ -8,6 +9,7 @@ mod null_propagation;
 mod query;
 mod refresh_cookie;
 mod request_checks;
+mod request_metrics;
 pub mod types;
 
 use async_graphql::{EmptySubscription, SDLExportOptions, Schema};
@@ -32,6 +34,7 @@ pub fn build_schema(
     refresh_cookie: Option<RefreshCookie>,
 ) -> AuthSchema {
     let mut schema = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+        .extension(request_metrics::RequestMetrics)
         .extension(request_checks::RequestChecks::new(
             config.graphql_max_aliases,
         ))

@@ -101,14 +101,16 @@ struct EdgeState {
 }
 
 /// The whole HTTP surface: `/` and `/graphiql/*` (when `GRAPHIQL`), `/graphql` (GET and POST),
-/// `/healthz`, `/readyz`, `/.well-known/jwks.json`, with JSON 404/405, the request time limit,
-/// panic catching, CORS (when origins are listed) and a span per request.
+/// `/healthz`, `/readyz`, `/.well-known/jwks.json`, `/metrics` (when `with_metrics`: no
+/// `METRICS_ADDR` of its own), with JSON 404/405, the request time limit, panic catching, CORS
+/// (when origins are listed) and a span per request.
 pub fn router(
     schema: AuthSchema,
     service: AuthService,
     jwks: Option<Arc<JwkSet>>,
     limits: EdgeLimits,
     frontend: FrontendSettings,
+    with_metrics: bool,
 ) -> Router {
     let timeout = limits.request_timeout;
     let cors = cors_layer(&frontend);
@@ -117,6 +119,9 @@ pub fn router(
         router = router
             .route("/", get(graphiql::page))
             .route("/graphiql/{file}", get(graphiql::asset));
+    }
+    if with_metrics {
+        router = router.merge(metrics_router(service.clone()));
     }
     let router = router
         .route("/graphql", get(graphql_get).post(graphql_post))
@@ -506,6 +511,42 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[HeaderValue]) -> bool {
         .and_then(|origin| origin.split_once("://"))
         .map(|(_, host)| host);
     matches!((own_host, origin_host), (Some(own), Some(origin)) if own.eq_ignore_ascii_case(origin))
+}
+
+/// `GET /metrics` alone: for `METRICS_ADDR`, or merged into the main router.
+pub fn metrics_router<S>(service: AuthService) -> Router<S> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(service)
+}
+
+/// The Prometheus text format (exposition format 0.0.4), every metric of `crate::metrics`.
+/// `authql_live_sessions` is counted here, once per scrape (one indexed count query), and by
+/// one scrape at a time: a scrape that finds a count running reports the last one.
+async fn metrics(State(service): State<AuthService>) -> Response {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static COUNTING: AtomicBool = AtomicBool::new(false);
+    /// Lets the next scrape count, even when this one is dropped half-way.
+    struct Counting;
+    impl Drop for Counting {
+        fn drop(&mut self) {
+            COUNTING.store(false, Ordering::Release);
+        }
+    }
+    if !COUNTING.swap(true, Ordering::AcqRel) {
+        let _counting = Counting;
+        if let Ok(count) = service.count_live_sessions().await {
+            crate::metrics::live_sessions(count);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(service.pool_status()),
+    )
+        .into_response()
 }
 
 /// Liveness: the process serves. It stays 200 while the database is away, so that an

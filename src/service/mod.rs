@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::{
     auth::{Authenticated, BearerToken, PasswordHasher, TokenKeys, TokenKind},
     error::{AppError, UnauthenticatedReason},
+    metrics,
     service::rate_limit::{Operation, RateLimits},
     store::{NewUser, Rotation, Session, Store, User},
 };
@@ -117,7 +118,22 @@ impl AuthService {
         self.issue(user, session, now)
     }
 
+    /// Opens a new session. Counted in `authql_logins_total` by outcome.
     pub async fn login(
+        &self,
+        email_or_username: &str,
+        password: String,
+        client: ClientInfo,
+    ) -> Result<IssuedTokens, AppError> {
+        let logged_in = self.log_in(email_or_username, password, client).await;
+        metrics::login(match &logged_in {
+            Ok(_) => "success",
+            Err(error) => outcome_of(error),
+        });
+        logged_in
+    }
+
+    async fn log_in(
         &self,
         email_or_username: &str,
         password: String,
@@ -166,11 +182,35 @@ impl AuthService {
     /// Presenting the replaced refresh token again is either a retry (a second tab, a lost
     /// response) or a thief racing the owner. Within the grace window it is taken as a retry and
     /// answered with the very pair the rotation issued; after it, the session is revoked.
+    /// Counted in `authql_refreshes_total` by outcome: `rotated`, `grace_replay`,
+    /// `reuse_detected`, `expired`, `revoked`, `account_disabled`, `invalid_token`,
+    /// `rate_limited`, `unavailable`, `error`.
     pub async fn refresh(
         &self,
         refresh_token: &str,
         client: ClientInfo,
     ) -> Result<IssuedTokens, AppError> {
+        let refreshed = self.rotate(refresh_token, client).await;
+        metrics::refresh(match &refreshed {
+            Ok((_, outcome)) => outcome,
+            Err(AppError::Unauthenticated(UnauthenticatedReason::RefreshTokenReused)) => {
+                "reuse_detected"
+            }
+            Err(AppError::Unauthenticated(UnauthenticatedReason::Expired)) => "expired",
+            Err(AppError::Unauthenticated(UnauthenticatedReason::Revoked)) => "revoked",
+            Err(AppError::Unauthenticated(_)) => "invalid_token",
+            Err(error) => outcome_of(error),
+        });
+        refreshed.map(|(issued, _)| issued)
+    }
+
+    /// `refresh`, and whether it rotated or replayed the pair of a rotation within the grace
+    /// window.
+    async fn rotate(
+        &self,
+        refresh_token: &str,
+        client: ClientInfo,
+    ) -> Result<(IssuedTokens, &'static str), AppError> {
         let limits = &self.inner.rate_limits;
         limits.check_client(Operation::Refresh, client.ip).await?;
         let claims = self
@@ -195,7 +235,7 @@ impl AuthService {
             if user.disabled_at.is_some() {
                 return Err(AppError::AccountDisabled);
             }
-            return self.issue(user, session, now);
+            return Ok((self.issue(user, session, now)?, "rotated"));
         }
 
         // Not rotated: the session is gone, has ended, or holds another refresh jti.
@@ -223,7 +263,7 @@ impl AuthService {
         }
         if let Some(rotated_at) = self.replaced_within_grace(&session, claims.jti, now) {
             // Signing is deterministic: the same claims give the same bytes.
-            return self.issue(user, session, rotated_at);
+            return Ok((self.issue(user, session, rotated_at)?, "grace_replay"));
         }
         store.delete_user_sessions(user.id, &[session.id]).await?;
         tracing::warn!(
@@ -485,6 +525,16 @@ impl AuthService {
         Ok(())
     }
 
+    /// The database connection pool's state, where the driver tells it.
+    pub fn pool_status(&self) -> Option<crate::store::PoolStatus> {
+        self.store().pool_status()
+    }
+
+    /// How many sessions are live now (for `authql_live_sessions`).
+    pub async fn count_live_sessions(&self) -> Result<u64, AppError> {
+        Ok(self.store().count_live_sessions(now()).await?)
+    }
+
     /// Whether the database answers: the readiness of this instance.
     pub async fn check_ready(&self) -> Result<(), AppError> {
         Ok(self.store().ping().await?)
@@ -574,6 +624,18 @@ impl AuthService {
             user,
             session,
         })
+    }
+}
+
+/// The metrics outcome of a failed login or refresh that has no more precise one.
+fn outcome_of(error: &AppError) -> &'static str {
+    match error {
+        AppError::InvalidCredentials => "invalid_credentials",
+        AppError::AccountDisabled => "account_disabled",
+        AppError::RateLimited { .. } => "rate_limited",
+        AppError::ServiceUnavailable => "unavailable",
+        AppError::Unauthenticated(_) => "invalid_token",
+        _ => "error",
     }
 }
 

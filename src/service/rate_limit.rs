@@ -189,13 +189,15 @@ impl RateLimits {
             return Ok(());
         };
         let retry_after_seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let scope = match scope {
+            Scope::Address => "ip",
+            Scope::Account => "account",
+        };
+        crate::metrics::rate_limited(operation.name(), scope);
         tracing::warn!(
             event = "rate_limited",
             operation = operation.name(),
-            scope = match scope {
-                Scope::Address => "ip",
-                Scope::Account => "account",
-            },
+            scope,
             retry_after_seconds,
             "too many attempts"
         );

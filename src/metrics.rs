@@ -1,0 +1,135 @@
+//! Prometheus metrics: the `metrics` facade, recorded by `metrics-exporter-prometheus` and
+//! rendered in the Prometheus text format (exposition format 0.0.4) at `GET /metrics`.
+//!
+//! Every metric and its labels (README, "Operating authql"). Label values are bounded: operation
+//! names are root fields of the schema, outcomes and codes come from authql's own lists, never
+//! from user input.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `authql_graphql_requests_total` | counter | `operation`, `outcome` |
+//! | `authql_graphql_request_duration_seconds` | histogram | `operation`, `outcome` |
+//! | `authql_logins_total` | counter | `outcome` |
+//! | `authql_refreshes_total` | counter | `outcome` |
+//! | `authql_rate_limited_total` | counter | `operation`, `scope` |
+//! | `authql_live_sessions` | gauge | |
+//! | `authql_database_connections` | gauge | `state` (`in_use`, `idle`) |
+//! | `authql_password_hash_queue_depth` | gauge | |
+//! | `authql_password_hash_duration_seconds` | histogram | `operation` (`hash`, `verify`) |
+
+use std::sync::OnceLock;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::store::PoolStatus;
+
+/// Histogram buckets, in seconds: from a cached `me` (a fraction of a millisecond) to a bcrypt
+/// hash at a high cost (a second or more).
+const BUCKETS_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder, installed on first use. One per process: the tests start many
+/// servers in one process, and those share it.
+pub fn handle() -> &'static PrometheusHandle {
+    RECORDER.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS_SECONDS)
+            .expect("the buckets are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder already installed (a library user's own) keeps recording; this
+        // handle then renders nothing but the descriptions.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+/// The metrics in the Prometheus text format, with the gauges read at scrape time refreshed.
+pub fn render(pool: Option<PoolStatus>) -> String {
+    let handle = handle();
+    if let Some(pool) = pool {
+        gauge!("authql_database_connections", "state" => "in_use").set(pool.in_use as f64);
+        gauge!("authql_database_connections", "state" => "idle").set(pool.idle as f64);
+    }
+    // Drains the histograms' recent samples into their buckets; without a listener of the
+    // exporter's own, nothing else does.
+    handle.run_upkeep();
+    handle.render()
+}
+
+fn describe() {
+    describe_counter!(
+        "authql_graphql_requests_total",
+        "GraphQL requests answered, by root field (operation) and outcome (OK or the first error's code)"
+    );
+    describe_histogram!(
+        "authql_graphql_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from a GraphQL request's start to its response, by operation and outcome"
+    );
+    describe_counter!("authql_logins_total", "Logins, by outcome");
+    describe_counter!(
+        "authql_refreshes_total",
+        "Refresh-token exchanges, by outcome (rotated, grace_replay, reuse_detected, expired, ...)"
+    );
+    describe_counter!(
+        "authql_rate_limited_total",
+        "Requests refused by a rate limit, by operation and bucket scope (ip, account)"
+    );
+    describe_gauge!(
+        "authql_live_sessions",
+        "Sessions neither expired nor idle, counted at each scrape"
+    );
+    describe_gauge!(
+        "authql_database_connections",
+        "Database connections of this instance, by state (in_use, idle)"
+    );
+    describe_gauge!(
+        "authql_password_hash_queue_depth",
+        "Password hashes and verifications waiting for a hashing thread"
+    );
+    describe_histogram!(
+        "authql_password_hash_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time one bcrypt hash or verification takes on its thread"
+    );
+}
+
+pub fn graphql_request(operation: &str, outcome: &str, seconds: f64) {
+    let labels = [
+        ("operation", operation.to_owned()),
+        ("outcome", outcome.to_owned()),
+    ];
+    counter!("authql_graphql_requests_total", &labels).increment(1);
+    histogram!("authql_graphql_request_duration_seconds", &labels).record(seconds);
+}
+
+pub fn login(outcome: &'static str) {
+    counter!("authql_logins_total", "outcome" => outcome).increment(1);
+}
+
+pub fn refresh(outcome: &'static str) {
+    counter!("authql_refreshes_total", "outcome" => outcome).increment(1);
+}
+
+pub fn rate_limited(operation: &'static str, scope: &'static str) {
+    counter!("authql_rate_limited_total", "operation" => operation, "scope" => scope).increment(1);
+}
+
+pub fn live_sessions(count: u64) {
+    gauge!("authql_live_sessions").set(count as f64);
+}
+
+/// A hash or verification joined (+1) or left (-1) the queue.
+pub fn hash_queue(change: f64) {
+    gauge!("authql_password_hash_queue_depth").increment(change);
+}
+
+pub fn hash_duration(operation: &'static str, seconds: f64) {
+    histogram!("authql_password_hash_duration_seconds", "operation" => operation).record(seconds);
+}
