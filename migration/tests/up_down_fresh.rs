@@ -12,7 +12,7 @@ async fn migrations_go_up_down_and_fresh() {
 
     assert_eq!(
         Migrator::get_pending_migrations(&db).await.unwrap().len(),
-        4
+        Migrator::migrations().len()
     );
     Migrator::up(&db, None).await.unwrap();
     assert!(
@@ -33,6 +33,7 @@ async fn migrations_go_up_down_and_fresh() {
             .await
             .unwrap()
     );
+    assert!(manager.has_column("users", "disabled_at").await.unwrap());
 
     Migrator::down(&db, None).await.unwrap();
     for table in ["users", "sessions", "settings", "rate_limit_buckets"] {
@@ -46,6 +47,6 @@ async fn migrations_go_up_down_and_fresh() {
     assert!(manager.has_table("sessions").await.unwrap());
     assert_eq!(
         Migrator::get_applied_migrations(&db).await.unwrap().len(),
-        4
+        Migrator::migrations().len()
     );
 }

@@ -13,6 +13,7 @@ mod graphql_over_http;
 mod http;
 mod identities;
 mod instances;
+mod metrics;
 mod mongodb;
 mod operators;
 mod passwords;
