@@ -20,7 +20,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::{
     config::Config,
-    service::admin::{Admin, AdminAnswer, AdminCommand, AdminFailure, SessionSummary},
+    service::{
+        admin::{Admin, AdminAnswer, AdminCommand, AdminFailure, SessionSummary},
+        events::SessionEvents,
+    },
     store::{self, DatabaseLock, PoolSettings, SeaStore},
 };
 
@@ -93,8 +96,9 @@ async fn execute(config: &Config, command: &AdminCommand) -> Result<AdminAnswer,
         acquire_timeout: Duration::from_secs(config.database_acquire_timeout_seconds),
         busy_timeout: Duration::from_secs(config.database_busy_timeout_seconds),
     };
-    let store = store::connect(&config.database_url, pool).await?;
-    Admin::new(store.into()).run(command).await
+    let store: std::sync::Arc<dyn store::Store> = store::connect(&config.database_url, pool).await?.into();
+    let events = SessionEvents::new(store.clone());
+    Admin::new(store, events).run(command).await
 }
 
 /// Where the server serving the SQLite file at `database_path` listens for admin commands.

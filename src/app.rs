@@ -27,6 +27,7 @@ use crate::{
     service::{
         AuthService, Lifetimes,
         admin::Admin,
+        events::SessionEvents,
         rate_limit::{RateLimitSettings, RateLimits},
     },
     store::{
@@ -141,13 +142,15 @@ impl Application {
         } else {
             RateLimits::in_memory(rate_limit_settings)
         };
+        let events = SessionEvents::new(store.clone());
         // SQLite: `authql admin` cannot write the file behind this process's session cache,
         // so it hands its commands over a socket beside the file.
         let admin_socket = match SeaStore::sqlite_path(&config.database_url) {
             Some(path) if database_lock.is_some() => {
                 let socket = admin::socket_path(&path);
                 Some(
-                    AdminSocket::bind(socket.clone(), Admin::new(store.clone())).with_context(
+                    AdminSocket::bind(socket.clone(), Admin::new(store.clone(), events.clone()))
+                        .with_context(
                         || {
                             format!(
                                 "could not listen for admin commands on {}",
@@ -159,7 +162,14 @@ impl Application {
             }
             _ => None,
         };
-        let service = AuthService::new(store, tokens, passwords, lifetimes, rate_limits);
+        let service = AuthService::new(
+            store,
+            tokens,
+            passwords,
+            lifetimes,
+            rate_limits,
+            events.clone(),
+        );
 
         let router = http::router(
             build_schema(service.clone(), &config, frontend.refresh_cookie.clone()),
@@ -216,6 +226,9 @@ impl Application {
         let pruner = self
             .pruning
             .map(|pruning| tokio::spawn(prune_periodically(self.service.clone(), pruning)));
+        // Session events from every instance on the database, for this one's subscribers.
+        let events = self.service.events().clone();
+        let listener = tokio::spawn(async move { events.listen().await });
         let metrics_server = self.metrics_listener.map(|listener| {
             tracing::info!(address = ?listener.local_addr().ok(), "metrics listening");
             tokio::spawn(
@@ -232,6 +245,7 @@ impl Application {
         if let Some(pruner) = pruner {
             pruner.abort();
         }
+        listener.abort();
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }
@@ -279,6 +293,14 @@ fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(EdgeLimits {
+        websocket: http::websocket::WebSocketSettings {
+            init_timeout: Duration::from_secs(config.websocket_init_timeout_seconds),
+            ping_interval: Duration::from_secs(config.websocket_ping_interval_seconds),
+            max_subscriptions: usize::try_from(config.websocket_max_subscriptions)
+                .unwrap_or(usize::MAX),
+            max_connections_per_user: usize::try_from(config.websocket_max_connections_per_user)
+                .unwrap_or(usize::MAX),
+        },
         max_body_bytes: config.max_body_bytes,
         max_query_bytes: config.graphql_max_query_bytes,
         max_query_nesting: config.graphql_max_nesting,

@@ -275,6 +275,28 @@ pub struct Config {
           value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
 
+    /// WebSocket (`sessionEvents`): seconds a new connection may take to send `connection_init`
+    /// before it is closed with 4408.
+    #[arg(long, env = "WEBSOCKET_INIT_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub websocket_init_timeout_seconds: u64,
+
+    /// WebSocket: seconds between the server's pings; a connection that sends nothing (not even
+    /// a pong) for three of them is closed.
+    #[arg(long, env = "WEBSOCKET_PING_INTERVAL_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub websocket_ping_interval_seconds: u64,
+
+    /// WebSocket: most subscriptions open at once on one connection.
+    #[arg(long, env = "WEBSOCKET_MAX_SUBSCRIPTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub websocket_max_subscriptions: u64,
+
+    /// WebSocket: most connections open at once for one user, on this instance.
+    #[arg(long, env = "WEBSOCKET_MAX_CONNECTIONS_PER_USER", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub websocket_max_connections_per_user: u64,
+
     /// How log lines are written: `text` (one readable line per event) or `json` (one JSON
     /// object per line, for a log collector).
     #[arg(long, env = "LOG_FORMAT", value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
@@ -346,6 +368,10 @@ impl Config {
             refresh_token_cookie_same_site: SameSite::Strict,
             log_format: LogFormat::Text,
             metrics_addr: None,
+            websocket_init_timeout_seconds: 10,
+            websocket_ping_interval_seconds: 15,
+            websocket_max_subscriptions: 10,
+            websocket_max_connections_per_user: 20,
         }
     }
 }

@@ -47,6 +47,8 @@ impl BearerToken {
 pub struct Authenticated {
     pub user: User,
     pub session: Session,
+    /// When the access token expires (its `exp`).
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Per-request authentication state: the token as received, resolved at most once.
@@ -60,6 +62,14 @@ impl RequestAuth {
         Self {
             bearer,
             resolved: OnceCell::new(),
+        }
+    }
+
+    /// Already resolved: a WebSocket connection authenticates once, at `connection_init`.
+    pub fn resolved(authenticated: Authenticated) -> Self {
+        Self {
+            bearer: BearerToken::Missing,
+            resolved: OnceCell::new_with(Some(Ok(authenticated))),
         }
     }
 

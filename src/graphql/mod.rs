@@ -10,18 +10,20 @@ mod query;
 mod refresh_cookie;
 mod request_checks;
 mod request_metrics;
+mod subscription;
 pub mod types;
 
-use async_graphql::{EmptySubscription, SDLExportOptions, Schema};
+use async_graphql::{SDLExportOptions, Schema};
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
+pub use subscription::{SlowSubscriber, SubscriptionRoot};
 pub use refresh_cookie::{RefreshCookie, RequestRefreshCookie};
 
 use crate::{config::Config, service::AuthService};
 
-/// authql's executable schema: queries and mutations, no subscriptions yet.
-pub type AuthSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+/// authql's executable schema: queries, mutations, and `sessionEvents` over WebSocket.
+pub type AuthSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// What `register`, `login`, `refresh` and `changePassword` cost against `GRAPHQL_MAX_COMPLEXITY`
 /// (ordinary fields cost 1): with the default limit of 1000 no operation holds two of them.
@@ -33,7 +35,7 @@ pub fn build_schema(
     config: &Config,
     refresh_cookie: Option<RefreshCookie>,
 ) -> AuthSchema {
-    let mut schema = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    let mut schema = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .extension(request_metrics::RequestMetrics)
         .extension(request_checks::RequestChecks::new(
             config.graphql_max_aliases,
@@ -54,7 +56,7 @@ pub fn build_schema(
 
 /// The schema in SDL, as committed in `schema.graphql`.
 pub fn schema_sdl() -> String {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .finish()
         .sdl_with_options(SDLExportOptions::new().include_specified_by())
 }

@@ -196,3 +196,48 @@ pub struct DeleteAccountInput {
     /// The password in use now.
     pub password: String,
 }
+
+/// What happened to a session (`sessionEvents`).
+#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEventType {
+    /// A session began: register or login.
+    Created,
+    /// Its token pair was rotated by `refresh`.
+    Refreshed,
+    /// It was ended: logout, revokeTokens, revokeOtherSessions, changePassword, refresh-token
+    /// reuse, deleteAccount, or an operator (`authql admin`).
+    Revoked,
+    /// A refresh found it past its idle timeout or absolute expiry.
+    Expired,
+}
+
+/// One event of one of the subscriber's sessions.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct SessionEvent {
+    /// What happened.
+    #[graphql(name = "type")]
+    pub kind: SessionEventType,
+    /// The session it happened to (as `mySessions` and `session { id }` show it).
+    pub session_id: ID,
+    /// When it happened, on the instance that did it.
+    pub at: DateTime,
+    /// Whether it is the session of the access token this subscription was opened with.
+    pub current: bool,
+}
+
+impl SessionEvent {
+    pub fn new(event: crate::service::events::SessionEvent, current_session: Uuid) -> Self {
+        use crate::service::events::SessionEventKind as Kind;
+        Self {
+            kind: match event.kind {
+                Kind::Created => SessionEventType::Created,
+                Kind::Refreshed => SessionEventType::Refreshed,
+                Kind::Revoked => SessionEventType::Revoked,
+                Kind::Expired => SessionEventType::Expired,
+            },
+            session_id: event.session_id.into(),
+            at: event.at.into(),
+            current: event.session_id == current_session,
+        }
+    }
+}

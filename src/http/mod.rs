@@ -16,6 +16,7 @@ mod client_address;
 mod graphiql;
 mod graphql_over_http;
 mod persisted_queries;
+pub mod websocket;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -23,7 +24,7 @@ use async_graphql::parser::types::OperationType;
 use axum::{
     Json, Router,
     body::Body,
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, FromRequestParts, Request, State, ws::WebSocketUpgrade},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -64,6 +65,8 @@ const CORS_ALLOWED_HEADERS: [&str; 4] = [
 /// What the edge accepts, from the configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeLimits {
+    /// The WebSocket connections' limits (`websocket`).
+    pub websocket: websocket::WebSocketSettings,
     pub max_body_bytes: usize,
     pub max_query_bytes: usize,
     /// Deepest nesting of `()`, `[]` and `{}` in a query's text.
@@ -98,6 +101,8 @@ struct EdgeState {
     limits: Arc<EdgeLimits>,
     frontend: Arc<FrontendSettings>,
     persisted_queries: Arc<PersistedQueries>,
+    /// Open WebSocket connections per user.
+    websocket_connections: Arc<websocket::Connections>,
 }
 
 /// The whole HTTP surface: `/` and `/graphiql/*` (when `GRAPHIQL`), `/graphql` (GET and POST),
@@ -137,6 +142,7 @@ pub fn router(
             limits: Arc::new(limits),
             persisted_queries: Arc::new(PersistedQueries::new(frontend.persisted_queries)),
             frontend: Arc::new(frontend),
+            websocket_connections: Arc::default(),
         })
         .layer(middleware::from_fn_with_state(timeout, time_limit))
         .layer(middleware::from_fn(one_host))
@@ -250,13 +256,20 @@ async fn graphql_post(
 }
 
 /// GET carries queries only (GraphQL over HTTP § GET): a mutation must not run from a link or
-/// an `<img>` tag.
+/// an `<img>` tag. A GET that asks to become a WebSocket gets `websocket` (subscriptions).
 async fn graphql_get(
     State(state): State<EdgeState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
+    request: Request,
 ) -> Response {
+    let (mut parts, _) = request.into_parts();
+    if websocket::is_upgrade(&parts.headers) {
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+            Ok(upgrade) => websocket::upgrade(state, peer, &parts.headers, upgrade),
+            Err(rejection) => rejection.into_response(),
+        };
+    }
+    let (headers, uri) = (parts.headers, parts.uri);
     let result = async {
         let media = negotiate(&headers)?;
         let params = GraphQLParams::from_query_string(uri.query().unwrap_or_default(), media)?;
@@ -457,19 +470,24 @@ async fn execute(
         Ok(value) => BearerToken::from_header(value.map(HeaderValue::as_bytes)),
         Err(Ambiguous) => BearerToken::Unreadable,
     };
-    let client = ClientInfo {
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|value| value.to_str().ok())
-            .map(|agent| agent.chars().take(MAX_USER_AGENT_CHARS).collect()),
-        ip: Some(client_ip(peer.ip(), headers, &state.limits.trusted_proxies)),
-    };
+    let client = client_info(peer, headers, &state.limits.trusted_proxies);
     let mut request = request.data(RequestAuth::new(bearer)).data(client);
     if let Some(cookie) = &state.frontend.refresh_cookie {
         let origin_allowed = origin_allowed(headers, &state.frontend.allowed_origins);
         request = request.data(cookie.read(headers, origin_allowed));
     }
     into_http_response(state.schema.execute(request).await, media)
+}
+
+/// Where a request comes from: its user agent (shortened) and its client address.
+fn client_info(peer: SocketAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> ClientInfo {
+    ClientInfo {
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .map(|agent| agent.chars().take(MAX_USER_AGENT_CHARS).collect()),
+        ip: Some(client_ip(peer.ip(), headers, trusted_proxies)),
+    }
 }
 
 /// A header sent more than once where authql needs exactly one.

@@ -14,7 +14,10 @@ use uuid::Uuid;
 
 use crate::{
     error::AppError,
-    service::input,
+    service::{
+        events::{SessionEventKind, SessionEvents},
+        input,
+    },
     store::{Session, Store, User},
 };
 
@@ -123,15 +126,22 @@ impl From<crate::store::StoreError> for AdminFailure {
     }
 }
 
-/// Runs admin commands against a store.
+/// Runs admin commands against a store, and publishes the session events they cause.
 #[derive(Clone)]
 pub struct Admin {
     store: Arc<dyn Store>,
+    events: SessionEvents,
 }
 
 impl Admin {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn Store>, events: SessionEvents) -> Self {
+        Self { store, events }
+    }
+
+    async fn revoked(&self, user: &User, session_ids: &[Uuid]) {
+        self.events
+            .publish_all(SessionEventKind::Revoked, user.id, session_ids)
+            .await;
     }
 
     /// Runs `command`; each logs what it did (ids only) as `event = "admin_..."`.
@@ -149,8 +159,9 @@ impl Admin {
             AdminCommand::RevokeSessions { login } => {
                 let user = self.user(login).await?;
                 let ended = store.delete_other_sessions(user.id, None).await?;
-                tracing::warn!(event = "admin_revoke_sessions", user_id = %user.id, ended_sessions = ended, "admin ended every session of a user");
-                done(Some(user), ended)
+                self.revoked(&user, &ended).await;
+                tracing::warn!(event = "admin_revoke_sessions", user_id = %user.id, ended_sessions = ended.len(), "admin ended every session of a user");
+                done(Some(user), &ended)
             }
             AdminCommand::RevokeSession { id } => {
                 let (user, _) = store
@@ -161,8 +172,9 @@ impl Admin {
                 if ended.is_empty() {
                     return Err(AdminFailure::UnknownSession { id: *id });
                 }
+                self.revoked(&user, &ended).await;
                 tracing::warn!(event = "admin_revoke_session", user_id = %user.id, session_id = %id, "admin ended a session");
-                done(Some(user), 1)
+                done(Some(user), &ended)
             }
             AdminCommand::DisableUser { login } => {
                 let user = self.user(login).await?;
@@ -170,8 +182,9 @@ impl Admin {
                     .set_user_disabled(user.id, Some(Utc::now()))
                     .await?
                     .ok_or_else(|| unknown(login))?;
-                tracing::warn!(event = "admin_disable_user", user_id = %user.id, ended_sessions = ended, "admin disabled a user");
-                done(Some(user), ended)
+                self.revoked(&user, &ended).await;
+                tracing::warn!(event = "admin_disable_user", user_id = %user.id, ended_sessions = ended.len(), "admin disabled a user");
+                done(Some(user), &ended)
             }
             AdminCommand::EnableUser { login } => {
                 let user = self.user(login).await?;
@@ -180,7 +193,7 @@ impl Admin {
                     .await?
                     .ok_or_else(|| unknown(login))?;
                 tracing::warn!(event = "admin_enable_user", user_id = %user.id, "admin enabled a user");
-                done(Some(user), 0)
+                done(Some(user), &[])
             }
             AdminCommand::DeleteUser { login } => {
                 let user = self.user(login).await?;
@@ -188,8 +201,9 @@ impl Admin {
                     .delete_user(user.id)
                     .await?
                     .ok_or_else(|| unknown(login))?;
-                tracing::warn!(event = "admin_delete_user", user_id = %user.id, ended_sessions = ended, "admin deleted a user");
-                done(Some(user), ended)
+                self.revoked(&user, &ended).await;
+                tracing::warn!(event = "admin_delete_user", user_id = %user.id, ended_sessions = ended.len(), "admin deleted a user");
+                done(Some(user), &ended)
             }
         };
         Ok(answer)
@@ -211,10 +225,10 @@ fn unknown(login: &str) -> AdminFailure {
     }
 }
 
-fn done(user: Option<User>, ended_sessions: u64) -> AdminAnswer {
+fn done(user: Option<User>, ended: &[Uuid]) -> AdminAnswer {
     AdminAnswer::Done {
         user: user.map(Into::into),
-        ended_sessions,
+        ended_sessions: ended.len() as u64,
     }
 }
 

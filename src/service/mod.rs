@@ -2,6 +2,7 @@
 //! list and revoke sessions, change passwords.
 
 pub mod admin;
+pub mod events;
 pub mod input;
 pub mod rate_limit;
 
@@ -14,7 +15,10 @@ use crate::{
     auth::{Authenticated, BearerToken, PasswordHasher, TokenKeys, TokenKind},
     error::{AppError, UnauthenticatedReason},
     metrics,
-    service::rate_limit::{Operation, RateLimits},
+    service::{
+        events::{SessionEventKind, SessionEvents},
+        rate_limit::{Operation, RateLimits},
+    },
     store::{NewUser, Rotation, Session, Store, User},
 };
 
@@ -56,6 +60,7 @@ struct Inner {
     passwords: PasswordHasher,
     lifetimes: Lifetimes,
     rate_limits: RateLimits,
+    events: SessionEvents,
 }
 
 /// How long tokens and sessions live.
@@ -77,6 +82,7 @@ impl AuthService {
         passwords: PasswordHasher,
         lifetimes: Lifetimes,
         rate_limits: RateLimits,
+        events: SessionEvents,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -85,8 +91,21 @@ impl AuthService {
                 passwords,
                 lifetimes,
                 rate_limits,
+                events,
             }),
         }
+    }
+
+    /// Where session events are published and subscribed to.
+    pub fn events(&self) -> &SessionEvents {
+        &self.inner.events
+    }
+
+    async fn publish(&self, kind: SessionEventKind, user_id: Uuid, session_ids: &[Uuid]) {
+        self.inner
+            .events
+            .publish_all(kind, user_id, session_ids)
+            .await;
     }
 
     pub async fn register(
@@ -115,6 +134,8 @@ impl AuthService {
         let session = self.new_session(user.id, client, now);
         let (user, session) = self.store().create_user_with_session(user, session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "user registered");
+        self.publish(SessionEventKind::Created, user.id, &[session.id])
+            .await;
         self.issue(user, session, now)
     }
 
@@ -173,6 +194,8 @@ impl AuthService {
             .create_session(self.new_session(user.id, client, now))
             .await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "logged in");
+        self.publish(SessionEventKind::Created, user.id, &[session.id])
+            .await;
         self.issue(user, session, now)
     }
 
@@ -235,6 +258,8 @@ impl AuthService {
             if user.disabled_at.is_some() {
                 return Err(AppError::AccountDisabled);
             }
+            self.publish(SessionEventKind::Refreshed, user.id, &[session.id])
+                .await;
             return Ok((self.issue(user, session, now)?, "rotated"));
         }
 
@@ -259,13 +284,17 @@ impl AuthService {
             return Err(AppError::AccountDisabled);
         }
         if !session.is_live(now) {
+            self.publish(SessionEventKind::Expired, user.id, &[session.id])
+                .await;
             return Err(AppError::Unauthenticated(UnauthenticatedReason::Expired));
         }
         if let Some(rotated_at) = self.replaced_within_grace(&session, claims.jti, now) {
             // Signing is deterministic: the same claims give the same bytes.
             return Ok((self.issue(user, session, rotated_at)?, "grace_replay"));
         }
-        store.delete_user_sessions(user.id, &[session.id]).await?;
+        let revoked = store.delete_user_sessions(user.id, &[session.id]).await?;
+        self.publish(SessionEventKind::Revoked, user.id, &revoked)
+            .await;
         tracing::warn!(
             event = "refresh_token_reused",
             user_id = %user.id,
@@ -305,7 +334,12 @@ impl AuthService {
             if user.disabled_at.is_some() {
                 return Err(AppError::Unauthenticated(UnauthenticatedReason::Revoked));
             }
-            return Ok(Authenticated { user, session });
+            let expires_at = DateTime::from_timestamp(claims.exp, 0).unwrap_or(now);
+            return Ok(Authenticated {
+                user,
+                session,
+                expires_at,
+            });
         }
         // Refused: say whether the session timed out (idle or absolute expiry) or was ended.
         // This second lookup runs only for refused tokens.
@@ -431,11 +465,13 @@ impl AuthService {
     }
 
     pub async fn revoke_other_sessions(&self, caller: &Authenticated) -> Result<u64, AppError> {
-        self.inner
-            .store
+        let revoked = self
+            .store()
             .delete_other_sessions(caller.user.id, Some(caller.session.id))
-            .await
-            .map_err(AppError::from)
+            .await?;
+        self.publish(SessionEventKind::Revoked, caller.user.id, &revoked)
+            .await;
+        Ok(revoked.len() as u64)
     }
 
     /// Sets a new password and ends every other session of the caller.
@@ -477,7 +513,9 @@ impl AuthService {
             .store()
             .change_password(caller.user.id, password_hash, caller.session.id)
             .await?;
-        tracing::info!(user_id = %caller.user.id, ended_sessions = ended, "password changed");
+        tracing::info!(user_id = %caller.user.id, ended_sessions = ended.len(), "password changed");
+        self.publish(SessionEventKind::Revoked, caller.user.id, &ended)
+            .await;
         Ok(())
     }
 
@@ -521,7 +559,9 @@ impl AuthService {
             .delete_user(caller.user.id)
             .await?
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
-        tracing::info!(event = "account_deleted", user_id = %caller.user.id, ended_sessions = ended, "account deleted by its user");
+        tracing::info!(event = "account_deleted", user_id = %caller.user.id, ended_sessions = ended.len(), "account deleted by its user");
+        self.publish(SessionEventKind::Revoked, caller.user.id, &ended)
+            .await;
         Ok(())
     }
 
@@ -562,11 +602,13 @@ impl AuthService {
         user_id: Uuid,
         session_ids: &[Uuid],
     ) -> Result<Vec<Uuid>, AppError> {
-        self.inner
-            .store
+        let revoked = self
+            .store()
             .delete_user_sessions(user_id, session_ids)
-            .await
-            .map_err(AppError::from)
+            .await?;
+        self.publish(SessionEventKind::Revoked, user_id, &revoked)
+            .await;
+        Ok(revoked)
     }
 
     fn store(&self) -> &dyn Store {

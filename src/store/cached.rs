@@ -130,7 +130,11 @@ impl<S: Store> Store for CachedStore<S> {
         deleted
     }
 
-    async fn delete_other_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> StoreResult<u64> {
+    async fn delete_other_sessions(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+    ) -> StoreResult<Vec<Uuid>> {
         let deleted = self.inner.delete_other_sessions(user_id, keep).await;
         self.invalidate(|user, session| user.id == user_id && Some(session.id) != keep);
         deleted
@@ -140,14 +144,14 @@ impl<S: Store> Store for CachedStore<S> {
         &self,
         user_id: Uuid,
         disabled_at: Option<DateTime<Utc>>,
-    ) -> StoreResult<Option<u64>> {
+    ) -> StoreResult<Option<Vec<Uuid>>> {
         let ended = self.inner.set_user_disabled(user_id, disabled_at).await;
         // The cached rows carry the user, `disabled_at` included.
         self.invalidate(|user, _| user.id == user_id);
         ended
     }
 
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<u64>> {
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
         let ended = self.inner.delete_user(user_id).await;
         self.invalidate(|user, _| user.id == user_id);
         ended
@@ -158,7 +162,7 @@ impl<S: Store> Store for CachedStore<S> {
         user_id: Uuid,
         password_hash: String,
         keep_session: Uuid,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Vec<Uuid>> {
         let ended = self
             .inner
             .change_password(user_id, password_hash, keep_session)
@@ -211,6 +215,14 @@ impl<S: Store> Store for CachedStore<S> {
 
     async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.count_live_sessions(now).await
+    }
+
+    async fn broadcast_events(&self, payload: &str) -> StoreResult<bool> {
+        self.inner.broadcast_events(payload).await
+    }
+
+    async fn listen_events(&self) -> StoreResult<Option<super::EventStream>> {
+        self.inner.listen_events().await
     }
 
     fn pool_status(&self) -> Option<super::PoolStatus> {

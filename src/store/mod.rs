@@ -54,6 +54,9 @@ pub struct User {
     pub disabled_at: Option<DateTime<Utc>>,
 }
 
+/// Broadcast event payloads as they arrive ([`Store::listen_events`]).
+pub type EventStream = futures_util::stream::BoxStream<'static, String>;
+
 /// The connection pool right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStatus {
@@ -253,21 +256,36 @@ pub trait Store: Send + Sync + 'static {
         session_ids: &[Uuid],
     ) -> StoreResult<Vec<Uuid>>;
 
-    /// Deletes every session of the user but `keep` (all of them without); returns how many.
-    async fn delete_other_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> StoreResult<u64>;
+    /// Deletes every session of the user but `keep` (all of them without); returns the ids
+    /// deleted.
+    async fn delete_other_sessions(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+    ) -> StoreResult<Vec<Uuid>>;
 
     /// Disables the user as of `disabled_at` and ends all its sessions, in one transaction, or
-    /// enables it again (`None`). Returns how many sessions ended; `None` when there is no
-    /// such user.
+    /// enables it again (`None`). Returns the ids of the sessions ended; `None` when there is
+    /// no such user.
     async fn set_user_disabled(
         &self,
         user_id: Uuid,
         disabled_at: Option<DateTime<Utc>>,
-    ) -> StoreResult<Option<u64>>;
+    ) -> StoreResult<Option<Vec<Uuid>>>;
 
-    /// Deletes the user and every session of it, in one transaction. Returns how many sessions
-    /// ended; `None` when there is no such user.
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<u64>>;
+    /// Deletes the user and every session of it, in one transaction. Returns the ids of the
+    /// sessions ended; `None` when there is no such user.
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>>;
+
+    /// Sends `payload` to every process listening on this database ([`Store::listen_events`]),
+    /// this one included. `false` when the database has no way to (SQLite, one process): the
+    /// caller then hands it to the listeners in this process itself.
+    async fn broadcast_events(&self, payload: &str) -> StoreResult<bool>;
+
+    /// Every payload broadcast on this database from now on, as it comes, reconnecting by
+    /// itself when the database comes back (what was sent meanwhile is lost); `None` when the
+    /// database has no such channel.
+    async fn listen_events(&self) -> StoreResult<Option<EventStream>>;
 
     /// How many sessions are live at `now`, for the live-sessions gauge.
     async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
@@ -275,13 +293,14 @@ pub trait Store: Send + Sync + 'static {
     /// The connection pool's state, where the driver tells it.
     fn pool_status(&self) -> Option<PoolStatus>;
 
-    /// Sets the password hash and ends every other session of the user, in one transaction.
+    /// Sets the password hash and ends every other session of the user, in one transaction;
+    /// returns the ids of the sessions ended.
     async fn change_password(
         &self,
         user_id: Uuid,
         password_hash: String,
         keep_session: Uuid,
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<Vec<Uuid>>;
 
     /// Whether the database answers.
     async fn ping(&self) -> StoreResult<()>;

@@ -35,7 +35,7 @@ use std::{
 use async_trait::async_trait;
 use bson::{Bson, Document, doc};
 use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use mongodb::{
     Client, ClientSession, Collection, Database, IndexModel,
     error::{ErrorKind, WriteFailure},
@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store, StoreError,
+    EventStream, NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store, StoreError,
     StoreResult, User, UserCredentials,
 };
 
@@ -56,6 +56,9 @@ const DEFAULT_DATABASE: &str = "authql";
 const DUPLICATE_KEY: i32 = 11000;
 const INDEX_NOT_FOUND: i32 = 27;
 const WRITE_CONFLICT: i32 = 112;
+/// How long a broadcast session event stays in `session_events`: long enough for a change
+/// stream to resume after a short outage.
+const EVENT_RETENTION_SECONDS: u64 = 300;
 /// How often a transaction that lost a write conflict to another is run again.
 const TRANSACTION_ATTEMPTS: usize = 10;
 
@@ -110,6 +113,8 @@ pub struct MongoStore {
     sessions: Collection<SessionDocument>,
     settings: Collection<SettingDocument>,
     buckets: Collection<Document>,
+    /// Session events on their way to every instance's change stream.
+    events: Collection<Document>,
     /// Whether the deployment runs multi-document transactions (a replica set or a sharded
     /// cluster does, a standalone server does not).
     transactions: bool,
@@ -178,6 +183,7 @@ impl MongoStore {
             sessions: database.collection("sessions"),
             settings: database.collection("settings"),
             buckets: database.collection("rate_limit_buckets"),
+            events: database.collection("session_events"),
             client,
             database,
             transactions,
@@ -219,6 +225,19 @@ impl MongoStore {
             .map_err(classify)?;
         self.buckets
             .create_index(plain(doc! { "tat": 1 }))
+            .await
+            .map_err(classify)?;
+        self.events
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "at": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .expire_after(Duration::from_secs(EVENT_RETENTION_SECONDS))
+                            .build(),
+                    )
+                    .build(),
+            )
             .await
             .map_err(classify)?;
         self.ensure_expiry_index(session_ttl).await
@@ -290,20 +309,24 @@ impl MongoStore {
     }
 
     /// Deletes the sessions `ids` (in `transaction` if given); returns how many were there.
+    /// Deletes the sessions `ids` (in `transaction` if given); returns their ids, which are all
+    /// gone afterwards (outside a transaction, some may have been deleted by another request
+    /// between the read that found them and this delete).
     async fn delete_sessions(
         &self,
         ids: Vec<bson::Uuid>,
         transaction: Option<&mut ClientSession>,
-    ) -> Result<u64, mongodb::error::Error> {
+    ) -> Result<Vec<Uuid>, mongodb::error::Error> {
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
+        let deleted: Vec<Uuid> = ids.iter().map(|id| Uuid::from(*id)).collect();
         let delete = self.sessions.delete_many(doc! { "_id": { "$in": ids } });
-        let deleted = match transaction {
+        match transaction {
             Some(transaction) => delete.session(transaction).await?,
             None => delete.await?,
         };
-        Ok(deleted.deleted_count)
+        Ok(deleted)
     }
 
     /// The user of a session document, if it still exists.
@@ -724,7 +747,11 @@ impl Store for MongoStore {
 
     /// The ids by user, then one delete by id: a session created between the two is not
     /// ended (as on SQL, where it would be created after the delete).
-    async fn delete_other_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> StoreResult<u64> {
+    async fn delete_other_sessions(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+    ) -> StoreResult<Vec<Uuid>> {
         let others = self
             .other_session_ids(user_id, keep, None)
             .await
@@ -741,7 +768,7 @@ impl Store for MongoStore {
         user_id: Uuid,
         password_hash: String,
         keep_session: Uuid,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Vec<Uuid>> {
         let user_filter = doc! { "_id": id(user_id) };
         let set_hash = doc! { "$set": { "password_hash": password_hash } };
         if self.transactions {
@@ -765,17 +792,18 @@ impl Store for MongoStore {
                 }
             }
         }
-        let first = self
+        let mut ended = self
             .delete_other_sessions(user_id, Some(keep_session))
             .await?;
         self.users
             .update_one(user_filter, set_hash)
             .await
             .map_err(classify)?;
-        let second = self
-            .delete_other_sessions(user_id, Some(keep_session))
-            .await?;
-        Ok(first + second)
+        ended.extend(
+            self.delete_other_sessions(user_id, Some(keep_session))
+                .await?,
+        );
+        Ok(ended)
     }
 
     /// In a transaction where the deployment has them. Without, the user is marked first and
@@ -785,7 +813,7 @@ impl Store for MongoStore {
         &self,
         user_id: Uuid,
         disabled_at: Option<DateTime<Utc>>,
-    ) -> StoreResult<Option<u64>> {
+    ) -> StoreResult<Option<Vec<Uuid>>> {
         let user_filter = doc! { "_id": id(user_id) };
         let mark = doc! { "$set": { "disabled_at": disabled_at.map(date) } };
         let end_sessions = disabled_at.is_some();
@@ -801,7 +829,7 @@ impl Store for MongoStore {
                         .session(&mut transaction)
                         .await?;
                     if marked.matched_count == 0 || !end_sessions {
-                        return Ok((marked.matched_count > 0).then_some(0));
+                        return Ok((marked.matched_count > 0).then(Vec::new));
                     }
                     let sessions = self
                         .other_session_ids(user_id, None, Some(&mut transaction))
@@ -826,7 +854,7 @@ impl Store for MongoStore {
             return Ok(None);
         }
         if !end_sessions {
-            return Ok(Some(0));
+            return Ok(Some(Vec::new()));
         }
         Ok(Some(self.delete_other_sessions(user_id, None).await?))
     }
@@ -834,7 +862,7 @@ impl Store for MongoStore {
     /// In a transaction where the deployment has them. Without, the user goes first and its
     /// sessions second: a failure between leaves sessions of no user, which every lookup
     /// refuses and pruning removes.
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<u64>> {
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
         if self.transactions {
             let mut transaction = self.transaction().await?;
             let mut attempt = 0;
@@ -872,6 +900,74 @@ impl Store for MongoStore {
             return Ok(None);
         }
         Ok(Some(self.delete_other_sessions(user_id, None).await?))
+    }
+
+    /// An insert into `session_events` (a TTL index removes them after
+    /// `EVENT_RETENTION_SECONDS`), which every listener's change stream sees. A standalone
+    /// server has no change streams: `false`.
+    async fn broadcast_events(&self, payload: &str) -> StoreResult<bool> {
+        if !self.transactions {
+            return Ok(false);
+        }
+        self.events
+            .insert_one(doc! { "payload": payload, "at": bson::DateTime::now() })
+            .await
+            .map_err(classify)?;
+        Ok(true)
+    }
+
+    /// A change stream of the inserts into `session_events`, opened again (after the last
+    /// event seen, while the server still has it) whenever it fails. A standalone server has
+    /// none: `None`.
+    async fn listen_events(&self) -> StoreResult<Option<EventStream>> {
+        if !self.transactions {
+            return Ok(None);
+        }
+        let events = self.events.clone();
+        let watch = move |resume: Option<mongodb::change_stream::event::ResumeToken>| {
+            let events = events.clone();
+            async move {
+                let watch = events
+                    .watch()
+                    .pipeline([doc! { "$match": { "operationType": "insert" } }]);
+                match resume {
+                    Some(resume) => watch.start_after(resume).await,
+                    None => watch.await,
+                }
+            }
+        };
+        // Opened before this returns, so that nothing published after it is missed.
+        let first = watch(None).await.map_err(classify)?;
+        let state = (Some(first), None, watch);
+        Ok(Some(Box::pin(futures_util::stream::unfold(
+            state,
+            |(mut stream, mut resume, watch)| async move {
+                loop {
+                    let Some(current) = stream.as_mut() else {
+                        match watch(resume.clone()).await {
+                            Ok(opened) => stream = Some(opened),
+                            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                        }
+                        continue;
+                    };
+                    match current.next().await {
+                        Some(Ok(change)) => {
+                            resume = current.resume_token().or(resume);
+                            let payload = change.full_document.and_then(|document| {
+                                document.get_str("payload").ok().map(str::to_owned)
+                            });
+                            if let Some(payload) = payload {
+                                return Some((payload, (stream, resume, watch)));
+                            }
+                        }
+                        _ => {
+                            stream = None;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            },
+        ))))
     }
 
     async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {

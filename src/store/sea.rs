@@ -13,7 +13,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store, StoreError,
+    EventStream, NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store, StoreError,
     StoreResult, User, UserCredentials,
     entity::{session, setting, user},
 };
@@ -206,6 +206,13 @@ fn live_at(now: DateTime<Utc>) -> Condition {
     Condition::all()
         .add(session::Column::ExpiresAt.gt(now))
         .add(session::Column::IdleExpiresAt.gt(now))
+}
+
+/// The PostgreSQL channel session events travel on.
+const EVENT_CHANNEL: &str = "authql_session_events";
+
+fn ids(rows: Vec<session::Model>) -> Vec<Uuid> {
+    rows.into_iter().map(|row| row.id).collect()
 }
 
 /// Deletes the user's sessions but `keep` (all of them without).
@@ -421,18 +428,21 @@ impl Store for SeaStore {
             .collect())
     }
 
-    async fn delete_other_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> StoreResult<u64> {
-        Ok(other_sessions(user_id, keep)
-            .exec(&self.db)
-            .await?
-            .rows_affected)
+    async fn delete_other_sessions(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+    ) -> StoreResult<Vec<Uuid>> {
+        Ok(ids(other_sessions(user_id, keep)
+            .exec_with_returning(&self.db)
+            .await?))
     }
 
     async fn set_user_disabled(
         &self,
         user_id: Uuid,
         disabled_at: Option<DateTime<Utc>>,
-    ) -> StoreResult<Option<u64>> {
+    ) -> StoreResult<Option<Vec<Uuid>>> {
         let transaction = self.db.begin().await?;
         let updated = user::Entity::update_many()
             .col_expr(user::Column::DisabledAt, Expr::value(disabled_at))
@@ -441,25 +451,23 @@ impl Store for SeaStore {
             .await?
             .rows_affected;
         let ended = if updated > 0 && disabled_at.is_some() {
-            other_sessions(user_id, None)
-                .exec(&transaction)
-                .await?
-                .rows_affected
+            ids(other_sessions(user_id, None)
+                .exec_with_returning(&transaction)
+                .await?)
         } else {
-            0
+            Vec::new()
         };
         transaction.commit().await?;
         Ok((updated > 0).then_some(ended))
     }
 
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<u64>> {
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
         let transaction = self.db.begin().await?;
-        // The sessions go first and explicitly: the count is reported, and nothing relies on
+        // The sessions go first and explicitly: their ids are reported, and nothing relies on
         // ON DELETE CASCADE being switched on (SQLite needs a pragma for it).
-        let ended = other_sessions(user_id, None)
-            .exec(&transaction)
-            .await?
-            .rows_affected;
+        let ended = ids(other_sessions(user_id, None)
+            .exec_with_returning(&transaction)
+            .await?);
         let deleted = user::Entity::delete_by_id(user_id)
             .exec(&transaction)
             .await?
@@ -499,17 +507,16 @@ impl Store for SeaStore {
         user_id: Uuid,
         password_hash: String,
         keep_session: Uuid,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Vec<Uuid>> {
         let transaction = self.db.begin().await?;
         user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
             .filter(user::Column::Id.eq(user_id))
             .exec(&transaction)
             .await?;
-        let ended = other_sessions(user_id, Some(keep_session))
-            .exec(&transaction)
-            .await?
-            .rows_affected;
+        let ended = ids(other_sessions(user_id, Some(keep_session))
+            .exec_with_returning(&transaction)
+            .await?);
         transaction.commit().await?;
         Ok(ended)
     }
@@ -517,6 +524,55 @@ impl Store for SeaStore {
     async fn ping(&self) -> StoreResult<()> {
         self.db.ping().await?;
         self.check_writable().await
+    }
+
+    /// PostgreSQL: `NOTIFY` on the `authql_session_events` channel (at most 8000 bytes a
+    /// payload; the caller keeps them small). SQLite: `false`.
+    async fn broadcast_events(&self, payload: &str) -> StoreResult<bool> {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return Ok(false);
+        }
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [EVENT_CHANNEL.into(), payload.into()],
+            ))
+            .await?;
+        Ok(true)
+    }
+
+    /// PostgreSQL: `LISTEN authql_session_events` on a connection of its own (sqlx's
+    /// `PgListener`, which reconnects by itself). SQLite: `None`.
+    async fn listen_events(&self) -> StoreResult<Option<EventStream>> {
+        use sea_orm::sqlx::postgres::PgListener;
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return Ok(None);
+        }
+        let pool = self.db.get_postgres_connection_pool().clone();
+        let listener = async move {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(EVENT_CHANNEL).await?;
+            Ok::<_, sea_orm::sqlx::Error>(listener)
+        };
+        let listener = listener
+            .await
+            .map_err(|error| StoreError::from(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(error.into()))))?;
+        Ok(Some(Box::pin(futures_util::stream::unfold(
+            listener,
+            |mut listener| async move {
+                loop {
+                    match listener.recv().await {
+                        Ok(notification) => {
+                            return Some((notification.payload().to_owned(), listener));
+                        }
+                        // The connection was lost: the next `recv` reconnects; until the
+                        // database is back, try once a second.
+                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                }
+            },
+        ))))
     }
 
     async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {

@@ -1,0 +1,148 @@
+//! Session events (`subscription { sessionEvents }`): what happened to a user's sessions, as it
+//! happens, to every subscriber of that user on every instance.
+//!
+//! The service publishes; the store carries events to every process on the database where it can
+//! ([`Store::broadcast_events`]: PostgreSQL's `NOTIFY`, MongoDB's change streams), and each
+//! process hands what it hears ([`Store::listen_events`]) to its own subscribers. A SQLite file
+//! has one process, so its events go straight to the subscribers here.
+//!
+//! Delivery is at most once and best effort: an event published while the database is away, or
+//! while an instance's listener reconnects, is lost (a client learns the state at its next
+//! request). A subscriber that falls `SUBSCRIBER_BUFFER` events behind is dropped (its
+//! connection is closed) rather than buffered without limit.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::store::Store;
+
+/// Events one subscriber may be behind before it is dropped.
+pub const SUBSCRIBER_BUFFER: usize = 64;
+
+/// What happened to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SessionEventKind {
+    /// A session began: register, login.
+    Created,
+    /// Its token pair was rotated by `refresh`.
+    Refreshed,
+    /// It was ended: logout, revokeTokens, revokeOtherSessions, changePassword, refresh-token
+    /// reuse, deleteAccount, an operator.
+    Revoked,
+    /// A refresh found it past its idle timeout or absolute expiry.
+    Expired,
+}
+
+/// One event of one session of one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub kind: SessionEventKind,
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+/// The events of one user, as a subscriber receives them.
+pub type Subscription = broadcast::Receiver<SessionEvent>;
+
+/// Publishes events and hands them to this process's subscribers.
+#[derive(Clone)]
+pub struct SessionEvents {
+    store: Arc<dyn Store>,
+    subscribers: Arc<Mutex<HashMap<Uuid, broadcast::Sender<SessionEvent>>>>,
+}
+
+impl SessionEvents {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            subscribers: Arc::default(),
+        }
+    }
+
+    /// Listens to the events every process on the database broadcasts, and hands them to the
+    /// subscribers here, until the store's stream ends. Nothing to do on SQLite.
+    pub async fn listen(&self) {
+        let Ok(Some(mut heard)) = self.store.listen_events().await else {
+            return;
+        };
+        while let Some(payload) = heard.next().await {
+            match serde_json::from_str::<Vec<SessionEvent>>(&payload) {
+                Ok(events) => self.deliver(&events),
+                Err(_) => tracing::warn!(event = "session_event_unreadable", "an unreadable session event was ignored"),
+            }
+        }
+    }
+
+    /// Publishes `events` to every subscriber of their users, on every instance. Failing to
+    /// (the database away) loses them, and is logged: the change itself has happened.
+    pub async fn publish(&self, events: &[SessionEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let Ok(payload) = serde_json::to_string(events) else {
+            return;
+        };
+        match self.store.broadcast_events(&payload).await {
+            Ok(true) => {}
+            Ok(false) => self.deliver(events),
+            Err(_) => tracing::warn!(
+                event = "session_events_lost",
+                count = events.len(),
+                "session events could not be broadcast"
+            ),
+        }
+    }
+
+    /// `kind` for each of `session_ids` of `user_id`, now.
+    pub async fn publish_all(&self, kind: SessionEventKind, user_id: Uuid, session_ids: &[Uuid]) {
+        let at = Utc::now();
+        let events: Vec<SessionEvent> = session_ids
+            .iter()
+            .map(|&session_id| SessionEvent {
+                kind,
+                user_id,
+                session_id,
+                at,
+            })
+            .collect();
+        self.publish(&events).await;
+    }
+
+    /// The events of `user_id` from now on.
+    pub fn subscribe(&self, user_id: Uuid) -> Subscription {
+        let mut subscribers = lock(&self.subscribers);
+        subscribers
+            .entry(user_id)
+            .or_insert_with(|| broadcast::channel(SUBSCRIBER_BUFFER).0)
+            .subscribe()
+    }
+
+    /// Hands `events` to this process's subscribers of their users.
+    fn deliver(&self, events: &[SessionEvent]) {
+        let mut subscribers = lock(&self.subscribers);
+        for event in events {
+            if let Some(sender) = subscribers.get(&event.user_id) {
+                if sender.send(*event).is_err() {
+                    // Nobody listens any more.
+                    subscribers.remove(&event.user_id);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
