@@ -96,7 +96,8 @@ async fn execute(config: &Config, command: &AdminCommand) -> Result<AdminAnswer,
         acquire_timeout: Duration::from_secs(config.database_acquire_timeout_seconds),
         busy_timeout: Duration::from_secs(config.database_busy_timeout_seconds),
     };
-    let store: std::sync::Arc<dyn store::Store> = store::connect(&config.database_url, pool).await?.into();
+    let store: std::sync::Arc<dyn store::Store> =
+        store::connect(&config.database_url, pool).await?.into();
     let events = SessionEvents::new(store.clone());
     Admin::new(store, events).run(command).await
 }

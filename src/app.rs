@@ -150,14 +150,12 @@ impl Application {
                 let socket = admin::socket_path(&path);
                 Some(
                     AdminSocket::bind(socket.clone(), Admin::new(store.clone(), events.clone()))
-                        .with_context(
-                        || {
+                        .with_context(|| {
                             format!(
                                 "could not listen for admin commands on {}",
                                 socket.display()
                             )
-                        },
-                    )?,
+                        })?,
                 )
             }
             _ => None,

@@ -17,8 +17,8 @@ use async_graphql::{SDLExportOptions, Schema};
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
-pub use subscription::{SlowSubscriber, SubscriptionRoot};
 pub use refresh_cookie::{RefreshCookie, RequestRefreshCookie};
+pub use subscription::{SlowSubscriber, SubscriptionRoot};
 
 use crate::{config::Config, service::AuthService};
 

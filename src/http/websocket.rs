@@ -61,6 +61,12 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Most bytes waiting to be written to a slow client before the connection is given up.
 const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
+/// The close reason when the connection's own session was revoked or expired.
+const SESSION_ENDED: &str = "The session ended";
+/// How long the events already on their way may take to reach a connection that is closing
+/// because its session ended.
+const DRAIN_BEFORE_CLOSE: Duration = Duration::from_millis(200);
+
 /// The connection limits, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct WebSocketSettings {
@@ -83,7 +89,10 @@ struct Counted {
 impl Connections {
     /// Counts one more connection of `user_id`, unless it has `max` already.
     fn admit(self: &Arc<Self>, user_id: Uuid, max: usize) -> Option<Counted> {
-        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let count = open.entry(user_id).or_default();
         if *count >= max {
             return None;
@@ -277,7 +286,7 @@ async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_p
                     Some(event) if Some(event.session_id) == own_session
                         && matches!(event.kind, SessionEventKind::Revoked | SessionEventKind::Expired) =>
                     {
-                        break Close(4403, "The session ended");
+                        break Close(4403, SESSION_ENDED);
                     }
                     Some(_) => {}
                     None => break Close(1008, "Too slow to take the events"),
@@ -291,6 +300,18 @@ async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_p
             }
         }
     };
+    if ending.0 == 4403 && ending.1 == SESSION_ENDED {
+        // The event that ended the session is on its way through the subscription too: let
+        // it reach the client before the close does.
+        let until = tokio::time::Instant::now() + DRAIN_BEFORE_CLOSE;
+        while let Ok(Some(WsMessage::Text(text))) =
+            tokio::time::timeout_at(until, engine.next()).await
+        {
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                return;
+            }
+        }
+    }
     let _ = sink.send(close(ending)).await;
 }
 

@@ -78,7 +78,10 @@ impl SessionEvents {
         while let Some(payload) = heard.next().await {
             match serde_json::from_str::<Vec<SessionEvent>>(&payload) {
                 Ok(events) => self.deliver(&events),
-                Err(_) => tracing::warn!(event = "session_event_unreadable", "an unreadable session event was ignored"),
+                Err(_) => tracing::warn!(
+                    event = "session_event_unreadable",
+                    "an unreadable session event was ignored"
+                ),
             }
         }
     }

@@ -46,8 +46,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    EventStream, NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store, StoreError,
-    StoreResult, User, UserCredentials,
+    EventStream, NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store,
+    StoreError, StoreResult, User, UserCredentials,
 };
 
 /// The database used when the URL names none.

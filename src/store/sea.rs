@@ -13,8 +13,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    EventStream, NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store, StoreError,
-    StoreResult, User, UserCredentials,
+    EventStream, NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store,
+    StoreError, StoreResult, User, UserCredentials,
     entity::{session, setting, user},
 };
 
@@ -555,9 +555,9 @@ impl Store for SeaStore {
             listener.listen(EVENT_CHANNEL).await?;
             Ok::<_, sea_orm::sqlx::Error>(listener)
         };
-        let listener = listener
-            .await
-            .map_err(|error| StoreError::from(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(error.into()))))?;
+        let listener = listener.await.map_err(|error| {
+            StoreError::from(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(error.into())))
+        })?;
         Ok(Some(Box::pin(futures_util::stream::unfold(
             listener,
             |mut listener| async move {

@@ -305,3 +305,69 @@ async fn rate_limit_buckets_are_shared_by_every_instance() {
         .await;
     assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL or MongoDB: set TEST_DATABASE_URL (scripts/test does)"]
+async fn a_revoke_on_one_instance_reaches_a_subscriber_on_another_within_a_second() {
+    use crate::session_events::{Ended, SESSION_EVENTS, WsClient};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, nodes) = instances(
+        &dir,
+        2,
+        &[("JWT_SECRET_KEY", "one secret shared by every instance here")],
+    )
+    .await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let registered = gql(
+        a,
+        REGISTER,
+        json!({ "i": { "email": "across@x.com", "password": PASSWORD } }),
+        None,
+    )
+    .await;
+    let access = string_at(&registered, "/data/register/accessToken");
+    let session_id = string_at(&registered, "/data/register/session/id");
+    let mut subscriber = WsClient::signed_in(&a.url(""), &access).await;
+    subscriber.subscribe("1", SESSION_EVENTS).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // A login on B arrives on A.
+    let login = gql(
+        b,
+        "mutation($i: LoginInput!) { login(input: $i) { session { id } } }",
+        json!({ "i": { "emailOrUsername": "across@x.com", "password": PASSWORD } }),
+        None,
+    )
+    .await;
+    let created = subscriber
+        .next_event(std::time::Duration::from_secs(1))
+        .await
+        .expect("B's login reaches A within a second");
+    assert_eq!(created["type"], "CREATED");
+    assert_eq!(
+        created["sessionId"],
+        string_at(&login, "/data/login/session/id").as_str()
+    );
+
+    // Revoking the subscriber's own session on B: the event, then the close, on A.
+    let started = std::time::Instant::now();
+    let revoked = gql(
+        b,
+        "mutation($i: RevokeTokensInput!) { revokeTokens(input: $i) { revokedCount } }",
+        json!({ "i": { "sessionIds": [session_id] } }),
+        Some(&access),
+    )
+    .await;
+    assert_no_errors(&revoked);
+    let event = subscriber
+        .next_event(std::time::Duration::from_secs(1))
+        .await
+        .expect("B's revoke reaches A within a second");
+    assert_eq!(event["type"], "REVOKED");
+    assert_eq!(event["sessionId"], session_id.as_str());
+    assert_eq!(
+        subscriber.ended(std::time::Duration::from_secs(1)).await,
+        Ended::Closed(4403)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}

@@ -23,6 +23,7 @@ mod revoke;
 mod schema;
 mod security;
 mod session_cache;
+mod session_events;
 mod sessions;
 mod startup;
 mod token_edges;

@@ -95,6 +95,33 @@ async fn a_session_revoked_from_the_cli_is_refused_on_the_next_request() {
 }
 
 #[tokio::test]
+async fn a_revoke_from_the_cli_reaches_live_subscribers_and_closes_their_connection() {
+    use crate::session_events::{Ended, SESSION_EVENTS, WsClient};
+    let app = spawn_app().await;
+    let account = app.register("watched@x.com").await;
+    let mut subscriber = WsClient::signed_in(&app.address, &account.access_token).await;
+    subscriber.subscribe("1", SESSION_EVENTS).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    assert_eq!(
+        admin(&app, &["revoke-sessions", "watched@x.com"])
+            .await
+            .code,
+        0
+    );
+    let event = subscriber
+        .next_event(std::time::Duration::from_secs(2))
+        .await
+        .expect("the revocation is an event");
+    assert_eq!(event["type"], "REVOKED");
+    assert_eq!(event["sessionId"], account.session_id.as_str());
+    assert_eq!(
+        subscriber.ended(std::time::Duration::from_secs(2)).await,
+        Ended::Closed(4403)
+    );
+}
+
+#[tokio::test]
 async fn a_disabled_user_cannot_log_in_or_refresh_and_an_enabled_one_can() {
     let app = spawn_app().await;
     let account = app.register("disabled@x.com").await;
