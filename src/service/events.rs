@@ -26,6 +26,8 @@ use crate::store::Store;
 
 /// Events one subscriber may be behind before it is dropped.
 pub const SUBSCRIBER_BUFFER: usize = 64;
+/// Events in one broadcast payload: about 150 bytes of JSON each, well under `NOTIFY`'s 8000.
+const EVENTS_PER_BROADCAST: usize = 40;
 
 /// What happened to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,23 +88,23 @@ impl SessionEvents {
         }
     }
 
-    /// Publishes `events` to every subscriber of their users, on every instance. Failing to
-    /// (the database away) loses them, and is logged: the change itself has happened.
+    /// Publishes `events` to every subscriber of their users, on every instance, in batches of
+    /// `EVENTS_PER_BROADCAST` (PostgreSQL's `NOTIFY` takes at most 8000 bytes). Failing to (the
+    /// database away) loses them, and is logged: the change itself has happened.
     pub async fn publish(&self, events: &[SessionEvent]) {
-        if events.is_empty() {
-            return;
-        }
-        let Ok(payload) = serde_json::to_string(events) else {
-            return;
-        };
-        match self.store.broadcast_events(&payload).await {
-            Ok(true) => {}
-            Ok(false) => self.deliver(events),
-            Err(_) => tracing::warn!(
-                event = "session_events_lost",
-                count = events.len(),
-                "session events could not be broadcast"
-            ),
+        for batch in events.chunks(EVENTS_PER_BROADCAST) {
+            let Ok(payload) = serde_json::to_string(batch) else {
+                return;
+            };
+            match self.store.broadcast_events(&payload).await {
+                Ok(true) => {}
+                Ok(false) => self.deliver(batch),
+                Err(_) => tracing::warn!(
+                    event = "session_events_lost",
+                    count = batch.len(),
+                    "session events could not be broadcast"
+                ),
+            }
         }
     }
 
@@ -124,6 +126,11 @@ impl SessionEvents {
     /// The events of `user_id` from now on.
     pub fn subscribe(&self, user_id: Uuid) -> Subscription {
         let mut subscribers = lock(&self.subscribers);
+        // Users whose subscribers have all gone, now and then (not on every call: it walks the
+        // whole map).
+        if subscribers.len().is_power_of_two() {
+            subscribers.retain(|_, sender| sender.receiver_count() > 0);
+        }
         subscribers
             .entry(user_id)
             .or_insert_with(|| broadcast::channel(SUBSCRIBER_BUFFER).0)
@@ -148,4 +155,61 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    use super::*;
+    use crate::store::{PoolSettings, SeaStore};
+
+    async fn events() -> SessionEvents {
+        let pool = PoolSettings {
+            max_connections: Some(1),
+            connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
+        };
+        let store = SeaStore::connect("sqlite::memory:", pool).await.unwrap();
+        SessionEvents::new(Arc::new(store))
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_so_and_holds_up_nobody() {
+        let events = events().await;
+        let user = Uuid::new_v4();
+        let other_user = Uuid::new_v4();
+        let mut slow = events.subscribe(user);
+        let mut prompt = events.subscribe(user);
+        let mut other = events.subscribe(other_user);
+        for _ in 0..SUBSCRIBER_BUFFER * 3 {
+            // Publishing never waits for the slow one.
+            events
+                .publish_all(SessionEventKind::Refreshed, user, &[Uuid::new_v4()])
+                .await;
+            assert_eq!(prompt.try_recv().unwrap().user_id, user);
+        }
+        assert!(matches!(slow.try_recv(), Err(TryRecvError::Lagged(_))));
+        // Nothing of this user reached the other one.
+        assert!(matches!(other.try_recv(), Err(TryRecvError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn many_events_are_published_in_batches_that_all_arrive() {
+        let events = events().await;
+        let user = Uuid::new_v4();
+        let mut subscriber = events.subscribe(user);
+        let ids: Vec<Uuid> = (0..EVENTS_PER_BROADCAST + 5)
+            .map(|_| Uuid::new_v4())
+            .collect();
+        events
+            .publish_all(SessionEventKind::Revoked, user, &ids)
+            .await;
+        for id in ids {
+            assert_eq!(subscriber.try_recv().unwrap().session_id, id);
+        }
+    }
 }
