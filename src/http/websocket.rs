@@ -17,8 +17,9 @@
 //!   4406 no `graphql-transport-ws` subprotocol; 4408 no `connection_init` within
 //!   `WEBSOCKET_INIT_TIMEOUT_SECONDS`; 4409 a `subscribe` with an id already in use; 4429 a
 //!   second `connection_init`, or more than `WEBSOCKET_MAX_CONNECTIONS_PER_USER` connections of
-//!   one user; 1008 a subscriber too slow to take its events; 3008 nothing received (not even
-//!   a pong) for three ping intervals.
+//!   one user; 1013 (try again later) a subscriber too slow to take its events; 3008 nothing
+//!   received (not even a pong) for three ping intervals. graphql-ws retries after 4403, 4408,
+//!   1013 and 3008, and gives up after the others.
 //! - **Subscriptions only**: queries and mutations go over HTTP, where every limit of the edge
 //!   applies; over the socket they get an `error` message. At most `WEBSOCKET_MAX_SUBSCRIPTIONS`
 //!   at once per connection (more get an `error` message too).
@@ -289,14 +290,14 @@ async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_p
                         break Close(4403, SESSION_ENDED);
                     }
                     Some(_) => {}
-                    None => break Close(1008, "Too slow to take the events"),
+                    None => break Close(1013, "Too slow to take the events"),
                 }
             }
             () = expiry(&mut token_expires) => {
                 break Close(4403, "The access token expired");
             }
             () = slow.raised() => {
-                break Close(1008, "Too slow to take the events");
+                break Close(1013, "Too slow to take the events");
             }
         }
     };
