@@ -30,6 +30,10 @@
 //!    on PostgreSQL; the rows are written in bulk (`seed.rs`), not through the API. The peak RSS
 //!    of the SQLite server with the large database is reported too.
 //!
+//! 6. **Live session events** (`events.rs`). Memory per `sessionEvents` subscriber (1,000
+//!    WebSockets), and the latency from a revoke to its event: on SQLite within one instance, on
+//!    PostgreSQL from instance B to a subscriber of instance A through `NOTIFY`.
+//!
 //! Scenario 1 and 5 also run on PostgreSQL: `BENCH_DATABASE_URL=postgres://...` names a server
 //! (a role that may create databases), else a throwaway one is started from the machine's
 //! PostgreSQL binaries as `scripts/test` does; the table says when there are none. Scenario 1
@@ -41,6 +45,7 @@
 
 mod authql;
 mod baseline;
+mod events;
 mod load;
 mod mongodb;
 mod postgres;
@@ -64,9 +69,9 @@ use crate::{
     load::{Outcome, Shape, Target},
 };
 
-const PASSWORD: &str = "authql-bench correct horse battery staple";
+pub(crate) const PASSWORD: &str = "authql-bench correct horse battery staple";
 const ME_QUERY: &str = "{ me { id email username createdAt } }";
-const FAILURE_MARKER: &[u8] = b"\"errors\"";
+pub(crate) const FAILURE_MARKER: &[u8] = b"\"errors\"";
 
 /// What a run does; every field has an environment variable.
 #[derive(Debug)]
@@ -262,6 +267,31 @@ async fn main() -> anyhow::Result<()> {
     };
     drop(mongodb_server);
 
+    // Scenario 6: session events, on SQLite (one instance) and on PostgreSQL (two).
+    let events_settings: Vec<(&str, String)> = authql_settings
+        .iter()
+        .map(|(key, value)| match *key {
+            // Registrations and logins are the set-up here, not what is measured.
+            "BCRYPT_COST" => (*key, "4".to_owned()),
+            _ => (*key, value.clone()),
+        })
+        .collect();
+    let on_sqlite = Authql::start(&binary, None, &events_settings).await?;
+    let (rss_idle, rss_subscribed) = events::memory(&on_sqlite).await?;
+    let sqlite_latency =
+        events::revoke_latency(on_sqlite.address, on_sqlite.address, "latency@example.com")
+            .await?;
+    drop(on_sqlite);
+    let postgres_latency = match &server {
+        Some(server) => {
+            let url = server.fresh_database("authql_bench_events").await?;
+            let a = Authql::start(&binary, Some(&url), &events_settings).await?;
+            let b = Authql::start(&binary, Some(&url), &events_settings).await?;
+            Some(events::revoke_latency(a.address, b.address, "latency@example.com").await?)
+        }
+        None => None,
+    };
+
     // Scenario 5, on SQLite and on PostgreSQL.
     let growth_sqlite = growth(&settings, &binary, &authql_settings, async |_| Ok(None)).await?;
     let growth_postgres = match &server {
@@ -352,6 +382,43 @@ async fn main() -> anyhow::Result<()> {
         startup.as_secs_f64() * 1000.0,
         met(startup < Duration::from_millis(200))
     );
+    let per_subscriber = rss_subscribed.saturating_sub(rss_idle) / events::SUBSCRIBERS as u64;
+    println!(
+        "| 6. memory per `sessionEvents` subscriber ({} WebSockets, one subscription each), SQLite: VmRSS difference / {} | {:.1} KiB | VmRSS {} without, {} with | | | |",
+        events::SUBSCRIBERS,
+        events::SUBSCRIBERS,
+        per_subscriber as f64 / 1024.0,
+        mib(rss_idle),
+        mib(rss_subscribed),
+    );
+    let quantiles = |latencies: &[Duration]| {
+        let mut sorted = latencies.to_vec();
+        sorted.sort();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        (at(0.5), at(0.99))
+    };
+    let (p50, p99) = quantiles(&sqlite_latency);
+    println!(
+        "| 6. revoke → its `REVOKED` event on a subscriber, SQLite, one instance ({} revokes): p50 / p99 | {:.2} / {:.2} ms | | | | |",
+        events::REVOKES,
+        p50.as_secs_f64() * 1000.0,
+        p99.as_secs_f64() * 1000.0,
+    );
+    match &postgres_latency {
+        Some(latencies) => {
+            let (p50, p99) = quantiles(latencies);
+            println!(
+                "| 6. revoke on instance B → the event on a subscriber of instance A, PostgreSQL NOTIFY ({} revokes): p50 / p99 | {:.2} / {:.2} ms | | | p99 < 1 s | {} |",
+                events::REVOKES,
+                p50.as_secs_f64() * 1000.0,
+                p99.as_secs_f64() * 1000.0,
+                met(p99 < Duration::from_secs(1))
+            );
+        }
+        None => println!(
+            "| 6. revoke across instances on PostgreSQL | skipped: no BENCH_DATABASE_URL and no PostgreSQL binaries | | | | |"
+        ),
+    }
     for (backend, result) in [
         ("SQLite", Some(&growth_sqlite)),
         ("PostgreSQL", growth_postgres.as_ref()),

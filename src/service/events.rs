@@ -141,11 +141,11 @@ impl SessionEvents {
     fn deliver(&self, events: &[SessionEvent]) {
         let mut subscribers = lock(&self.subscribers);
         for event in events {
-            if let Some(sender) = subscribers.get(&event.user_id) {
-                if sender.send(*event).is_err() {
-                    // Nobody listens any more.
-                    subscribers.remove(&event.user_id);
-                }
+            if let Some(sender) = subscribers.get(&event.user_id)
+                && sender.send(*event).is_err()
+            {
+                // Nobody listens any more.
+                subscribers.remove(&event.user_id);
             }
         }
     }
