@@ -86,7 +86,10 @@ pub async fn revoke_latency(
             failure_marker: FAILURE_MARKER,
         };
         let started = std::time::Instant::now();
-        let (answer, event) = tokio::join!(load::once(&revoke), wait_for(&mut socket, "REVOKED", &session));
+        let (answer, event) = tokio::join!(
+            load::once(&revoke),
+            wait_for(&mut socket, "REVOKED", &session)
+        );
         event?;
         latencies.push(started.elapsed());
         let answer = answer?;
@@ -118,7 +121,10 @@ async fn register(address: SocketAddr, email: &str) -> anyhow::Result<(String, S
             .map(str::to_owned)
             .with_context(|| format!("register failed: {answer}"))
     };
-    Ok((field("/data/register/accessToken")?, field("/data/register/session/id")?))
+    Ok((
+        field("/data/register/accessToken")?,
+        field("/data/register/session/id")?,
+    ))
 }
 
 /// Logs in; returns the new session's id.
@@ -157,7 +163,8 @@ async fn subscribe(address: SocketAddr, token: &str) -> anyhow::Result<Socket> {
     if ack["type"] != "connection_ack" {
         bail!("connection_init was refused: {ack}");
     }
-    let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": SESSION_EVENTS } });
+    let subscribe =
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": SESSION_EVENTS } });
     socket
         .send(Message::Text(subscribe.to_string().into()))
         .await?;

@@ -279,8 +279,7 @@ async fn main() -> anyhow::Result<()> {
     let on_sqlite = Authql::start(&binary, None, &events_settings).await?;
     let (rss_idle, rss_subscribed) = events::memory(&on_sqlite).await?;
     let sqlite_latency =
-        events::revoke_latency(on_sqlite.address, on_sqlite.address, "latency@example.com")
-            .await?;
+        events::revoke_latency(on_sqlite.address, on_sqlite.address, "latency@example.com").await?;
     drop(on_sqlite);
     let postgres_latency = match &server {
         Some(server) => {

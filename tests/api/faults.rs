@@ -913,3 +913,52 @@ async fn the_database_rate_limit_bucket_takes_a_burst_then_says_when() {
         None
     );
 }
+
+/// The instances' `LISTEN` connections die with the rest when PostgreSQL ends every connection;
+/// each listener reconnects by itself, and events flow again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL"]
+async fn session_events_flow_again_after_postgres_ends_every_connection() {
+    use crate::session_events::{SESSION_EVENTS, WsClient};
+    use sea_orm::ConnectionTrait;
+    let Some(admin_url) = postgres_admin_url() else {
+        return; // MongoDB: its change streams resume on their own; SQLite has no listener.
+    };
+    let a = spawn_app().await;
+    let b = spawn_instance_on(&a, |_| {}).await;
+    let account = a.register("listening@x.com").await;
+    let mut subscriber = WsClient::signed_in(&a.address, &account.access_token).await;
+    subscriber.subscribe("1", SESSION_EVENTS).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let database = a.database_url.rsplit('/').next().unwrap().to_owned();
+    let admin = sea_orm::Database::connect(admin_url).await.unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+        ))
+        .await
+        .unwrap();
+
+    // A login on B after the cut reaches A's subscriber once A's listener is back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no event crossed instances within 10 s of the cut"
+        );
+        let body = b.login_raw("listening@x.com", PASSWORD).await;
+        let Some(session_id) = body
+            .pointer("/data/login/session/id")
+            .and_then(Value::as_str)
+        else {
+            continue; // the login met a connection that had just been ended
+        };
+        if let Some(event) = subscriber.next_event(Duration::from_secs(1)).await {
+            assert_eq!(event["type"], "CREATED");
+            if event["sessionId"] == session_id {
+                break;
+            }
+        }
+    }
+}
