@@ -246,6 +246,7 @@ export function createAuthqlClient({
     revokeTokens: async (input) => (await mutate('RevokeTokens', { input })).revokeTokens,
     revokeOtherSessions: async () => (await mutate('RevokeOtherSessions')).revokeOtherSessions,
     changePassword: async (input) => (await mutate('ChangePassword', { input })).changePassword,
+    deleteAccount: async (input) => (await mutate('DeleteAccount', { input })).deleteAccount,
     async logout() {
       const data = await mutate('Logout');
       state.accessToken = null;

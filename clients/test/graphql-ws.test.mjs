@@ -12,6 +12,7 @@ import { createAuthqlClient, operationsFromSource } from '../src/authql-client.m
 import { startAuthql } from '../lib/authql-server.mjs';
 import { OPERATIONS_SOURCE } from '../lib/recording-fetch.mjs';
 import { subscribeSessionEvents, until, whenLive, wsUrl } from '../lib/session-events.mjs';
+import WebSocket from 'ws';
 
 const operations = operationsFromSource(OPERATIONS_SOURCE);
 const sha256 = (s) => createHash('sha256').update(s).digest('hex');
@@ -243,5 +244,147 @@ describe('sessionEvents: the access token expires, graphql-ws reconnects with a 
     await whenLive(sub, login);
     assert.equal(sub.timeline.filter((t) => t.kind === 'error' || t.kind === 'complete').length, 0,
       `the sink was not ended: ${JSON.stringify(sub.timeline.filter((t) => t.kind !== 'event'))}`);
+  });
+});
+
+describe('sessionEvents: every way a session ends arrives as REVOKED', () => {
+  let server;
+  let http;
+  const subs = [];
+  const email = `hedy-${randomUUID()}@example.com`;
+  let current = password;
+
+  before(async () => {
+    server = await startAuthql({ env: { REFRESH_REUSE_GRACE_SECONDS: '0' } });
+    http = httpClients(server);
+  });
+  after(async () => {
+    for (const s of subs) await s.stop().catch(() => {});
+    http?.stopAll();
+    await server?.stop();
+  });
+
+  const login = async () => {
+    const c = http.make();
+    return { c, id: (await c.login({ emailOrUsername: email, password: current })).session.id };
+  };
+  /** A subscriber on a session of its own, live. */
+  async function subscriber() {
+    const { c, id } = await login();
+    const s = subscribeSessionEvents(wsUrl(server), c.state.accessToken);
+    subs.push(s);
+    await whenLive(s, async () => (await login()).id);
+    return { c, id, s };
+  }
+  const revokedOf = (s, ids) => Promise.all(ids.map((id) =>
+    s.waitEvent((e) => e.sessionId === id && e.type === 'REVOKED', `REVOKED of ${id}`)));
+
+  it('revokeOtherSessions, changePassword and a reused refresh token', async () => {
+    await http.make().register({ email, password });
+    const watcher = await subscriber();
+
+    const others = [await login(), await login()];
+    assert.equal(await watcher.c.revokeOtherSessions() >= 2, true);
+    for (const e of await revokedOf(watcher.s, others.map((o) => o.id))) assert.equal(e.current, false);
+
+    const victims = [await login(), await login()];
+    current = 'a brand new passphrase';
+    assert.equal(await watcher.c.changePassword({ currentPassword: password, newPassword: current }), true);
+    await revokedOf(watcher.s, victims.map((v) => v.id));
+
+    // Reuse of a rotated refresh token (no grace): the whole session is revoked.
+    const { c: thief, id: stolen } = await login();
+    const old = thief.state.refreshToken;
+    await thief.refresh();
+    const replay = http.make();
+    replay.state.refreshToken = old;
+    await replay.refresh().catch(() => {});
+    const [e] = await revokedOf(watcher.s, [stolen]);
+    assert.equal(e.current, false);
+    assert.deepEqual(watcher.s.closes(), [], 'the watcher is not affected');
+  });
+
+  it("deleteAccount from another session: the subscriber's session is REVOKED (current=true), then 4403", async () => {
+    const watcher = await subscriber();
+    const { c: deleter } = await login();
+    assert.equal(await deleter.deleteAccount({ password: current }), true);
+    const closed = await watcher.s.waitClose();
+    assert.equal(closed.code, 4403);
+    const kinds = watcher.s.timeline.map((t) => (t.kind === 'event' ? `${t.event.type}:${t.event.sessionId === watcher.id}:${t.event.current}` : t.kind));
+    const revokedAt = kinds.indexOf('REVOKED:true:true');
+    assert.ok(revokedAt >= 0 && revokedAt < kinds.indexOf('closed'), kinds.join(' | '));
+  });
+});
+
+describe('graphql-transport-ws close codes (raw ws)', () => {
+  let server;
+  let token;
+  let email;
+
+  before(async () => {
+    server = await startAuthql({ env: { WEBSOCKET_INIT_TIMEOUT_SECONDS: '1', WEBSOCKET_MAX_CONNECTIONS_PER_USER: '2' } });
+    const c = createAuthqlClient({ uri: server.graphql, fetch, sha256, operations });
+    email = `alan-${randomUUID()}@example.com`;
+    token = (await c.register({ email, password })).accessToken;
+    c.stop();
+  });
+  after(async () => { await server?.stop(); });
+
+  /** Open a raw socket, send `messages` (after an ack when `init`), return the close code. */
+  async function raw({ protocol = 'graphql-transport-ws', messages = [], init = false, keepOpen = false } = {}) {
+    const ws = new WebSocket(wsUrl(server), protocol ? [protocol] : []);
+    const received = [];
+    const closed = new Promise((resolve) => ws.on('close', (code) => resolve(code)));
+    ws.on('message', (m) => received.push(JSON.parse(String(m))));
+    ws.on('error', () => {});
+    await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('close', resolve); ws.once('error', reject); });
+    if (ws.readyState === WebSocket.OPEN && init) {
+      ws.send(JSON.stringify({ type: 'connection_init', payload: { Authorization: `Bearer ${token}` } }));
+      await until(() => received.find((m) => m.type === 'connection_ack') || ws.readyState !== WebSocket.OPEN, 'ack');
+    }
+    for (const m of messages) if (ws.readyState === WebSocket.OPEN) ws.send(typeof m === 'string' ? m : JSON.stringify(m));
+    if (keepOpen) return { ws, received, closed };
+    const code = await Promise.race([closed, sleep(5000).then(() => 'still open')]);
+    ws.terminate();
+    return { code, received };
+  }
+  const sub = (id) => ({ id, type: 'subscribe', payload: { query: 'subscription { sessionEvents { type } }' } });
+
+  it('4406 without the subprotocol', async () => {
+    assert.equal((await raw({ protocol: null })).code, 4406);
+  });
+  it('4400 for a message that is not the protocol\'s', async () => {
+    assert.equal((await raw({ messages: ['not json'] })).code, 4400);
+    assert.equal((await raw({ init: true, messages: [{ type: 'no_such_type' }] })).code, 4400);
+  });
+  it('4401 for subscribe before connection_ack', async () => {
+    assert.equal((await raw({ messages: [sub('1')] })).code, 4401);
+  });
+  it('4408 without connection_init in WEBSOCKET_INIT_TIMEOUT_SECONDS', async () => {
+    assert.equal((await raw()).code, 4408);
+  });
+  it('4409 for a subscribe with an id in use', async () => {
+    const { code, received } = await raw({ init: true, messages: [sub('same'), sub('same')] });
+    assert.equal(code, 4409, JSON.stringify(received));
+  });
+  it('4429 for a second connection_init', async () => {
+    const again = { type: 'connection_init', payload: { Authorization: `Bearer ${token}` } };
+    assert.equal((await raw({ init: true, messages: [again] })).code, 4429);
+  });
+  it('4429 past WEBSOCKET_MAX_CONNECTIONS_PER_USER; a slot frees when a connection closes', async () => {
+    const open = [await raw({ init: true, keepOpen: true }), await raw({ init: true, keepOpen: true })];
+    for (const o of open) assert.ok(o.received.some((m) => m.type === 'connection_ack'));
+    assert.equal((await raw({ init: true })).code, 4429);
+    open[0].ws.close(1000);
+    await open[0].closed;
+    const third = await raw({ init: true, keepOpen: true });
+    await until(() => third.received.find((m) => m.type === 'connection_ack'), 'an ack once a slot is free');
+    third.ws.terminate();
+    open[1].ws.terminate();
+  });
+  it('ping is answered with pong', async () => {
+    const { ws, received } = await raw({ init: true, keepOpen: true, messages: [{ type: 'ping' }] });
+    await until(() => received.find((m) => m.type === 'pong'), 'pong');
+    ws.terminate();
   });
 });
