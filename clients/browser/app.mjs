@@ -23,10 +23,42 @@ const operations = operationsFromSource(operationsSource);
 window.authqlApp = {
   responses,
   client: null,
-  /** A client in cookie mode: credentials 'include', refresh without an argument. */
-  create(uri) {
-    this.client = createAuthqlClient({ uri, fetch: capturingFetch, sha256, operations, cookieMode: true });
+  /**
+   * A client in cookie mode: credentials 'include', refresh without an argument. Subscriptions
+   * go over WebSocket to the same URL (ws:); `ws` passes more options to graphql-ws's
+   * createClient (`retryWaitMs` sets a fixed wait between reconnections).
+   */
+  create(uri, { ws = {} } = {}) {
+    this.client?.stop();
+    const { retryWaitMs, ...wsOptions } = ws;
+    if (retryWaitMs !== undefined) wsOptions.retryWait = () => new Promise((r) => setTimeout(r, retryWaitMs));
+    this.client = createAuthqlClient({
+      uri,
+      fetch: capturingFetch,
+      sha256,
+      operations,
+      cookieMode: true,
+      wsUrl: uri.replace(/^http/, 'ws'),
+      wsOptions,
+    });
     return this.client;
+  },
+  /**
+   * What the sessionEvents subscription saw, in order: { kind: 'event', event },
+   * { kind: 'connected' }, { kind: 'closed', code, reason }, { kind: 'error', codes, name },
+   * { kind: 'complete' }.
+   */
+  wsTimeline: [],
+  subscribeSessionEvents() {
+    const timeline = (this.wsTimeline = []);
+    const ws = this.client.wsClient;
+    ws.on('connected', () => timeline.push({ kind: 'connected' }));
+    ws.on('closed', (e) => timeline.push({ kind: 'closed', code: e?.code, reason: e?.reason }));
+    this.unsubscribe = this.client.sessionEvents({
+      next: (event) => timeline.push({ kind: 'event', event }),
+      error: (error) => timeline.push({ kind: 'error', codes: errorCodes(error), name: error?.name }),
+      complete: () => timeline.push({ kind: 'complete' }),
+    });
   },
   /**
    * Call a method of the client; never throws, so tests can look at the outcome:

@@ -3,7 +3,9 @@
 //
 // Link chain: ErrorLink (renews an expired access token with `refresh`, then retries the
 // operation) -> auth link (Bearer header from the current access token) -> PersistedQueryLink
-// (Apollo APQ, hashed GETs for queries) -> HttpLink.
+// (Apollo APQ, hashed GETs for queries) -> HttpLink. With `wsUrl`, a split link sends
+// subscriptions to GraphQLWsLink instead (graphql-ws, graphql-transport-ws protocol), whose
+// connection_init payload carries the current access token (renewed first if it has expired).
 //
 // Two ways to hold the refresh token:
 // - token mode (default): the refresh token comes back in AuthPayload.refreshToken and is kept in
@@ -21,7 +23,9 @@ import {
 } from '@apollo/client';
 import { ErrorLink } from '@apollo/client/link/error';
 import { PersistedQueryLink } from '@apollo/client/link/persisted-queries';
-import { Kind, parse, visit } from 'graphql';
+import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
+import { Kind, OperationTypeNode, parse, visit } from 'graphql';
+import { createClient as createWsClient } from 'graphql-ws';
 import { Observable } from 'rxjs';
 
 /** Split a .graphql source with several operations into one document per operation name. */
@@ -83,6 +87,9 @@ const isExpiredAccessToken = (errors) =>
  * @param {Record<string, object>} options.operations  from operationsFromSource(operations.graphql)
  * @param {boolean} [options.cookieMode]  refresh token in authql's HttpOnly cookie
  * @param {boolean} [options.persistedQueries]  APQ on (default true)
+ * @param {string} [options.wsUrl]        ws:// URL of /graphql: subscriptions go over WebSocket
+ * @param {unknown} [options.webSocketImpl]  WebSocket class (Node 20: the `ws` package)
+ * @param {object} [options.wsOptions]    more options for graphql-ws's createClient
  */
 export function createAuthqlClient({
   uri,
@@ -91,9 +98,13 @@ export function createAuthqlClient({
   operations,
   cookieMode = false,
   persistedQueries = true,
+  wsUrl,
+  webSocketImpl,
+  wsOptions = {},
 }) {
   const state = {
     accessToken: null,
+    accessTokenExpiresAt: null,
     refreshToken: null, // token mode only
     refreshes: 0, // refreshes done by the error link
     retries: 0, // operations retried after such a refresh
@@ -175,8 +186,30 @@ export function createAuthqlClient({
     }),
   );
 
+  let link = ApolloLink.from(links);
+  let wsClient = null;
+  if (wsUrl) {
+    wsClient = createWsClient({
+      url: wsUrl,
+      ...(webSocketImpl ? { webSocketImpl } : {}),
+      // Called at every (re)connection: authql closes with 4403 when the access token expires
+      // or its session ends, and graphql-ws reconnects; renew an expired token first.
+      connectionParams: async () => {
+        const expiresAt = Date.parse(state.accessTokenExpiresAt ?? '');
+        if (state.accessToken && expiresAt - Date.now() < 1000) await renew(state.accessToken);
+        return state.accessToken ? { Authorization: `Bearer ${state.accessToken}` } : {};
+      },
+      ...wsOptions,
+    });
+    link = ApolloLink.split(
+      (operation) => operation.operationType === OperationTypeNode.SUBSCRIPTION,
+      new GraphQLWsLink(wsClient),
+      link,
+    );
+  }
+
   const client = new ApolloClient({
-    link: ApolloLink.from(links),
+    link,
     cache: new InMemoryCache(),
     defaultOptions: {
       query: { fetchPolicy: 'no-cache' },
@@ -186,6 +219,7 @@ export function createAuthqlClient({
 
   function takePayload(payload) {
     state.accessToken = payload.accessToken;
+    state.accessTokenExpiresAt = payload.accessTokenExpiresAt;
     if (!cookieMode) state.refreshToken = payload.refreshToken;
     return payload;
   }
@@ -212,19 +246,41 @@ export function createAuthqlClient({
     revokeTokens: async (input) => (await mutate('RevokeTokens', { input })).revokeTokens,
     revokeOtherSessions: async () => (await mutate('RevokeOtherSessions')).revokeOtherSessions,
     changePassword: async (input) => (await mutate('ChangePassword', { input })).changePassword,
+    deleteAccount: async (input) => (await mutate('DeleteAccount', { input })).deleteAccount,
     async logout() {
       const data = await mutate('Logout');
       state.accessToken = null;
+      state.accessTokenExpiresAt = null;
       state.refreshToken = null;
       return data.logout;
     },
+    /**
+     * Subscribe to `sessionEvents` (needs `wsUrl`): `next(event)` for each event, `error(error)`
+     * once if it ends with an error (a GraphQL error, or the socket closed for good), then
+     * `complete()`. Returns the function that unsubscribes.
+     */
+    sessionEvents({ next, error, complete } = {}) {
+      if (!wsClient) throw new Error('sessionEvents needs the wsUrl option');
+      const subscription = client
+        .subscribe({ query: op('SessionEvents'), fetchPolicy: 'no-cache' })
+        .subscribe({
+          next: (result) => (result.error ? error?.(result.error) : next?.(result.data.sessionEvents)),
+          error: (e) => error?.(e),
+          complete: () => complete?.(),
+        });
+      return () => subscription.unsubscribe();
+    },
+    /** graphql-ws's client (`on('closed', ...)` and so on), or null without `wsUrl`. */
+    wsClient,
     /** Forget the tokens without telling the server (a closed tab, a new process). */
     forget() {
       state.accessToken = null;
+      state.accessTokenExpiresAt = null;
       state.refreshToken = null;
     },
     stop() {
       client.stop();
+      wsClient?.dispose();
     },
   };
 }

@@ -29,7 +29,7 @@ async function codegenAndTsc(schemaFile) {
   }
   const generated = await readFile(join(out, 'graphql.ts'), 'utf8');
   for (const name of ['RegisterMutation', 'LoginMutation', 'RefreshMutation', 'LogoutMutation', 'RevokeTokensMutation',
-    'RevokeOtherSessionsMutation', 'ChangePasswordMutation', 'MeQuery', 'MySessionsQuery']) {
+    'RevokeOtherSessionsMutation', 'ChangePasswordMutation', 'MeQuery', 'MySessionsQuery', 'SessionEventsSubscription']) {
     assert.match(generated, new RegExp(`export type ${name} = `), `${name} is generated`);
   }
   await copyFile(join(clients, 'test', 'fixtures', 'typed-usage.ts'), join(out, 'typed-usage.ts'));
