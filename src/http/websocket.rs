@@ -208,6 +208,8 @@ async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_p
 
     let mut acknowledged = false;
     let mut subscriptions: HashSet<String> = HashSet::new();
+    // Operations answered with an `error` message, whose `complete` is not passed on.
+    let mut refused: HashSet<String> = HashSet::new();
     let mut session_events = None;
     let mut token_expires = None;
     let init_deadline = tokio::time::sleep(settings.init_timeout);
@@ -253,8 +255,23 @@ async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_p
                                 token_expires = Some(Box::pin(tokio::time::sleep(left)));
                             }
                         }
+                        let text = match as_request_error(&text) {
+                            // The engine's `complete` for it follows; the protocol has none.
+                            Some((id, error)) => {
+                                subscriptions.remove(&id);
+                                refused.insert(id);
+                                if sink.send(Message::Text(error.into())).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                            None => text,
+                        };
                         if let Some(id) = completed_id(&text) {
                             subscriptions.remove(&id);
+                            if refused.remove(&id) {
+                                continue;
+                            }
                         }
                         if sink.send(Message::Text(text.into())).await.is_err() {
                             return;
@@ -435,6 +452,25 @@ fn error_message(id: &str, code: &str, message: &str) -> String {
         "payload": [{ "message": message, "extensions": { "code": code } }],
     })
     .to_string()
+}
+
+/// A `next` from the engine that carries request errors only (parse, validation, operation
+/// resolution, variables: no `data`, no error with a `path`) becomes the protocol's `error`
+/// message, as PROTOCOL.md prescribes for errors before execution: `(id, the message)`.
+fn as_request_error(text: &str) -> Option<(String, String)> {
+    let message: Value = serde_json::from_str(text).ok()?;
+    if message.get("type").and_then(Value::as_str) != Some("next") {
+        return None;
+    }
+    let payload = message.get("payload")?;
+    let errors = payload.get("errors")?.as_array()?;
+    let no_data = payload.get("data").is_none_or(Value::is_null);
+    if !no_data || errors.is_empty() || errors.iter().any(|error| error.get("path").is_some()) {
+        return None;
+    }
+    let id = message.get("id")?.as_str()?.to_owned();
+    let error = json!({ "id": id, "type": "error", "payload": errors }).to_string();
+    Some((id, error))
 }
 
 /// The id of a `complete` or `error` message from the engine: that subscription is over.

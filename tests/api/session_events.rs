@@ -306,6 +306,20 @@ async fn queries_mutations_and_too_many_subscriptions_get_errors_not_results() {
     );
     assert_eq!(app.session_rows().await.len(), 1, "the logout did not run");
 
+    // A request error (here validation) is one `error` message, as the protocol says: no
+    // `next`, no `complete`.
+    client.subscribe("v", "subscription { noSuchField }").await;
+    let answer = client.next_json(SECOND).await.unwrap();
+    assert_eq!(
+        (answer["type"].as_str(), answer["id"].as_str()),
+        (Some("error"), Some("v"))
+    );
+    assert_eq!(
+        answer["payload"][0]["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    assert_eq!(client.next_json(Duration::from_millis(200)).await, None);
+
     for id in ["1", "2"] {
         client.subscribe(id, SESSION_EVENTS).await;
     }
