@@ -227,6 +227,7 @@ impl Application {
         // Session events from every instance on the database, for this one's subscribers.
         let events = self.service.events().clone();
         let listener = tokio::spawn(async move { events.listen().await });
+        let upkeep = tokio::spawn(crate::metrics::upkeep_periodically());
         let metrics_server = self.metrics_listener.map(|listener| {
             tracing::info!(address = ?listener.local_addr().ok(), "metrics listening");
             tokio::spawn(
@@ -244,6 +245,7 @@ impl Application {
             pruner.abort();
         }
         listener.abort();
+        upkeep.abort();
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }

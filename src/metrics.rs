@@ -49,6 +49,20 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// How often recorded histogram samples are folded into their buckets when nobody scrapes:
+/// until then they are kept one by one (about 8 bytes each, so a busy instance would grow by
+/// megabytes a second).
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets, every `UPKEEP_INTERVAL`, for good.
+pub async fn upkeep_periodically() {
+    let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        ticks.tick().await;
+        handle().run_upkeep();
+    }
+}
+
 /// The metrics in the Prometheus text format, with the gauges read at scrape time refreshed.
 pub fn render(pool: Option<PoolStatus>) -> String {
     let handle = handle();
