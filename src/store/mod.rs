@@ -196,15 +196,35 @@ fn database_is_away(code: &str) -> bool {
         || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
 }
 
-/// How long until a refused GCRA bucket whose theoretical arrival time is `tat` has a token
-/// again (all in microseconds): at least one microsecond.
-fn gcra_wait(tat: i64, now: i64, interval: i64, capacity: i64) -> Duration {
-    let wait = tat
-        .saturating_add(interval)
-        .saturating_sub(now)
-        .saturating_sub(capacity)
-        .max(1);
-    Duration::from_micros(wait.unsigned_abs())
+/// One step of the GCRA (ITU-T I.371) in the integer microseconds the buckets store: a token
+/// may be taken while `max(tat, now) + interval <= now + capacity`.
+#[derive(Debug, Clone, Copy)]
+struct Gcra {
+    now: i64,
+    interval: i64,
+    capacity: i64,
+}
+
+impl Gcra {
+    fn new(now: DateTime<Utc>, emission_interval: Duration, burst: u32) -> Self {
+        let interval = i64::try_from(emission_interval.as_micros()).unwrap_or(i64::MAX);
+        Self {
+            now: now.timestamp_micros(),
+            interval,
+            capacity: interval.saturating_mul(i64::from(burst)),
+        }
+    }
+
+    /// How long until a refused bucket whose theoretical arrival time is `tat` has a token
+    /// again: at least one microsecond.
+    fn wait(&self, tat: i64) -> Duration {
+        let wait = tat
+            .saturating_add(self.interval)
+            .saturating_sub(self.now)
+            .saturating_sub(self.capacity)
+            .max(1);
+        Duration::from_micros(wait.unsigned_abs())
+    }
 }
 
 #[async_trait]

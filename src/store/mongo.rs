@@ -103,6 +103,25 @@ pub struct SettingDocument {
     pub value: String,
 }
 
+/// Runs `$writes` (an expression that may use `$transaction`, a `ClientSession` in a
+/// transaction) until `settle` keeps its outcome: committed when it succeeds, aborted when it
+/// fails, run again after a write conflict. Evaluates to the outcome. A macro rather than a
+/// function taking a closure: the closure would borrow the session for every lifetime, which
+/// async closures cannot yet promise to do `Send`ably.
+macro_rules! in_transaction {
+    ($store:expr, $transaction:ident, $writes:expr) => {{
+        let mut $transaction = $store.transaction().await?;
+        let mut attempt = 0;
+        loop {
+            $transaction.start_transaction().await.map_err(classify)?;
+            let writes = async { $writes }.await;
+            if let Some(settled) = settle(&mut $transaction, writes, &mut attempt).await {
+                break settled;
+            }
+        }
+    }};
+}
+
 /// The store on MongoDB: one driver client (which holds the connection pool) and the
 /// collections.
 #[derive(Clone)]
@@ -570,25 +589,16 @@ impl Store for MongoStore {
         };
         let session = session_document(new_session);
         let written = if self.transactions {
-            let mut transaction = self.transaction().await?;
-            let mut attempt = 0;
-            loop {
-                transaction.start_transaction().await.map_err(classify)?;
-                let writes = async {
-                    self.users
-                        .insert_one(&user)
-                        .session(&mut transaction)
-                        .await?;
-                    self.sessions
-                        .insert_one(&session)
-                        .session(&mut transaction)
-                        .await
-                }
-                .await;
-                if let Some(settled) = settle(&mut transaction, writes, &mut attempt).await {
-                    break settled;
-                }
-            }
+            in_transaction!(self, transaction, {
+                self.users
+                    .insert_one(&user)
+                    .session(&mut transaction)
+                    .await?;
+                self.sessions
+                    .insert_one(&session)
+                    .session(&mut transaction)
+                    .await
+            })
         } else {
             self.sessions.insert_one(&session).await.map_err(classify)?;
             let inserted = self.users.insert_one(&user).await;
@@ -772,25 +782,17 @@ impl Store for MongoStore {
         let user_filter = doc! { "_id": id(user_id) };
         let set_hash = doc! { "$set": { "password_hash": password_hash } };
         if self.transactions {
-            let mut transaction = self.transaction().await?;
-            let mut attempt = 0;
-            loop {
-                transaction.start_transaction().await.map_err(classify)?;
-                let writes = async {
-                    self.users
-                        .update_one(user_filter.clone(), set_hash.clone())
-                        .session(&mut transaction)
-                        .await?;
-                    let others = self
-                        .other_session_ids(user_id, Some(keep_session), Some(&mut transaction))
-                        .await?;
-                    self.delete_sessions(others, Some(&mut transaction)).await
-                }
-                .await;
-                if let Some(settled) = settle(&mut transaction, writes, &mut attempt).await {
-                    return settled.map_err(classify);
-                }
-            }
+            return in_transaction!(self, transaction, {
+                self.users
+                    .update_one(user_filter.clone(), set_hash.clone())
+                    .session(&mut transaction)
+                    .await?;
+                let others = self
+                    .other_session_ids(user_id, Some(keep_session), Some(&mut transaction))
+                    .await?;
+                self.delete_sessions(others, Some(&mut transaction)).await
+            })
+            .map_err(classify);
         }
         let mut ended = self
             .delete_other_sessions(user_id, Some(keep_session))
@@ -818,32 +820,24 @@ impl Store for MongoStore {
         let mark = doc! { "$set": { "disabled_at": disabled_at.map(date) } };
         let end_sessions = disabled_at.is_some();
         if self.transactions {
-            let mut transaction = self.transaction().await?;
-            let mut attempt = 0;
-            loop {
-                transaction.start_transaction().await.map_err(classify)?;
-                let writes = async {
-                    let marked = self
-                        .users
-                        .update_one(user_filter.clone(), mark.clone())
-                        .session(&mut transaction)
-                        .await?;
-                    if marked.matched_count == 0 || !end_sessions {
-                        return Ok((marked.matched_count > 0).then(Vec::new));
-                    }
-                    let sessions = self
-                        .other_session_ids(user_id, None, Some(&mut transaction))
-                        .await?;
-                    Ok(Some(
-                        self.delete_sessions(sessions, Some(&mut transaction))
-                            .await?,
-                    ))
+            return in_transaction!(self, transaction, {
+                let marked = self
+                    .users
+                    .update_one(user_filter.clone(), mark.clone())
+                    .session(&mut transaction)
+                    .await?;
+                if marked.matched_count == 0 || !end_sessions {
+                    return Ok((marked.matched_count > 0).then(Vec::new));
                 }
-                .await;
-                if let Some(settled) = settle(&mut transaction, writes, &mut attempt).await {
-                    return settled.map_err(classify);
-                }
-            }
+                let sessions = self
+                    .other_session_ids(user_id, None, Some(&mut transaction))
+                    .await?;
+                Ok(Some(
+                    self.delete_sessions(sessions, Some(&mut transaction))
+                        .await?,
+                ))
+            })
+            .map_err(classify);
         }
         let marked = self
             .users
@@ -864,32 +858,24 @@ impl Store for MongoStore {
     /// refuses and pruning removes.
     async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
         if self.transactions {
-            let mut transaction = self.transaction().await?;
-            let mut attempt = 0;
-            loop {
-                transaction.start_transaction().await.map_err(classify)?;
-                let writes = async {
-                    let deleted = self
-                        .users
-                        .delete_one(doc! { "_id": id(user_id) })
-                        .session(&mut transaction)
-                        .await?;
-                    if deleted.deleted_count == 0 {
-                        return Ok(None);
-                    }
-                    let sessions = self
-                        .other_session_ids(user_id, None, Some(&mut transaction))
-                        .await?;
-                    Ok(Some(
-                        self.delete_sessions(sessions, Some(&mut transaction))
-                            .await?,
-                    ))
+            return in_transaction!(self, transaction, {
+                let deleted = self
+                    .users
+                    .delete_one(doc! { "_id": id(user_id) })
+                    .session(&mut transaction)
+                    .await?;
+                if deleted.deleted_count == 0 {
+                    return Ok(None);
                 }
-                .await;
-                if let Some(settled) = settle(&mut transaction, writes, &mut attempt).await {
-                    return settled.map_err(classify);
-                }
-            }
+                let sessions = self
+                    .other_session_ids(user_id, None, Some(&mut transaction))
+                    .await?;
+                Ok(Some(
+                    self.delete_sessions(sessions, Some(&mut transaction))
+                        .await?,
+                ))
+            })
+            .map_err(classify);
         }
         let deleted = self
             .users
@@ -1066,9 +1052,8 @@ impl Store for MongoStore {
         emission_interval: Duration,
         burst: u32,
     ) -> StoreResult<Option<Duration>> {
-        let now_us = now.timestamp_micros();
-        let interval_us = i64::try_from(emission_interval.as_micros()).unwrap_or(i64::MAX);
-        let capacity_us = interval_us.saturating_mul(i64::from(burst));
+        let gcra = super::Gcra::new(now, emission_interval, burst);
+        let (now_us, interval_us, capacity_us) = (gcra.now, gcra.interval, gcra.capacity);
         let filter = doc! {
             "_id": key,
             "$expr": { "$lte": [
@@ -1098,12 +1083,7 @@ impl Store for MongoStore {
             .map_err(classify)?
             .and_then(|bucket| bucket.get_i64("tat").ok())
             .unwrap_or(now_us);
-        Ok(Some(super::gcra_wait(
-            tat,
-            now_us,
-            interval_us,
-            capacity_us,
-        )))
+        Ok(Some(gcra.wait(tat)))
     }
 
     async fn prune_rate_limit_buckets(&self, now: DateTime<Utc>) -> StoreResult<u64> {

@@ -639,9 +639,8 @@ impl Store for SeaStore {
         // tat: the theoretical arrival time of the next token, in microseconds. A token may be
         // taken while max(tat, now) + interval stays within burst * interval of now.
         let backend = self.db.get_database_backend();
-        let now_us = now.timestamp_micros();
-        let interval_us = i64::try_from(emission_interval.as_micros()).unwrap_or(i64::MAX);
-        let capacity_us = interval_us.saturating_mul(i64::from(burst));
+        let gcra = super::Gcra::new(now, emission_interval, burst);
+        let (now_us, interval_us, capacity_us) = (gcra.now, gcra.interval, gcra.capacity);
         let (greatest, p) = match backend {
             DbBackend::Postgres => ("GREATEST", ["$1", "$2", "$3", "$4"]),
             _ => ("MAX", ["?1", "?2", "?3", "?4"]),
@@ -679,12 +678,7 @@ impl Store for SeaStore {
             .await?
             .and_then(|row| row.try_get::<i64>("", "tat").ok())
             .unwrap_or(now_us);
-        Ok(Some(super::gcra_wait(
-            tat,
-            now_us,
-            interval_us,
-            capacity_us,
-        )))
+        Ok(Some(gcra.wait(tat)))
     }
 
     async fn prune_rate_limit_buckets(&self, now: DateTime<Utc>) -> StoreResult<u64> {
