@@ -60,6 +60,14 @@ pub async fn run(config: &Config, args: &AdminArgs) -> u8 {
         }
         Err(failure) => {
             eprintln!("authql admin: {failure}");
+            if args.json {
+                let mut answer = serde_json::to_value(&failure).unwrap_or_default();
+                answer["message"] = failure.to_string().into();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&answer).unwrap_or_default()
+                );
+            }
             match failure {
                 AdminFailure::UnknownUser { .. } | AdminFailure::UnknownSession { .. } => 1,
                 AdminFailure::DatabaseUnavailable => 3,
@@ -77,11 +85,28 @@ async fn execute(config: &Config, command: &AdminCommand) -> Result<AdminAnswer,
                     "authql admin: there is no SQLite database at {}",
                     path.display()
                 );
-                return Err(AdminFailure::Failed);
+                return Err(AdminFailure::DatabaseUnavailable);
             }
             match DatabaseLock::try_acquire(path.clone()) {
                 Ok(Some(lock)) => Some(lock),
-                Ok(None) => return ask_server(&socket_path(&path), command).await,
+                Ok(None) => {
+                    // A server that does not answer (stopped, overloaded) must not hang the
+                    // operator: as long as a request would wait for the database, and then some.
+                    let patience = Duration::from_secs(
+                        config.database_acquire_timeout_seconds
+                            + config.database_busy_timeout_seconds
+                            + 5,
+                    );
+                    return tokio::time::timeout(patience, ask_server(&socket_path(&path), command))
+                        .await
+                        .unwrap_or_else(|_| {
+                            eprintln!(
+                                "authql admin: the server holding the SQLite file did not answer within {} s",
+                                patience.as_secs()
+                            );
+                            Err(AdminFailure::DatabaseUnavailable)
+                        });
+                }
                 Err(why) => {
                     eprintln!("authql admin: {why}");
                     return Err(AdminFailure::Failed);
@@ -243,10 +268,11 @@ fn table(sessions: &[SessionSummary]) -> String {
         "created",
         "last refreshed",
         "expires",
+        "idle until",
         "ip",
         "user agent",
     ];
-    let rows: Vec<[String; 6]> = sessions
+    let rows: Vec<[String; 7]> = sessions
         .iter()
         .map(|session| {
             [
@@ -254,6 +280,7 @@ fn table(sessions: &[SessionSummary]) -> String {
                 time(session.created_at),
                 session.last_refreshed_at.map(time).unwrap_or("-".into()),
                 time(session.expires_at),
+                time(session.idle_expires_at),
                 session.ip_address.clone().unwrap_or("-".into()),
                 session.user_agent.clone().unwrap_or("-".into()),
             ]

@@ -229,7 +229,9 @@ impl Application {
         let listener = tokio::spawn(async move { events.listen().await });
         let upkeep = tokio::spawn(crate::metrics::upkeep_periodically());
         let metrics_server = self.metrics_listener.map(|listener| {
-            tracing::info!(address = ?listener.local_addr().ok(), "metrics listening");
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "metrics listening");
+            }
             tokio::spawn(
                 axum::serve(listener, http::metrics_router(self.service.clone())).into_future(),
             )
@@ -294,6 +296,7 @@ fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
         .collect::<anyhow::Result<_>>()?;
     Ok(EdgeLimits {
         websocket: http::websocket::WebSocketSettings {
+            token_leeway: Duration::from_secs(config.jwt_leeway_seconds),
             init_timeout: Duration::from_secs(config.websocket_init_timeout_seconds),
             ping_interval: Duration::from_secs(config.websocket_ping_interval_seconds),
             max_subscriptions: usize::try_from(config.websocket_max_subscriptions)

@@ -63,7 +63,7 @@ pub struct Config {
     pub database_url: String,
 
     /// Most database connections open at once. By default one per CPU core for SQLite (WAL
-    /// lets that many readers run beside the one writer) and 10 for PostgreSQL.
+    /// lets that many readers run beside the one writer) and 10 for PostgreSQL and MongoDB.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub database_max_connections: Option<u32>,
 

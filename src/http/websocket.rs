@@ -73,6 +73,9 @@ const DRAIN_BEFORE_CLOSE: Duration = Duration::from_millis(200);
 /// The connection limits, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct WebSocketSettings {
+    /// `JWT_LEEWAY_SECONDS`: a connection's access token is good until its `exp` plus this, as
+    /// it is on HTTP.
+    pub token_leeway: Duration,
     pub init_timeout: Duration,
     pub ping_interval: Duration,
     pub max_subscriptions: usize,
@@ -256,7 +259,9 @@ async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_p
                                 session_events = Some(
                                     state.service.events().subscribe(authenticated.user.id),
                                 );
-                                let left = (authenticated.expires_at - chrono::Utc::now())
+                                let leeway = chrono::TimeDelta::from_std(settings.token_leeway)
+                                    .unwrap_or_default();
+                                let left = (authenticated.expires_at + leeway - chrono::Utc::now())
                                     .to_std()
                                     .unwrap_or_default();
                                 token_expires = Some(Box::pin(tokio::time::sleep(left)));

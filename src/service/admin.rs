@@ -25,7 +25,8 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum AdminCommand {
-    /// The user's live sessions: id, created, last refreshed, expiry, IP, user agent.
+    /// The user's live sessions: id, created, last refreshed, expiry, idle expiry, IP, user
+    /// agent.
     Sessions {
         /// The user's email or username.
         login: String,
@@ -91,8 +92,10 @@ pub struct SessionSummary {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
     pub last_refreshed_at: Option<DateTime<Utc>>,
-    /// The earlier of the absolute and the idle expiry.
+    /// The absolute end, fixed at login (the API's `expiresAt`).
     pub expires_at: DateTime<Utc>,
+    /// The end if not refreshed before (`SESSION_IDLE_TIMEOUT` after the last refresh).
+    pub idle_expires_at: DateTime<Utc>,
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
 }
@@ -177,21 +180,25 @@ impl Admin {
                 done(Some(user), &ended)
             }
             AdminCommand::DisableUser { login } => {
-                let user = self.user(login).await?;
+                let mut user = self.user(login).await?;
+                // Disabling again keeps the time it was first disabled.
+                let disabled_at = user.disabled_at.unwrap_or_else(Utc::now);
                 let ended = store
-                    .set_user_disabled(user.id, Some(Utc::now()))
+                    .set_user_disabled(user.id, Some(disabled_at))
                     .await?
                     .ok_or_else(|| unknown(login))?;
+                user.disabled_at = Some(disabled_at);
                 self.revoked(&user, &ended).await;
                 tracing::warn!(event = "admin_disable_user", user_id = %user.id, ended_sessions = ended.len(), "admin disabled a user");
                 done(Some(user), &ended)
             }
             AdminCommand::EnableUser { login } => {
-                let user = self.user(login).await?;
+                let mut user = self.user(login).await?;
                 store
                     .set_user_disabled(user.id, None)
                     .await?
                     .ok_or_else(|| unknown(login))?;
+                user.disabled_at = None;
                 tracing::warn!(event = "admin_enable_user", user_id = %user.id, "admin enabled a user");
                 done(Some(user), &[])
             }
@@ -250,7 +257,8 @@ impl From<Session> for SessionSummary {
             id: session.id,
             created_at: session.created_at,
             last_refreshed_at: session.last_refreshed_at,
-            expires_at: session.expires_at.min(session.idle_expires_at),
+            expires_at: session.expires_at,
+            idle_expires_at: session.idle_expires_at,
             ip_address: session.ip_address,
             user_agent: session.user_agent,
         }

@@ -178,7 +178,8 @@ impl AuthService {
         let user = match credentials {
             Some(found) if verified => found.user,
             _ => {
-                tracing::info!(event = "login_failed", ip = ?client.ip, "login failed");
+                let ip = client.ip.map(|ip| ip.to_string()).unwrap_or_default();
+                tracing::info!(event = "login_failed", %ip, "login failed");
                 return Err(AppError::InvalidCredentials);
             }
         };

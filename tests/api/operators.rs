@@ -129,6 +129,11 @@ async fn a_disabled_user_cannot_log_in_or_refresh_and_an_enabled_one_can() {
 
     let disabled = json_of(&admin(&app, &["--json", "disable-user", "disabled@x.com"]).await);
     assert_eq!(disabled["ended_sessions"], 1);
+    // The answer shows the user as it is now; disabling again keeps the first time.
+    let disabled_at = disabled["user"]["disabled_at"].clone();
+    assert!(disabled_at.is_string(), "{disabled}");
+    let again = json_of(&admin(&app, &["--json", "disable-user", "disabled@x.com"]).await);
+    assert_eq!(again["user"]["disabled_at"], disabled_at);
     assert!(app.user_rows().await[0].disabled_at.is_some());
     assert!(app.session_rows().await.is_empty());
     assert_unauthenticated(&app.me(&account.access_token).await, "REVOKED");
@@ -147,10 +152,8 @@ async fn a_disabled_user_cannot_log_in_or_refresh_and_an_enabled_one_can() {
     );
     assert!(app.session_rows().await.is_empty(), "no session was made");
 
-    assert_eq!(
-        admin(&app, &["enable-user", "disabled@x.com"]).await.code,
-        0
-    );
+    let enabled = json_of(&admin(&app, &["--json", "enable-user", "disabled@x.com"]).await);
+    assert!(enabled["user"]["disabled_at"].is_null(), "{enabled}");
     assert!(app.user_rows().await[0].disabled_at.is_none());
     let back = app.login("disabled@x.com").await;
     assert_no_errors(&app.me(&back.access_token).await);
@@ -213,6 +216,11 @@ async fn admin_exit_codes_tell_unknown_bad_and_unreachable_apart() {
     )
     .await;
     assert_eq!(unreachable.code, 3, "{unreachable:?}");
+    // With --json, a failure is a JSON object on stdout too.
+    let unknown = admin(&app, &["--json", "sessions", "nobody@x.com"]).await;
+    assert_eq!(unknown.code, 1);
+    let failure: Value = serde_json::from_str(&unknown.stdout).expect("JSON on stdout");
+    assert_eq!(failure["failure"], "unknown-user");
     // Every command has its own help.
     for command in [
         "sessions",
@@ -251,6 +259,40 @@ async fn on_sqlite_with_no_server_running_the_cli_works_on_the_file_itself() {
         error_code(&app.login_raw("alone@x.com", PASSWORD).await),
         "ACCOUNT_DISABLED"
     );
+}
+
+#[tokio::test]
+async fn on_sqlite_a_server_that_does_not_answer_or_no_file_is_exit_code_3_not_a_hang() {
+    if shared_database_url().is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("authql.db");
+    let database_url = sqlite_url(&file);
+    let quick = [
+        ("DATABASE_ACQUIRE_TIMEOUT_SECONDS", "1"),
+        ("DATABASE_BUSY_TIMEOUT_SECONDS", "1"),
+    ];
+    let missing = admin_on(&database_url, &["sessions", "x@x.com"], &quick).await;
+    assert_eq!(missing.code, 3, "{missing:?}");
+    assert!(!file.exists(), "the CLI creates no database");
+
+    // A "server" that holds the file's lock and accepts on the admin socket but never answers,
+    // as a stopped (SIGSTOP) one does.
+    std::fs::write(&file, b"").unwrap();
+    let _lock = authql::store::DatabaseLock::acquire(file.clone()).unwrap();
+    let socket = authql::admin::socket_path(&file);
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let started = std::time::Instant::now();
+    let frozen = admin_on(&database_url, &["sessions", "x@x.com"], &quick).await;
+    assert_eq!(frozen.code, 3, "{frozen:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
 const DELETE_ACCOUNT: &str = "mutation($i: DeleteAccountInput!) { deleteAccount(input: $i) }";
