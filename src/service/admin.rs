@@ -180,25 +180,25 @@ impl Admin {
                 done(Some(user), &ended)
             }
             AdminCommand::DisableUser { login } => {
-                let mut user = self.user(login).await?;
+                let user = self.user(login).await?;
                 // Disabling again keeps the time it was first disabled.
                 let disabled_at = user.disabled_at.unwrap_or_else(Utc::now);
                 let ended = store
                     .set_user_disabled(user.id, Some(disabled_at))
                     .await?
                     .ok_or_else(|| unknown(login))?;
-                user.disabled_at = Some(disabled_at);
+                let user = self.stored(user).await?;
                 self.revoked(&user, &ended).await;
                 tracing::warn!(event = "admin_disable_user", user_id = %user.id, ended_sessions = ended.len(), "admin disabled a user");
                 done(Some(user), &ended)
             }
             AdminCommand::EnableUser { login } => {
-                let mut user = self.user(login).await?;
+                let user = self.user(login).await?;
                 store
                     .set_user_disabled(user.id, None)
                     .await?
                     .ok_or_else(|| unknown(login))?;
-                user.disabled_at = None;
+                let user = self.stored(user).await?;
                 tracing::warn!(event = "admin_enable_user", user_id = %user.id, "admin enabled a user");
                 done(Some(user), &[])
             }
@@ -214,6 +214,16 @@ impl Admin {
             }
         };
         Ok(answer)
+    }
+
+    /// `user` as the store has it now (its times at the store's precision), or as it was if it
+    /// is gone meanwhile.
+    async fn stored(&self, user: User) -> Result<User, AdminFailure> {
+        Ok(self
+            .store
+            .find_credentials_by_id(user.id)
+            .await?
+            .map_or(user, |found| found.user))
     }
 
     async fn user(&self, login: &str) -> Result<User, AdminFailure> {
