@@ -13,7 +13,10 @@ mod request_metrics;
 mod subscription;
 pub mod types;
 
-use async_graphql::{SDLExportOptions, Schema};
+use async_graphql::{
+    Positioned, SDLExportOptions, Schema,
+    parser::types::{ExecutableDocument, OperationDefinition, OperationType},
+};
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
@@ -59,4 +62,29 @@ pub fn schema_sdl() -> String {
     Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .finish()
         .sdl_with_options(SDLExportOptions::new().include_specified_by())
+}
+
+/// The operation `name` picks from `document` (GraphQL spec § 6.1 "GetOperation"): the one so
+/// named, or without a name the only one. `None` when there is no such operation.
+pub fn get_operation<'a>(
+    document: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a Positioned<OperationDefinition>> {
+    let mut operations = document.operations.iter();
+    match name {
+        Some(wanted) => operations
+            .find(|(found, _)| found.is_some_and(|found| found.as_str() == wanted))
+            .map(|(_, operation)| operation),
+        None => match (operations.next(), operations.next()) {
+            (Some((_, only)), None) => Some(only),
+            _ => None,
+        },
+    }
+}
+
+/// The type of the operation `name` picks from the query text; `None` when the text does not
+/// parse or names no single operation (the executor then reports why).
+pub fn operation_type(query: &str, name: Option<&str>) -> Option<OperationType> {
+    let document = async_graphql::parser::parse_query(query).ok()?;
+    get_operation(&document, name).map(|operation| operation.node.ty)
 }

@@ -230,23 +230,16 @@ fn select_operation(
     operation_name: Option<&str>,
     variables: &Variables,
 ) -> Result<Vec<InvalidVariable>, ServerError> {
-    let mut operations = document.operations.iter();
-    let operation = match operation_name {
-        Some(wanted) => operations
-            .find(|(name, _)| name.is_some_and(|name| name.as_str() == wanted))
-            .ok_or_else(|| format!("the document has no operation named {wanted:?}")),
-        None => match (operations.next(), operations.next()) {
-            (Some(only), None) => Ok(only),
-            _ => Err("the document has several operations: name one in operationName".into()),
-        },
-    }
-    .map_err(|message: String| {
+    let operation = super::get_operation(document, operation_name).ok_or_else(|| {
+        let message = match operation_name {
+            Some(wanted) => format!("the document has no operation named {wanted:?}"),
+            None => "the document has several operations: name one in operationName".into(),
+        };
         let mut error = ServerError::new(message, None);
         set_code_if_missing(&mut error, "OPERATION_RESOLUTION_FAILURE");
         error
     })?;
     Ok(operation
-        .1
         .node
         .variable_definitions
         .iter()

@@ -22,7 +22,7 @@ use async_graphql::{
         Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
         NextRequest,
     },
-    parser::types::{DocumentOperations, ExecutableDocument, OperationType, Selection},
+    parser::types::{ExecutableDocument, OperationType, Selection},
     registry::Registry,
 };
 
@@ -111,14 +111,7 @@ fn operation_label(
     document: &ExecutableDocument,
     name: Option<&str>,
 ) -> Option<String> {
-    let operation = match (&document.operations, name) {
-        (DocumentOperations::Single(operation), _) => operation,
-        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name)?,
-        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
-            operations.values().next()?
-        }
-        _ => return None,
-    };
+    let operation = super::get_operation(document, name)?;
     let root = match operation.node.ty {
         OperationType::Query => &registry.query_type,
         OperationType::Mutation => registry.mutation_type.as_ref()?,

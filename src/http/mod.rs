@@ -353,7 +353,10 @@ async fn run(
             })?,
     };
     check_query_text(&query, &state.limits, media)?;
-    if method == Method::GET && is_mutation(&query, params.operation_name.as_deref()) {
+    // Only a query that parses and names one operation is checked; the executor reports the
+    // others.
+    let operation = crate::graphql::operation_type(&query, params.operation_name.as_deref());
+    if method == Method::GET && operation == Some(OperationType::Mutation) {
         let mut refused = HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
@@ -439,23 +442,6 @@ fn nesting_exceeds(query: &str, limit: usize) -> bool {
         at += 1;
     }
     false
-}
-
-/// Whether the operation that would run is a mutation: the one named `operation_name`, or the
-/// only one. A query that does not parse, or names no single operation, is left to the
-/// executor, which reports it.
-fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
-    let Ok(document) = async_graphql::parser::parse_query(query) else {
-        return false;
-    };
-    let mut operations = document.operations.iter();
-    let selected = match operation_name {
-        Some(wanted) => operations.find(|(name, _)| name.is_some_and(|name| name == wanted)),
-        None => operations
-            .next()
-            .filter(|_| document.operations.iter().count() == 1),
-    };
-    selected.is_some_and(|(_, operation)| operation.node.ty == OperationType::Mutation)
 }
 
 async fn execute(

@@ -253,7 +253,8 @@ async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_p
             out = engine.next() => {
                 match out {
                     Some(WsMessage::Text(text)) => {
-                        if !acknowledged && text.contains("\"connection_ack\"") {
+                        match outgoing(&text) {
+                            Outgoing::Ack if !acknowledged => {
                             acknowledged = true;
                             if let Some((authenticated, _)) = init.authenticated.get() {
                                 session_events = Some(
@@ -266,10 +267,9 @@ async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_p
                                     .unwrap_or_default();
                                 token_expires = Some(Box::pin(tokio::time::sleep(left)));
                             }
-                        }
-                        let text = match as_request_error(&text) {
+                            }
                             // The engine's `complete` for it follows; the protocol has none.
-                            Some((id, error)) => {
+                            Outgoing::RequestError { id, error } => {
                                 subscriptions.remove(&id);
                                 refused.insert(id);
                                 if sink.send(Message::Text(error.into())).await.is_err() {
@@ -277,13 +277,13 @@ async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_p
                                 }
                                 continue;
                             }
-                            None => text,
-                        };
-                        if let Some(id) = completed_id(&text) {
-                            subscriptions.remove(&id);
-                            if refused.remove(&id) {
-                                continue;
+                            Outgoing::Ended(id) => {
+                                subscriptions.remove(&id);
+                                if refused.remove(&id) {
+                                    continue;
+                                }
                             }
+                            _ => {}
                         }
                         if sink.send(Message::Text(text.into())).await.is_err() {
                             return;
@@ -417,7 +417,10 @@ fn screen(
             let operation_name = message
                 .pointer("/payload/operationName")
                 .and_then(Value::as_str);
-            if !is_subscription(query, operation_name) {
+            // A query that does not parse or names no single operation passes: the engine
+            // answers it with its error.
+            let operation = crate::graphql::operation_type(query, operation_name);
+            if operation.is_some_and(|operation| operation != OperationType::Subscription) {
                 return Screened::Answer(error_message(
                     &id,
                     "SUBSCRIPTIONS_ONLY",
@@ -442,20 +445,6 @@ fn screen(
     }
 }
 
-/// Whether the operation `name` picks from `query` is a subscription. A query that does not
-/// parse passes: the engine answers it with its parse error.
-fn is_subscription(query: &str, name: Option<&str>) -> bool {
-    let Ok(document) = async_graphql::parser::parse_query(query) else {
-        return true;
-    };
-    let mut operations = document.operations.iter();
-    let selected = match name {
-        Some(name) => operations.find(|(found, _)| found.is_some_and(|found| found == name)),
-        None => operations.next(),
-    };
-    selected.is_none_or(|(_, operation)| operation.node.ty == OperationType::Subscription)
-}
-
 /// The protocol's `error` message for subscription `id`, coded as every authql error is.
 fn error_message(id: &str, code: &str, message: &str) -> String {
     json!({
@@ -466,31 +455,47 @@ fn error_message(id: &str, code: &str, message: &str) -> String {
     .to_string()
 }
 
-/// A `next` from the engine that carries request errors only (parse, validation, operation
-/// resolution, variables: no `data`, no error with a `path`) becomes the protocol's `error`
-/// message, as PROTOCOL.md prescribes for errors before execution: `(id, the message)`.
-fn as_request_error(text: &str) -> Option<(String, String)> {
-    let message: Value = serde_json::from_str(text).ok()?;
-    if message.get("type").and_then(Value::as_str) != Some("next") {
-        return None;
-    }
-    let payload = message.get("payload")?;
-    let errors = payload.get("errors")?.as_array()?;
-    let no_data = payload.get("data").is_none_or(Value::is_null);
-    if !no_data || errors.is_empty() || errors.iter().any(|error| error.get("path").is_some()) {
-        return None;
-    }
-    let id = message.get("id")?.as_str()?.to_owned();
-    let error = json!({ "id": id, "type": "error", "payload": errors }).to_string();
-    Some((id, error))
+/// What a message from the protocol engine means to the connection (read once per message).
+enum Outgoing {
+    /// `connection_ack`.
+    Ack,
+    /// A `next` that carries request errors only (parse, validation, operation resolution,
+    /// variables: no `data`, no error with a `path`), as the protocol's `error` message, which
+    /// PROTOCOL.md prescribes for errors before execution.
+    RequestError {
+        id: String,
+        error: String,
+    },
+    /// `complete` or `error`: that subscription is over.
+    Ended(String),
+    Other,
 }
 
-/// The id of a `complete` or `error` message from the engine: that subscription is over.
-fn completed_id(text: &str) -> Option<String> {
-    let message: Value = serde_json::from_str(text).ok()?;
+fn outgoing(text: &str) -> Outgoing {
+    let Ok(message) = serde_json::from_str::<Value>(text) else {
+        return Outgoing::Other;
+    };
+    let id = || message.get("id").and_then(Value::as_str).map(str::to_owned);
     match message.get("type").and_then(Value::as_str) {
-        Some("complete" | "error") => message.get("id")?.as_str().map(str::to_owned),
-        _ => None,
+        Some("connection_ack") => Outgoing::Ack,
+        Some("complete" | "error") => id().map_or(Outgoing::Other, Outgoing::Ended),
+        Some("next") => {
+            let payload = &message["payload"];
+            let Some(errors) = payload.get("errors").and_then(Value::as_array) else {
+                return Outgoing::Other;
+            };
+            let request_error = payload.get("data").is_none_or(Value::is_null)
+                && !errors.is_empty()
+                && errors.iter().all(|error| error.get("path").is_none());
+            match id() {
+                Some(id) if request_error => Outgoing::RequestError {
+                    error: json!({ "id": id, "type": "error", "payload": errors }).to_string(),
+                    id,
+                },
+                _ => Outgoing::Other,
+            }
+        }
+        _ => Outgoing::Other,
     }
 }
 

@@ -327,27 +327,6 @@ impl MongoStore {
         }
     }
 
-    /// Deletes the sessions `ids` (in `transaction` if given); returns how many were there.
-    /// Deletes the sessions `ids` (in `transaction` if given); returns their ids, which are all
-    /// gone afterwards (outside a transaction, some may have been deleted by another request
-    /// between the read that found them and this delete).
-    async fn delete_sessions(
-        &self,
-        ids: Vec<bson::Uuid>,
-        transaction: Option<&mut ClientSession>,
-    ) -> Result<Vec<Uuid>, mongodb::error::Error> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let deleted: Vec<Uuid> = ids.iter().map(|id| Uuid::from(*id)).collect();
-        let delete = self.sessions.delete_many(doc! { "_id": { "$in": ids } });
-        match transaction {
-            Some(transaction) => delete.session(transaction).await?,
-            None => delete.await?,
-        };
-        Ok(deleted)
-    }
-
     /// The user of a session document, if it still exists.
     async fn with_user(&self, session: SessionDocument) -> StoreResult<Option<(User, Session)>> {
         let user = self
@@ -363,33 +342,48 @@ impl MongoStore {
         self.client.start_session().await.map_err(classify)
     }
 
-    /// The ids of the user's sessions other than `keep` (all without), read in `transaction`
-    /// if given.
-    async fn other_session_ids(
+    /// Deletes the user's sessions other than `keep` (all without), in `transaction` if given:
+    /// their ids by the user index, then one delete by `_id` (a multi-field delete would need a
+    /// planner that finds the index). Returns their ids, which are all gone afterwards (outside
+    /// a transaction, another request may have deleted some between the read and the delete).
+    async fn end_sessions(
         &self,
         user_id: Uuid,
         keep: Option<Uuid>,
-        transaction: Option<&mut ClientSession>,
-    ) -> Result<Vec<bson::Uuid>, mongodb::error::Error> {
-        let ids = self.sessions.clone_with_type::<Document>();
-        let find = ids
+        mut transaction: Option<&mut ClientSession>,
+    ) -> Result<Vec<Uuid>, mongodb::error::Error> {
+        let ids_collection = self.sessions.clone_with_type::<Document>();
+        let find = ids_collection
             .find(doc! { "user_id": id(user_id) })
             .projection(doc! { "_id": 1 });
-        let documents: Vec<Document> = match transaction {
+        let documents: Vec<Document> = match transaction.as_deref_mut() {
             Some(transaction) => {
                 let mut cursor = find.session(&mut *transaction).await?;
                 cursor.stream(transaction).try_collect().await?
             }
             None => find.await?.try_collect().await?,
         };
-        Ok(documents
+        let ids: Vec<bson::Uuid> = documents
             .iter()
             .filter_map(|document| match document.get("_id") {
                 Some(Bson::Binary(binary)) => binary.to_uuid().ok(),
                 _ => None,
             })
             .filter(|session_id| Some(*session_id) != keep.map(id))
-            .collect())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ended = ids
+            .iter()
+            .map(|&session_id| Uuid::from(session_id))
+            .collect();
+        let delete = self.sessions.delete_many(doc! { "_id": { "$in": ids } });
+        match transaction {
+            Some(transaction) => delete.session(transaction).await?,
+            None => delete.await?,
+        };
+        Ok(ended)
     }
 
     /// The error for a duplicate key on registration: which of the two unique values is taken
@@ -762,11 +756,9 @@ impl Store for MongoStore {
         user_id: Uuid,
         keep: Option<Uuid>,
     ) -> StoreResult<Vec<Uuid>> {
-        let others = self
-            .other_session_ids(user_id, keep, None)
+        self.end_sessions(user_id, keep, None)
             .await
-            .map_err(classify)?;
-        self.delete_sessions(others, None).await.map_err(classify)
+            .map_err(classify)
     }
 
     /// In a transaction where the deployment has them. Without, the other sessions are ended
@@ -787,10 +779,8 @@ impl Store for MongoStore {
                     .update_one(user_filter.clone(), set_hash.clone())
                     .session(&mut transaction)
                     .await?;
-                let others = self
-                    .other_session_ids(user_id, Some(keep_session), Some(&mut transaction))
-                    .await?;
-                self.delete_sessions(others, Some(&mut transaction)).await
+                self.end_sessions(user_id, Some(keep_session), Some(&mut transaction))
+                    .await
             })
             .map_err(classify);
         }
@@ -829,11 +819,8 @@ impl Store for MongoStore {
                 if marked.matched_count == 0 || !end_sessions {
                     return Ok((marked.matched_count > 0).then(Vec::new));
                 }
-                let sessions = self
-                    .other_session_ids(user_id, None, Some(&mut transaction))
-                    .await?;
                 Ok(Some(
-                    self.delete_sessions(sessions, Some(&mut transaction))
+                    self.end_sessions(user_id, None, Some(&mut transaction))
                         .await?,
                 ))
             })
@@ -867,11 +854,8 @@ impl Store for MongoStore {
                 if deleted.deleted_count == 0 {
                     return Ok(None);
                 }
-                let sessions = self
-                    .other_session_ids(user_id, None, Some(&mut transaction))
-                    .await?;
                 Ok(Some(
-                    self.delete_sessions(sessions, Some(&mut transaction))
+                    self.end_sessions(user_id, None, Some(&mut transaction))
                         .await?,
                 ))
             })
