@@ -182,15 +182,33 @@ impl AdminSocket {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         }
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => {
+                        pause = Duration::from_millis(100);
+                        stream
+                    }
+                    // Out of file descriptors, say: the socket stays, and is tried again.
+                    Err(error) => {
+                        tracing::warn!(event = "background_task_failed", task = "admin_socket", %error, "the admin socket could not accept a connection; trying again");
+                        crate::metrics::background_task_restart("admin_socket");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
                 let admin = admin.clone();
                 tokio::spawn(async move {
                     let (reader, mut writer) = stream.into_split();
                     let mut line = String::new();
-                    let read = BufReader::new(reader.take(MAX_LINE_BYTES))
-                        .read_line(&mut line)
-                        .await;
-                    if read.is_err() {
+                    // A client that connects and sends nothing is not waited for.
+                    let read = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        BufReader::new(reader.take(MAX_LINE_BYTES)).read_line(&mut line),
+                    )
+                    .await;
+                    if !matches!(read, Ok(Ok(_))) {
                         return;
                     }
                     let answer = match serde_json::from_str::<AdminCommand>(&line) {

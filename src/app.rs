@@ -22,8 +22,11 @@ use crate::{
     admin::{self, AdminSocket},
     auth::{KeySet, PasswordHasher, TokenKeys},
     config::{Config, SameSite},
-    graphql::{RefreshCookie, build_schema},
-    http::{self, EdgeLimits, FrontendSettings},
+    graphql::{DocumentChecks, RefreshCookie, build_engine, document_limits},
+    http::{
+        self, EdgeLimits, FrontendSettings,
+        server::{Lifecycle, ServerSettings},
+    },
     service::{
         AuthService, Lifetimes,
         admin::Admin,
@@ -37,12 +40,15 @@ use crate::{
 };
 
 /// Shortest JWT secret accepted: 256 bits, the size of an HS256 key (RFC 7518 §3.2).
-const MIN_SECRET_BYTES: usize = 32;
+const MIN_SECRET_BYTES: usize = crate::auth::keys::MIN_HMAC_SECRET_BYTES;
 /// The setting under which a generated secret is kept, shared by every instance.
 const GENERATED_SECRET_SETTING: &str = "jwt_secret_key";
 
 pub struct Application {
     listener: TcpListener,
+    server: ServerSettings,
+    /// Connection slots and the shutdown signal, shared with the router's WebSockets.
+    lifecycle: Lifecycle,
     /// `METRICS_ADDR`: `/metrics` on a listener of its own.
     metrics_listener: Option<TcpListener>,
     router: Router,
@@ -128,7 +134,12 @@ impl Application {
         let hash_slots = config
             .bcrypt_max_concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        let passwords = PasswordHasher::new(config.bcrypt_cost, hash_slots)
+        let hash_queue = config
+            .bcrypt_max_queue
+            .map_or(hash_slots.saturating_mul(16), |queue| {
+                usize::try_from(queue).unwrap_or(usize::MAX)
+            });
+        let passwords = PasswordHasher::new(config.bcrypt_cost, hash_slots, hash_queue)
             .map_err(|_| anyhow::anyhow!("could not set up password hashing"))?;
         let rate_limit_settings = RateLimitSettings {
             per_ip_per_minute: NonZeroU32::new(config.rate_limit_ip_per_minute),
@@ -169,13 +180,24 @@ impl Application {
             events.clone(),
         );
 
+        let server = ServerSettings {
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_seconds),
+            max_connections: config
+                .max_connections
+                .map_or_else(default_max_connections, |max| {
+                    usize::try_from(max).unwrap_or(usize::MAX)
+                }),
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_seconds),
+        };
+        let lifecycle = Lifecycle::new(server.max_connections);
         let router = http::router(
-            build_schema(service.clone(), &config, frontend.refresh_cookie.clone()),
+            build_engine(service.clone(), &config, frontend.refresh_cookie.clone()),
+            DocumentChecks::new(document_limits(&config)),
             service.clone(),
             jwks,
             edge,
             frontend,
-            config.metrics_addr.is_none(),
+            lifecycle.clone(),
         );
         let metrics_listener = match config.metrics_addr {
             Some(address) => Some(
@@ -191,6 +213,8 @@ impl Application {
             .with_context(|| format!("could not listen on {address}"))?;
         Ok(Self {
             listener,
+            server,
+            lifecycle,
             metrics_listener,
             router,
             service,
@@ -211,7 +235,8 @@ impl Application {
             .and_then(|listener| listener.local_addr().ok())
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then finishes the requests in flight.
+    /// Serves until SIGTERM or Ctrl-C, then shuts down (`http::server`): idle connections close
+    /// at once, WebSockets get a close frame, requests in flight get `SHUTDOWN_TIMEOUT_SECONDS`.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
     }
@@ -226,22 +251,34 @@ impl Application {
             .map(|pruning| tokio::spawn(prune_periodically(self.service.clone(), pruning)));
         // Session events from every instance on the database, for this one's subscribers.
         let events = self.service.events().clone();
-        let listener = tokio::spawn(async move { events.listen().await });
+        let listener = tokio::spawn(supervise("session_events", move || {
+            let events = events.clone();
+            async move { events.listen().await }
+        }));
         let upkeep = tokio::spawn(crate::metrics::upkeep_periodically());
         let metrics_server = self.metrics_listener.map(|listener| {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!(%address, "metrics listening");
             }
-            tokio::spawn(
-                axum::serve(listener, http::metrics_router(self.service.clone())).into_future(),
-            )
+            let settings = ServerSettings {
+                max_connections: 64,
+                ..self.server
+            };
+            tokio::spawn(http::server::serve(
+                listener,
+                http::metrics_router(self.service.clone()),
+                settings,
+                Lifecycle::new(settings.max_connections),
+                std::future::pending(),
+            ))
         });
-        let served = axum::serve(
+        let served = http::server::serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.router,
+            self.server,
+            self.lifecycle,
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
         .await;
         if let Some(pruner) = pruner {
             pruner.abort();
@@ -252,6 +289,35 @@ impl Application {
             metrics_server.abort();
         }
         served
+    }
+}
+
+/// Runs `task` until it ends well (`Ok`); after each failure, logs it, counts it in
+/// `authql_background_task_restarts_total{task}` and starts it again after a pause that doubles
+/// from 1 s up to a minute (back to 1 s after a run of a minute without failing), so that a
+/// database away at start-up, or a connection lost later, never silently switches the task off.
+pub async fn supervise<F, Fut>(task: &'static str, mut start: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    const FIRST_PAUSE: Duration = Duration::from_secs(1);
+    const LONGEST_PAUSE: Duration = Duration::from_secs(60);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let started = tokio::time::Instant::now();
+        match start().await {
+            Ok(()) => return,
+            Err(why) => {
+                if started.elapsed() >= LONGEST_PAUSE {
+                    pause = FIRST_PAUSE;
+                }
+                tracing::warn!(event = "background_task_failed", task, why = %why, retry_in_seconds = pause.as_secs(), "a background task failed; starting it again");
+                crate::metrics::background_task_restart(task);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LONGEST_PAUSE);
+            }
+        }
     }
 }
 
@@ -281,6 +347,21 @@ async fn prune_periodically(service: AuthService, pruning: Pruning) {
     }
 }
 
+/// `MAX_CONNECTIONS` when unset: the open-file limit less what the database pool, the logs and
+/// the admin socket need, at most 10,000.
+fn default_max_connections() -> usize {
+    const RESERVED: u64 = 64;
+    const CEILING: u64 = 10_000;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into the struct it is given and touches nothing else.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let open_files = if read { limit.rlim_cur } else { 1024 };
+    usize::try_from(open_files.saturating_sub(RESERVED).clamp(16, CEILING)).unwrap_or(16)
+}
+
 fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
     let trusted_proxies = config
         .trusted_proxies
@@ -305,8 +386,6 @@ fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
                 .unwrap_or(usize::MAX),
         },
         max_body_bytes: config.max_body_bytes,
-        max_query_bytes: config.graphql_max_query_bytes,
-        max_query_nesting: config.graphql_max_nesting,
         request_timeout: Duration::from_secs(config.request_timeout_seconds),
         trusted_proxies,
     })
@@ -398,6 +477,7 @@ fn lifetimes(config: &Config) -> anyhow::Result<Lifetimes> {
             config.refresh_reuse_grace_seconds,
             "REFRESH_REUSE_GRACE_SECONDS",
         )?,
+        max_sessions_per_user: usize::try_from(config.max_sessions_per_user).unwrap_or(usize::MAX),
     })
 }
 

@@ -34,6 +34,9 @@ const DEFAULT_SESSION_IDLE_TIMEOUT: u64 = 7 * 24 * 3600;
 const DEFAULT_REFRESH_REUSE_GRACE_SECONDS: u64 = 10;
 const DEFAULT_CORS_MAX_AGE_SECONDS: u64 = 600;
 const DEFAULT_PERSISTED_QUERIES_CACHE_SIZE: usize = 1000;
+const DEFAULT_HEADER_READ_TIMEOUT_SECONDS: u64 = 10;
+const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
+const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 100;
 
 #[derive(Debug, Parser)]
 #[command(name = "authql", version, about = "A GraphQL authentication service")]
@@ -116,13 +119,22 @@ pub struct Config {
     #[arg(long, env = "JWT_KEY_ID")]
     pub jwt_key_id: Option<String>,
 
-    /// Comma-separated PEM files of retired private keys (PKCS#8, Ed25519 or P-256): tokens they
-    /// signed still verify, by `kid`, until they expire, but they never sign again. Private
-    /// rather than public files, so that the same file moves from `JWT_PRIVATE_KEY_FILE` to here.
-    /// An entry is `FILE` (known by its thumbprint) or `KID=FILE` for a key that signed under a
-    /// `JWT_KEY_ID` of its own.
+    /// Comma-separated PEM files of verify-only private keys (PKCS#8, Ed25519 or P-256): tokens
+    /// they signed verify, by `kid`, but they never sign. A key being retired (until the tokens
+    /// it signed expire), or a key about to sign, listed on every instance first so that no
+    /// instance refuses its tokens during a rolling deploy. Private rather than public files, so
+    /// that the same file moves between here and `JWT_PRIVATE_KEY_FILE`. An entry is `FILE`
+    /// (known by its thumbprint) or `KID=FILE` for a key that signs under a `JWT_KEY_ID` of its
+    /// own. Allowed with every `JWT_ALGORITHM`.
     #[arg(long, env = "JWT_RETIRED_KEY_FILES", value_delimiter = ',')]
     pub jwt_retired_key_files: Vec<String>,
+
+    /// Comma-separated verify-only HS256 secrets (at least 32 bytes each): tokens signed with
+    /// them verify, never signed again; the HS256 twin of `JWT_RETIRED_KEY_FILES`, for rotating
+    /// `JWT_SECRET_KEY` in two phases. Allowed with every `JWT_ALGORITHM`.
+    #[arg(long, env = "JWT_RETIRED_SECRET_KEYS", hide_env_values = true, value_delimiter = ',',
+          value_parser = parse_secret)]
+    pub jwt_retired_secret_keys: Vec<SecretString>,
 
     /// Lifetime of an access token, in seconds.
     #[arg(long, env = "JWT_ACCESS_TOKEN_EXPIRES", default_value_t = DEFAULT_ACCESS_TOKEN_EXPIRES)]
@@ -169,6 +181,11 @@ pub struct Config {
     #[arg(long, env = "BCRYPT_MAX_CONCURRENCY")]
     pub bcrypt_max_concurrency: Option<usize>,
 
+    /// How many password hashes may wait for a free hashing thread; more are answered
+    /// SERVICE_UNAVAILABLE with `Retry-After` at once. By default 16 per hashing thread.
+    #[arg(long, env = "BCRYPT_MAX_QUEUE", value_parser = clap::value_parser!(u64).range(1..))]
+    pub bcrypt_max_queue: Option<u64>,
+
     /// Largest request body accepted, in bytes (413 beyond, checked while reading).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -186,7 +203,8 @@ pub struct Config {
     pub graphql_max_depth: usize,
 
     /// Highest complexity of an operation: a field costs 1; `register`, `login`, `refresh` and
-    /// `changePassword` cost 500 each, so no operation holds two of them.
+    /// `changePassword` cost 500 each, so no operation holds two of them. Also the most
+    /// selections a document may make once its fragments are expanded.
     #[arg(long, env = "GRAPHQL_MAX_COMPLEXITY", default_value_t = DEFAULT_GRAPHQL_MAX_COMPLEXITY)]
     pub graphql_max_complexity: usize,
 
@@ -194,7 +212,8 @@ pub struct Config {
     #[arg(long, env = "GRAPHQL_MAX_ALIASES", default_value_t = DEFAULT_GRAPHQL_MAX_ALIASES)]
     pub graphql_max_aliases: usize,
 
-    /// Most directives on one field.
+    /// Most directives in any one place of a query: an operation, a variable definition, a
+    /// field, a fragment, a fragment spread or an inline fragment.
     #[arg(long, env = "GRAPHQL_MAX_DIRECTIVES", default_value_t = DEFAULT_GRAPHQL_MAX_DIRECTIVES)]
     pub graphql_max_directives: usize,
 
@@ -206,6 +225,31 @@ pub struct Config {
     /// A request still running after this many seconds is stopped and answered 503.
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECONDS)]
     pub request_timeout_seconds: u64,
+
+    /// A connection must send a whole request head within this many seconds of being accepted
+    /// or of its last answer, or it is closed (slowloris; also how long an idle kept-alive
+    /// connection stays open).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECONDS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_seconds: u64,
+
+    /// Most client connections open at once, WebSockets included; more wait until one closes.
+    /// By default the process's open-file limit less 64 (kept for the database and logs), at
+    /// most 10,000.
+    #[arg(long, env = "MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// On SIGTERM: how long requests in flight may take to finish, in seconds. Idle
+    /// connections and ones still sending their request head are closed at once, WebSockets
+    /// get a close frame (1001).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS)]
+    pub shutdown_timeout_seconds: u64,
+
+    /// Most sessions one user may have; a login beyond it ends the user's least recently used
+    /// session (a REVOKED event).
+    #[arg(long, env = "MAX_SESSIONS_PER_USER", default_value_t = DEFAULT_MAX_SESSIONS_PER_USER,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions_per_user: u32,
 
     /// Attempts per minute at each of login, register, refresh and changePassword from one
     /// client address; 0 switches the limit off.
@@ -303,7 +347,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Where `GET /metrics` (Prometheus text format) is served: a listen address of its own
-    /// such as `127.0.0.1:9100`, kept off the public port; when unset, on the main port.
+    /// such as `127.0.0.1:9100`, kept off the public port; when unset, metrics are not served.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -335,6 +379,7 @@ impl Config {
             jwt_private_key_file: None,
             jwt_key_id: None,
             jwt_retired_key_files: Vec::new(),
+            jwt_retired_secret_keys: Vec::new(),
             jwt_access_token_expires: DEFAULT_ACCESS_TOKEN_EXPIRES,
             jwt_refresh_token_expires: DEFAULT_REFRESH_TOKEN_EXPIRES,
             session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -345,6 +390,7 @@ impl Config {
             port: DEFAULT_PORT,
             bcrypt_cost: DEFAULT_BCRYPT_COST,
             bcrypt_max_concurrency: None,
+            bcrypt_max_queue: None,
             migrate_on_start: true,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             graphql_max_query_bytes: DEFAULT_GRAPHQL_MAX_QUERY_BYTES,
@@ -355,6 +401,10 @@ impl Config {
             graphql_max_directives: DEFAULT_GRAPHQL_MAX_DIRECTIVES,
             graphql_introspection: true,
             request_timeout_seconds: DEFAULT_REQUEST_TIMEOUT_SECONDS,
+            header_read_timeout_seconds: DEFAULT_HEADER_READ_TIMEOUT_SECONDS,
+            max_connections: None,
+            shutdown_timeout_seconds: DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
             trusted_proxies: Vec::new(),
             rate_limit_ip_per_minute: DEFAULT_RATE_LIMIT_IP_PER_MINUTE,
             rate_limit_account_per_minute: DEFAULT_RATE_LIMIT_ACCOUNT_PER_MINUTE,

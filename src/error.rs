@@ -14,6 +14,11 @@ pub enum UnauthenticatedReason {
     Missing,
     /// Not a token authql issued: bad shape, bad signature, wrong issuer, missing claims.
     Malformed,
+    /// A token whose `kid` names no key this instance has: a forgery, or a token of a key that
+    /// another instance signs with and this one has not been given yet (a rotation done in one
+    /// step). Told to the client as `MALFORMED`; a refresh cookie holding it is kept, as
+    /// another instance may still take it.
+    UnknownKey,
     /// A genuine token past its `exp`.
     Expired,
     /// A genuine token whose session was revoked, rotated away or has ended.
@@ -29,7 +34,7 @@ impl UnauthenticatedReason {
     pub fn as_code(self) -> &'static str {
         match self {
             Self::Missing => "MISSING",
-            Self::Malformed => "MALFORMED",
+            Self::Malformed | Self::UnknownKey => "MALFORMED",
             Self::Expired => "EXPIRED",
             Self::Revoked => "REVOKED",
             Self::WrongTokenType => "WRONG_TOKEN_TYPE",
@@ -42,7 +47,7 @@ impl UnauthenticatedReason {
             Self::Missing => {
                 "this operation needs a token: an access token (Authorization: Bearer ...), or for refresh a refresh token"
             }
-            Self::Malformed => "the token is not valid",
+            Self::Malformed | Self::UnknownKey => "the token is not valid",
             Self::Expired => "the token has expired",
             Self::Revoked => "the token's session has ended",
             Self::WrongTokenType => "this is the wrong kind of token for this operation",
@@ -80,6 +85,9 @@ pub enum AppError {
     OriginNotAllowed,
     /// SERVICE_UNAVAILABLE: the database cannot be reached right now; retry later.
     ServiceUnavailable,
+    /// SERVICE_UNAVAILABLE with `retryAfterSeconds`: too much work is waiting (the password
+    /// hashing queue is full); refused at once, nothing changed.
+    Overloaded { retry_after_seconds: u64 },
     /// INTERNAL_SERVER_ERROR: something failed on our side; the cause is in the server log only.
     Internal,
 }
@@ -95,7 +103,7 @@ impl AppError {
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::OriginNotAllowed => "FORBIDDEN",
-            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Self::ServiceUnavailable | Self::Overloaded { .. } => "SERVICE_UNAVAILABLE",
             Self::Internal => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -118,6 +126,9 @@ impl AppError {
                 "the refresh-token cookie may only be used from an allowed origin".into()
             }
             Self::ServiceUnavailable => "the service is unavailable for a moment; try again".into(),
+            Self::Overloaded {
+                retry_after_seconds,
+            } => format!("the service is busy; try again in {retry_after_seconds} s"),
             Self::Internal => "internal server error".into(),
         }
     }
@@ -159,6 +170,9 @@ impl From<AppError> for async_graphql::Error {
                 AppError::BadUserInput { field, .. } => extensions.set("field", *field),
                 AppError::Unauthenticated(reason) => extensions.set("reason", reason.as_code()),
                 AppError::RateLimited {
+                    retry_after_seconds,
+                }
+                | AppError::Overloaded {
                     retry_after_seconds,
                 } => extensions.set("retryAfterSeconds", *retry_after_seconds),
                 AppError::OriginNotAllowed => extensions.set("reason", "ORIGIN_NOT_ALLOWED"),

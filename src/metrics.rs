@@ -16,6 +16,7 @@
 //! | `authql_database_connections` | gauge | `state` (`in_use`, `idle`) |
 //! | `authql_password_hash_queue_depth` | gauge | |
 //! | `authql_password_hash_duration_seconds` | histogram | `operation` (`hash`, `verify`) |
+//! | `authql_background_task_restarts_total` | counter | `task` (`session_events`, `admin_socket`) |
 
 use std::sync::OnceLock;
 
@@ -112,6 +113,15 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time one bcrypt hash or verification takes on its thread"
     );
+    describe_counter!(
+        "authql_background_task_restarts_total",
+        "Background tasks that failed and were started again, by task (session_events, admin_socket)"
+    );
+}
+
+/// A background task failed and is started again after a pause.
+pub fn background_task_restart(task: &'static str) {
+    counter!("authql_background_task_restarts_total", "task" => task).increment(1);
 }
 
 pub fn graphql_request(operation: &str, outcome: &str, seconds: f64) {

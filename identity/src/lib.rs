@@ -55,13 +55,18 @@ pub fn username_key(username: &str) -> Result<String, IdentityError> {
         .map_err(|_| IdentityError::DisallowedCharacters)
 }
 
-/// The key to look a login name up by: an email's when it holds an `@`, else a username's.
-/// `None` for a name no account can have.
+/// The key to look a login name up by: an email's when it holds an `@`, or a character whose
+/// compatibility form is one (a full-width `＠`, so `bob＠example.com` is `bob@example.com`),
+/// else a username's. `None` for a name no account can have.
 pub fn login_key(login: &str) -> Option<String> {
     if login.contains('@') {
-        email_key(login).ok()
+        return email_key(login).ok();
+    }
+    let key = username_key(login).ok()?;
+    if key.contains('@') {
+        email_key(&key).ok()
     } else {
-        username_key(login).ok()
+        Some(key)
     }
 }
 
@@ -123,5 +128,17 @@ mod tests {
         assert_eq!(login_key("ADA@example.com").unwrap(), "ada@example.com");
         assert_eq!(login_key("ADA").unwrap(), "ada");
         assert_eq!(login_key("ad\u{200b}a"), None);
+    }
+
+    #[test]
+    fn a_compatibility_at_sign_is_an_at_sign() {
+        assert_eq!(
+            username_key("bob\u{ff20}example.com").unwrap(),
+            "bob@example.com"
+        );
+        assert_eq!(
+            login_key("Bob\u{ff20}Example.com").unwrap(),
+            login_key("bob@example.com").unwrap()
+        );
     }
 }

@@ -9,6 +9,8 @@ mod m20261129_000002_create_settings;
 mod m20261129_000003_create_rate_limit_buckets;
 mod m20261129_000004_recompute_identity_keys;
 mod m20261129_000005_add_user_disabled_at;
+mod m20261201_000006_add_credential_versions;
+mod m20261201_000007_usernames_without_at_sign;
 
 pub struct Migrator;
 
@@ -21,6 +23,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000003_create_rate_limit_buckets::Migration),
             Box::new(m20261129_000004_recompute_identity_keys::Migration),
             Box::new(m20261129_000005_add_user_disabled_at::Migration),
+            Box::new(m20261201_000006_add_credential_versions::Migration),
+            Box::new(m20261201_000007_usernames_without_at_sign::Migration),
         ]
     }
 }

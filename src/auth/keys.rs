@@ -17,6 +17,7 @@ use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey,
     jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash},
 };
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, JwtAlgorithm};
@@ -30,6 +31,8 @@ const MAX_KID_CHARS: usize = 128;
 const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
 const PKCS8_PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
 const PKCS8_PEM_END: &str = "-----END PRIVATE KEY-----";
+/// Shortest HS256 secret accepted: 256 bits, the size of an HS256 key (RFC 7518 § 3.2).
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 
 /// The key that signs new tokens.
 pub(crate) struct SigningKey {
@@ -54,33 +57,43 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// The keys the configuration names. `hs256_secret` is called only when HS256 is
-    /// configured, so that no secret is generated for asymmetric keys.
+    /// The keys the configuration names: the one that signs (`JWT_SECRET_KEY` for HS256, else
+    /// `JWT_PRIVATE_KEY_FILE`), then the verify-only ones (`JWT_RETIRED_KEY_FILES`,
+    /// `JWT_RETIRED_SECRET_KEYS`), which any algorithm may have beside it: that is what lets a
+    /// key be rotated in two phases, and the algorithm changed, without refusing a token that
+    /// any instance has issued. `hs256_secret` is called only when HS256 signs, so that no
+    /// secret is generated for asymmetric keys.
     pub async fn load(
         config: &Config,
         hs256_secret: impl AsyncFnOnce() -> anyhow::Result<Vec<u8>>,
     ) -> anyhow::Result<Self> {
-        let algorithm = match config.jwt_algorithm {
+        let mut keys = match config.jwt_algorithm {
             JwtAlgorithm::Hs256 => {
                 refuse_unused_asymmetric_settings(config)?;
-                return Self::hmac(&hs256_secret().await?);
+                Self::hmac(&hs256_secret().await?)?
             }
-            JwtAlgorithm::EdDsa => Algorithm::EdDSA,
-            JwtAlgorithm::Es256 => Algorithm::ES256,
+            JwtAlgorithm::EdDsa | JwtAlgorithm::Es256 => {
+                let algorithm = if config.jwt_algorithm == JwtAlgorithm::EdDsa {
+                    Algorithm::EdDSA
+                } else {
+                    Algorithm::ES256
+                };
+                if config.jwt_secret_key.is_some() {
+                    tracing::warn!(
+                        "JWT_SECRET_KEY is set but not used: JWT_ALGORITHM is {algorithm:?}, which \
+                         signs with JWT_PRIVATE_KEY_FILE"
+                    );
+                }
+                let Some(active_file) = &config.jwt_private_key_file else {
+                    bail!(
+                        "JWT_ALGORITHM={algorithm:?} needs JWT_PRIVATE_KEY_FILE, a PKCS#8 PEM private key \
+                         (for example: openssl genpkey -algorithm ed25519)"
+                    );
+                };
+                let active_pem = read_key_file(active_file, "JWT_PRIVATE_KEY_FILE")?;
+                Self::asymmetric(algorithm, &active_pem, config.jwt_key_id.clone(), &[])?
+            }
         };
-        if config.jwt_secret_key.is_some() {
-            tracing::warn!(
-                "JWT_SECRET_KEY is set but not used: JWT_ALGORITHM is {algorithm:?}, which signs \
-                 with JWT_PRIVATE_KEY_FILE"
-            );
-        }
-        let Some(active_file) = &config.jwt_private_key_file else {
-            bail!(
-                "JWT_ALGORITHM={algorithm:?} needs JWT_PRIVATE_KEY_FILE, a PKCS#8 PEM private key \
-                 (for example: openssl genpkey -algorithm ed25519)"
-            );
-        };
-        let active_pem = read_key_file(active_file, "JWT_PRIVATE_KEY_FILE")?;
         let mut retired = Vec::new();
         for entry in config
             .jwt_retired_key_files
@@ -95,7 +108,30 @@ impl KeySet {
             let pem = read_key_file(Path::new(file), "JWT_RETIRED_KEY_FILES")?;
             retired.push(RetiredKey { kid, pem });
         }
-        Self::asymmetric(algorithm, &active_pem, config.jwt_key_id.clone(), &retired)
+        keys.add_retired_keys(&retired)?;
+        for (position, secret) in config.jwt_retired_secret_keys.iter().enumerate() {
+            let secret = secret.expose_secret().trim().as_bytes();
+            let setting = format!("JWT_RETIRED_SECRET_KEYS (entry {})", position + 1);
+            if secret.len() < MIN_HMAC_SECRET_BYTES {
+                bail!("{setting} is shorter than {MIN_HMAC_SECRET_BYTES} bytes");
+            }
+            let verifying = Self::hmac(secret)?.verifying.remove(0);
+            keys.add_verifying(verifying, &setting)?;
+        }
+        Ok(keys)
+    }
+
+    /// Adds a key that verifies only. Errors: its kid is another key's.
+    fn add_verifying(&mut self, key: VerifyingKey, setting: &str) -> anyhow::Result<()> {
+        if self.verifying.iter().any(|known| known.kid == key.kid) {
+            bail!(
+                "{setting}: kid {} is already taken by another key (is the signing key also \
+                 listed as verify-only?)",
+                key.kid
+            );
+        }
+        self.verifying.push(key);
+        Ok(())
     }
 
     /// One HS256 secret that signs and verifies. Its kid is derived from the secret, so every
@@ -144,11 +180,18 @@ impl KeySet {
             algorithm,
             encoding: active.encoding.clone(),
         };
-        let mut verifying = vec![
+        let verifying = vec![
             active
                 .into_verifying(active_kid)
                 .context("JWT_PRIVATE_KEY_FILE")?,
         ];
+        let mut keys = Self { signing, verifying };
+        keys.add_retired_keys(retired)?;
+        Ok(keys)
+    }
+
+    /// Adds retired (verify-only) private keys of either type, each by its kid.
+    fn add_retired_keys(&mut self, retired: &[RetiredKey]) -> anyhow::Result<()> {
         for (position, retired) in retired.iter().enumerate() {
             let setting = || format!("JWT_RETIRED_KEY_FILES (entry {})", position + 1);
             let key = PrivateKey::from_pem(&retired.pem).with_context(setting)?;
@@ -156,16 +199,10 @@ impl KeySet {
                 Some(kid) => checked_kid(kid.clone()).with_context(setting)?,
                 None => key.thumbprint().with_context(setting)?,
             };
-            if verifying.iter().any(|known| known.kid == kid) {
-                bail!(
-                    "{}: kid {kid} is already taken by another key (is the active key also \
-                     listed as retired?)",
-                    setting()
-                );
-            }
-            verifying.push(key.into_verifying(kid).with_context(setting)?);
+            let verifying = key.into_verifying(kid).with_context(setting)?;
+            self.add_verifying(verifying, &setting())?;
         }
-        Ok(Self { signing, verifying })
+        Ok(())
     }
 
     /// The public keys as a JWK Set (RFC 7517), or `None` for HS256: a symmetric key must
@@ -294,8 +331,9 @@ fn checked_kid(kid: String) -> anyhow::Result<String> {
     Ok(kid)
 }
 
-/// Settings that only make sense with asymmetric keys are refused with HS256 rather than
-/// silently ignored: whoever set them believes they are in force.
+/// Settings that only make sense when a private key signs are refused with HS256 rather than
+/// silently ignored: whoever set them believes they are in force. (Verify-only keys of any
+/// kind are allowed with any algorithm.)
 fn refuse_unused_asymmetric_settings(config: &Config) -> anyhow::Result<()> {
     let set = [
         (
@@ -303,13 +341,6 @@ fn refuse_unused_asymmetric_settings(config: &Config) -> anyhow::Result<()> {
             config.jwt_private_key_file.is_some(),
         ),
         ("JWT_KEY_ID", config.jwt_key_id.is_some()),
-        (
-            "JWT_RETIRED_KEY_FILES",
-            config
-                .jwt_retired_key_files
-                .iter()
-                .any(|entry| !entry.trim().is_empty()),
-        ),
     ];
     for (setting, is_set) in set {
         if is_set {

@@ -8,5 +8,5 @@ pub mod tokens;
 
 pub use guard::{Authenticated, BearerToken, RequestAuth, SignedIn, signed_in};
 pub use keys::KeySet;
-pub use password::PasswordHasher;
+pub use password::{PasswordHasher, Verification};
 pub use tokens::{Claims, TokenKeys, TokenKind};

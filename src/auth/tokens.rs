@@ -150,7 +150,7 @@ impl TokenKeys {
     /// Checks shape, header, signature, claims and kind. Says nothing yet about revocation:
     /// that is the session row's job.
     pub fn verify(&self, kind: TokenKind, token: &str) -> Result<Claims, UnauthenticatedReason> {
-        use UnauthenticatedReason::{Expired, Malformed, WrongTokenType};
+        use UnauthenticatedReason::{Expired, Malformed, UnknownKey, WrongTokenType};
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Malformed);
         }
@@ -172,7 +172,7 @@ impl TokenKeys {
             .verifiers
             .iter()
             .find(|verifier| verifier.key.kid == header.kid)
-            .ok_or(Malformed)?;
+            .ok_or(UnknownKey)?;
         if Algorithm::from_str(&header.alg).ok() != Some(verifier.key.algorithm) {
             return Err(Malformed);
         }
@@ -262,10 +262,12 @@ mod tests {
         );
         let other = TokenKeys::new(KeySet::hmac(&[8; 32]).unwrap(), "authql", 0);
         let (foreign, _) = issue(&other, TokenKind::Access, Duration::minutes(5));
+        // Another key's kid: told to the client as MALFORMED too.
         assert_eq!(
             keys.verify(TokenKind::Access, &foreign),
-            Err(UnauthenticatedReason::Malformed)
+            Err(UnauthenticatedReason::UnknownKey)
         );
+        assert_eq!(UnauthenticatedReason::UnknownKey.as_code(), "MALFORMED");
         for garbage in ["", "a.b", "a.b.c", "a.b.c.d", "....."] {
             assert_eq!(
                 keys.verify(TokenKind::Access, garbage),
@@ -331,7 +333,7 @@ mod tests {
         let without = asymmetric(Algorithm::EdDSA, ED25519_B);
         assert_eq!(
             without.verify(TokenKind::Access, &token),
-            Err(UnauthenticatedReason::Malformed)
+            Err(UnauthenticatedReason::UnknownKey)
         );
     }
 

@@ -1,9 +1,10 @@
 //! The GraphQL schema: roots, types, and its extensions: `request_metrics` (counts and times
-//! every request), `request_checks` (error codes, limits, variable coercion, the document
-//! cache) and `null_propagation`.
+//! every request), `request_checks` (error codes, variable coercion, the validation cache) and
+//! `null_propagation`. The [`Engine`] runs it, and takes only a [`CheckedRequest`]: a document
+//! that passed the edge's checks (`checked`).
 
+mod checked;
 mod coercion;
-mod limits;
 mod mutation;
 mod null_propagation;
 mod query;
@@ -15,9 +16,11 @@ pub mod types;
 
 use async_graphql::{
     Positioned, SDLExportOptions, Schema,
-    parser::types::{ExecutableDocument, OperationDefinition, OperationType},
+    parser::types::{ExecutableDocument, OperationDefinition},
 };
+use futures_util::Stream;
 
+pub use checked::{CheckedRequest, DocumentChecks, DocumentLimits, Refusal};
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 pub use refresh_cookie::{RefreshCookie, RequestRefreshCookie};
@@ -26,27 +29,46 @@ pub use subscription::{SlowSubscriber, SubscriptionRoot};
 use crate::{config::Config, service::AuthService};
 
 /// authql's executable schema: queries, mutations, and `sessionEvents` over WebSocket.
-pub type AuthSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+type AuthSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// The schema, executable only with a [`CheckedRequest`]: the one way into it.
+#[derive(Clone)]
+pub struct Engine {
+    schema: AuthSchema,
+}
+
+impl Engine {
+    /// Runs a query or mutation (a subscription's first event).
+    pub async fn execute(&self, request: CheckedRequest) -> async_graphql::Response {
+        self.schema.execute(request.request).await
+    }
+
+    /// Runs a subscription: one response per event, until the stream ends.
+    pub fn execute_stream(
+        &self,
+        request: CheckedRequest,
+    ) -> impl Stream<Item = async_graphql::Response> + Send + Unpin + 'static {
+        self.schema.execute_stream(request.request)
+    }
+}
 
 /// What `register`, `login`, `refresh` and `changePassword` cost against `GRAPHQL_MAX_COMPLEXITY`
 /// (ordinary fields cost 1): with the default limit of 1000 no operation holds two of them.
 pub const EXPENSIVE_FIELD_COST: usize = 500;
 
 /// The executable schema. `refresh_cookie` is `Some` when the refresh token travels in a cookie.
-pub fn build_schema(
+/// Directives and aliases are limited by the edge's checks (`checked`), in every place.
+pub fn build_engine(
     service: AuthService,
     config: &Config,
     refresh_cookie: Option<RefreshCookie>,
-) -> AuthSchema {
+) -> Engine {
     let mut schema = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .extension(request_metrics::RequestMetrics)
-        .extension(request_checks::RequestChecks::new(
-            config.graphql_max_aliases,
-        ))
+        .extension(request_checks::RequestChecks::new())
         .extension(null_propagation::NullPropagation)
         .limit_depth(config.graphql_max_depth)
         .limit_complexity(config.graphql_max_complexity)
-        .limit_directives(config.graphql_max_directives)
         .data(service);
     if let Some(cookie) = refresh_cookie {
         schema = schema.data(cookie);
@@ -54,7 +76,20 @@ pub fn build_schema(
     if !config.graphql_introspection {
         schema = schema.disable_introspection().disable_suggestions();
     }
-    schema.finish()
+    Engine {
+        schema: schema.finish(),
+    }
+}
+
+/// The limits of the edge's checks (`checked`), from the configuration.
+pub fn document_limits(config: &Config) -> DocumentLimits {
+    DocumentLimits {
+        max_bytes: config.graphql_max_query_bytes,
+        max_nesting: config.graphql_max_nesting,
+        max_selections: config.graphql_max_complexity,
+        max_directives: config.graphql_max_directives,
+        max_aliases: config.graphql_max_aliases,
+    }
 }
 
 /// The schema in SDL, as committed in `schema.graphql`.
@@ -80,11 +115,4 @@ pub fn get_operation<'a>(
             _ => None,
         },
     }
-}
-
-/// The type of the operation `name` picks from the query text; `None` when the text does not
-/// parse or names no single operation (the executor then reports why).
-pub fn operation_type(query: &str, name: Option<&str>) -> Option<OperationType> {
-    let document = async_graphql::parser::parse_query(query).ok()?;
-    get_operation(&document, name).map(|operation| operation.node.ty)
 }

@@ -57,7 +57,11 @@ impl MutationRoot {
             Ok(issued) => Ok(deliver(ctx, issued)),
             Err(error) => {
                 // A cookie that can never work again is deleted, so the browser stops sending it.
-                if from_cookie && matches!(error, AppError::Unauthenticated(_)) {
+                // One signed by a key this instance does not know yet (a rolling deploy of a new
+                // key) may work on another instance, or here after the deploy: it is kept.
+                if from_cookie
+                    && matches!(error, AppError::Unauthenticated(reason) if reason != UnauthenticatedReason::UnknownKey)
+                {
                     clear_cookie(ctx);
                 }
                 Err(error.into())

@@ -1,14 +1,12 @@
-//! Everything checked about a request before it executes, in one async-graphql extension:
+//! What is checked about a request once its document passed the edge's checks (`checked`), in
+//! one async-graphql extension:
 //!
 //! - **Error codes.** Every error a client sees carries `extensions.code`. authql's own errors
 //!   set theirs; this codes the ones async-graphql raises before and around our resolvers.
-//! - **Aliases.** At most `GRAPHQL_MAX_ALIASES` per request (`limits`), which async-graphql
-//!   has no limit for.
-//! - **Parse and validate once.** A document that parsed and validated is kept (bounded LRU,
-//!   keyed by query text and operation name) with its validation result, so that a repeated
-//!   operation (`me`, on every page view) pays for neither again. What can differ between two
-//!   requests with the same text is their variables, and those are checked on every request
-//!   against the schema (`coercion`), hits included.
+//! - **Validate once.** A document's validation result is kept (bounded LRU, keyed by query
+//!   text and operation name), so that a repeated operation (`me`, on every page view) pays for
+//!   it once. What can differ between two requests with the same text is their variables, and
+//!   those are checked on every request against the schema (`coercion`), hits included.
 //!
 //! async-graphql checks variable values during validation, so a variable of the wrong type
 //! (`{"t": 123}` for `String!`, an unknown input field, `null` for a non-null variable) would
@@ -20,9 +18,8 @@
 //! Two request errors are checked here after validation because async-graphql gets them wrong:
 //! a variable whose value does not coerce to its type (§ 6.1.2, see `coercion`; async-graphql
 //! lets `null` for `String!` through to the resolver) is `BAD_USER_INPUT`, and an `operationName`
-//! that names no
-//! operation of the document, or its absence from a document of several (§ 6.1 "GetOperation"),
-//! is `OPERATION_RESOLUTION_FAILURE`, the code Apollo Server uses.
+//! that names no operation of the document, or its absence from a document of several (§ 6.1
+//! "GetOperation"), is `OPERATION_RESOLUTION_FAILURE`, the code Apollo Server uses.
 
 use std::{
     collections::HashSet,
@@ -42,29 +39,25 @@ use async_graphql::{
 use async_graphql_value::Value as InputValue;
 use lru::LruCache;
 
-use super::{coercion::coercion_error, limits};
+use super::coercion::coercion_error;
 use async_graphql::registry::Registry;
 
-/// Documents that parsed and validated, with their validation result, by (query text,
-/// operation name).
-type Documents =
-    Mutex<LruCache<(String, Option<String>), Arc<(ExecutableDocument, ValidationResult)>>>;
+/// Validation results of documents that validated, by (query text, operation name).
+type Validated = Mutex<LruCache<CacheKey, ValidationResult>>;
 
-/// How many documents are kept: a frontend sends a few dozen distinct operations.
-const DOCUMENT_CACHE_CAPACITY: usize = 256;
+/// How many validation results are kept: a frontend sends a few dozen distinct operations.
+const VALIDATION_CACHE_CAPACITY: usize = 256;
 
-/// The extension factory: the alias limit and the document cache shared by every request.
+/// The extension factory: the validation cache shared by every request.
 pub struct RequestChecks {
-    max_aliases: usize,
-    documents: Arc<Documents>,
+    validated: Arc<Validated>,
 }
 
 impl RequestChecks {
-    pub fn new(max_aliases: usize) -> Self {
-        let capacity = NonZeroUsize::new(DOCUMENT_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN);
+    pub fn new() -> Self {
+        let capacity = NonZeroUsize::new(VALIDATION_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN);
         Self {
-            max_aliases,
-            documents: Arc::new(Mutex::new(LruCache::new(capacity))),
+            validated: Arc::new(Mutex::new(LruCache::new(capacity))),
         }
     }
 }
@@ -72,8 +65,7 @@ impl RequestChecks {
 impl ExtensionFactory for RequestChecks {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(RequestChecksExtension {
-            max_aliases: self.max_aliases,
-            documents: self.documents.clone(),
+            validated: self.validated.clone(),
             state: Mutex::default(),
             variable_arguments: Mutex::default(),
             operation_name: Mutex::default(),
@@ -84,11 +76,9 @@ impl ExtensionFactory for RequestChecks {
 
 /// One request's state, gathered as it is prepared and parsed.
 struct RequestChecksExtension {
-    max_aliases: usize,
-    documents: Arc<Documents>,
-    /// The cached validation result (a hit), or the document to cache once it validates (a
-    /// miss), with its key.
-    state: Mutex<Option<(CacheKey, Lookup)>>,
+    validated: Arc<Validated>,
+    /// The cache key, and the cached validation result when there is one.
+    state: Mutex<Option<(CacheKey, Option<ValidationResult>)>>,
     /// Positions of the arguments whose value refers to a variable.
     variable_arguments: Mutex<HashSet<Pos>>,
     /// The request's `operationName`.
@@ -102,11 +92,6 @@ struct RequestChecksExtension {
 type InvalidVariable = (String, Pos);
 
 type CacheKey = (String, Option<String>);
-
-enum Lookup {
-    Hit(ValidationResult),
-    Miss(ExecutableDocument),
-}
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -143,35 +128,25 @@ impl Extension for RequestChecksExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
+        // The edge parsed and checked the document (`checked`); this hands it over.
+        let document = next.run(ctx, query, variables).await.map_err(|mut error| {
+            set_code_if_missing(&mut error, "GRAPHQL_PARSE_FAILED");
+            error
+        })?;
         let key = (query.to_owned(), lock(&self.operation_name).clone());
-        let cached = lock(&self.documents).get(&key).cloned();
-        let document = match &cached {
-            Some(cached) => cached.0.clone(),
-            None => {
-                let document = next.run(ctx, query, variables).await.map_err(|mut error| {
-                    set_code_if_missing(&mut error, "GRAPHQL_PARSE_FAILED");
-                    error
-                })?;
-                limits::check_aliases(&document, self.max_aliases)?;
-                // Only a document that goes through async-graphql's validation needs to know
-                // where its variables are used, to code that validation's errors.
-                if !variables.is_empty() || has_variable_definitions(&document) {
-                    *lock(&self.variable_arguments) = variable_arguments(&document);
-                }
-                document
-            }
-        };
+        let cached = lock(&self.validated).get(&key).copied();
+        // Only a document that goes through async-graphql's validation needs to know where its
+        // variables are used, to code that validation's errors.
+        if cached.is_none() && (!variables.is_empty() || has_variable_definitions(&document)) {
+            *lock(&self.variable_arguments) = variable_arguments(&document);
+        }
         *lock(&self.selected) = Some(select_operation(
             &ctx.schema_env.registry,
             &document,
             key.1.as_deref(),
             variables,
         ));
-        let lookup = match cached {
-            Some(cached) => Lookup::Hit(cached.1),
-            None => Lookup::Miss(document.clone()),
-        };
-        *lock(&self.state) = Some((key, lookup));
+        *lock(&self.state) = Some((key, cached));
         Ok(document)
     }
 
@@ -182,7 +157,7 @@ impl Extension for RequestChecksExtension {
     ) -> Result<ValidationResult, Vec<ServerError>> {
         let state = lock(&self.state).take();
         let validated = match &state {
-            Some((_, Lookup::Hit(result))) => Ok(*result),
+            Some((_, Some(result))) => Ok(*result),
             _ => next.run(ctx).await,
         };
         let validated = validated.map_err(|mut errors| {
@@ -213,8 +188,8 @@ impl Extension for RequestChecksExtension {
                 })
                 .collect()),
             _ => {
-                if let Some((key, Lookup::Miss(document))) = state {
-                    lock(&self.documents).put(key, Arc::new((document, validated)));
+                if let Some((key, None)) = state {
+                    lock(&self.validated).put(key, validated);
                 }
                 Ok(validated)
             }

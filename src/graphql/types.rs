@@ -83,11 +83,15 @@ pub struct Session {
     pub ip_address: Option<String>,
     /// Whether this is the session making the request.
     pub current: bool,
+    /// Where a page of `mySessions` that ends with this session stops: pass it as `after` for
+    /// the next page. Opaque.
+    pub cursor: String,
 }
 
 impl Session {
     pub fn new(session: store::Session, current_session: Uuid) -> Self {
         Self {
+            cursor: crate::service::session_cursor(&session),
             id: session.id.into(),
             current: session.id == current_session,
             created_at: session.created_at.into(),

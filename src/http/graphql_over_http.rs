@@ -175,22 +175,12 @@ impl GraphQLParams {
             extensions: object(raw.extensions).map_err(|()| invalid())?,
         })
     }
-
-    /// The request for the executor; `query` must have been settled (see persisted queries).
-    pub fn into_request(self, query: String) -> async_graphql::Request {
-        let mut request = async_graphql::Request::new(query);
-        request.operation_name = self.operation_name;
-        if let Some(variables) = self.variables {
-            request.variables = variables;
-        }
-        request
-    }
 }
 
 /// Turns the executor's response into HTTP (spec § Response). A response whose `data` is null
 /// and whose errors all lack a `path` never started executing: a request error, sent without
 /// `data`. `Retry-After` (RFC 9110 § 10.2.3) repeats the longest `retryAfterSeconds` of a
-/// `RATE_LIMITED` error.
+/// `RATE_LIMITED` or `SERVICE_UNAVAILABLE` error.
 pub fn into_http_response(response: async_graphql::Response, media: MediaType) -> Response {
     let request_error = response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
@@ -200,7 +190,8 @@ pub fn into_http_response(response: async_graphql::Response, media: MediaType) -
         .iter()
         .filter_map(|error| error.extensions.as_ref())
         .filter(|extensions| {
-            extensions.get("code") == Some(&async_graphql::Value::from("RATE_LIMITED"))
+            matches!(extensions.get("code"), Some(async_graphql::Value::String(code))
+                if code == "RATE_LIMITED" || code == "SERVICE_UNAVAILABLE")
         })
         .filter_map(|extensions| match extensions.get("retryAfterSeconds") {
             Some(async_graphql::Value::Number(seconds)) => seconds.as_u64(),

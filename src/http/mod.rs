@@ -4,18 +4,21 @@
 //! Order of checks for `POST /graphql`, cheapest first: the `Accept` header (406 when nothing
 //! offered is acceptable), content type (CSRF: a form or `text/plain` post from another site is
 //! refused), body size (enforced while streaming, before anything is buffered), JSON shape, the
-//! persisted query, query size, bracket nesting (the GraphQL parser recurses and would overflow
-//! its stack on a few thousand levels), then GraphQL with its own depth, complexity, alias and
-//! directive limits. `GET /graphql` runs the same checks on its query string and refuses
-//! mutations.
+//! persisted query, then the document's checks (`graphql::DocumentChecks`: size, bracket
+//! nesting, parsing, fragment fan-out, directives, aliases), then GraphQL with its own depth,
+//! complexity and validation. `GET /graphql` runs the same checks on its query string and
+//! refuses mutations; the WebSocket runs the same document checks on every `subscribe`.
 //!
 //! Browsers: CORS (`CORS_ALLOWED_ORIGINS`, tower-http's `CorsLayer`) wraps every route, so that
-//! error answers are readable by the page too; preflights are answered `204`.
+//! error answers are readable by the page too; preflights are answered `204`. Every answer of
+//! `/graphql` is `Cache-Control: no-store` and `Pragma: no-cache`: answers carry tokens and a
+//! user's own data (RFC 6749 § 5.1 requires it of token responses).
 
 mod client_address;
 mod graphiql;
 mod graphql_over_http;
 mod persisted_queries;
+pub mod server;
 pub mod websocket;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -48,7 +51,7 @@ use self::{
 };
 use crate::{
     auth::{BearerToken, RequestAuth},
-    graphql::{AuthSchema, RefreshCookie},
+    graphql::{CheckedRequest, DocumentChecks, Engine, RefreshCookie, Refusal},
     service::{AuthService, ClientInfo},
 };
 
@@ -68,9 +71,6 @@ pub struct EdgeLimits {
     /// The WebSocket connections' limits (`websocket`).
     pub websocket: websocket::WebSocketSettings,
     pub max_body_bytes: usize,
-    pub max_query_bytes: usize,
-    /// Deepest nesting of `()`, `[]` and `{}` in a query's text.
-    pub max_query_nesting: usize,
     pub request_timeout: Duration,
     /// Proxies whose `Forwarded` / `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -93,7 +93,9 @@ pub struct FrontendSettings {
 
 #[derive(Clone)]
 struct EdgeState {
-    schema: AuthSchema,
+    engine: Engine,
+    /// The one way to the engine: every transport's query text goes through these.
+    documents: Arc<DocumentChecks>,
     /// For readiness: the same service the schema holds.
     service: AuthService,
     /// The public signing keys, when they are asymmetric; `None` with HS256.
@@ -103,19 +105,23 @@ struct EdgeState {
     persisted_queries: Arc<PersistedQueries>,
     /// Open WebSocket connections per user.
     websocket_connections: Arc<websocket::Connections>,
+    /// Connection slots and the shutdown signal, shared with the server (`server`).
+    lifecycle: server::Lifecycle,
 }
 
-/// The whole HTTP surface: `/` and `/graphiql/*` (when `GRAPHIQL`), `/graphql` (GET and POST),
-/// `/healthz`, `/readyz`, `/.well-known/jwks.json`, `/metrics` (when `with_metrics`: no
-/// `METRICS_ADDR` of its own), with JSON 404/405, the request time limit, panic catching, CORS
-/// (when origins are listed) and a span per request.
+/// The whole public HTTP surface: `/` and `/graphiql/*` (when `GRAPHIQL`), `/graphql` (GET,
+/// POST and the WebSocket upgrade), `/healthz`, `/readyz`, `/.well-known/jwks.json`, with JSON
+/// 404/405, the request time limit, panic catching, CORS (when origins are listed) and a span
+/// per request. `/metrics` is never here: it is served on `METRICS_ADDR` only
+/// ([`metrics_router`]), as operational data is not for the public.
 pub fn router(
-    schema: AuthSchema,
+    engine: Engine,
+    documents: DocumentChecks,
     service: AuthService,
     jwks: Option<Arc<JwkSet>>,
     limits: EdgeLimits,
     frontend: FrontendSettings,
-    with_metrics: bool,
+    lifecycle: server::Lifecycle,
 ) -> Router {
     let timeout = limits.request_timeout;
     let cors = cors_layer(&frontend);
@@ -125,9 +131,6 @@ pub fn router(
             .route("/", get(graphiql::page))
             .route("/graphiql/{file}", get(graphiql::asset));
     }
-    if with_metrics {
-        router = router.merge(metrics_router(service.clone()));
-    }
     let router = router
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
@@ -136,13 +139,15 @@ pub fn router(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(EdgeState {
-            schema,
+            engine,
+            documents: Arc::new(documents),
             service,
             jwks,
             limits: Arc::new(limits),
             persisted_queries: Arc::new(PersistedQueries::new(frontend.persisted_queries)),
             frontend: Arc::new(frontend),
             websocket_connections: Arc::default(),
+            lifecycle,
         })
         .layer(middleware::from_fn_with_state(timeout, time_limit))
         .layer(middleware::from_fn(one_host))
@@ -252,7 +257,16 @@ async fn graphql_post(
         let params = read_json_body(&headers, body, &state.limits, media).await?;
         run(&state, peer, &headers, params, media, Method::POST).await
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    no_store(result.await.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// Answers of `/graphql` carry tokens and a user's own data: never stored by a cache (RFC 6749
+/// § 5.1 requires `Cache-Control: no-store` of token responses; `Pragma` for HTTP/1.0 caches).
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// GET carries queries only (GraphQL over HTTP § GET): a mutation must not run from a link or
@@ -275,7 +289,7 @@ async fn graphql_get(
         let params = GraphQLParams::from_query_string(uri.query().unwrap_or_default(), media)?;
         run(&state, peer, &headers, params, media, Method::GET).await
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    no_store(result.await.unwrap_or_else(IntoResponse::into_response))
 }
 
 fn negotiate(headers: &HeaderMap) -> Result<MediaType, HttpError> {
@@ -327,8 +341,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// From parameters to an answer: the persisted query, the checks on the query text, the
-/// GET-is-for-queries rule, then the executor.
+/// From parameters to an answer: the persisted query, the document's checks, the
+/// GET-is-for-queries rule, then the engine.
 async fn run(
     state: &EdgeState,
     peer: SocketAddr,
@@ -346,17 +360,25 @@ async fn run(
         Lookup::Stored(query) => query.clone(),
         Lookup::NotPersisted | Lookup::Register(_) => params
             .query
-            .clone()
             .filter(|query| !query.is_empty())
             .ok_or_else(|| {
                 HttpError::bad_parameters(media, "the request needs a `query` string")
             })?,
     };
-    check_query_text(&query, &state.limits, media)?;
-    // Only a query that parses and names one operation is checked; the executor reports the
-    // others.
-    let operation = crate::graphql::operation_type(&query, params.operation_name.as_deref());
-    if method == Method::GET && operation == Some(OperationType::Mutation) {
+    // Kept only to be stored, once it passed the checks.
+    let to_persist = match lookup {
+        Lookup::Register(hash) => Some((hash, query.clone())),
+        _ => None,
+    };
+    let request = match state.documents.check(
+        query,
+        params.operation_name,
+        params.variables.unwrap_or_default(),
+    ) {
+        Ok(request) => request,
+        Err(refusal) => return refused(refusal, media),
+    };
+    if method == Method::GET && request.operation_type() == Some(OperationType::Mutation) {
         let mut refused = HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
@@ -369,86 +391,29 @@ async fn run(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return Ok(refused);
     }
-    if let Lookup::Register(hash) = lookup {
+    if let Some((hash, query)) = to_persist {
         state.persisted_queries.store(hash, &query);
     }
-    let request = params.into_request(query);
     Ok(execute(state, peer, headers, request, media).await)
 }
 
-/// Size and nesting of the query text, checked before the parser sees it: `400` in both media
-/// types, as the document is refused unread.
-fn check_query_text(query: &str, limits: &EdgeLimits, media: MediaType) -> Result<(), HttpError> {
-    if query.len() > limits.max_query_bytes {
-        return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "QUERY_TOO_LARGE",
-            format!("the query is longer than {} bytes", limits.max_query_bytes),
-        )
-        .in_media(media));
+/// A document the checks refused: size and nesting are a malformed request (`400` in both
+/// media types, the document refused unread); the others are GraphQL request errors, counted
+/// in the request metrics as operation `none`.
+fn refused(refusal: Refusal, media: MediaType) -> Result<Response, HttpError> {
+    if let Refusal::Unread { code, message } = refusal {
+        return Err(HttpError::new(StatusCode::BAD_REQUEST, code, message).in_media(media));
     }
-    if nesting_exceeds(query, limits.max_query_nesting) {
-        return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "QUERY_TOO_DEEP",
-            format!(
-                "the query nests more than {} levels",
-                limits.max_query_nesting
-            ),
-        )
-        .in_media(media));
-    }
-    Ok(())
-}
-
-/// Whether `()`, `[]` or `{}` nest deeper than `limit` outside strings and comments. Unbalanced
-/// text is left to the parser, which reports it.
-fn nesting_exceeds(query: &str, limit: usize) -> bool {
-    let bytes = query.as_bytes();
-    let (mut depth, mut at) = (0usize, 0usize);
-    while at < bytes.len() {
-        match bytes[at] {
-            b'#' => {
-                while at < bytes.len() && bytes[at] != b'\n' {
-                    at += 1;
-                }
-            }
-            b'"' if bytes[at..].starts_with(b"\"\"\"") => {
-                at += 3;
-                while at < bytes.len() && !bytes[at..].starts_with(b"\"\"\"") {
-                    at += if bytes[at..].starts_with(b"\\\"\"\"") {
-                        4
-                    } else {
-                        1
-                    };
-                }
-                at += 2;
-            }
-            b'"' => {
-                at += 1;
-                while at < bytes.len() && bytes[at] != b'"' && bytes[at] != b'\n' {
-                    at += if bytes[at] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        at += 1;
-    }
-    false
+    crate::metrics::graphql_request("none", refusal.code(), 0.0);
+    let response = async_graphql::Response::from_errors(vec![refusal.into_server_error()]);
+    Ok(into_http_response(response, media))
 }
 
 async fn execute(
     state: &EdgeState,
     peer: SocketAddr,
     headers: &HeaderMap,
-    request: async_graphql::Request,
+    request: CheckedRequest,
     media: MediaType,
 ) -> Response {
     // Two `Authorization` headers are ambiguous, whichever comes first: MALFORMED.
@@ -462,7 +427,7 @@ async fn execute(
         let origin_allowed = origin_allowed(headers, &state.frontend.allowed_origins);
         request = request.data(cookie.read(headers, origin_allowed));
     }
-    into_http_response(state.schema.execute(request).await, media)
+    into_http_response(state.engine.execute(request).await, media)
 }
 
 /// Where a request comes from: its user agent (shortened) and its client address.
@@ -605,20 +570,6 @@ async fn method_not_allowed() -> HttpError {
 mod tests {
     use super::*;
     use tower::ServiceExt;
-
-    #[test]
-    fn nesting_is_counted_outside_strings_and_comments() {
-        assert!(!nesting_exceeds("{ me { id } }", 2));
-        assert!(nesting_exceeds("{ me { id } }", 1));
-        let deep = format!("{{me(x:{}{})}}", "[".repeat(5000), "]".repeat(5000));
-        assert!(nesting_exceeds(&deep, 64));
-        assert!(!nesting_exceeds("{ a(s: \"[[[[[[\") # {{{{{{\n }", 3));
-        assert!(!nesting_exceeds(
-            "{ a(s: \"\"\"[[[[ \\\"\"\" ((((\"\"\") }",
-            3
-        ));
-        assert!(!nesting_exceeds("\"unterminated [[[[", 1));
-    }
 
     async fn explode() -> &'static str {
         panic!("a bug in a handler")

@@ -2,8 +2,12 @@
 //! protocol (the `graphql-ws` library's, github.com/enisdenjo/graphql-ws PROTOCOL.md), by
 //! upgrading `GET /graphql`, as Apollo Client's `GraphQLWsLink` expects.
 //!
-//! async-graphql runs the protocol's messages (`http::WebSocket`); this module is the
-//! connection around it, and adds what the protocol and authql need:
+//! The protocol is small (`connection_init`/`connection_ack`, `ping`/`pong`, `subscribe`,
+//! `next`, `error`, `complete`) and is spoken here rather than by async-graphql's engine, for
+//! two reasons: every `subscribe` goes through the same document checks as an HTTP request
+//! (`graphql::DocumentChecks`, the one way into the engine), and the connection is one loop
+//! that never waits for the client: every answer is queued for a writer task of its own, so
+//! a client that pipelines pings, or stops reading, cannot wedge the loop or its timers.
 //!
 //! - **Origin** (cross-site WebSocket hijacking): an upgrade whose `Origin` is neither listed in
 //!   `CORS_ALLOWED_ORIGINS` nor authql's own is refused with 403 before it is accepted. A client
@@ -17,35 +21,38 @@
 //!   4406 no `graphql-transport-ws` subprotocol; 4408 no `connection_init` within
 //!   `WEBSOCKET_INIT_TIMEOUT_SECONDS`; 4409 a `subscribe` with an id already in use; 4429 a
 //!   second `connection_init`, or more than `WEBSOCKET_MAX_CONNECTIONS_PER_USER` connections of
-//!   one user; 1013 (try again later) a subscriber too slow to take its events; 3008 nothing
-//!   received (not even a pong) for three ping intervals. graphql-ws retries after 4403, 4408,
-//!   1013 and 3008, and gives up after the others.
+//!   one user; 1013 (try again later) a client too slow to take what is sent to it; 3008
+//!   nothing received (not even a pong) for three ping intervals; 1001 (going away) the server
+//!   is shutting down. graphql-ws retries after 4403, 4408, 1013, 1001 and 3008, and gives up
+//!   after the others.
 //! - **Subscriptions only**: queries and mutations go over HTTP, where every limit of the edge
 //!   applies; over the socket they get an `error` message. At most `WEBSOCKET_MAX_SUBSCRIPTIONS`
 //!   at once per connection (more get an `error` message too).
-//! - **Pings** every `WEBSOCKET_PING_INTERVAL_SECONDS`, and bounded buffers: a subscriber that
-//!   falls behind is disconnected, never buffered without limit.
+//! - **Bounded**: messages of at most 64 KiB; at most `OUTBOX_MESSAGES` answers waiting for the
+//!   client, each write done within `WRITE_TIMEOUT` or the connection is cut; pings every
+//!   `WEBSOCKET_PING_INTERVAL_SECONDS`.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, OnceLock},
+    pin::Pin,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use async_graphql::{
-    Data,
-    http::{WebSocket as ProtocolEngine, WebSocketProtocols, WsMessage},
-    parser::types::OperationType,
-};
+use async_graphql::{Variables, parser::types::OperationType};
 use axum::{
     extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{
+    FutureExt, SinkExt, StreamExt,
+    future::BoxFuture,
+    stream::{AbortHandle, BoxStream, SelectAll},
+};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 use uuid::Uuid;
 
 use super::{EdgeState, HttpError, client_info, origin_allowed, single_header};
@@ -61,8 +68,12 @@ const SUBPROTOCOL: &str = "graphql-transport-ws";
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// What the socket reads at once, in bytes.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Most bytes waiting to be written to a slow client before the connection is given up.
+/// Most bytes waiting in the socket's own buffer before a write waits.
 const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Most messages waiting for the writer: a client that lets more pile up is too slow (1013).
+const OUTBOX_MESSAGES: usize = 64;
+/// Longest one write may take before the client is taken to be gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The close reason when the connection's own session was revoked or expired.
 const SESSION_ENDED: &str = "The session ended";
@@ -160,6 +171,7 @@ pub(super) fn upgrade(
         .into_response();
     }
     let client = client_info(peer, headers, &state.limits.trusted_proxies);
+    let lifecycle = state.lifecycle.clone();
     upgrade
         .protocols([SUBPROTOCOL])
         .max_message_size(MAX_MESSAGE_BYTES)
@@ -173,337 +185,460 @@ pub(super) fn upgrade(
             let speaks_protocol = socket
                 .protocol()
                 .is_some_and(|protocol| protocol.as_bytes() == SUBPROTOCOL.as_bytes());
-            serve(socket, state, client, speaks_protocol)
+            // Tracked, so that a shutdown waits for the close frames.
+            lifecycle.track(serve(socket, state, client, speaks_protocol))
         })
 }
 
 /// Why a connection ends, and what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Close(u16, &'static str);
 
-/// What the `connection_init` callback leaves for the connection.
-#[derive(Default)]
-struct Init {
-    authenticated: OnceLock<(Authenticated, Counted)>,
-    refused: OnceLock<Close>,
+const TOO_SLOW: Close = Close(1013, "Too slow to take the messages");
+
+/// The answers of a connection, written by a task of their own.
+struct Outbox {
+    queue: mpsc::Sender<Message>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
-async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_protocol: bool) {
-    let (mut sink, mut incoming) = socket.split();
-    if !speaks_protocol {
-        let _ = sink
-            .send(close(Close(4406, "Subprotocol not acceptable")))
-            .await;
-        return;
+impl Outbox {
+    /// Starts the writer: it writes what is queued, in order, each write within
+    /// `WRITE_TIMEOUT`; a write that fails or times out ends it (the client is gone or does not
+    /// read), and with it the connection.
+    fn start(mut sink: futures_util::stream::SplitSink<WebSocket, Message>) -> Self {
+        let (queue, mut queued) = mpsc::channel::<Message>(OUTBOX_MESSAGES);
+        let writer = tokio::spawn(async move {
+            while let Some(message) = queued.recv().await {
+                let last = matches!(message, Message::Close(_));
+                match tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await {
+                    Ok(Ok(())) if !last => {}
+                    _ => return,
+                }
+            }
+        });
+        Self { queue, writer }
     }
-    let settings = state.limits.websocket;
-    let init = Arc::new(Init::default());
-    let slow = SlowSubscriber::default();
-    let (to_engine, from_client) = mpsc::channel::<String>(8);
-    let mut connection_data = Data::default();
-    connection_data.insert(client);
-    connection_data.insert(slow.clone());
-    let engine = ProtocolEngine::new(
-        state.schema.clone(),
-        tokio_stream_of(from_client),
-        WebSocketProtocols::GraphQLWS,
-    )
-    .connection_data(connection_data)
-    .keepalive_timeout(settings.ping_interval * 3)
-    .on_connection_init({
-        let init = init.clone();
-        let state = state.clone();
-        move |payload| connection_init(payload, init, state)
-    });
-    let mut engine = Box::pin(engine);
 
-    let mut acknowledged = false;
-    let mut subscriptions: HashSet<String> = HashSet::new();
-    // Operations answered with an `error` message, whose `complete` is not passed on.
-    let mut refused: HashSet<String> = HashSet::new();
-    let mut session_events = None;
-    let mut token_expires = None;
-    let init_deadline = tokio::time::sleep(settings.init_timeout);
-    tokio::pin!(init_deadline);
-    let mut pings = tokio::time::interval(settings.ping_interval);
-    pings.tick().await;
+    /// Queues `message` without waiting. Errors: the client does not take what it is sent
+    /// (`TOO_SLOW`), or the writer has ended.
+    fn send(&self, message: Message) -> Result<(), Close> {
+        self.queue.try_send(message).map_err(|_| TOO_SLOW)
+    }
 
-    let ending: Close = loop {
-        tokio::select! {
-            received = incoming.next() => {
-                let text = match received {
-                    Some(Ok(Message::Text(text))) => text.to_string(),
-                    Some(Ok(Message::Binary(_))) => break Close(4400, "Binary messages are not supported"),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                };
-                match screen(&text, &mut subscriptions, settings, &state) {
-                    Screened::Forward => {
-                        if to_engine.send(text).await.is_err() {
-                            return;
-                        }
-                    }
-                    Screened::Answer(answer) => {
-                        if sink.send(Message::Text(answer.into())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Screened::Close(why) => break why,
-                }
-            }
-            out = engine.next() => {
-                match out {
-                    Some(WsMessage::Text(text)) => {
-                        match outgoing(&text) {
-                            Outgoing::Ack if !acknowledged => {
-                            acknowledged = true;
-                            if let Some((authenticated, _)) = init.authenticated.get() {
-                                session_events = Some(
-                                    state.service.events().subscribe(authenticated.user.id),
-                                );
-                                let leeway = chrono::TimeDelta::from_std(settings.token_leeway)
-                                    .unwrap_or_default();
-                                let left = (authenticated.expires_at + leeway - chrono::Utc::now())
-                                    .to_std()
-                                    .unwrap_or_default();
-                                token_expires = Some(Box::pin(tokio::time::sleep(left)));
-                            }
-                            }
-                            // The engine's `complete` for it follows; the protocol has none.
-                            Outgoing::RequestError { id, error } => {
-                                subscriptions.remove(&id);
-                                refused.insert(id);
-                                if sink.send(Message::Text(error.into())).await.is_err() {
-                                    return;
-                                }
-                                continue;
-                            }
-                            Outgoing::Ended(id) => {
-                                subscriptions.remove(&id);
-                                if refused.remove(&id) {
-                                    continue;
-                                }
-                            }
-                            _ => {}
-                        }
-                        if sink.send(Message::Text(text.into())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(WsMessage::Close(code, _)) => {
-                        break match (code, init.refused.get()) {
-                            (_, Some(refused)) => Close(refused.0, refused.1),
-                            (1011, None) => Close(4401, "Unauthorized"),
-                            (3008, None) => Close(3008, "No message within the keep-alive time"),
-                            (4429, None) => Close(4429, "Too many initialisation requests"),
-                            _ => Close(4400, "Invalid message"),
-                        };
-                    }
-                    None => return,
-                }
-            }
-            () = &mut init_deadline, if !acknowledged => {
-                break Close(4408, "Connection initialisation timeout");
-            }
-            _ = pings.tick(), if acknowledged => {
-                let ping = json!({ "type": "ping" }).to_string();
-                if sink.send(Message::Text(ping.into())).await.is_err() {
-                    return;
-                }
-            }
-            event = next_event(&mut session_events) => {
-                let own_session = init.authenticated.get().map(|(auth, _)| auth.session.id);
-                match event {
-                    Some(event) if Some(event.session_id) == own_session
-                        && matches!(event.kind, SessionEventKind::Revoked | SessionEventKind::Expired) =>
-                    {
-                        break Close(4403, SESSION_ENDED);
-                    }
-                    Some(_) => {}
-                    None => break Close(1013, "Too slow to take the events"),
-                }
-            }
-            () = expiry(&mut token_expires) => {
-                break Close(4403, "The access token expired");
-            }
-            () = slow.raised() => {
-                break Close(1013, "Too slow to take the events");
-            }
-        }
-    };
-    if ending.0 == 4403 && ending.1 == SESSION_ENDED {
-        // The event that ended the session is on its way through the subscription too: let
-        // it reach the client before the close does.
-        let until = tokio::time::Instant::now() + DRAIN_BEFORE_CLOSE;
-        while let Ok(Some(WsMessage::Text(text))) =
-            tokio::time::timeout_at(until, engine.next()).await
+    fn text(&self, message: &Value) -> Result<(), Close> {
+        self.send(Message::Text(message.to_string().into()))
+    }
+
+    /// Ends the connection: the close frame after what is queued, when there is room for it,
+    /// written within `WRITE_TIMEOUT`; else the connection is dropped at once.
+    async fn close(self, why: Close) {
+        let Self { queue, mut writer } = self;
+        let queued = why != TOO_SLOW && queue.try_send(close_frame(why)).is_ok();
+        drop(queue);
+        if !queued
+            || tokio::time::timeout(WRITE_TIMEOUT, &mut writer)
+                .await
+                .is_err()
         {
-            if sink.send(Message::Text(text.into())).await.is_err() {
-                return;
-            }
+            writer.abort();
         }
     }
-    let _ = sink.send(close(ending)).await;
 }
 
-/// `connection_init`: the access token in the payload's `Authorization`, checked like any
-/// request's; and the user's connection count.
-async fn connection_init(
-    payload: Value,
-    init: Arc<Init>,
-    state: EdgeState,
-) -> async_graphql::Result<Data> {
-    let refuse = |why: Close| {
-        let message = why.1;
-        let _ = init.refused.set(why);
-        Err(async_graphql::Error::new(message))
-    };
-    let header = payload
-        .get("Authorization")
-        .or_else(|| payload.get("authorization"))
-        .and_then(Value::as_str);
-    let bearer = BearerToken::from_header(header.map(str::as_bytes));
-    let authenticated = match state.service.authenticate(&bearer).await {
-        Ok(authenticated) => authenticated,
-        Err(_) => return refuse(Close(4403, "Forbidden")),
-    };
-    let Some(counted) = state.websocket_connections.admit(
-        authenticated.user.id,
-        state.limits.websocket.max_connections_per_user,
-    ) else {
-        return refuse(Close(4429, "Too many connections for this user"));
-    };
-    let mut data = Data::default();
-    data.insert(RequestAuth::resolved(authenticated.clone()));
-    let _ = init.authenticated.set((authenticated, counted));
-    Ok(data)
-}
-
-/// What to do with a client message before the protocol engine sees it.
-enum Screened {
-    Forward,
-    /// Answer the client directly; the engine never sees the message.
-    Answer(String),
-    Close(Close),
-}
-
-/// Checks a client message: `subscribe` must carry a subscription, not reuse an id in use, and
-/// stay within the connection's limit; `complete` frees its id.
-fn screen(
-    text: &str,
-    subscriptions: &mut HashSet<String>,
-    settings: WebSocketSettings,
-    state: &EdgeState,
-) -> Screened {
-    let Ok(message) = serde_json::from_str::<Value>(text) else {
-        return Screened::Close(Close(4400, "Invalid message"));
-    };
-    let id = message.get("id").and_then(Value::as_str).map(str::to_owned);
-    match (message.get("type").and_then(Value::as_str), id) {
-        (Some("subscribe"), Some(id)) => {
-            if subscriptions.contains(&id) {
-                return Screened::Close(Close(4409, "Subscriber for this id already exists"));
-            }
-            let query = message
-                .pointer("/payload/query")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            if query.len() > state.limits.max_query_bytes {
-                return Screened::Answer(error_message(
-                    &id,
-                    "QUERY_TOO_LARGE",
-                    "the query is too long",
-                ));
-            }
-            let operation_name = message
-                .pointer("/payload/operationName")
-                .and_then(Value::as_str);
-            // A query that does not parse or names no single operation passes: the engine
-            // answers it with its error.
-            let operation = crate::graphql::operation_type(query, operation_name);
-            if operation.is_some_and(|operation| operation != OperationType::Subscription) {
-                return Screened::Answer(error_message(
-                    &id,
-                    "SUBSCRIPTIONS_ONLY",
-                    "only subscriptions run over WebSocket; send queries and mutations over HTTP",
-                ));
-            }
-            if subscriptions.len() >= settings.max_subscriptions {
-                return Screened::Answer(error_message(
-                    &id,
-                    "TOO_MANY_SUBSCRIPTIONS",
-                    "too many subscriptions on this connection",
-                ));
-            }
-            subscriptions.insert(id);
-            Screened::Forward
-        }
-        (Some("complete"), Some(id)) => {
-            subscriptions.remove(&id);
-            Screened::Forward
-        }
-        _ => Screened::Forward,
-    }
-}
-
-/// The protocol's `error` message for subscription `id`, coded as every authql error is.
-fn error_message(id: &str, code: &str, message: &str) -> String {
-    json!({
-        "id": id,
-        "type": "error",
-        "payload": [{ "message": message, "extensions": { "code": code } }],
-    })
-    .to_string()
-}
-
-/// What a message from the protocol engine means to the connection (read once per message).
-enum Outgoing {
-    /// `connection_ack`.
-    Ack,
-    /// A `next` that carries request errors only (parse, validation, operation resolution,
-    /// variables: no `data`, no error with a `path`), as the protocol's `error` message, which
-    /// PROTOCOL.md prescribes for errors before execution.
-    RequestError {
-        id: String,
-        error: String,
-    },
-    /// `complete` or `error`: that subscription is over.
-    Ended(String),
-    Other,
-}
-
-fn outgoing(text: &str) -> Outgoing {
-    let Ok(message) = serde_json::from_str::<Value>(text) else {
-        return Outgoing::Other;
-    };
-    let id = || message.get("id").and_then(Value::as_str).map(str::to_owned);
-    match message.get("type").and_then(Value::as_str) {
-        Some("connection_ack") => Outgoing::Ack,
-        Some("complete" | "error") => id().map_or(Outgoing::Other, Outgoing::Ended),
-        Some("next") => {
-            let payload = &message["payload"];
-            let Some(errors) = payload.get("errors").and_then(Value::as_array) else {
-                return Outgoing::Other;
-            };
-            let request_error = payload.get("data").is_none_or(Value::is_null)
-                && !errors.is_empty()
-                && errors.iter().all(|error| error.get("path").is_none());
-            match id() {
-                Some(id) if request_error => Outgoing::RequestError {
-                    error: json!({ "id": id, "type": "error", "payload": errors }).to_string(),
-                    id,
-                },
-                _ => Outgoing::Other,
-            }
-        }
-        _ => Outgoing::Other,
-    }
-}
-
-fn close(why: Close) -> Message {
+fn close_frame(why: Close) -> Message {
     Message::Close(Some(CloseFrame {
         code: why.0,
         reason: Utf8Bytes::from_static(why.1),
     }))
+}
+
+/// Where a connection stands.
+enum Phase {
+    /// Waiting for `connection_init`.
+    New,
+    /// `connection_init` arrived; its token is being checked.
+    Authenticating(BoxFuture<'static, Result<(Authenticated, Counted), Close>>),
+    /// Acknowledged.
+    Ready {
+        authenticated: Box<Authenticated>,
+        _counted: Counted,
+    },
+}
+
+/// One event of a subscription: its id and serial, and the response, or `None` when it ended.
+type Emitted = (String, u64, Option<async_graphql::Response>);
+
+/// The subscriptions of one connection.
+#[derive(Default)]
+struct Subscriptions {
+    running: SelectAll<BoxStream<'static, Emitted>>,
+    /// Each open id with the serial of its stream (an id may be reused after `complete`) and
+    /// the handle that stops it.
+    open: HashMap<String, (u64, AbortHandle)>,
+    serial: u64,
+}
+
+impl Subscriptions {
+    fn start(
+        &mut self,
+        id: String,
+        stream: impl futures_util::Stream<Item = async_graphql::Response> + Send + 'static,
+    ) {
+        self.serial += 1;
+        let serial = self.serial;
+        let (stream, handle) = futures_util::stream::abortable(stream);
+        self.open.insert(id.clone(), (serial, handle));
+        let tag = id.clone();
+        let emitted = stream
+            .map(move |response| (tag.clone(), serial, Some(response)))
+            .chain(futures_util::stream::once(
+                async move { (id, serial, None) },
+            ));
+        self.running.push(emitted.boxed());
+    }
+
+    /// Stops `id`, if it is open.
+    fn stop(&mut self, id: &str) {
+        if let Some((_, handle)) = self.open.remove(id) {
+            handle.abort();
+        }
+    }
+
+    /// Whether `(id, serial)` is the open subscription of that id.
+    fn is_open(&self, id: &str, serial: u64) -> bool {
+        self.open.get(id).is_some_and(|(open, _)| *open == serial)
+    }
+}
+
+async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_protocol: bool) {
+    let (sink, mut incoming) = socket.split();
+    let outbox = Outbox::start(sink);
+    if !speaks_protocol {
+        outbox
+            .close(Close(4406, "Subprotocol not acceptable"))
+            .await;
+        return;
+    }
+    // The HTTP connection gave its slot back at the upgrade; the WebSocket takes one of its own.
+    let Some(_slot) = state.lifecycle.websocket_slot() else {
+        outbox.close(TOO_SLOW).await;
+        return;
+    };
+    let ending = Connection::new(state, client)
+        .run(&outbox, &mut incoming)
+        .await;
+    if let Some(why) = ending {
+        outbox.close(why).await;
+    } else {
+        outbox.writer.abort();
+    }
+}
+
+/// One connection's state, read and changed by its loop only.
+struct Connection {
+    state: EdgeState,
+    client: ClientInfo,
+    settings: WebSocketSettings,
+    phase: Phase,
+    subscriptions: Subscriptions,
+    /// Raised when a subscription fell too far behind its user's events.
+    slow: SlowSubscriber,
+    /// The connection's user's events, to notice its own session ending.
+    session_events: Option<crate::service::events::Subscription>,
+    token_expires: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Connection {
+    fn new(state: EdgeState, client: ClientInfo) -> Self {
+        Self {
+            settings: state.limits.websocket,
+            state,
+            client,
+            phase: Phase::New,
+            subscriptions: Subscriptions::default(),
+            slow: SlowSubscriber::default(),
+            session_events: None,
+            token_expires: None,
+        }
+    }
+
+    /// The connection's loop: every branch handles what it got and queues its answers without
+    /// waiting for the client. Returns how to close, or `None` when the client went away.
+    async fn run(
+        &mut self,
+        outbox: &Outbox,
+        incoming: &mut futures_util::stream::SplitStream<WebSocket>,
+    ) -> Option<Close> {
+        let settings = self.settings;
+        let init_deadline = tokio::time::sleep(settings.init_timeout);
+        tokio::pin!(init_deadline);
+        let silence_limit = settings.ping_interval * 3;
+        let silence = tokio::time::sleep(silence_limit);
+        tokio::pin!(silence);
+        let mut pings = tokio::time::interval_at(
+            Instant::now() + settings.ping_interval,
+            settings.ping_interval,
+        );
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = self.state.lifecycle.stopping();
+        let stopping = async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
+        tokio::pin!(stopping);
+
+        let why = loop {
+            let ready = matches!(self.phase, Phase::Ready { .. });
+            let step = tokio::select! {
+                received = incoming.next() => {
+                    silence.as_mut().reset(Instant::now() + silence_limit);
+                    match received {
+                        Some(Ok(Message::Text(text))) => self.received(&text, outbox),
+                        Some(Ok(Message::Binary(_))) => {
+                            Err(Close(4400, "Binary messages are not supported"))
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                    }
+                }
+                authenticated = authenticating(&mut self.phase) => {
+                    self.acknowledge(authenticated, outbox)
+                }
+                Some((id, serial, response)) = self.subscriptions.running.next() => {
+                    self.emitted(id, serial, response, outbox)
+                }
+                () = &mut init_deadline, if !ready => {
+                    Err(Close(4408, "Connection initialisation timeout"))
+                }
+                () = &mut silence, if ready => {
+                    Err(Close(3008, "No message within the keep-alive time"))
+                }
+                _ = pings.tick(), if ready => outbox.text(&json!({ "type": "ping" })),
+                event = next_event(&mut self.session_events) => self.session_event(event),
+                () = expiry(&mut self.token_expires) => {
+                    Err(Close(4403, "The access token expired"))
+                }
+                () = self.slow.raised() => Err(TOO_SLOW),
+                () = &mut stopping => Err(Close(1001, "The server is shutting down")),
+            };
+            if let Err(why) = step {
+                break why;
+            }
+        };
+        if why == Close(4403, SESSION_ENDED) {
+            // The event that ended the session is on its way through the subscriptions too:
+            // let it reach the client before the close does.
+            let until = Instant::now() + DRAIN_BEFORE_CLOSE;
+            while let Ok(Some((id, serial, response))) =
+                tokio::time::timeout_at(until, self.subscriptions.running.next()).await
+            {
+                if self.emitted(id, serial, response, outbox).is_err() {
+                    break;
+                }
+            }
+        }
+        Some(why)
+    }
+
+    /// A text message from the client.
+    fn received(&mut self, text: &str, outbox: &Outbox) -> Result<(), Close> {
+        const INVALID: Close = Close(4400, "Invalid message");
+        let message: Value = serde_json::from_str(text).map_err(|_| INVALID)?;
+        let id = message.get("id").and_then(Value::as_str);
+        match (message.get("type").and_then(Value::as_str), id) {
+            (Some("connection_init"), _) => {
+                if !matches!(self.phase, Phase::New) {
+                    return Err(Close(4429, "Too many initialisation requests"));
+                }
+                let token = message
+                    .pointer("/payload/Authorization")
+                    .or_else(|| message.pointer("/payload/authorization"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let state = self.state.clone();
+                self.phase = Phase::Authenticating(
+                    async move { connection_init(token, state).await }.boxed(),
+                );
+                Ok(())
+            }
+            (Some("ping"), _) => outbox.text(&json!({ "type": "pong" })),
+            (Some("pong"), _) => Ok(()),
+            (Some("subscribe"), Some(id)) => {
+                let Phase::Ready { authenticated, .. } = &self.phase else {
+                    return Err(Close(4401, "Unauthorized"));
+                };
+                if self.subscriptions.open.contains_key(id) {
+                    return Err(Close(4409, "Subscriber for this id already exists"));
+                }
+                let payload = message.get("payload").ok_or(INVALID)?;
+                let query = payload
+                    .get("query")
+                    .and_then(Value::as_str)
+                    .ok_or(INVALID)?;
+                let operation_name = match payload.get("operationName") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(name)) => Some(name.clone()),
+                    Some(_) => return Err(INVALID),
+                };
+                let variables = match payload.get("variables") {
+                    None | Some(Value::Null) => Variables::default(),
+                    Some(variables @ Value::Object(_)) => Variables::from_json(variables.clone()),
+                    Some(_) => return Err(INVALID),
+                };
+                let checked =
+                    match self
+                        .state
+                        .documents
+                        .check(query.to_owned(), operation_name, variables)
+                    {
+                        Ok(checked) => checked,
+                        Err(refusal) => {
+                            return outbox
+                                .text(&error_message(id, json!([refusal.into_server_error()])));
+                        }
+                    };
+                let refuse = |code: &str, text: &str| {
+                    outbox.text(&error_message(
+                        id,
+                        json!([{ "message": text, "extensions": { "code": code } }]),
+                    ))
+                };
+                if checked
+                    .operation_type()
+                    .is_some_and(|operation| operation != OperationType::Subscription)
+                {
+                    return refuse(
+                        "SUBSCRIPTIONS_ONLY",
+                        "only subscriptions run over WebSocket; send queries and mutations over HTTP",
+                    );
+                }
+                if self.subscriptions.open.len() >= self.settings.max_subscriptions {
+                    return refuse(
+                        "TOO_MANY_SUBSCRIPTIONS",
+                        "too many subscriptions on this connection",
+                    );
+                }
+                let request = checked
+                    .data(RequestAuth::resolved(Authenticated::clone(authenticated)))
+                    .data(self.client.clone())
+                    .data(self.slow.clone());
+                let stream = self.state.engine.execute_stream(request);
+                self.subscriptions.start(id.to_owned(), stream);
+                Ok(())
+            }
+            (Some("complete"), Some(id)) => {
+                self.subscriptions.stop(id);
+                Ok(())
+            }
+            _ => Err(INVALID),
+        }
+    }
+
+    /// `connection_init` was answered: acknowledge, and watch the session and the token.
+    fn acknowledge(
+        &mut self,
+        authenticated: Result<(Authenticated, Counted), Close>,
+        outbox: &Outbox,
+    ) -> Result<(), Close> {
+        let (authenticated, counted) = authenticated?;
+        self.session_events = Some(self.state.service.events().subscribe(authenticated.user.id));
+        let leeway = chrono::TimeDelta::from_std(self.settings.token_leeway).unwrap_or_default();
+        let left = (authenticated.expires_at + leeway - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        self.token_expires = Some(Box::pin(tokio::time::sleep(left)));
+        self.phase = Phase::Ready {
+            authenticated: Box::new(authenticated),
+            _counted: counted,
+        };
+        outbox.text(&json!({ "type": "connection_ack" }))
+    }
+
+    /// A subscription's response, or its end.
+    fn emitted(
+        &mut self,
+        id: String,
+        serial: u64,
+        response: Option<async_graphql::Response>,
+        outbox: &Outbox,
+    ) -> Result<(), Close> {
+        if !self.subscriptions.is_open(&id, serial) {
+            return Ok(());
+        }
+        let Some(response) = response else {
+            self.subscriptions.open.remove(&id);
+            return outbox.text(&json!({ "id": id, "type": "complete" }));
+        };
+        // A request error (validation, operation resolution, variables: no data, no error with
+        // a path) is the protocol's one `error` message, which ends the subscription.
+        let request_error = response.data == async_graphql::Value::Null
+            && !response.errors.is_empty()
+            && response.errors.iter().all(|error| error.path.is_empty());
+        if request_error {
+            self.subscriptions.stop(&id);
+            return outbox.text(&error_message(&id, json!(response.errors)));
+        }
+        outbox.text(&json!({ "id": id, "type": "next", "payload": response }))
+    }
+
+    /// An event of the connection's user: its own session ending closes it.
+    fn session_event(
+        &self,
+        event: Option<crate::service::events::SessionEvent>,
+    ) -> Result<(), Close> {
+        let Phase::Ready { authenticated, .. } = &self.phase else {
+            return Ok(());
+        };
+        match event {
+            Some(event)
+                if event.session_id == authenticated.session.id
+                    && matches!(
+                        event.kind,
+                        SessionEventKind::Revoked | SessionEventKind::Expired
+                    ) =>
+            {
+                Err(Close(4403, SESSION_ENDED))
+            }
+            Some(_) => Ok(()),
+            None => Err(TOO_SLOW),
+        }
+    }
+}
+
+/// The access token of `connection_init`, checked like any request's; and the user's
+/// connection count.
+async fn connection_init(
+    token: Option<String>,
+    state: EdgeState,
+) -> Result<(Authenticated, Counted), Close> {
+    let header = token.as_deref().map(str::as_bytes);
+    let bearer = BearerToken::from_header(header);
+    let authenticated = state
+        .service
+        .authenticate(&bearer)
+        .await
+        .map_err(|_| Close(4403, "Forbidden"))?;
+    let counted = state
+        .websocket_connections
+        .admit(
+            authenticated.user.id,
+            state.limits.websocket.max_connections_per_user,
+        )
+        .ok_or(Close(4429, "Too many connections for this user"))?;
+    Ok((authenticated, counted))
+}
+
+/// The answer to `connection_init` once it is there; pending forever in every other phase.
+async fn authenticating(phase: &mut Phase) -> Result<(Authenticated, Counted), Close> {
+    match phase {
+        Phase::Authenticating(checking) => checking.await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// The protocol's `error` message for subscription `id`.
+fn error_message(id: &str, errors: Value) -> Value {
+    json!({ "id": id, "type": "error", "payload": errors })
 }
 
 /// The next event of the connection's user; `None` when the connection fell behind. Pending
@@ -526,19 +661,9 @@ async fn next_event(
 }
 
 /// When the access token expires; pending forever before `connection_ack`.
-async fn expiry(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+async fn expiry(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     match timer {
         Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
     }
-}
-
-/// The client's messages, as the protocol engine reads them.
-fn tokio_stream_of(
-    receiver: mpsc::Receiver<String>,
-) -> impl futures_util::Stream<Item = String> + Send + Unpin + 'static {
-    Box::pin(futures_util::stream::unfold(
-        receiver,
-        |mut receiver| async move { receiver.recv().await.map(|message| (message, receiver)) },
-    ))
 }

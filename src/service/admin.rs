@@ -18,7 +18,7 @@ use crate::{
         events::{SessionEventKind, SessionEvents},
         input,
     },
-    store::{Session, Store, User},
+    store::{Session, SessionPage, Store, User},
 };
 
 /// One admin command; `login` is an email or a username, matched as login matches it.
@@ -153,7 +153,14 @@ impl Admin {
         let answer = match command {
             AdminCommand::Sessions { login } => {
                 let user = self.user(login).await?;
-                let sessions = store.list_live_sessions(user.id, Utc::now()).await?;
+                // Every live session: a user has at most MAX_SESSIONS_PER_USER.
+                let everything = SessionPage {
+                    first: i64::MAX.unsigned_abs(),
+                    after: None,
+                };
+                let sessions = store
+                    .list_live_sessions(user.id, user.credential_version, Utc::now(), everything)
+                    .await?;
                 AdminAnswer::Sessions {
                     user: user.into(),
                     sessions: sessions.into_iter().map(Into::into).collect(),
@@ -227,7 +234,7 @@ impl Admin {
     }
 
     async fn user(&self, login: &str) -> Result<User, AdminFailure> {
-        let normalized = input::normalize_login(login);
+        let normalized = input::login_key("login", login).map_err(|_| unknown(login))?;
         self.store
             .find_credentials(&normalized)
             .await?

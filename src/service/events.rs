@@ -72,10 +72,14 @@ impl SessionEvents {
     }
 
     /// Listens to the events every process on the database broadcasts, and hands them to the
-    /// subscribers here, until the store's stream ends. Nothing to do on SQLite.
-    pub async fn listen(&self) {
-        let Ok(Some(mut heard)) = self.store.listen_events().await else {
-            return;
+    /// subscribers here. `Ok` at once when the database has no such channel (SQLite: nothing to
+    /// do). Errors, for the caller to start it again after a pause: the listener could not be
+    /// opened, or its stream ended.
+    pub async fn listen(&self) -> Result<(), String> {
+        let mut heard = match self.store.listen_events().await {
+            Ok(Some(heard)) => heard,
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(format!("could not listen: {error}")),
         };
         while let Some(payload) = heard.next().await {
             match serde_json::from_str::<Vec<SessionEvent>>(&payload) {
@@ -86,6 +90,7 @@ impl SessionEvents {
                 ),
             }
         }
+        Err("the listener's stream ended".into())
     }
 
     /// Publishes `events` to every subscriber of their users, on every instance, in batches of

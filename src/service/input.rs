@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, sync::LazyLock};
 
-use authql_identity::{IdentityError, email_key, login_key, username_key};
+use authql_identity::{IdentityError, email_key, username_key};
 
 use crate::error::AppError;
 
@@ -18,6 +18,10 @@ static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
 pub const PASSWORD_MIN_CHARS: usize = 8;
 pub const PASSWORD_MAX_BYTES: usize = 256;
 const EMAIL_MAX_CHARS: usize = 254;
+/// Longest login name looked at, in bytes: an email address has at most 320 octets (RFC 3696
+/// § 3, 64 before the `@` and 255 after), a username far fewer. Longer is refused before it is
+/// normalised, rate-limited or looked up.
+pub const LOGIN_MAX_BYTES: usize = 320;
 const USERNAME_MIN_CHARS: usize = 3;
 const USERNAME_MAX_CHARS: usize = 64;
 
@@ -62,22 +66,26 @@ pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
     })
 }
 
-/// A username (trimmed) and its key (RFC 8265 `UsernameCaseMapped`, see `authql_identity`). It
-/// may contain `@` only when it is the account's own email, so that a login name never matches
-/// one user's email and another's username.
+/// A username (trimmed) and its key (RFC 8265 `UsernameCaseMapped`, see `authql_identity`). Its
+/// key may contain `@` only when it is the account's own email, so that a login name never
+/// matches one user's email and another's username. The rule is checked on the key, after
+/// normalisation: a full-width `＠` is an `@` there.
 pub fn username(
     field: &'static str,
     raw: &str,
     email: &Email,
 ) -> Result<(String, String), AppError> {
     let display = raw.trim();
+    let not_an_email = || {
+        AppError::bad_input(
+            field,
+            "a username has no spaces and no @ (unless it is your email)",
+        )
+    };
     if display.contains('@') {
         return match email_key(display) {
             Ok(key) if key == email.normalized => Ok((display.to_owned(), key)),
-            _ => Err(AppError::bad_input(
-                field,
-                "a username has no spaces and no @ (unless it is your email)",
-            )),
+            _ => Err(not_an_email()),
         };
     }
     if display.chars().count() > USERNAME_MAX_CHARS * 4 {
@@ -92,6 +100,12 @@ pub fn username(
             "a username has letters, digits and ASCII symbols only: no spaces, no invisible, zero-width or direction-control characters",
         )
     })?;
+    if normalized.contains('@') {
+        return match email_key(&normalized) {
+            Ok(key) if key == email.normalized => Ok((display.to_owned(), key)),
+            _ => Err(not_an_email()),
+        };
+    }
     let length = normalized.chars().count();
     if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&length) {
         return Err(AppError::bad_input(
@@ -102,26 +116,29 @@ pub fn username(
     Ok((display.to_owned(), normalized))
 }
 
+/// The policy for a new password, applied to the form it is hashed in (RFC 8265 OpaqueString,
+/// see `auth::password`): 8 characters to 256 bytes, no control characters (NUL included) or
+/// unassigned code points, not among the most common passwords.
 pub fn password(field: &'static str, password: &str) -> Result<(), AppError> {
-    if password.chars().count() < PASSWORD_MIN_CHARS {
-        return Err(AppError::bad_input(
-            field,
-            "a password has at least 8 characters",
-        ));
-    }
     if password.len() > PASSWORD_MAX_BYTES {
         return Err(AppError::bad_input(
             field,
             "a password has at most 256 bytes",
         ));
     }
-    if password.contains('\0') {
+    let Some(prepared) = crate::auth::password::prepare(password) else {
         return Err(AppError::bad_input(
             field,
-            "a password cannot contain NUL characters",
+            "a password cannot contain control characters (NUL included) or unassigned characters",
+        ));
+    };
+    if prepared.chars().count() < PASSWORD_MIN_CHARS {
+        return Err(AppError::bad_input(
+            field,
+            "a password has at least 8 characters",
         ));
     }
-    if COMMON_PASSWORDS.contains(password.to_lowercase().as_str()) {
+    if COMMON_PASSWORDS.contains(prepared.to_lowercase().as_str()) {
         return Err(AppError::bad_input(
             field,
             "this password is among the most common ones; choose another",
@@ -132,10 +149,16 @@ pub fn password(field: &'static str, password: &str) -> Result<(), AppError> {
 
 /// The key a login name is looked up by (an email's or a username's, see `authql_identity`).
 /// A name no account can have gets a key that matches none, so that it costs the same bcrypt
-/// work as a wrong password.
-pub fn normalize_login(raw: &str) -> String {
+/// work as a wrong password. Errors: BAD_USER_INPUT for a name longer than `LOGIN_MAX_BYTES`.
+pub fn login_key(field: &'static str, raw: &str) -> Result<String, AppError> {
+    if raw.len() > LOGIN_MAX_BYTES {
+        return Err(AppError::bad_input(
+            field,
+            "an email or username has at most 320 bytes",
+        ));
+    }
     // U+FFFD is outside every key (RFC 8264 IdentifierClass disallows symbols).
-    login_key(raw).unwrap_or_else(|| format!("\u{fffd}{}", raw.trim()))
+    Ok(authql_identity::login_key(raw).unwrap_or_else(|| format!("\u{fffd}{}", raw.trim())))
 }
 
 #[cfg(test)]
@@ -176,6 +199,23 @@ mod tests {
             username("username", "Jose\u{301}", &own).unwrap().1,
             "jos\u{e9}"
         );
+        // A full-width @ is an @: someone else's address is refused, one's own is the email.
+        assert!(username("username", "alice\u{ff20}x.com", &own).is_err());
+        assert!(username("username", "\u{ff41}lice\u{ff20}x.com", &own).is_err());
+        assert_eq!(
+            username("username", "bob\u{ff20}x.com", &own).unwrap().1,
+            "bob@x.com"
+        );
+    }
+
+    #[test]
+    fn login_names_are_bounded_before_anything_else() {
+        assert!(login_key("emailOrUsername", &"a".repeat(321)).is_err());
+        assert_eq!(login_key("emailOrUsername", "ADA").unwrap(), "ada");
+        assert_eq!(
+            login_key("emailOrUsername", "ada\u{ff20}example.com").unwrap(),
+            "ada@example.com"
+        );
     }
 
     #[test]
@@ -185,6 +225,12 @@ mod tests {
         assert!(password("password", &"x".repeat(256)).is_ok());
         assert!(password("password", &"x".repeat(257)).is_err());
         assert!(password("password", "12345678\0").is_err());
+        assert!(
+            password("password", "1234567\u{7}x").is_err(),
+            "control characters"
+        );
+        // Counted in the form that is hashed: seven characters and a combining accent are seven.
+        assert!(password("password", "abcdefe\u{301}").is_err());
         assert!(
             password("password", "Password123").is_err(),
             "common, in any case"

@@ -12,14 +12,17 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use uuid::Uuid;
 
 use crate::{
-    auth::{Authenticated, BearerToken, PasswordHasher, TokenKeys, TokenKind},
+    auth::{Authenticated, BearerToken, PasswordHasher, TokenKeys, TokenKind, Verification},
     error::{AppError, UnauthenticatedReason},
     metrics,
     service::{
         events::{SessionEventKind, SessionEvents},
         rate_limit::{Operation, RateLimits},
     },
-    store::{NewUser, Rotation, Session, Store, User},
+    store::{
+        FIRST_CREDENTIAL_VERSION, NewUser, Rotation, Session, SessionCursor, SessionPage, Store,
+        User,
+    },
 };
 
 /// At most this many session ids and tokens in one `revokeTokens`.
@@ -61,7 +64,34 @@ struct Inner {
     lifetimes: Lifetimes,
     rate_limits: RateLimits,
     events: SessionEvents,
+    readiness: Readiness,
 }
+
+/// The last readiness probe: its answer is reused for `READINESS_MAX_AGE`, and one probe runs
+/// at a time (the others wait for its answer), so that any number of `/readyz` calls cost at
+/// most one probe a second.
+#[derive(Default)]
+struct Readiness {
+    last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    probing: tokio::sync::Mutex<()>,
+}
+
+/// How long a readiness answer is reused.
+const READINESS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Readiness {
+    fn fresh(&self) -> Option<bool> {
+        let last = *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.filter(|(at, _)| at.elapsed() < READINESS_MAX_AGE)
+            .map(|(_, ready)| ready)
+    }
+}
+
+/// How many sessions `mySessions` lists at most at once, and by default.
+pub const MAX_SESSIONS_PAGE: u64 = 100;
 
 /// How long tokens and sessions live.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +103,8 @@ pub struct Lifetimes {
     pub session_idle: TimeDelta,
     /// How long after a rotation the replaced refresh token still gets the same new pair.
     pub refresh_reuse_grace: TimeDelta,
+    /// `MAX_SESSIONS_PER_USER`: a login beyond it ends the user's least recently used session.
+    pub max_sessions_per_user: usize,
 }
 
 impl AuthService {
@@ -92,6 +124,7 @@ impl AuthService {
                 lifetimes,
                 rate_limits,
                 events,
+                readiness: Readiness::default(),
             }),
         }
     }
@@ -131,7 +164,7 @@ impl AuthService {
             password_hash,
             created_at: now,
         };
-        let session = self.new_session(user.id, client, now);
+        let session = self.new_session(user.id, FIRST_CREDENTIAL_VERSION, client, now);
         let (user, session) = self.store().create_user_with_session(user, session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "user registered");
         self.publish(SessionEventKind::Created, user.id, &[session.id])
@@ -160,43 +193,81 @@ impl AuthService {
         password: String,
         client: ClientInfo,
     ) -> Result<IssuedTokens, AppError> {
-        let login = input::normalize_login(email_or_username);
+        let login = input::login_key("emailOrUsername", email_or_username)?;
         let limits = &self.inner.rate_limits;
         limits.check_client(Operation::Login, client.ip).await?;
+        let store = self.store();
+        let credentials = store.find_credentials(&login).await?;
+        // One bucket per account, whichever of its names is typed; a name no account has is a
+        // bucket of its own.
+        let account = credentials
+            .as_ref()
+            .map_or_else(|| login.clone(), |found| found.user.id.to_string());
         limits
-            .check_account(Operation::Login, &login, client.ip)
+            .check_account(Operation::Login, &account, client.ip)
             .await?;
         // Only the limits that protect the server; the password policy is for new passwords.
         if password.len() > input::PASSWORD_MAX_BYTES {
             return Err(AppError::InvalidCredentials);
         }
-        let credentials = self.store().find_credentials(&login).await?;
         let hash = credentials
             .as_ref()
             .map(|found| found.password_hash.clone());
-        let verified = self.inner.passwords.verify(password, hash).await?;
-        let user = match credentials {
-            Some(found) if verified => found.user,
+        let verification = self.inner.passwords.verify(password, hash).await?;
+        let found = match credentials {
+            Some(found) if verification.matches() => found,
             _ => {
                 let ip = client.ip.map(|ip| ip.to_string()).unwrap_or_default();
                 tracing::info!(event = "login_failed", %ip, "login failed");
                 return Err(AppError::InvalidCredentials);
             }
         };
+        let user = found.user;
         // After the password: a wrong one gets INVALID_CREDENTIALS whether or not the account
         // is disabled, so this answer reveals nothing to someone without the password.
         if user.disabled_at.is_some() {
             tracing::info!(event = "login_refused_disabled", user_id = %user.id, "login refused: account disabled");
             return Err(AppError::AccountDisabled);
         }
+        if let Verification::Outdated { new_hash } = verification {
+            // The same password in the current form and cost; failing to store it only means
+            // trying again at the next login.
+            if store
+                .replace_password_hash(user.id, &found.password_hash, new_hash)
+                .await
+                .is_err()
+            {
+                tracing::warn!(event = "password_rehash_failed", user_id = %user.id, "could not store the upgraded password hash");
+            }
+        }
         let now = now();
-        let session = self
-            .store()
-            .create_session(self.new_session(user.id, client, now))
+        let session = self.new_session(user.id, user.credential_version, client, now);
+        let created = store
+            .create_session(session, self.inner.lifetimes.max_sessions_per_user)
             .await?;
+        let Some(created) = created else {
+            // The password changed, or the account was disabled or deleted, while this login
+            // checked the password: the credentials it proved are no longer the account's.
+            let disabled = store
+                .find_credentials_by_id(user.id)
+                .await?
+                .is_some_and(|found| found.user.disabled_at.is_some());
+            tracing::info!(event = "login_outraced", user_id = %user.id, "login refused: the credentials changed meanwhile");
+            return Err(if disabled {
+                AppError::AccountDisabled
+            } else {
+                AppError::InvalidCredentials
+            });
+        };
+        let session = created.session;
         tracing::info!(user_id = %user.id, session_id = %session.id, "logged in");
         self.publish(SessionEventKind::Created, user.id, &[session.id])
             .await;
+        if !created.evicted.is_empty() {
+            tracing::info!(event = "sessions_evicted", user_id = %user.id, evicted = created.evicted.len(), "least recently used sessions ended (MAX_SESSIONS_PER_USER)");
+            self.publish(SessionEventKind::Revoked, user.id, &created.evicted)
+                .await;
+        }
         self.issue(user, session, now)
     }
 
@@ -284,6 +355,10 @@ impl AuthService {
         if user.disabled_at.is_some() {
             return Err(AppError::AccountDisabled);
         }
+        // Made under credentials that have changed since (a password change it straddled).
+        if !session.is_current_for(&user) {
+            return Err(AppError::Unauthenticated(UnauthenticatedReason::Revoked));
+        }
         if !session.is_live(now) {
             self.publish(SessionEventKind::Expired, user.id, &[session.id])
                 .await;
@@ -348,7 +423,10 @@ impl AuthService {
             .find_session(claims.sid)
             .await?
             .is_some_and(|(user, session)| {
-                user.id == claims.sub && session.access_jti == claims.jti && !session.is_live(now)
+                user.id == claims.sub
+                    && session.access_jti == claims.jti
+                    && session.is_current_for(&user)
+                    && !session.is_live(now)
             });
         Err(AppError::Unauthenticated(if timed_out {
             UnauthenticatedReason::Expired
@@ -357,12 +435,38 @@ impl AuthService {
         }))
     }
 
-    pub async fn live_sessions(&self, user_id: Uuid) -> Result<Vec<Session>, AppError> {
-        self.inner
-            .store
-            .list_live_sessions(user_id, now())
-            .await
-            .map_err(AppError::from)
+    /// A page of the caller's live sessions, newest first: at most `first` (1 to
+    /// [`MAX_SESSIONS_PAGE`]), after the session `after` names (a cursor from
+    /// [`session_cursor`]). Errors: BAD_USER_INPUT (`first` out of range, `after` not a cursor).
+    pub async fn live_sessions(
+        &self,
+        caller: &Authenticated,
+        first: Option<i64>,
+        after: Option<&str>,
+    ) -> Result<Vec<Session>, AppError> {
+        let first = first.map_or(Ok(MAX_SESSIONS_PAGE), |first| {
+            u64::try_from(first)
+                .ok()
+                .filter(|first| (1..=MAX_SESSIONS_PAGE).contains(first))
+                .ok_or_else(|| {
+                    AppError::bad_input("first", format!("first is 1 to {MAX_SESSIONS_PAGE}"))
+                })
+        })?;
+        let after = after
+            .map(|cursor| {
+                parse_session_cursor(cursor)
+                    .ok_or_else(|| AppError::bad_input("after", "after is not a session cursor"))
+            })
+            .transpose()?;
+        Ok(self
+            .store()
+            .list_live_sessions(
+                caller.user.id,
+                caller.session.credential_version,
+                now(),
+                SessionPage { first, after },
+            )
+            .await?)
     }
 
     /// Ends the session that `refresh_token` belongs to, for a client whose access token has
@@ -506,6 +610,7 @@ impl AuthService {
                 .passwords
                 .verify(current_password, Some(credentials.password_hash))
                 .await?
+                .matches()
         {
             return Err(AppError::InvalidCredentials);
         }
@@ -552,6 +657,7 @@ impl AuthService {
                 .passwords
                 .verify(password, Some(credentials.password_hash))
                 .await?
+                .matches()
         {
             return Err(AppError::InvalidCredentials);
         }
@@ -576,9 +682,33 @@ impl AuthService {
         Ok(self.store().count_live_sessions(now()).await?)
     }
 
-    /// Whether the database answers: the readiness of this instance.
+    /// Whether the database takes writes: the readiness of this instance, from a probe at most
+    /// a second old (see [`Readiness`]). Errors: SERVICE_UNAVAILABLE.
     pub async fn check_ready(&self) -> Result<(), AppError> {
-        Ok(self.store().ping().await?)
+        let readiness = &self.inner.readiness;
+        let ready = match readiness.fresh() {
+            Some(ready) => ready,
+            None => {
+                let _turn = readiness.probing.lock().await;
+                match readiness.fresh() {
+                    Some(ready) => ready,
+                    None => {
+                        let ready = self.store().ping().await.is_ok();
+                        *readiness
+                            .last
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some((std::time::Instant::now(), ready));
+                        ready
+                    }
+                }
+            }
+        };
+        if ready {
+            Ok(())
+        } else {
+            Err(AppError::ServiceUnavailable)
+        }
     }
 
     /// Forgets rate-limit buckets that have filled up again.
@@ -616,8 +746,15 @@ impl AuthService {
         self.inner.store.as_ref()
     }
 
-    fn new_session(&self, user_id: Uuid, client: ClientInfo, now: DateTime<Utc>) -> Session {
+    fn new_session(
+        &self,
+        user_id: Uuid,
+        credential_version: i64,
+        client: ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Session {
         Session {
+            credential_version,
             id: Uuid::new_v4(),
             user_id,
             access_jti: Uuid::new_v4(),
@@ -676,7 +813,7 @@ fn outcome_of(error: &AppError) -> &'static str {
         AppError::InvalidCredentials => "invalid_credentials",
         AppError::AccountDisabled => "account_disabled",
         AppError::RateLimited { .. } => "rate_limited",
-        AppError::ServiceUnavailable => "unavailable",
+        AppError::ServiceUnavailable | AppError::Overloaded { .. } => "unavailable",
         AppError::Unauthenticated(_) => "invalid_token",
         _ => "error",
     }
@@ -692,4 +829,28 @@ fn now() -> DateTime<Utc> {
 
 fn whole_seconds(time: DateTime<Utc>) -> DateTime<Utc> {
     time.duration_trunc(TimeDelta::seconds(1)).unwrap_or(time)
+}
+
+/// The opaque cursor of a session in `mySessions` (`Session.cursor`, and `after`): its creation
+/// time in microseconds and its id, base64url.
+pub fn session_cursor(session: &Session) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    URL_SAFE_NO_PAD.encode(format!(
+        "{}:{}",
+        session.created_at.timestamp_micros(),
+        session.id
+    ))
+}
+
+fn parse_session_cursor(cursor: &str) -> Option<SessionCursor> {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    if cursor.len() > 128 {
+        return None;
+    }
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (micros, id) = text.split_once(':')?;
+    Some(SessionCursor {
+        created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id: Uuid::parse_str(id).ok()?,
+    })
 }

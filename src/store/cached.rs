@@ -3,111 +3,233 @@
 //! writes: SQLite, whose file authql locks (see [`DatabaseLock`]).
 //!
 //! It stays exact rather than eventually right:
-//! - every write method invalidates what it may have changed *before it returns*, so a revoked,
-//!   rotated or logged-out token is refused on the very next request;
-//! - a miss that races a write cannot put back a stale row: every invalidation bumps a
+//! - every write method makes the cache forget what it may change, before the write and again
+//!   after it, so a revoked, rotated or logged-out token is refused on the very next request;
+//! - the write itself runs to its end on a task of its own, and the forgetting after it runs
+//!   when that task ends, however it ends: a request that times out or is dropped half-way
+//!   (its future cancelled while the database still applies the statement) cannot leave the
+//!   cache holding what the database no longer has;
+//! - a miss that races a write cannot put back a stale row: every forgetting bumps a
 //!   generation, and a miss fills the cache only if the generation it started with is still
 //!   current;
-//! - a hit still checks the presented access jti and the session's idle and absolute expiry
-//!   against the clock, as the database query would.
+//! - forgetting is O(1): one session by its id, or every session of a user by moving the
+//!   user's epoch on (a cached row counts only while it carries its user's current epoch);
+//! - a hit still checks the presented access jti, the session's idle and absolute expiry
+//!   against the clock and its credential version against its user's, as the database query
+//!   would.
 //!
-//! There is no such cache on PostgreSQL, where other instances write the same rows.
+//! There is no such cache on PostgreSQL or MongoDB, where other instances write the same rows.
 
-use std::{num::NonZeroUsize, path::PathBuf, sync::Mutex};
+use std::{
+    future::Future,
+    num::NonZeroUsize,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lru::LruCache;
 use uuid::Uuid;
 
-use super::{NewSession, NewUser, Rotation, Session, Store, StoreResult, User, UserCredentials};
+use super::{
+    CreatedSession, NewSession, NewUser, Rotation, Session, SessionPage, Store, StoreError,
+    StoreResult, User, UserCredentials,
+};
 
 /// How many sessions the cache holds at most (least recently used dropped first): about 300
-/// bytes each.
+/// bytes each. As many users' epochs are kept.
 pub const SESSION_CACHE_CAPACITY: usize = 50_000;
 
 /// `inner` with the session lookup cached (see the module).
 pub struct CachedStore<S> {
     inner: S,
-    state: Mutex<CacheState>,
+    state: Arc<Mutex<CacheState>>,
+    /// Writes whose task has not ended yet.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A cached lookup, with the epoch its user had when it was filled.
+struct Cached {
+    user: User,
+    session: Session,
+    epoch: u64,
 }
 
 struct CacheState {
     generation: u64,
-    sessions: LruCache<Uuid, (User, Session)>,
+    sessions: LruCache<Uuid, Cached>,
+    /// Each user's current epoch; a user without one has no valid cached rows.
+    epochs: LruCache<Uuid, u64>,
+    next_epoch: u64,
 }
 
-impl<S: Store> CachedStore<S> {
+impl CacheState {
+    fn forget(&mut self, forget: &Forget) {
+        self.generation += 1;
+        match forget {
+            Forget::Nothing => {}
+            Forget::Sessions(ids) => {
+                for id in ids {
+                    self.sessions.pop(id);
+                }
+            }
+            Forget::User(user_id) => {
+                self.next_epoch += 1;
+                self.epochs.put(*user_id, self.next_epoch);
+            }
+        }
+    }
+
+    /// The cached row of `session_id`, if it is still valid.
+    fn get(&mut self, session_id: &Uuid) -> Option<(&User, &Session)> {
+        let valid = self
+            .sessions
+            .peek(session_id)
+            .map(|cached| self.epochs.get(&cached.user.id) == Some(&cached.epoch))?;
+        if !valid {
+            self.sessions.pop(session_id);
+            return None;
+        }
+        self.sessions
+            .get(session_id)
+            .map(|cached| (&cached.user, &cached.session))
+    }
+
+    fn fill(&mut self, user: User, session: Session) {
+        let epoch = match self.epochs.get(&user.id) {
+            Some(epoch) => *epoch,
+            None => {
+                self.next_epoch += 1;
+                self.epochs.put(user.id, self.next_epoch);
+                self.next_epoch
+            }
+        };
+        self.sessions.put(
+            session.id,
+            Cached {
+                user,
+                session,
+                epoch,
+            },
+        );
+    }
+}
+
+/// What a write may change, and so what the cache forgets around it.
+#[derive(Clone)]
+enum Forget {
+    Nothing,
+    Sessions(Vec<Uuid>),
+    /// Every session of the user (and the user's own row in them).
+    User(Uuid),
+}
+
+/// Forgets once more when dropped: after the write, however its task ends.
+struct ForgetAfter {
+    state: Arc<Mutex<CacheState>>,
+    forget: Forget,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Drop for ForgetAfter {
+    fn drop(&mut self) {
+        lock(&self.state).forget(&self.forget);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn lock(state: &Mutex<CacheState>) -> std::sync::MutexGuard<'_, CacheState> {
+    // The cache holds no invariant a panic could break half-way; at worst it is cleared.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<S: Store + Clone> CachedStore<S> {
     pub fn new(inner: S, capacity: NonZeroUsize) -> Self {
         Self {
             inner,
-            state: Mutex::new(CacheState {
+            state: Arc::new(Mutex::new(CacheState {
                 generation: 0,
                 sessions: LruCache::new(capacity),
-            }),
+                epochs: LruCache::new(capacity),
+                next_epoch: 0,
+            })),
+            in_flight: Arc::default(),
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
-        // The cache holds no invariant a panic could break half-way; at worst it is cleared.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// How many writes are still running, cancelled callers' included (for tests: the state
+    /// is settled when it is 0).
+    pub fn writes_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Forgets the sessions `forget` picks, and makes misses in flight not fill.
-    fn invalidate(&self, forget: impl Fn(&User, &Session) -> bool) {
-        let mut state = self.state();
-        state.generation += 1;
-        let stale: Vec<Uuid> = state
-            .sessions
-            .iter()
-            .filter(|(_, (user, session))| forget(user, session))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
-            state.sessions.pop(&id);
-        }
-    }
-
-    fn invalidate_session(&self, session_id: Uuid) {
-        let mut state = self.state();
-        state.generation += 1;
-        state.sessions.pop(&session_id);
-    }
-
-    /// Whether `session_id` is cached now (for tests).
+    /// Whether `session_id` is cached now, and valid (for tests).
     pub fn is_cached(&self, session_id: Uuid) -> bool {
-        self.state().sessions.contains(&session_id)
+        lock(&self.state).get(&session_id).is_some()
+    }
+
+    /// Runs `write` on the inner store as the module says: forgets before, runs it on a task
+    /// that no cancellation of the caller stops, forgets again when that task ends.
+    async fn write<T, F>(
+        &self,
+        forget: Forget,
+        write: impl FnOnce(S) -> F + Send + 'static,
+    ) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = StoreResult<T>> + Send + 'static,
+    {
+        lock(&self.state).forget(&forget);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let after = ForgetAfter {
+            state: self.state.clone(),
+            forget,
+            in_flight: self.in_flight.clone(),
+        };
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let _after = after;
+            write(inner).await
+        })
+        .await
+        .map_err(|_| StoreError::Database("a database write ended abnormally".into()))?
     }
 }
 
 #[async_trait]
-impl<S: Store> Store for CachedStore<S> {
+impl<S: Store + Clone> Store for CachedStore<S> {
     async fn find_session_by_access_jti(
         &self,
         session_id: Uuid,
         access_jti: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<(User, Session)>> {
+        let accepts = |user: &User, session: &Session| {
+            session.access_jti == access_jti && session.is_live(now) && session.is_current_for(user)
+        };
         let generation = {
-            let mut state = self.state();
-            if let Some((user, session)) = state.sessions.get(&session_id) {
-                let accepted = session.access_jti == access_jti && session.is_live(now);
-                return Ok(accepted.then(|| (user.clone(), session.clone())));
+            let mut state = lock(&self.state);
+            if let Some((user, session)) = state.get(&session_id) {
+                return Ok(accepts(user, session).then(|| (user.clone(), session.clone())));
             }
             state.generation
         };
         // A miss: read the row whatever its jti and liveness, and keep it if nothing was written
         // meanwhile.
         let found = self.inner.find_session(session_id).await?;
-        if let Some(found) = &found {
-            let mut state = self.state();
+        if let Some((user, session)) = &found {
+            let mut state = lock(&self.state);
             if state.generation == generation {
-                state.sessions.put(session_id, found.clone());
+                state.fill(user.clone(), session.clone());
             }
         }
-        Ok(found.filter(|(_, session)| session.access_jti == access_jti && session.is_live(now)))
+        Ok(found.filter(|(user, session)| accepts(user, session)))
     }
 
     async fn find_session(&self, session_id: Uuid) -> StoreResult<Option<(User, Session)>> {
@@ -115,9 +237,11 @@ impl<S: Store> Store for CachedStore<S> {
     }
 
     async fn rotate_session(&self, rotation: Rotation) -> StoreResult<Option<(User, Session)>> {
-        let rotated = self.inner.rotate_session(rotation).await;
-        self.invalidate_session(rotation.session_id);
-        rotated
+        self.write(
+            Forget::Sessions(vec![rotation.session_id]),
+            move |inner| async move { inner.rotate_session(rotation).await },
+        )
+        .await
     }
 
     async fn delete_user_sessions(
@@ -125,9 +249,11 @@ impl<S: Store> Store for CachedStore<S> {
         user_id: Uuid,
         session_ids: &[Uuid],
     ) -> StoreResult<Vec<Uuid>> {
-        let deleted = self.inner.delete_user_sessions(user_id, session_ids).await;
-        self.invalidate(|user, session| user.id == user_id && session_ids.contains(&session.id));
-        deleted
+        let ids = session_ids.to_vec();
+        self.write(Forget::Sessions(ids.clone()), move |inner| async move {
+            inner.delete_user_sessions(user_id, &ids).await
+        })
+        .await
     }
 
     async fn delete_other_sessions(
@@ -135,9 +261,10 @@ impl<S: Store> Store for CachedStore<S> {
         user_id: Uuid,
         keep: Option<Uuid>,
     ) -> StoreResult<Vec<Uuid>> {
-        let deleted = self.inner.delete_other_sessions(user_id, keep).await;
-        self.invalidate(|user, session| user.id == user_id && Some(session.id) != keep);
-        deleted
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.delete_other_sessions(user_id, keep).await
+        })
+        .await
     }
 
     async fn set_user_disabled(
@@ -145,16 +272,18 @@ impl<S: Store> Store for CachedStore<S> {
         user_id: Uuid,
         disabled_at: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<Vec<Uuid>>> {
-        let ended = self.inner.set_user_disabled(user_id, disabled_at).await;
         // The cached rows carry the user, `disabled_at` included.
-        self.invalidate(|user, _| user.id == user_id);
-        ended
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.set_user_disabled(user_id, disabled_at).await
+        })
+        .await
     }
 
     async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
-        let ended = self.inner.delete_user(user_id).await;
-        self.invalidate(|user, _| user.id == user_id);
-        ended
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.delete_user(user_id).await
+        })
+        .await
     }
 
     async fn change_password(
@@ -163,31 +292,54 @@ impl<S: Store> Store for CachedStore<S> {
         password_hash: String,
         keep_session: Uuid,
     ) -> StoreResult<Vec<Uuid>> {
-        let ended = self
-            .inner
-            .change_password(user_id, password_hash, keep_session)
-            .await;
-        self.invalidate(|user, session| user.id == user_id && session.id != keep_session);
-        ended
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner
+                .change_password(user_id, password_hash, keep_session)
+                .await
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        session: NewSession,
+        max_sessions: usize,
+    ) -> StoreResult<Option<CreatedSession>> {
+        // It may end the user's least recently used sessions.
+        let user_id = session.user_id;
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.create_session(session, max_sessions).await
+        })
+        .await
+    }
+
+    async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        current: &str,
+        new: String,
+    ) -> StoreResult<bool> {
+        // The hash is not cached; the write still runs to its end whatever happens to the
+        // caller.
+        let current = current.to_owned();
+        self.write(Forget::Nothing, move |inner| async move {
+            inner.replace_password_hash(user_id, &current, new).await
+        })
+        .await
     }
 
     async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {
-        let pruned = self.inner.prune_sessions(ended_before, batch).await;
-        self.invalidate(|_, session| !session.is_live(ended_before));
-        pruned
+        // Only ended sessions go, which a hit refuses anyway (it checks the expiry).
+        self.inner.prune_sessions(ended_before, batch).await
     }
 
-    // Writes that change no cached row: a new user or session is not cached until looked up.
+    // Writes that change no cached row: a new user's session is not cached until looked up.
     async fn create_user_with_session(
         &self,
         user: NewUser,
         session: NewSession,
     ) -> StoreResult<(User, Session)> {
         self.inner.create_user_with_session(user, session).await
-    }
-
-    async fn create_session(&self, session: NewSession) -> StoreResult<Session> {
-        self.inner.create_session(session).await
     }
 
     async fn find_credentials(
@@ -204,9 +356,13 @@ impl<S: Store> Store for CachedStore<S> {
     async fn list_live_sessions(
         &self,
         user_id: Uuid,
+        credential_version: i64,
         now: DateTime<Utc>,
+        page: SessionPage,
     ) -> StoreResult<Vec<Session>> {
-        self.inner.list_live_sessions(user_id, now).await
+        self.inner
+            .list_live_sessions(user_id, credential_version, now, page)
+            .await
     }
 
     async fn ping(&self) -> StoreResult<()> {

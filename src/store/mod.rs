@@ -14,6 +14,29 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use cached::{CachedStore, DatabaseLock, SESSION_CACHE_CAPACITY, beside};
+
+#[cfg(test)]
+mod least_recently_used_tests {
+    use super::*;
+
+    #[test]
+    fn the_sessions_used_longest_ago_go_first() {
+        let at = |seconds| DateTime::from_timestamp(seconds, 0).unwrap();
+        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let sessions = vec![
+            (ids[0], at(100), None),         // created at 100
+            (ids[1], at(10), Some(at(200))), // old, refreshed at 200
+            (ids[2], at(50), None),          // created at 50
+            (ids[3], at(300), None),         // the newest
+        ];
+        assert_eq!(
+            least_recently_used(sessions.clone(), 2),
+            vec![ids[0], ids[2]]
+        );
+        assert_eq!(least_recently_used(sessions.clone(), 4), Vec::<Uuid>::new());
+        assert_eq!(least_recently_used(sessions, 0).len(), 4);
+    }
+}
 pub use mongo::MongoStore;
 pub use sea::SeaStore;
 
@@ -52,6 +75,11 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// When an operator disabled the account; `None` while it is enabled.
     pub disabled_at: Option<DateTime<Utc>>,
+    /// Moves on (by one) whenever what proves the account changes: its password is changed,
+    /// it is disabled. A session records the version it was made under and is accepted only
+    /// while the two are equal (see [`Session::credential_version`]), so that a login or
+    /// refresh that straddles a password change cannot outlive it (kanidm's credential ids).
+    pub credential_version: i64,
 }
 
 /// Broadcast event payloads as they arrive ([`Store::listen_events`]).
@@ -91,6 +119,56 @@ pub struct Session {
     pub idle_expires_at: DateTime<Utc>,
     pub user_agent: Option<String>,
     pub ip_address: Option<String>,
+    /// The user's credential version when the session was made: a session whose version is
+    /// not its user's current one is dead, wherever it is looked up.
+    pub credential_version: i64,
+}
+
+/// A new user's credential version.
+pub const FIRST_CREDENTIAL_VERSION: i64 = 0;
+
+/// Most sessions one bulk statement deletes: bulk revocations (a user with hundreds of
+/// thousands of sessions) go in batches of this many, so that no statement, no `$in` list and
+/// no lock grows with the number of sessions.
+pub const DELETE_BATCH: usize = 1000;
+
+/// Where a page of a user's sessions begins: after the session with this creation time and id
+/// (the list is ordered newest first, then by id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+/// A bounded slice of a user's sessions: at most `first`, after `after` when given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionPage {
+    pub first: u64,
+    pub after: Option<SessionCursor>,
+}
+
+/// A session that was created, and the sessions of its user it pushed out (beyond
+/// `MAX_SESSIONS_PER_USER`, least recently used first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSession {
+    pub session: Session,
+    pub evicted: Vec<Uuid>,
+}
+
+/// Of a user's sessions `(id, created_at, last_refreshed_at)`, the ids of those beyond the
+/// `keep` most recently used (refreshed, or else created), least recently used last: the ones a
+/// new login pushes out.
+pub fn least_recently_used(
+    mut sessions: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)>,
+    keep: usize,
+) -> Vec<Uuid> {
+    sessions.sort_by(|a, b| {
+        let used = |(id, created, refreshed): &(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)| {
+            (refreshed.unwrap_or(*created), *id)
+        };
+        used(b).cmp(&used(a))
+    });
+    sessions.into_iter().skip(keep).map(|(id, ..)| id).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +189,11 @@ impl Session {
     /// Neither past its absolute expiry nor idle for too long.
     pub fn is_live(&self, now: DateTime<Utc>) -> bool {
         self.expires_at > now && self.idle_expires_at > now
+    }
+
+    /// Whether the session was made under its user's current credentials.
+    pub fn is_current_for(&self, user: &User) -> bool {
+        self.user_id == user.id && self.credential_version == user.credential_version
     }
 }
 
@@ -179,7 +262,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// sqlx reports as a database error, not an I/O one (tests/api/faults.rs shows it).
 /// Class 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting up;
 /// class 53: out of resources (disk full, too many connections); 25006: a read-only server (a
-/// standby after a failover).
+/// standby after a failover); 40001 and 40P01: a serialization failure or deadlock, which
+/// PostgreSQL asks the client to retry (§ 13.4); 57014: a statement cancelled (its
+/// `statement_timeout`, an operator's `pg_cancel_backend`).
 ///
 /// SQLite reports its (extended) result code instead, as a number; its primary code is the low
 /// byte (sqlite.org/rescode.html): 5 BUSY and 6 LOCKED (another process holds the write lock
@@ -193,7 +278,10 @@ fn database_is_away(code: &str) -> bool {
     }
     code.starts_with("08")
         || code.starts_with("53")
-        || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01" | "57014"
+        )
 }
 
 /// One step of the GCRA (ITU-T I.371) in the integer microseconds the buckets store: a token
@@ -236,7 +324,8 @@ pub trait Store: Send + Sync + 'static {
         session: NewSession,
     ) -> StoreResult<(User, Session)>;
 
-    /// Looks up by normalized email or normalized username.
+    /// Looks up by a login key (`authql_identity::login_key`): an email's when it holds an
+    /// `@`, matched against emails only; else a username's, matched against usernames only.
     async fn find_credentials(
         &self,
         login_normalized: &str,
@@ -244,10 +333,19 @@ pub trait Store: Send + Sync + 'static {
 
     async fn find_credentials_by_id(&self, user_id: Uuid) -> StoreResult<Option<UserCredentials>>;
 
-    async fn create_session(&self, session: NewSession) -> StoreResult<Session>;
+    /// Stores a login's session, in one statement with the check that its user still exists,
+    /// is enabled and is at `session.credential_version` (a password changed or the account
+    /// disabled while the login checked its password: `None`, nothing stored). Then, in the
+    /// same transaction, ends the user's sessions beyond the `max_sessions` most recently used.
+    async fn create_session(
+        &self,
+        session: NewSession,
+        max_sessions: usize,
+    ) -> StoreResult<Option<CreatedSession>>;
 
-    /// The session and its user, if the session is live and still holds this access jti:
-    /// the check behind every authenticated request, one indexed query.
+    /// The session and its user, if the session is live, still holds this access jti and was
+    /// made under the user's current credentials: the check behind every authenticated
+    /// request, one indexed query.
     async fn find_session_by_access_jti(
         &self,
         session_id: Uuid,
@@ -258,15 +356,19 @@ pub trait Store: Send + Sync + 'static {
     /// The session and its user, live or not.
     async fn find_session(&self, session_id: Uuid) -> StoreResult<Option<(User, Session)>>;
 
-    /// Applies the rotation atomically (a conditional update): of several concurrent rotations
-    /// presenting the same refresh jti exactly one gets `Some`.
+    /// Applies the rotation atomically (a conditional update that also requires the session's
+    /// credential version to be its enabled user's): of several concurrent rotations presenting
+    /// the same refresh jti exactly one gets `Some`.
     async fn rotate_session(&self, rotation: Rotation) -> StoreResult<Option<(User, Session)>>;
 
-    /// The user's live sessions, newest first.
+    /// A page of the user's live sessions made under `credential_version`, newest first (by
+    /// creation, then id).
     async fn list_live_sessions(
         &self,
         user_id: Uuid,
+        credential_version: i64,
         now: DateTime<Utc>,
+        page: SessionPage,
     ) -> StoreResult<Vec<Session>>;
 
     /// Deletes those of `session_ids` that belong to `user_id`; returns the ids deleted.
@@ -276,17 +378,17 @@ pub trait Store: Send + Sync + 'static {
         session_ids: &[Uuid],
     ) -> StoreResult<Vec<Uuid>>;
 
-    /// Deletes every session of the user but `keep` (all of them without); returns the ids
-    /// deleted.
+    /// Deletes every session of the user but `keep` (all of them without), in batches of
+    /// [`DELETE_BATCH`]; returns the ids deleted.
     async fn delete_other_sessions(
         &self,
         user_id: Uuid,
         keep: Option<Uuid>,
     ) -> StoreResult<Vec<Uuid>>;
 
-    /// Disables the user as of `disabled_at` and ends all its sessions, in one transaction, or
-    /// enables it again (`None`). Returns the ids of the sessions ended; `None` when there is
-    /// no such user.
+    /// Disables the user as of `disabled_at`, moves its credential version on and ends all its
+    /// sessions, in one transaction, or enables it again (`None`). Returns the ids of the
+    /// sessions ended; `None` when there is no such user.
     async fn set_user_disabled(
         &self,
         user_id: Uuid,
@@ -313,14 +415,25 @@ pub trait Store: Send + Sync + 'static {
     /// The connection pool's state, where the driver tells it.
     fn pool_status(&self) -> Option<PoolStatus>;
 
-    /// Sets the password hash and ends every other session of the user, in one transaction;
-    /// returns the ids of the sessions ended.
+    /// Sets the password hash, moves the credential version on (`keep_session` moves with it)
+    /// and ends every other session of the user, in one transaction; returns the ids of the
+    /// sessions ended.
     async fn change_password(
         &self,
         user_id: Uuid,
         password_hash: String,
         keep_session: Uuid,
     ) -> StoreResult<Vec<Uuid>>;
+
+    /// Replaces the user's password hash with another of the same password (a newer form or
+    /// cost), if it is still `current`: the credential version does not move. `false` when
+    /// the hash changed meanwhile.
+    async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        current: &str,
+        new: String,
+    ) -> StoreResult<bool>;
 
     /// Whether the database answers.
     async fn ping(&self) -> StoreResult<()>;
@@ -362,8 +475,10 @@ mod tests {
         // A unique violation or a syntax error is our problem, not the database's.
         assert!(!database_is_away("23505"));
         assert!(!database_is_away("42601"));
-        // A read-only standby.
-        assert!(database_is_away("25006"));
+        // A read-only standby; a serialization failure, a deadlock, a cancelled statement.
+        for code in ["25006", "40001", "40P01", "57014"] {
+            assert!(database_is_away(code), "{code}");
+        }
         // SQLite: busy, locked, read-only (and its extended 1032), I/O error on write, full.
         for code in ["5", "517", "6", "8", "1032", "778", "13"] {
             assert!(database_is_away(code), "{code}");

@@ -7,11 +7,12 @@
 //!
 //! Collections (in the URL's database, `authql` when the URL names none):
 //! - `users`: `_id` (UUID), `email`, `email_normalized` (unique), `username`,
-//!   `username_normalized` (unique), `password_hash`, `created_at`.
+//!   `username_normalized` (unique), `password_hash`, `created_at`, `disabled_at`,
+//!   `credential_version`.
 //! - `sessions`: `_id` (UUID), `user_id`, `access_jti` (unique), `refresh_jti` (unique),
 //!   `previous_refresh_jti`, `created_at`, `last_refreshed_at`, `expires_at` (a TTL index when
-//!   pruning is on), `idle_expires_at`, `user_agent`, `ip_address`; indexed by
-//!   `(user_id, created_at)`.
+//!   pruning is on), `idle_expires_at`, `user_agent`, `ip_address`, `credential_version`;
+//!   indexed by `(user_id, created_at)`.
 //! - `settings`: `_id` (the name), `value`.
 //! - `rate_limit_buckets`: `_id` (the key), `tat` (microseconds since the Unix epoch).
 //!
@@ -46,8 +47,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    EventStream, NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store,
-    StoreError, StoreResult, User, UserCredentials,
+    CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, NewSession, NewUser,
+    PoolSettings, PoolStatus, Rotation, Session, SessionPage, Store, StoreError, StoreResult, User,
+    UserCredentials, least_recently_used,
 };
 
 /// The database used when the URL names none.
@@ -76,6 +78,9 @@ pub struct UserDocument {
     /// When an operator disabled the account; absent or null while it is enabled.
     #[serde(default)]
     pub disabled_at: Option<bson::DateTime>,
+    /// See [`User::credential_version`]; documents written before it are given 0 at start-up.
+    #[serde(default)]
+    pub credential_version: i64,
 }
 
 /// A session document in `sessions`: the fields of [`Session`], under the SQL column names.
@@ -93,6 +98,9 @@ pub struct SessionDocument {
     pub idle_expires_at: bson::DateTime,
     pub user_agent: Option<String>,
     pub ip_address: Option<String>,
+    /// See [`Session::credential_version`].
+    #[serde(default)]
+    pub credential_version: i64,
 }
 
 /// A server-wide setting in `settings`.
@@ -259,7 +267,59 @@ impl MongoStore {
             )
             .await
             .map_err(classify)?;
-        self.ensure_expiry_index(session_ttl).await
+        self.ensure_expiry_index(session_ttl).await?;
+        self.upgrade_documents().await
+    }
+
+    /// Brings documents written by earlier versions of authql up to date, idempotently (the
+    /// MongoDB counterpart of the SQL migrations 6 and 7): a credential version of 0 where there
+    /// is none, and a username whose key holds `@` without being its account's own email key
+    /// (a full-width `＠` let one through) replaced by the account's email.
+    async fn upgrade_documents(&self) -> StoreResult<()> {
+        let unversioned = doc! { "credential_version": { "$exists": false } };
+        let first = doc! { "$set": { "credential_version": FIRST_CREDENTIAL_VERSION } };
+        self.users
+            .update_many(unversioned.clone(), first.clone())
+            .await
+            .map_err(classify)?;
+        self.sessions
+            .update_many(unversioned, first)
+            .await
+            .map_err(classify)?;
+        let with_at_sign: Vec<UserDocument> = self
+            .users
+            .find(doc! { "username_normalized": { "$regex": "@" } })
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        let squatting = with_at_sign
+            .into_iter()
+            .filter(|user| user.username_normalized != user.email_normalized);
+        // Through a value no key can have, so that no two documents meet on the unique index.
+        let mut parked = Vec::new();
+        for user in squatting {
+            let placeholder = format!("\u{fffd}{}", Uuid::from(user.id));
+            self.users
+                .update_one(
+                    doc! { "_id": user.id },
+                    doc! { "$set": { "username_normalized": placeholder, "username": &user.email } },
+                )
+                .await
+                .map_err(classify)?;
+            parked.push(user);
+        }
+        for user in parked {
+            self.users
+                .update_one(
+                    doc! { "_id": user.id },
+                    doc! { "$set": { "username_normalized": &user.email_normalized } },
+                )
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
     }
 
     async fn ensure_expiry_index(&self, ttl: Option<Duration>) -> StoreResult<()> {
@@ -337,15 +397,59 @@ impl MongoStore {
         Ok(user.map(|user| (user_of(user), session_of(session))))
     }
 
+    /// Ends the user's sessions beyond the `keep` most recently used; returns their ids. One
+    /// count when the user is within the limit, as they almost always are.
+    async fn evict_beyond(&self, user_id: Uuid, keep: usize) -> StoreResult<Vec<Uuid>> {
+        let count = self
+            .sessions
+            .count_documents(doc! { "user_id": id(user_id) })
+            .hint(by_user())
+            .await
+            .map_err(classify)?;
+        if count <= keep as u64 {
+            return Ok(Vec::new());
+        }
+        let sessions: Vec<SessionDocument> = self
+            .sessions
+            .find(doc! { "user_id": id(user_id) })
+            .hint(by_user())
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        let used = sessions
+            .into_iter()
+            .map(|session| {
+                (
+                    Uuid::from(session.id),
+                    session.created_at.to_chrono(),
+                    session.last_refreshed_at.map(bson::DateTime::to_chrono),
+                )
+            })
+            .collect();
+        let evicted = least_recently_used(used, keep);
+        for batch in evicted.chunks(DELETE_BATCH) {
+            let ids: Vec<bson::Uuid> = batch.iter().map(|&session_id| id(session_id)).collect();
+            self.sessions
+                .delete_many(doc! { "_id": { "$in": ids } })
+                .await
+                .map_err(classify)?;
+        }
+        Ok(evicted)
+    }
+
     /// A new driver session to run transactions in.
     async fn transaction(&self) -> StoreResult<ClientSession> {
         self.client.start_session().await.map_err(classify)
     }
 
-    /// Deletes the user's sessions other than `keep` (all without), in `transaction` if given:
-    /// their ids by the user index, then one delete by `_id` (a multi-field delete would need a
-    /// planner that finds the index). Returns their ids, which are all gone afterwards (outside
-    /// a transaction, another request may have deleted some between the read and the delete).
+    /// Deletes the user's sessions other than `keep` (all without), in `transaction` if given,
+    /// [`DELETE_BATCH`] at a time: their ids by the user index, then one delete by `_id` (a
+    /// multi-field delete would need a planner that finds the index), so that no `$in` list
+    /// grows with the number of sessions (a command is at most 16 MiB). Returns their ids,
+    /// which are all gone afterwards (outside a transaction, another request may have deleted
+    /// some between a read and its delete).
     async fn end_sessions(
         &self,
         user_id: Uuid,
@@ -353,37 +457,41 @@ impl MongoStore {
         mut transaction: Option<&mut ClientSession>,
     ) -> Result<Vec<Uuid>, mongodb::error::Error> {
         let ids_collection = self.sessions.clone_with_type::<Document>();
-        let find = ids_collection
-            .find(doc! { "user_id": id(user_id) })
-            .projection(doc! { "_id": 1 });
-        let documents: Vec<Document> = match transaction.as_deref_mut() {
-            Some(transaction) => {
-                let mut cursor = find.session(&mut *transaction).await?;
-                cursor.stream(transaction).try_collect().await?
+        let mut ended = Vec::new();
+        loop {
+            let find = ids_collection
+                .find(doc! { "user_id": id(user_id) })
+                .projection(doc! { "_id": 1 })
+                .hint(by_user())
+                .limit(DELETE_BATCH as i64);
+            let documents: Vec<Document> = match transaction.as_deref_mut() {
+                Some(transaction) => {
+                    let mut cursor = find.session(&mut *transaction).await?;
+                    cursor.stream(transaction).try_collect().await?
+                }
+                None => find.await?.try_collect().await?,
+            };
+            let fetched = documents.len();
+            let ids: Vec<bson::Uuid> = documents
+                .iter()
+                .filter_map(|document| match document.get("_id") {
+                    Some(Bson::Binary(binary)) => binary.to_uuid().ok(),
+                    _ => None,
+                })
+                .filter(|session_id| Some(*session_id) != keep.map(id))
+                .collect();
+            if !ids.is_empty() {
+                ended.extend(ids.iter().map(|&session_id| Uuid::from(session_id)));
+                let delete = self.sessions.delete_many(doc! { "_id": { "$in": ids } });
+                match transaction.as_deref_mut() {
+                    Some(transaction) => delete.session(transaction).await?,
+                    None => delete.await?,
+                };
             }
-            None => find.await?.try_collect().await?,
-        };
-        let ids: Vec<bson::Uuid> = documents
-            .iter()
-            .filter_map(|document| match document.get("_id") {
-                Some(Bson::Binary(binary)) => binary.to_uuid().ok(),
-                _ => None,
-            })
-            .filter(|session_id| Some(*session_id) != keep.map(id))
-            .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
+            if fetched < DELETE_BATCH {
+                return Ok(ended);
+            }
         }
-        let ended = ids
-            .iter()
-            .map(|&session_id| Uuid::from(session_id))
-            .collect();
-        let delete = self.sessions.delete_many(doc! { "_id": { "$in": ids } });
-        match transaction {
-            Some(transaction) => delete.session(transaction).await?,
-            None => delete.await?,
-        };
-        Ok(ended)
     }
 
     /// The error for a duplicate key on registration: which of the two unique values is taken
@@ -505,6 +613,7 @@ fn user_of(document: UserDocument) -> User {
         username: document.username,
         created_at: document.created_at.to_chrono(),
         disabled_at: document.disabled_at.map(bson::DateTime::to_chrono),
+        credential_version: document.credential_version,
     }
 }
 
@@ -529,6 +638,7 @@ fn session_of(document: SessionDocument) -> Session {
         idle_expires_at: document.idle_expires_at.to_chrono(),
         user_agent: document.user_agent,
         ip_address: document.ip_address,
+        credential_version: document.credential_version,
     }
 }
 
@@ -545,6 +655,7 @@ fn session_document(session: NewSession) -> SessionDocument {
         idle_expires_at: date(session.idle_expires_at),
         user_agent: session.user_agent,
         ip_address: session.ip_address,
+        credential_version: session.credential_version,
     }
 }
 
@@ -580,6 +691,7 @@ impl Store for MongoStore {
             password_hash: new_user.password_hash,
             created_at: date(new_user.created_at),
             disabled_at: None,
+            credential_version: FIRST_CREDENTIAL_VERSION,
         };
         let session = session_document(new_session);
         let written = if self.transactions {
@@ -615,20 +727,19 @@ impl Store for MongoStore {
         &self,
         login_normalized: &str,
     ) -> StoreResult<Option<UserCredentials>> {
-        // Email first, then username: two lookups on one unique index each (an `$or` needs a
-        // planner that unions two index scans). An email that is also someone's username
-        // deterministically logs in the account whose email it is.
-        for field in ["email_normalized", "username_normalized"] {
-            let found = self
-                .users
-                .find_one(doc! { field: login_normalized })
-                .await
-                .map_err(classify)?;
-            if let Some(user) = found {
-                return Ok(Some(credentials_of(user)));
-            }
-        }
-        Ok(None)
+        // A key with `@` is an email's, and only an email's (a username holds `@` only when it
+        // is its account's own email).
+        let field = if login_normalized.contains('@') {
+            "email_normalized"
+        } else {
+            "username_normalized"
+        };
+        Ok(self
+            .users
+            .find_one(doc! { field: login_normalized })
+            .await
+            .map_err(classify)?
+            .map(credentials_of))
     }
 
     async fn find_credentials_by_id(&self, user_id: Uuid) -> StoreResult<Option<UserCredentials>> {
@@ -640,10 +751,40 @@ impl Store for MongoStore {
             .map(credentials_of))
     }
 
-    async fn create_session(&self, new_session: NewSession) -> StoreResult<Session> {
+    /// The session first, then the check of its user: a password change or a disable that
+    /// lands before the check is seen by it (the session is deleted again, `None`); one that
+    /// lands after it ends the session with the others, or, where a transaction of the change
+    /// did not see the insert, leaves a session of an old credential version, which every
+    /// lookup refuses.
+    async fn create_session(
+        &self,
+        new_session: NewSession,
+        max_sessions: usize,
+    ) -> StoreResult<Option<CreatedSession>> {
         let session = session_document(new_session);
         self.sessions.insert_one(&session).await.map_err(classify)?;
-        Ok(session_of(session))
+        let user = self
+            .users
+            .find_one(doc! { "_id": session.user_id })
+            .await
+            .map_err(classify)?;
+        let current = user.is_some_and(|user| {
+            user.credential_version == session.credential_version && user.disabled_at.is_none()
+        });
+        if !current {
+            self.sessions
+                .delete_one(doc! { "_id": session.id })
+                .await
+                .map_err(classify)?;
+            return Ok(None);
+        }
+        let evicted = self
+            .evict_beyond(session.user_id.into(), max_sessions)
+            .await?;
+        Ok(Some(CreatedSession {
+            session: session_of(session),
+            evicted,
+        }))
     }
 
     async fn find_session_by_access_jti(
@@ -663,7 +804,10 @@ impl Store for MongoStore {
             .await
             .map_err(classify)?;
         match found {
-            Some(session) => self.with_user(session).await,
+            Some(session) => Ok(self
+                .with_user(session)
+                .await?
+                .filter(|(user, session)| session.is_current_for(user))),
             None => Ok(None),
         }
     }
@@ -704,8 +848,12 @@ impl Store for MongoStore {
             .hint(by_id())
             .await
             .map_err(classify)?;
+        // A session of an old credential version, or of a disabled user, rotated all the same
+        // is dead on every lookup; it is refused here too.
         match rotated {
-            Some(session) => self.with_user(session).await,
+            Some(session) => Ok(self.with_user(session).await?.filter(|(user, session)| {
+                session.is_current_for(user) && user.disabled_at.is_none()
+            })),
             None => Ok(None),
         }
     }
@@ -713,12 +861,28 @@ impl Store for MongoStore {
     async fn list_live_sessions(
         &self,
         user_id: Uuid,
+        credential_version: i64,
         now: DateTime<Utc>,
+        page: SessionPage,
     ) -> StoreResult<Vec<Session>> {
+        let mut filter = and_live(
+            doc! { "user_id": id(user_id), "credential_version": credential_version },
+            now,
+        );
+        if let Some(after) = page.after {
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "created_at": { "$lt": date(after.created_at) } },
+                    doc! { "created_at": date(after.created_at), "_id": { "$lt": id(after.id) } },
+                ],
+            );
+        }
         let sessions: Vec<SessionDocument> = self
             .sessions
-            .find(and_live(doc! { "user_id": id(user_id) }, now))
+            .find(filter)
             .sort(doc! { "created_at": -1, "_id": -1 })
+            .limit(i64::try_from(page.first).unwrap_or(i64::MAX))
             .hint(by_user())
             .await
             .map_err(classify)?
@@ -761,10 +925,10 @@ impl Store for MongoStore {
             .map_err(classify)
     }
 
-    /// In a transaction where the deployment has them. Without, the other sessions are ended
-    /// before the new hash is stored and once more after it, so no failure between the writes
-    /// leaves the new password in place with another session still alive (one created with
-    /// the old password while the hash changed is caught by the second delete).
+    /// In a transaction where the deployment has them. Without, the credential version moves on
+    /// first (from then on every other session is refused on every lookup), then the kept
+    /// session follows it and the others are deleted: a failure between the writes leaves the
+    /// new password with sessions that nothing accepts, at worst the kept one too.
     async fn change_password(
         &self,
         user_id: Uuid,
@@ -772,11 +936,25 @@ impl Store for MongoStore {
         keep_session: Uuid,
     ) -> StoreResult<Vec<Uuid>> {
         let user_filter = doc! { "_id": id(user_id) };
-        let set_hash = doc! { "$set": { "password_hash": password_hash } };
+        let change = doc! {
+            "$set": { "password_hash": password_hash },
+            "$inc": { "credential_version": 1 },
+        };
+        let keep_filter = doc! { "_id": id(keep_session), "user_id": id(user_id) };
+        let follow = |version: i64| doc! { "$set": { "credential_version": version } };
         if self.transactions {
             return in_transaction!(self, transaction, {
-                self.users
-                    .update_one(user_filter.clone(), set_hash.clone())
+                let changed = self
+                    .users
+                    .find_one_and_update(user_filter.clone(), change.clone())
+                    .return_document(ReturnDocument::After)
+                    .session(&mut transaction)
+                    .await?;
+                let Some(changed) = changed else {
+                    return Ok(Vec::new());
+                };
+                self.sessions
+                    .update_one(keep_filter.clone(), follow(changed.credential_version))
                     .session(&mut transaction)
                     .await?;
                 self.end_sessions(user_id, Some(keep_session), Some(&mut transaction))
@@ -784,18 +962,38 @@ impl Store for MongoStore {
             })
             .map_err(classify);
         }
-        let mut ended = self
-            .delete_other_sessions(user_id, Some(keep_session))
-            .await?;
-        self.users
-            .update_one(user_filter, set_hash)
+        let changed = self
+            .users
+            .find_one_and_update(user_filter, change)
+            .return_document(ReturnDocument::After)
             .await
             .map_err(classify)?;
-        ended.extend(
-            self.delete_other_sessions(user_id, Some(keep_session))
-                .await?,
-        );
-        Ok(ended)
+        let Some(changed) = changed else {
+            return Ok(Vec::new());
+        };
+        self.sessions
+            .update_one(keep_filter, follow(changed.credential_version))
+            .await
+            .map_err(classify)?;
+        self.delete_other_sessions(user_id, Some(keep_session))
+            .await
+    }
+
+    async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        current: &str,
+        new: String,
+    ) -> StoreResult<bool> {
+        let replaced = self
+            .users
+            .update_one(
+                doc! { "_id": id(user_id), "password_hash": current },
+                doc! { "$set": { "password_hash": new } },
+            )
+            .await
+            .map_err(classify)?;
+        Ok(replaced.modified_count == 1)
     }
 
     /// In a transaction where the deployment has them. Without, the user is marked first and
@@ -807,8 +1005,15 @@ impl Store for MongoStore {
         disabled_at: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<Vec<Uuid>>> {
         let user_filter = doc! { "_id": id(user_id) };
-        let mark = doc! { "$set": { "disabled_at": disabled_at.map(date) } };
         let end_sessions = disabled_at.is_some();
+        let mark = if end_sessions {
+            doc! {
+                "$set": { "disabled_at": disabled_at.map(date) },
+                "$inc": { "credential_version": 1 },
+            }
+        } else {
+            doc! { "$set": { "disabled_at": Bson::Null } }
+        };
         if self.transactions {
             return in_transaction!(self, transaction, {
                 let marked = self

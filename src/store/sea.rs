@@ -7,23 +7,33 @@ use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, SqlErr, Statement, TransactionTrait,
-    sea_query::{Expr, LockBehavior, LockType, OnConflict, Query},
+    sea_query::{Expr, ExprTrait, LockBehavior, LockType, OnConflict, Query},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 use uuid::Uuid;
 
 use super::{
-    EventStream, NewSession, NewUser, PoolSettings, PoolStatus, Rotation, Session, Store,
-    StoreError, StoreResult, User, UserCredentials,
+    CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, NewSession, NewUser,
+    PoolSettings, PoolStatus, Rotation, Session, SessionPage, Store, StoreError, StoreResult, User,
+    UserCredentials,
     entity::{session, setting, user},
+    least_recently_used,
 };
 
 /// The store on SeaORM: SQLite (the embedded default) or PostgreSQL, chosen by the URL.
 #[derive(Clone)]
 pub struct SeaStore {
     db: DatabaseConnection,
-    /// SQLite: how the readiness probe opens a connection of its own.
-    write_probe: Option<SqliteConnectOptions>,
+    /// SQLite: how the readiness probe opens its connection, and that connection once open.
+    write_probe: Option<WriteProbe>,
+}
+
+/// SQLite's readiness probe: a connection of its own (its busy timeout is short, the pool's is
+/// not), opened once and kept; opened again after a failure.
+#[derive(Clone)]
+struct WriteProbe {
+    options: SqliteConnectOptions,
+    connection: std::sync::Arc<tokio::sync::Mutex<Option<sea_orm::sqlx::SqliteConnection>>>,
 }
 
 /// How long the readiness probe waits for SQLite's write lock: a probe must answer quickly.
@@ -62,7 +72,10 @@ impl SeaStore {
             let options: SqliteConnectOptions = database_url
                 .parse()
                 .map_err(|_| DbErr::Custom("DATABASE_URL is not a SQLite URL".into()))?;
-            Some(configure_sqlite(options, WRITE_PROBE_BUSY_TIMEOUT))
+            Some(WriteProbe {
+                options: configure_sqlite(options, WRITE_PROBE_BUSY_TIMEOUT),
+                connection: Default::default(),
+            })
         } else {
             None
         };
@@ -83,33 +96,46 @@ impl SeaStore {
     }
 
     /// Whether the database takes a write right now. SQLite: a write in a transaction that is
-    /// rolled back, on a connection of its own that waits at most 500 ms for the write lock (a
-    /// file locked by another process, read-only, on a full disk or gone fails it). PostgreSQL:
-    /// the server is not read-only (a standby after a failover is). Errors are `Unavailable`.
+    /// rolled back, on the probe's own connection (kept open between probes, one probe at a
+    /// time), which waits at most 500 ms for the write lock (a file locked by another process,
+    /// read-only, on a full disk or gone fails it). PostgreSQL: the server is not read-only (a
+    /// standby after a failover is). Errors are `Unavailable`.
     pub async fn check_writable(&self) -> StoreResult<()> {
         use sea_orm::sqlx::{self, Connection};
         let refused = |why: String| StoreError::Unavailable(format!("writes fail: {why}").into());
         match &self.write_probe {
-            Some(options) => {
-                let mut connection = sqlx::SqliteConnection::connect_with(options)
-                    .await
-                    .map_err(|error| refused(error.to_string()))?;
-                let probe = async {
+            Some(probe) => {
+                let mut kept = probe.connection.lock().await;
+                let connection = match kept.as_mut() {
+                    Some(connection) => connection,
+                    None => kept.insert(
+                        sqlx::SqliteConnection::connect_with(&probe.options)
+                            .await
+                            .map_err(|error| refused(error.to_string()))?,
+                    ),
+                };
+                let write = async {
                     sqlx::query("BEGIN IMMEDIATE")
-                        .execute(&mut connection)
+                        .execute(&mut *connection)
                         .await?;
-                    sqlx::query(
+                    let inserted = sqlx::query(
                         "INSERT INTO settings (name, value) VALUES ('authql.write_probe', '')",
                     )
-                    .execute(&mut connection)
-                    .await?;
-                    sqlx::query("ROLLBACK").execute(&mut connection).await
+                    .execute(&mut *connection)
+                    .await;
+                    sqlx::query("ROLLBACK").execute(&mut *connection).await?;
+                    inserted
                 };
-                let outcome = probe.await;
-                let _ = connection.close().await;
-                outcome
-                    .map(drop)
-                    .map_err(|error| refused(error.to_string()))
+                match write.await {
+                    Ok(_) => Ok(()),
+                    Err(error) => {
+                        // Opened afresh next time: the file may have been replaced or moved.
+                        if let Some(connection) = kept.take() {
+                            let _ = connection.close().await;
+                        }
+                        Err(refused(error.to_string()))
+                    }
+                }
             }
             None => {
                 let read_only = self
@@ -169,6 +195,7 @@ impl From<user::Model> for User {
             username: row.username,
             created_at: row.created_at,
             disabled_at: row.disabled_at,
+            credential_version: row.credential_version,
         }
     }
 }
@@ -197,6 +224,7 @@ impl From<session::Model> for Session {
             idle_expires_at: row.idle_expires_at,
             user_agent: row.user_agent,
             ip_address: row.ip_address,
+            credential_version: row.credential_version,
         }
     }
 }
@@ -211,17 +239,141 @@ fn live_at(now: DateTime<Utc>) -> Condition {
 /// The PostgreSQL channel session events travel on.
 const EVENT_CHANNEL: &str = "authql_session_events";
 
-fn ids(rows: Vec<session::Model>) -> Vec<Uuid> {
-    rows.into_iter().map(|row| row.id).collect()
+/// Deletes the user's sessions but `keep` (all of them without) on `connection` (the pool or a
+/// transaction), [`DELETE_BATCH`] at a time: one `DELETE ... WHERE id IN (SELECT id ... LIMIT
+/// n) RETURNING id` per batch. Returns the ids deleted.
+async fn end_sessions(
+    connection: &impl ConnectionTrait,
+    user_id: Uuid,
+    keep: Option<Uuid>,
+) -> Result<Vec<Uuid>, DbErr> {
+    let mut ended = Vec::new();
+    loop {
+        let mut batch = Query::select();
+        batch
+            .column(session::Column::Id)
+            .from(session::Entity)
+            .and_where(session::Column::UserId.eq(user_id))
+            .limit(DELETE_BATCH as u64);
+        if let Some(keep) = keep {
+            batch.and_where(session::Column::Id.ne(keep));
+        }
+        let deleted = session::Entity::delete_many()
+            .filter(session::Column::Id.in_subquery(batch))
+            .exec_with_returning(connection)
+            .await?;
+        let count = deleted.len();
+        ended.extend(deleted.into_iter().map(|row| row.id));
+        if count < DELETE_BATCH {
+            return Ok(ended);
+        }
+    }
 }
 
-/// Deletes the user's sessions but `keep` (all of them without).
-fn other_sessions(user_id: Uuid, keep: Option<Uuid>) -> sea_orm::DeleteMany<session::Entity> {
-    let mut delete = session::Entity::delete_many().filter(session::Column::UserId.eq(user_id));
-    if let Some(keep) = keep {
-        delete = delete.filter(session::Column::Id.ne(keep));
+/// `sessions.credential_version IN (the credential version of the session's user, if enabled)`.
+fn made_under_current_credentials() -> sea_orm::sea_query::SimpleExpr {
+    let mut current = Query::select();
+    current
+        .column((user::Entity, user::Column::CredentialVersion))
+        .from(user::Entity)
+        .and_where(
+            Expr::col((user::Entity, user::Column::Id))
+                .equals((session::Entity, session::Column::UserId)),
+        )
+        .and_where(Expr::col((user::Entity, user::Column::DisabledAt)).is_null());
+    session::Column::CredentialVersion.in_subquery(current)
+}
+
+/// Stores `session` if its user exists, is enabled and is at the session's credential
+/// version: one `INSERT ... SELECT ... FROM users WHERE ...` (on PostgreSQL the user row is
+/// locked `FOR SHARE` by it, so a concurrent password change waits for this insert, then ends
+/// the session with the others, or this insert waits for the change and finds the new version).
+/// `false` when nothing was stored.
+async fn insert_if_current(
+    connection: &impl ConnectionTrait,
+    session: &NewSession,
+) -> Result<bool, DbErr> {
+    let backend = connection.get_database_backend();
+    let mut current_user = Query::select();
+    current_user
+        .exprs([
+            Expr::val(session.id),
+            Expr::val(session.user_id),
+            Expr::val(session.access_jti),
+            Expr::val(session.refresh_jti),
+            Expr::val(session.previous_refresh_jti),
+            Expr::val(session.created_at),
+            Expr::val(session.last_refreshed_at),
+            Expr::val(session.expires_at),
+            Expr::val(session.idle_expires_at),
+            Expr::val(session.user_agent.clone()),
+            Expr::val(session.ip_address.clone()),
+            Expr::val(session.credential_version),
+        ])
+        .from(user::Entity)
+        .and_where(user::Column::Id.eq(session.user_id))
+        .and_where(user::Column::CredentialVersion.eq(session.credential_version))
+        .and_where(user::Column::DisabledAt.is_null());
+    if backend == DbBackend::Postgres {
+        current_user.lock(LockType::Share);
     }
-    delete
+    let insert = Query::insert()
+        .into_table(session::Entity)
+        .columns([
+            session::Column::Id,
+            session::Column::UserId,
+            session::Column::AccessJti,
+            session::Column::RefreshJti,
+            session::Column::PreviousRefreshJti,
+            session::Column::CreatedAt,
+            session::Column::LastRefreshedAt,
+            session::Column::ExpiresAt,
+            session::Column::IdleExpiresAt,
+            session::Column::UserAgent,
+            session::Column::IpAddress,
+            session::Column::CredentialVersion,
+        ])
+        .select_from(current_user)
+        .map_err(|error| DbErr::Custom(error.to_string()))?
+        .to_owned();
+    let inserted = connection.execute_raw(backend.build(&insert)).await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Ends the user's sessions beyond the `keep` most recently used; returns their ids. One count
+/// when the user is within the limit, as they almost always are.
+async fn evict_beyond(
+    connection: &impl ConnectionTrait,
+    user_id: Uuid,
+    keep: usize,
+) -> Result<Vec<Uuid>, DbErr> {
+    use sea_orm::{PaginatorTrait, QuerySelect};
+    let count = session::Entity::find()
+        .filter(session::Column::UserId.eq(user_id))
+        .count(connection)
+        .await?;
+    if count <= keep as u64 {
+        return Ok(Vec::new());
+    }
+    let sessions: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)> = session::Entity::find()
+        .select_only()
+        .columns([
+            session::Column::Id,
+            session::Column::CreatedAt,
+            session::Column::LastRefreshedAt,
+        ])
+        .filter(session::Column::UserId.eq(user_id))
+        .into_tuple()
+        .all(connection)
+        .await?;
+    let evicted = least_recently_used(sessions, keep);
+    for batch in evicted.chunks(DELETE_BATCH) {
+        session::Entity::delete_many()
+            .filter(session::Column::Id.is_in(batch.iter().copied()))
+            .exec(connection)
+            .await?;
+    }
+    Ok(evicted)
 }
 
 fn with_user(found: Option<(session::Model, Option<user::Model>)>) -> Option<(User, Session)> {
@@ -244,6 +396,7 @@ fn new_session_row(session: NewSession) -> session::ActiveModel {
         idle_expires_at: Set(session.idle_expires_at),
         user_agent: Set(session.user_agent),
         ip_address: Set(session.ip_address),
+        credential_version: Set(session.credential_version),
     }
 }
 
@@ -264,6 +417,7 @@ impl Store for SeaStore {
             password_hash: Set(new_user.password_hash),
             created_at: Set(new_user.created_at),
             disabled_at: Set(None),
+            credential_version: Set(FIRST_CREDENTIAL_VERSION),
         };
         let transaction = self.db.begin().await?;
         let inserted = async {
@@ -306,12 +460,13 @@ impl Store for SeaStore {
         &self,
         login_normalized: &str,
     ) -> StoreResult<Option<UserCredentials>> {
+        let column = if login_normalized.contains('@') {
+            user::Column::EmailNormalized
+        } else {
+            user::Column::UsernameNormalized
+        };
         Ok(user::Entity::find()
-            .filter(
-                Condition::any()
-                    .add(user::Column::EmailNormalized.eq(login_normalized))
-                    .add(user::Column::UsernameNormalized.eq(login_normalized)),
-            )
+            .filter(column.eq(login_normalized))
             .one(&self.db)
             .await?
             .map(Into::into))
@@ -324,11 +479,44 @@ impl Store for SeaStore {
             .map(Into::into))
     }
 
-    async fn create_session(&self, new_session: NewSession) -> StoreResult<Session> {
-        Ok(session::Entity::insert(new_session_row(new_session))
-            .exec_with_returning(&self.db)
-            .await?
-            .into())
+    async fn create_session(
+        &self,
+        new_session: NewSession,
+        max_sessions: usize,
+    ) -> StoreResult<Option<CreatedSession>> {
+        // The insert comes first, so that SQLite's transaction takes the write lock at once.
+        let transaction = self.db.begin().await?;
+        let created = async {
+            if !insert_if_current(&transaction, &new_session).await? {
+                return Ok(None);
+            }
+            evict_beyond(&transaction, new_session.user_id, max_sessions)
+                .await
+                .map(Some)
+        }
+        .await;
+        match created {
+            Ok(Some(evicted)) => {
+                transaction.commit().await?;
+                Ok(Some(CreatedSession {
+                    session: new_session,
+                    evicted,
+                }))
+            }
+            Ok(None) => {
+                transaction.rollback().await?;
+                Ok(None)
+            }
+            Err(error) => {
+                let _ = transaction.rollback().await;
+                // The user went away between the check and the insert (no lock on SQLite is
+                // needed for that, but a foreign key says the same).
+                if let Some(SqlErr::ForeignKeyConstraintViolation(_)) = error.sql_err() {
+                    return Ok(None);
+                }
+                Err(error.into())
+            }
+        }
     }
 
     async fn find_session_by_access_jti(
@@ -344,6 +532,10 @@ impl Store for SeaStore {
         let found = session::Entity::find_by_id(session_id)
             .filter(session::Column::AccessJti.eq(access_jti))
             .filter(live_at(now))
+            .filter(
+                Expr::col((session::Entity, session::Column::CredentialVersion))
+                    .equals((user::Entity, user::Column::CredentialVersion)),
+            )
             .find_also_related(user::Entity)
             .all(&self.db)
             .await?
@@ -382,6 +574,7 @@ impl Store for SeaStore {
             .filter(session::Column::Id.eq(rotation.session_id))
             .filter(session::Column::RefreshJti.eq(rotation.presented_refresh_jti))
             .filter(live_at(rotation.at))
+            .filter(made_under_current_credentials())
             .exec_with_returning(&self.db)
             .await?;
         let Some(session) = updated.into_iter().next() else {
@@ -396,13 +589,30 @@ impl Store for SeaStore {
     async fn list_live_sessions(
         &self,
         user_id: Uuid,
+        credential_version: i64,
         now: DateTime<Utc>,
+        page: SessionPage,
     ) -> StoreResult<Vec<Session>> {
-        Ok(session::Entity::find()
+        use sea_orm::QuerySelect;
+        let mut find = session::Entity::find()
             .filter(session::Column::UserId.eq(user_id))
-            .filter(live_at(now))
+            .filter(session::Column::CredentialVersion.eq(credential_version))
+            .filter(live_at(now));
+        if let Some(after) = page.after {
+            find = find.filter(
+                Condition::any()
+                    .add(session::Column::CreatedAt.lt(after.created_at))
+                    .add(
+                        Condition::all()
+                            .add(session::Column::CreatedAt.eq(after.created_at))
+                            .add(session::Column::Id.lt(after.id)),
+                    ),
+            );
+        }
+        Ok(find
             .order_by_desc(session::Column::CreatedAt)
             .order_by_desc(session::Column::Id)
+            .limit(page.first)
             .all(&self.db)
             .await?
             .into_iter()
@@ -433,9 +643,7 @@ impl Store for SeaStore {
         user_id: Uuid,
         keep: Option<Uuid>,
     ) -> StoreResult<Vec<Uuid>> {
-        Ok(ids(other_sessions(user_id, keep)
-            .exec_with_returning(&self.db)
-            .await?))
+        Ok(end_sessions(&self.db, user_id, keep).await?)
     }
 
     async fn set_user_disabled(
@@ -444,16 +652,18 @@ impl Store for SeaStore {
         disabled_at: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<Vec<Uuid>>> {
         let transaction = self.db.begin().await?;
-        let updated = user::Entity::update_many()
+        let mut update = user::Entity::update_many()
             .col_expr(user::Column::DisabledAt, Expr::value(disabled_at))
-            .filter(user::Column::Id.eq(user_id))
-            .exec(&transaction)
-            .await?
-            .rows_affected;
+            .filter(user::Column::Id.eq(user_id));
+        if disabled_at.is_some() {
+            update = update.col_expr(
+                user::Column::CredentialVersion,
+                Expr::col(user::Column::CredentialVersion).add(1),
+            );
+        }
+        let updated = update.exec(&transaction).await?.rows_affected;
         let ended = if updated > 0 && disabled_at.is_some() {
-            ids(other_sessions(user_id, None)
-                .exec_with_returning(&transaction)
-                .await?)
+            end_sessions(&transaction, user_id, None).await?
         } else {
             Vec::new()
         };
@@ -465,9 +675,7 @@ impl Store for SeaStore {
         let transaction = self.db.begin().await?;
         // The sessions go first and explicitly: their ids are reported, and nothing relies on
         // ON DELETE CASCADE being switched on (SQLite needs a pragma for it).
-        let ended = ids(other_sessions(user_id, None)
-            .exec_with_returning(&transaction)
-            .await?);
+        let ended = end_sessions(&transaction, user_id, None).await?;
         let deleted = user::Entity::delete_by_id(user_id)
             .exec(&transaction)
             .await?
@@ -509,16 +717,44 @@ impl Store for SeaStore {
         keep_session: Uuid,
     ) -> StoreResult<Vec<Uuid>> {
         let transaction = self.db.begin().await?;
-        user::Entity::update_many()
+        let updated = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
+            .col_expr(
+                user::Column::CredentialVersion,
+                Expr::col(user::Column::CredentialVersion).add(1),
+            )
             .filter(user::Column::Id.eq(user_id))
+            .exec_with_returning(&transaction)
+            .await?;
+        let Some(version) = updated.first().map(|user| user.credential_version) else {
+            transaction.rollback().await?;
+            return Ok(Vec::new());
+        };
+        session::Entity::update_many()
+            .col_expr(session::Column::CredentialVersion, Expr::value(version))
+            .filter(session::Column::Id.eq(keep_session))
+            .filter(session::Column::UserId.eq(user_id))
             .exec(&transaction)
             .await?;
-        let ended = ids(other_sessions(user_id, Some(keep_session))
-            .exec_with_returning(&transaction)
-            .await?);
+        let ended = end_sessions(&transaction, user_id, Some(keep_session)).await?;
         transaction.commit().await?;
         Ok(ended)
+    }
+
+    async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        current: &str,
+        new: String,
+    ) -> StoreResult<bool> {
+        let replaced = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, Expr::value(new))
+            .filter(user::Column::Id.eq(user_id))
+            .filter(user::Column::PasswordHash.eq(current))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(replaced == 1)
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -763,6 +763,7 @@ async fn pruners_running_at_once_delete_each_ended_session_exactly_once_without_
             },
             user_agent: None,
             ip_address: None,
+            credential_version: 0,
         }
     });
     insert_session_rows(&app.database_url, ended.collect()).await;

@@ -412,6 +412,7 @@ pub async fn session_rows_in(database_url: &str) -> Vec<session::Model> {
             idle_expires_at: document.idle_expires_at.to_chrono(),
             user_agent: document.user_agent,
             ip_address: document.ip_address,
+            credential_version: document.credential_version,
         })
         .collect()
 }
@@ -447,6 +448,7 @@ pub async fn user_rows_in(database_url: &str) -> Vec<user::Model> {
             password_hash: document.password_hash,
             created_at: document.created_at.to_chrono(),
             disabled_at: document.disabled_at.map(bson::DateTime::to_chrono),
+            credential_version: document.credential_version,
         })
         .collect()
 }
@@ -534,6 +536,7 @@ pub async fn insert_session_rows(database_url: &str, rows: Vec<session::Model>) 
         idle_expires_at: bson::DateTime::from_chrono(row.idle_expires_at),
         user_agent: row.user_agent,
         ip_address: row.ip_address,
+        credential_version: row.credential_version,
     });
     mongodb_database(database_url)
         .await

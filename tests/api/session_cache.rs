@@ -1,25 +1,37 @@
 //! The session cache on SQLite (a decorator over the store): every write method leaves it
-//! exact, and a second process cannot serve the same file.
+//! exact, also when the caller is cancelled at any point of the write, and a second process
+//! cannot serve the same file.
 
-use std::{num::NonZeroUsize, time::Duration};
+use std::{future::Future, num::NonZeroUsize, time::Duration};
 
-use authql::store::{CachedStore, NewUser, PoolSettings, Rotation, SeaStore, Session, Store};
+use authql::store::{
+    CachedStore, NewUser, PoolSettings, Rotation, SeaStore, Session, SessionPage, Store,
+};
 use chrono::{TimeDelta, Utc};
 use uuid::Uuid;
 
 use crate::helpers::{shared_database_url, spawn_app, sqlite_url, test_config};
 
-async fn cached_store(dir: &tempfile::TempDir) -> CachedStore<SeaStore> {
-    let url = sqlite_url(&dir.path().join("cache.db"));
-    let pool = PoolSettings {
+fn pool() -> PoolSettings {
+    PoolSettings {
         max_connections: Some(2),
         connect_timeout: Duration::from_secs(5),
         acquire_timeout: Duration::from_secs(5),
         busy_timeout: Duration::from_secs(5),
-    };
-    let store = SeaStore::connect(&url, pool).await.unwrap();
+    }
+}
+
+/// A cached store on a fresh SQLite file, and a plain store on the same file that tells what
+/// the database holds.
+async fn stores(dir: &tempfile::TempDir) -> (CachedStore<SeaStore>, SeaStore) {
+    let url = sqlite_url(&dir.path().join("cache.db"));
+    let store = SeaStore::connect(&url, pool()).await.unwrap();
     store.migrate().await.unwrap();
-    CachedStore::new(store, NonZeroUsize::new(100).unwrap())
+    let plain = SeaStore::connect(&url, pool()).await.unwrap();
+    (
+        CachedStore::new(store, NonZeroUsize::new(100).unwrap()),
+        plain,
+    )
 }
 
 fn session(user_id: Uuid, lifetime: TimeDelta) -> Session {
@@ -36,16 +48,53 @@ fn session(user_id: Uuid, lifetime: TimeDelta) -> Session {
         idle_expires_at: now + lifetime,
         user_agent: None,
         ip_address: None,
+        credential_version: 0,
+    }
+}
+
+fn new_user(user_id: Uuid) -> NewUser {
+    NewUser {
+        id: user_id,
+        email: format!("{user_id}@example.com"),
+        email_normalized: format!("{user_id}@example.com"),
+        username: user_id.simple().to_string(),
+        username_normalized: user_id.simple().to_string(),
+        password_hash: "x".into(),
+        created_at: Utc::now(),
     }
 }
 
 /// Looks `session` up by its access jti, as every authenticated request does.
-async fn accepted(store: &CachedStore<SeaStore>, session: &Session) -> bool {
+async fn accepted(store: &impl Store, session: &Session) -> bool {
     store
         .find_session_by_access_jti(session.id, session.access_jti, Utc::now())
         .await
         .unwrap()
         .is_some()
+}
+
+/// A user with `count` sessions, each looked up once so that the cache holds them.
+async fn user_with_sessions(store: &CachedStore<SeaStore>, count: usize) -> (Uuid, Vec<Session>) {
+    let user_id = Uuid::new_v4();
+    let first = session(user_id, TimeDelta::hours(1));
+    store
+        .create_user_with_session(new_user(user_id), first.clone())
+        .await
+        .unwrap();
+    let mut sessions = vec![first];
+    for _ in 1..count {
+        let created = store
+            .create_session(session(user_id, TimeDelta::hours(1)), 100)
+            .await
+            .unwrap()
+            .expect("the user is current");
+        sessions.push(created.session);
+    }
+    for session in &sessions {
+        assert!(accepted(store, session).await);
+        assert!(store.is_cached(session.id));
+    }
+    (user_id, sessions)
 }
 
 #[tokio::test]
@@ -54,24 +103,9 @@ async fn every_write_method_leaves_the_cache_exact() {
         return; // the cache exists on SQLite only
     }
     let dir = tempfile::tempdir().unwrap();
-    let store = cached_store(&dir).await;
-    let user_id = Uuid::new_v4();
-    let user = NewUser {
-        id: user_id,
-        email: "ada@example.com".into(),
-        email_normalized: "ada@example.com".into(),
-        username: "ada".into(),
-        username_normalized: "ada".into(),
-        password_hash: "x".into(),
-        created_at: Utc::now(),
-    };
-    let first = session(user_id, TimeDelta::hours(1));
-    store
-        .create_user_with_session(user, first.clone())
-        .await
-        .unwrap();
-    assert!(accepted(&store, &first).await);
-    assert!(store.is_cached(first.id), "a lookup fills the cache");
+    let (store, _) = stores(&dir).await;
+    let (user_id, sessions) = user_with_sessions(&store, 1).await;
+    let first = sessions[0].clone();
     assert!(accepted(&store, &first).await, "and a hit accepts");
 
     // rotate_session: the old access jti is refused at once, the new one accepted.
@@ -91,12 +125,19 @@ async fn every_write_method_leaves_the_cache_exact() {
     };
     assert!(accepted(&store, &rotated).await);
 
+    let create = || async {
+        let created = store
+            .create_session(session(user_id, TimeDelta::hours(1)), 100)
+            .await
+            .unwrap()
+            .unwrap()
+            .session;
+        assert!(accepted(&store, &created).await);
+        created
+    };
+
     // delete_user_sessions (logout, revokeTokens, reuse detection).
-    let second = store
-        .create_session(session(user_id, TimeDelta::hours(1)))
-        .await
-        .unwrap();
-    assert!(accepted(&store, &second).await);
+    let second = create().await;
     store
         .delete_user_sessions(user_id, &[second.id])
         .await
@@ -104,11 +145,7 @@ async fn every_write_method_leaves_the_cache_exact() {
     assert!(!accepted(&store, &second).await);
 
     // delete_other_sessions (revokeOtherSessions) keeps the kept one.
-    let third = store
-        .create_session(session(user_id, TimeDelta::hours(1)))
-        .await
-        .unwrap();
-    assert!(accepted(&store, &third).await);
+    let third = create().await;
     store
         .delete_other_sessions(user_id, Some(rotated.id))
         .await
@@ -116,31 +153,303 @@ async fn every_write_method_leaves_the_cache_exact() {
     assert!(!accepted(&store, &third).await);
     assert!(accepted(&store, &rotated).await);
 
-    // change_password ends the others too.
-    let fourth = store
-        .create_session(session(user_id, TimeDelta::hours(1)))
-        .await
-        .unwrap();
-    assert!(accepted(&store, &fourth).await);
+    // change_password ends the others, and the kept one follows the new credential version.
+    let fourth = create().await;
     store
         .change_password(user_id, "y".into(), rotated.id)
         .await
         .unwrap();
     assert!(!accepted(&store, &fourth).await);
-    assert!(accepted(&store, &rotated).await);
+    let kept = Session {
+        credential_version: 1,
+        ..rotated.clone()
+    };
+    assert!(accepted(&store, &kept).await);
 
-    // prune_sessions: a session that ended is gone from the cache with its row, and a session
-    // that ends while cached is refused by the clock even before pruning.
+    // A session of the old credential version cannot be created any more.
+    assert_eq!(
+        store
+            .create_session(session(user_id, TimeDelta::hours(1)), 100)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A session that ends while cached is refused by the clock; pruning removes its row.
     let short = store
-        .create_session(session(user_id, TimeDelta::milliseconds(300)))
+        .create_session(
+            Session {
+                credential_version: 1,
+                ..session(user_id, TimeDelta::milliseconds(300))
+            },
+            100,
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .unwrap()
+        .session;
     assert!(accepted(&store, &short).await);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!accepted(&store, &short).await, "expired while cached");
     store.prune_sessions(Utc::now(), 100).await.unwrap();
-    assert!(!store.is_cached(short.id));
-    assert!(accepted(&store, &rotated).await);
+    assert!(!accepted(&store, &short).await);
+    assert!(accepted(&store, &kept).await);
+
+    // set_user_disabled, then delete_user.
+    store
+        .set_user_disabled(user_id, Some(Utc::now()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!accepted(&store, &kept).await);
+    store.set_user_disabled(user_id, None).await.unwrap();
+    let (other_user, others) = user_with_sessions(&store, 2).await;
+    store.delete_user(other_user).await.unwrap().unwrap();
+    for session in &others {
+        assert!(!accepted(&store, session).await);
+    }
+}
+
+/// Polls `write` `polls` times (yielding to the runtime between polls, so that the database
+/// work it started goes on) and then drops it, unless it finished first. Returns whether it
+/// finished.
+async fn cancel_after<T>(write: impl Future<Output = T>, polls: usize) -> bool {
+    let mut write = std::pin::pin!(write);
+    for _ in 0..polls {
+        if futures::poll!(write.as_mut()).is_ready() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    false
+}
+
+/// Waits until every write the cache started, cancelled ones included, has ended.
+async fn settled(store: &CachedStore<SeaStore>) {
+    for _ in 0..500 {
+        if store.writes_in_flight() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("writes still in flight after 5 s");
+}
+
+/// Whether the cache answers every lookup of `sessions` (by each access jti they had or have
+/// now) as the database does.
+async fn agree(store: &CachedStore<SeaStore>, plain: &SeaStore, sessions: &[Session]) {
+    let now = Utc::now();
+    for session in sessions {
+        let mut jtis = vec![session.access_jti];
+        if let Some((_, stored)) = plain.find_session(session.id).await.unwrap() {
+            jtis.push(stored.access_jti);
+        }
+        for jti in jtis {
+            let cached = store
+                .find_session_by_access_jti(session.id, jti, now)
+                .await
+                .unwrap()
+                .map(|(_, session)| session);
+            let stored = plain
+                .find_session_by_access_jti(session.id, jti, now)
+                .await
+                .unwrap()
+                .map(|(_, session)| session);
+            assert_eq!(
+                cached, stored,
+                "cache and database disagree on {}",
+                session.id
+            );
+        }
+    }
+}
+
+/// Every write method of the cached store, cancelled after 0, 1, 2, … polls until a run
+/// finishes without being cancelled: afterwards, cache and database agree on every session the
+/// write could have touched (a cancelled logout must not leave its token accepted by the cache
+/// while its row is gone, nor the other way round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cancelled_at_any_await_leaves_cache_and_database_agreeing() {
+    if shared_database_url().is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (store, plain) = stores(&dir).await;
+    let methods = [
+        "rotate_session",
+        "delete_user_sessions",
+        "delete_other_sessions",
+        "change_password",
+        "set_user_disabled",
+        "delete_user",
+        "create_session",
+        "replace_password_hash",
+    ];
+    for method in methods {
+        let mut polls = 0;
+        let mut finished_in_a_row = 0;
+        while finished_in_a_row < 2 {
+            assert!(polls < 10_000, "{method} never finished");
+            let (user_id, sessions) = user_with_sessions(&store, 3).await;
+            let (first, second) = (&sessions[0], &sessions[1]);
+            let finished = match method {
+                "rotate_session" => {
+                    let rotation = Rotation {
+                        session_id: first.id,
+                        presented_refresh_jti: first.refresh_jti,
+                        new_access_jti: Uuid::new_v4(),
+                        new_refresh_jti: Uuid::new_v4(),
+                        at: Utc::now(),
+                        idle_expires_at: Utc::now() + TimeDelta::hours(1),
+                    };
+                    cancel_after(store.rotate_session(rotation), polls).await
+                }
+                "delete_user_sessions" => {
+                    let ids = [first.id, second.id];
+                    cancel_after(store.delete_user_sessions(user_id, &ids), polls).await
+                }
+                "delete_other_sessions" => {
+                    cancel_after(store.delete_other_sessions(user_id, Some(first.id)), polls).await
+                }
+                "change_password" => {
+                    cancel_after(
+                        store.change_password(user_id, "new".into(), first.id),
+                        polls,
+                    )
+                    .await
+                }
+                "set_user_disabled" => {
+                    cancel_after(store.set_user_disabled(user_id, Some(Utc::now())), polls).await
+                }
+                "delete_user" => cancel_after(store.delete_user(user_id), polls).await,
+                // With room for two: the login pushes the least recently used out.
+                "create_session" => {
+                    cancel_after(
+                        store.create_session(session(user_id, TimeDelta::hours(1)), 2),
+                        polls,
+                    )
+                    .await
+                }
+                "replace_password_hash" => {
+                    cancel_after(
+                        store.replace_password_hash(user_id, "x", "rehashed".into()),
+                        polls,
+                    )
+                    .await
+                }
+                _ => unreachable!(),
+            };
+            settled(&store).await;
+            agree(&store, &plain, &sessions).await;
+            finished_in_a_row = if finished { finished_in_a_row + 1 } else { 0 };
+            polls += 1;
+        }
+        assert!(
+            polls > 2,
+            "{method}: at least one run was cancelled half-way"
+        );
+    }
+}
+
+/// The same for the store under any backend the suite runs on: what must happen together
+/// (a password and its credential version and the other sessions; a disable and the sessions;
+/// a user and its sessions; a login and the sessions it pushes out) happens together or not at
+/// all, wherever the caller is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_write_is_applied_whole_or_not_at_all_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::helpers::fresh_database_url(dir.path()).await;
+    // The server migrates (or indexes) the database; the store under test is plain.
+    let app = crate::helpers::spawn_app_in_existing(dir, &url).await;
+    let store = crate::helpers::open_store(&url, pool()).await;
+    let far = SessionPage {
+        first: 1000,
+        after: None,
+    };
+    for polls in (0..40).chain([60, 100, 200, 400]) {
+        let user_id = Uuid::new_v4();
+        let first = session(user_id, TimeDelta::hours(1));
+        store
+            .create_user_with_session(new_user(user_id), first.clone())
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            store
+                .create_session(session(user_id, TimeDelta::hours(1)), 100)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let live = |version| {
+            let store = &store;
+            async move {
+                store
+                    .list_live_sessions(user_id, version, Utc::now(), far)
+                    .await
+                    .unwrap()
+            }
+        };
+        match polls % 3 {
+            0 => {
+                cancel_after(
+                    store.change_password(user_id, "new".into(), first.id),
+                    polls,
+                )
+                .await;
+                let user = wait_for_user(&*store, user_id).await.unwrap();
+                let hash = store
+                    .find_credentials_by_id(user_id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .password_hash;
+                if hash == "new" {
+                    assert_eq!(user.credential_version, 1);
+                    assert_eq!(live(1).await.len(), 1, "only the kept session lives");
+                    assert!(live(0).await.is_empty());
+                } else {
+                    assert_eq!(user.credential_version, 0);
+                    assert_eq!(live(0).await.len(), 3, "nothing changed");
+                }
+            }
+            1 => {
+                cancel_after(store.set_user_disabled(user_id, Some(Utc::now())), polls).await;
+                let user = wait_for_user(&*store, user_id).await.unwrap();
+                if user.disabled_at.is_some() {
+                    assert_eq!(user.credential_version, 1);
+                    assert!(live(0).await.is_empty());
+                } else {
+                    assert_eq!(live(0).await.len(), 3, "nothing changed");
+                }
+            }
+            _ => {
+                cancel_after(store.delete_user(user_id), polls).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let gone = store
+                    .find_credentials_by_id(user_id)
+                    .await
+                    .unwrap()
+                    .is_none();
+                let sessions = live(0).await.len();
+                assert!(
+                    (gone && sessions == 0) || (!gone && sessions == 3),
+                    "user gone: {gone}, sessions left: {sessions}"
+                );
+            }
+        }
+    }
+    drop(app);
+}
+
+/// The user once the write in flight has landed (a write cancelled by its caller may still be
+/// applied by the database a moment later).
+async fn wait_for_user(store: &dyn Store, user_id: Uuid) -> Option<authql::store::User> {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store
+        .find_credentials_by_id(user_id)
+        .await
+        .unwrap()
+        .map(|found| found.user)
 }
 
 #[tokio::test]

@@ -17,6 +17,8 @@ pub struct Model {
     pub idle_expires_at: DateTimeUtc,
     pub user_agent: Option<String>,
     pub ip_address: Option<String>,
+    /// See `store::User::credential_version` and `store::Session::credential_version`.
+    pub credential_version: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -15,6 +15,8 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// When an operator disabled the account; `None` while it is enabled.
     pub disabled_at: Option<DateTimeUtc>,
+    /// See `store::User::credential_version` and `store::Session::credential_version`.
+    pub credential_version: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
