@@ -22,9 +22,13 @@
 //! leaves the async workers that answer `me` in microseconds their cores. At most
 //! `BCRYPT_MAX_QUEUE` hashes wait for a thread; one more is refused at once
 //! (`SERVICE_UNAVAILABLE` with `Retry-After`), and a waiting hash whose requester has gone (the
-//! request timed out, the client left) is dropped unrun.
+//! request timed out, the client left) leaves the queue at once and is never run.
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+    mpsc,
+};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use precis_profiles::{OpaqueString, precis_core::profile::PrecisFastInvocation};
@@ -42,17 +46,34 @@ const RETRY_AFTER_SECONDS: u64 = 1;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Threads that run password hashes, at a lower priority than the rest of authql, fed by a
-/// bounded queue.
+/// Threads that run password hashes, at a lower priority than the rest of authql. A hash waits
+/// for a free thread in a fair queue of at most `max_waiting` requests (tokio's semaphore, which
+/// forgets a waiter the moment its request is dropped), so that the queue holds only requests
+/// someone still waits for.
 struct HashPool {
-    jobs: Mutex<mpsc::SyncSender<Job>>,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    /// One permit per thread: a job is handed to the threads only with one.
+    threads: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+}
+
+/// Counts one request waiting for a thread while it lives.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::hash_queue(-1.0);
+    }
 }
 
 impl HashPool {
-    fn new(threads: usize, queue: usize) -> Result<Self, AppError> {
-        let (sender, receiver) = mpsc::sync_channel::<Job>(queue);
+    fn new(threads: usize, max_waiting: usize) -> Result<Self, AppError> {
+        let threads = threads.max(1);
+        let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
-        for index in 0..threads.max(1) {
+        for index in 0..threads {
             let receiver = receiver.clone();
             std::thread::Builder::new()
                 .name(format!("authql-bcrypt-{index}"))
@@ -73,20 +94,44 @@ impl HashPool {
         }
         Ok(Self {
             jobs: Mutex::new(sender),
+            threads: Arc::new(tokio::sync::Semaphore::new(threads)),
+            waiting: Arc::default(),
+            max_waiting,
         })
     }
 
     /// Runs `work` on a hashing thread; `operation` names it in the metrics (queue depth while
-    /// it waits, its duration on the thread). Errors: `Overloaded` when the queue is full.
+    /// it waits, its duration on the thread). Errors: `Overloaded` when `max_waiting` requests
+    /// already wait for a thread.
     async fn run<T: Send + 'static>(
         &self,
         operation: &'static str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AppError> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(
+                event = "password_hash_queue_full",
+                "a password hash was refused: the queue is full"
+            );
+            return Err(AppError::Overloaded {
+                retry_after_seconds: RETRY_AFTER_SECONDS,
+            });
+        }
+        crate::metrics::hash_queue(1.0);
+        let waiting = Waiting(self.waiting.clone());
+        // Dropping this request while it waits here leaves the queue at once.
+        let thread = self
+            .threads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(AppError::internal)?;
+        drop(waiting);
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
-            crate::metrics::hash_queue(-1.0);
-            // Nobody waits for the answer any more: the work would be for nothing.
+            let _thread = thread;
+            // The request went away since: the work would be for nothing.
             if done.is_closed() {
                 return;
             }
@@ -95,26 +140,11 @@ impl HashPool {
             crate::metrics::hash_duration(operation, started.elapsed().as_secs_f64());
             let _ = done.send(outcome);
         });
-        let queued = self
-            .jobs
+        self.jobs
             .lock()
             .map_err(|_| AppError::internal("the hashing pool is poisoned"))?
-            .try_send(job);
-        match queued {
-            Ok(()) => crate::metrics::hash_queue(1.0),
-            Err(mpsc::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    event = "password_hash_queue_full",
-                    "a password hash was refused: the queue is full"
-                );
-                return Err(AppError::Overloaded {
-                    retry_after_seconds: RETRY_AFTER_SECONDS,
-                });
-            }
-            Err(mpsc::TrySendError::Disconnected(_)) => {
-                return Err(AppError::internal("the hashing pool has stopped"));
-            }
-        }
+            .send(job)
+            .map_err(AppError::internal)?;
         result.await.map_err(AppError::internal)
     }
 }
@@ -383,17 +413,22 @@ mod tests {
                 retry_after_seconds: RETRY_AFTER_SECONDS
             })
         );
-        // Their requesters leave; then the thread is free again.
+        // Their requesters leave: the queue has room again at once, before the thread is free.
         for task in &waiting {
             task.abort();
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let next = {
+            let (pool, ran) = (pool.clone(), ran.clone());
+            tokio::spawn(async move {
+                pool.run("test", move || ran.fetch_add(100, Ordering::SeqCst))
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         release.send(()).unwrap();
         assert_eq!(blocker.await.unwrap(), Ok(true));
-        let counted = ran.clone();
-        pool.run("test", move || counted.fetch_add(100, Ordering::SeqCst))
-            .await
-            .unwrap();
+        next.await.unwrap().unwrap();
         assert_eq!(
             ran.load(Ordering::SeqCst),
             100,

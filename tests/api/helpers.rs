@@ -24,6 +24,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 
 pub struct TestApp {
     pub address: String,
+    /// Where `/metrics` is served, when `METRICS_ADDR` is set.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub client: reqwest::Client,
     pub database_url: String,
     /// Holds the database file; removed when the test ends.
@@ -60,12 +62,14 @@ async fn start(dir: TempDir, database_url: String, configure: impl FnOnce(&mut C
     let database_url = config.database_url.clone();
     let app = Application::build(config).await.expect("authql starts");
     let address = format!("http://{}", app.local_addr().expect("a bound address"));
+    let metrics_addr = app.metrics_addr();
     let (shutdown, stopped) = oneshot::channel();
     let server = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     TestApp {
         address,
+        metrics_addr,
         client: reqwest::Client::new(),
         database_url,
         dir: Some(dir),

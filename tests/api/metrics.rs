@@ -254,10 +254,25 @@ async fn metrics_count_what_was_done() {
 }
 
 #[tokio::test]
-async fn without_metrics_addr_metrics_are_on_the_main_port() {
+async fn metrics_are_never_on_the_public_port_only_on_metrics_addr() {
     let app = spawn_app().await;
     app.register("scraped@x.com").await;
-    let response = app.get("/metrics").await;
+    let public = app.get("/metrics").await;
+    assert_eq!(public.status(), reqwest::StatusCode::NOT_FOUND);
+
+    let private = spawn_app_with(|config| {
+        config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    private.register("scraped@x.com").await;
+    assert_eq!(
+        private.get("/metrics").await.status(),
+        reqwest::StatusCode::NOT_FOUND
+    );
+    let metrics_addr = private.metrics_addr.expect("a metrics listener");
+    let response = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     let samples = samples(&response.text().await.unwrap());
     // This process runs many servers: only that the series are there is this run's to check.

@@ -22,8 +22,8 @@ async fn register_creates_the_user_and_its_first_session_atomically() {
     assert_eq!(users.len(), 1);
     assert_eq!(users[0].email_normalized, "grace@example.com");
     assert!(
-        users[0].password_hash.starts_with("$2b$04$"),
-        "bcrypt at the configured cost"
+        users[0].password_hash.starts_with("precis$$2b$04$"),
+        "bcrypt at the configured cost, of the OpaqueString form"
     );
     assert!(!users[0].password_hash.contains(PASSWORD));
     let sessions = app.session_rows().await;

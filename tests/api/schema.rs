@@ -17,7 +17,8 @@ fn the_schema_has_the_contracted_operations() {
     for expected in [
         "scalar DateTime",
         "me: User!",
-        "mySessions: [Session!]!",
+        "mySessions(first: Int, after: String): [Session!]!",
+        "cursor: String!",
         "register(input: RegisterInput!): AuthPayload!",
         "login(input: LoginInput!): AuthPayload!",
         "refresh(refreshToken: String): AuthPayload!",
