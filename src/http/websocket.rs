@@ -6,8 +6,10 @@
 //! `next`, `error`, `complete`) and is spoken here rather than by async-graphql's engine, for
 //! two reasons: every `subscribe` goes through the same document checks as an HTTP request
 //! (`graphql::DocumentChecks`, the one way into the engine), and the connection is one loop
-//! that never waits for the client: every answer is queued for a writer task of its own, so
-//! a client that pipelines pings, or stops reading, cannot wedge the loop or its timers.
+//! that never waits for the client: every answer is queued for a writer task of its own, and
+//! while the writer is behind the loop stops taking messages (backpressure) instead of waiting
+//! on a write, so a client that pipelines pings, or stops reading, cannot wedge the loop or its
+//! timers.
 //!
 //! - **Origin** (cross-site WebSocket hijacking): an upgrade whose `Origin` is neither listed in
 //!   `CORS_ALLOWED_ORIGINS` nor authql's own is refused with 403 before it is accepted. A client
@@ -29,8 +31,9 @@
 //!   applies; over the socket they get an `error` message. At most `WEBSOCKET_MAX_SUBSCRIPTIONS`
 //!   at once per connection (more get an `error` message too).
 //! - **Bounded**: messages of at most 64 KiB; at most `OUTBOX_MESSAGES` answers waiting for the
-//!   client, each write done within `WRITE_TIMEOUT` or the connection is cut; pings every
-//!   `WEBSOCKET_PING_INTERVAL_SECONDS`.
+//!   client (more: closed with 1013), each write done within one ping interval or the
+//!   connection is cut; pings every `WEBSOCKET_PING_INTERVAL_SECONDS`. A client that goes away
+//!   ends its connection at once, whatever it left unread.
 
 use std::{
     collections::HashMap,
@@ -72,8 +75,6 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// Most messages waiting for the writer: a client that lets more pile up is too slow (1013).
 const OUTBOX_MESSAGES: usize = 64;
-/// Longest one write may take before the client is taken to be gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The close reason when the connection's own session was revoked or expired.
 const SESSION_ENDED: &str = "The session ended";
@@ -200,24 +201,32 @@ const TOO_SLOW: Close = Close(1013, "Too slow to take the messages");
 struct Outbox {
     queue: mpsc::Sender<Message>,
     writer: tokio::task::JoinHandle<()>,
+    write_timeout: Duration,
 }
 
 impl Outbox {
     /// Starts the writer: it writes what is queued, in order, each write within
-    /// `WRITE_TIMEOUT`; a write that fails or times out ends it (the client is gone or does not
+    /// `write_timeout`; a write that fails or times out ends it (the client is gone or does not
     /// read), and with it the connection.
-    fn start(mut sink: futures_util::stream::SplitSink<WebSocket, Message>) -> Self {
+    fn start<S>(mut sink: S, write_timeout: Duration) -> Self
+    where
+        S: futures_util::Sink<Message> + Unpin + Send + 'static,
+    {
         let (queue, mut queued) = mpsc::channel::<Message>(OUTBOX_MESSAGES);
         let writer = tokio::spawn(async move {
             while let Some(message) = queued.recv().await {
                 let last = matches!(message, Message::Close(_));
-                match tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await {
+                match tokio::time::timeout(write_timeout, sink.send(message)).await {
                     Ok(Ok(())) if !last => {}
                     _ => return,
                 }
             }
         });
-        Self { queue, writer }
+        Self {
+            queue,
+            writer,
+            write_timeout,
+        }
     }
 
     /// Queues `message` without waiting. Errors: the client does not take what it is sent
@@ -226,18 +235,33 @@ impl Outbox {
         self.queue.try_send(message).map_err(|_| TOO_SLOW)
     }
 
+    /// Whether one more message can be queued now.
+    fn has_room(&self) -> bool {
+        self.queue.capacity() > 0
+    }
+
+    /// Until one more message can be queued. Errors: the writer has ended (the client is gone
+    /// or did not take a write in time).
+    async fn room(&self) -> Result<(), Close> {
+        self.queue.reserve().await.map(drop).map_err(|_| TOO_SLOW)
+    }
+
     fn text(&self, message: &Value) -> Result<(), Close> {
         self.send(Message::Text(message.to_string().into()))
     }
 
     /// Ends the connection: the close frame after what is queued, when there is room for it,
-    /// written within `WRITE_TIMEOUT`; else the connection is dropped at once.
+    /// written within one write timeout; else the connection is dropped at once.
     async fn close(self, why: Close) {
-        let Self { queue, mut writer } = self;
+        let Self {
+            queue,
+            mut writer,
+            write_timeout,
+        } = self;
         let queued = why != TOO_SLOW && queue.try_send(close_frame(why)).is_ok();
         drop(queue);
         if !queued
-            || tokio::time::timeout(WRITE_TIMEOUT, &mut writer)
+            || tokio::time::timeout(write_timeout, &mut writer)
                 .await
                 .is_err()
         {
@@ -313,7 +337,7 @@ impl Subscriptions {
 
 async fn serve(socket: WebSocket, state: EdgeState, client: ClientInfo, speaks_protocol: bool) {
     let (sink, mut incoming) = socket.split();
-    let outbox = Outbox::start(sink);
+    let outbox = Outbox::start(sink, state.limits.websocket.ping_interval);
     if !speaks_protocol {
         outbox
             .close(Close(4406, "Subprotocol not acceptable"))
@@ -389,8 +413,13 @@ impl Connection {
 
         let why = loop {
             let ready = matches!(self.phase, Phase::Ready { .. });
+            // Backpressure: while the writer is behind, neither the client's messages (each
+            // answered by at most one) nor the subscriptions' are taken, and nothing waits on
+            // a write. Timers keep running.
+            let room = outbox.has_room();
             let step = tokio::select! {
-                received = incoming.next() => {
+                room_again = outbox.room(), if !room => room_again,
+                received = incoming.next(), if room => {
                     silence.as_mut().reset(Instant::now() + silence_limit);
                     match received {
                         Some(Ok(Message::Text(text))) => self.received(&text, outbox),
@@ -404,7 +433,7 @@ impl Connection {
                 authenticated = authenticating(&mut self.phase) => {
                     self.acknowledge(authenticated, outbox)
                 }
-                Some((id, serial, response)) = self.subscriptions.running.next() => {
+                Some((id, serial, response)) = self.subscriptions.running.next(), if room => {
                     self.emitted(id, serial, response, outbox)
                 }
                 () = &mut init_deadline, if !ready => {
@@ -413,7 +442,14 @@ impl Connection {
                 () = &mut silence, if ready => {
                     Err(Close(3008, "No message within the keep-alive time"))
                 }
-                _ = pings.tick(), if ready => outbox.text(&json!({ "type": "ping" })),
+                // A ping with no room to send it is skipped: the writer is busy anyway.
+                _ = pings.tick(), if ready => {
+                    if outbox.has_room() {
+                        outbox.text(&json!({ "type": "ping" }))
+                    } else {
+                        Ok(())
+                    }
+                }
                 event = next_event(&mut self.session_events) => self.session_event(event),
                 () = expiry(&mut self.token_expires) => {
                     Err(Close(4403, "The access token expired"))
@@ -665,5 +701,51 @@ async fn expiry(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     match timer {
         Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A client that never takes a byte: every write waits for ever.
+    struct NeverReads;
+
+    impl futures_util::Sink<Message> for NeverReads {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), ()> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_can_neither_hold_the_loop_nor_the_connection() {
+        let outbox = Outbox::start(NeverReads, Duration::from_secs(5));
+        let pong = || Message::Text("{\"type\":\"pong\"}".into());
+        // The writer holds one message (stuck writing it), the queue the next ones; queueing
+        // never waits, and one too many is refused as too slow.
+        let mut queued = 0;
+        while outbox.send(pong()).is_ok() {
+            queued += 1;
+            tokio::task::yield_now().await;
+            assert!(queued <= OUTBOX_MESSAGES + 1, "the outbox is bounded");
+        }
+        assert!(queued >= OUTBOX_MESSAGES);
+        assert_eq!(outbox.send(pong()), Err(TOO_SLOW));
+        // Closing a connection whose client never reads ends within one write timeout.
+        let started = Instant::now();
+        outbox.close(Close(4403, "Forbidden")).await;
+        assert!(started.elapsed() <= Duration::from_secs(5));
     }
 }

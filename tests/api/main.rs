@@ -10,6 +10,7 @@ mod errors;
 mod faults;
 mod frontend;
 mod graphql_over_http;
+mod hostile;
 mod http;
 mod identities;
 mod instances;

@@ -16,7 +16,7 @@ pub const SESSION_EVENTS: &str = "subscription { sessionEvents { type sessionId 
 
 /// A graphql-transport-ws client, as the graphql-ws library speaks it.
 pub struct WsClient {
-    socket: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+    pub socket: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 /// How a connection ended.
