@@ -547,3 +547,36 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down: finishing requests in flight");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_background_task_that_fails_is_started_again_after_growing_pauses() {
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let recorded = starts.clone();
+        supervise("test", move || {
+            let mut starts = recorded.lock().unwrap();
+            starts.push(tokio::time::Instant::now());
+            let attempt = starts.len();
+            async move {
+                if attempt < 4 {
+                    Err(format!("failure {attempt}"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        let starts = starts.lock().unwrap();
+        assert_eq!(starts.len(), 4, "started until it ended well");
+        let pauses: Vec<u64> = starts
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0]).as_secs())
+            .collect();
+        assert_eq!(pauses, [1, 2, 4]);
+    }
+}

@@ -494,6 +494,15 @@ impl MongoStore {
         }
     }
 
+    /// After a transaction that ended a user's sessions: the sessions a login inserted while
+    /// it ran, which its snapshot did not see (`create_session` checks the user after its
+    /// insert, so a login that lands after this sweep sees the change and removes its own).
+    async fn swept_after(&self, user_id: Uuid, keep: Option<Uuid>) -> StoreResult<Vec<Uuid>> {
+        self.end_sessions(user_id, keep, None)
+            .await
+            .map_err(classify)
+    }
+
     /// The error for a duplicate key on registration: which of the two unique values is taken
     /// (email first, as the username defaults to it), asked of the data rather than read from
     /// the error, whose shape differs between servers.
@@ -943,7 +952,7 @@ impl Store for MongoStore {
         let keep_filter = doc! { "_id": id(keep_session), "user_id": id(user_id) };
         let follow = |version: i64| doc! { "$set": { "credential_version": version } };
         if self.transactions {
-            return in_transaction!(self, transaction, {
+            let mut ended = in_transaction!(self, transaction, {
                 let changed = self
                     .users
                     .find_one_and_update(user_filter.clone(), change.clone())
@@ -960,7 +969,9 @@ impl Store for MongoStore {
                 self.end_sessions(user_id, Some(keep_session), Some(&mut transaction))
                     .await
             })
-            .map_err(classify);
+            .map_err(classify)?;
+            ended.extend(self.swept_after(user_id, Some(keep_session)).await?);
+            return Ok(ended);
         }
         let changed = self
             .users
@@ -1015,7 +1026,7 @@ impl Store for MongoStore {
             doc! { "$set": { "disabled_at": Bson::Null } }
         };
         if self.transactions {
-            return in_transaction!(self, transaction, {
+            let ended = in_transaction!(self, transaction, {
                 let marked = self
                     .users
                     .update_one(user_filter.clone(), mark.clone())
@@ -1029,7 +1040,14 @@ impl Store for MongoStore {
                         .await?,
                 ))
             })
-            .map_err(classify);
+            .map_err(classify)?;
+            return match ended {
+                Some(mut ended) if end_sessions => {
+                    ended.extend(self.swept_after(user_id, None).await?);
+                    Ok(Some(ended))
+                }
+                other => Ok(other),
+            };
         }
         let marked = self
             .users
@@ -1050,7 +1068,7 @@ impl Store for MongoStore {
     /// refuses and pruning removes.
     async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
         if self.transactions {
-            return in_transaction!(self, transaction, {
+            let ended = in_transaction!(self, transaction, {
                 let deleted = self
                     .users
                     .delete_one(doc! { "_id": id(user_id) })
@@ -1064,7 +1082,14 @@ impl Store for MongoStore {
                         .await?,
                 ))
             })
-            .map_err(classify);
+            .map_err(classify)?;
+            return match ended {
+                Some(mut ended) => {
+                    ended.extend(self.swept_after(user_id, None).await?);
+                    Ok(Some(ended))
+                }
+                None => Ok(None),
+            };
         }
         let deleted = self
             .users

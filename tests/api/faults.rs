@@ -964,3 +964,67 @@ async fn session_events_flow_again_after_postgres_ends_every_connection() {
         }
     }
 }
+
+/// Issue 17: a statement PostgreSQL cancels (its `statement_timeout`, here while it waits for a
+/// row another transaction holds) is SERVICE_UNAVAILABLE, never INTERNAL_SERVER_ERROR, and
+/// nothing of the request is applied.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL"]
+async fn a_statement_postgres_cancels_is_service_unavailable() {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    if postgres_admin_url().is_none() {
+        return; // the MongoDB pass
+    }
+    let app = spawn_app().await;
+    let account = app.register("cancelled@x.com").await;
+    let db = Database::connect(&app.database_url).await.unwrap();
+    let name: String = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_database() AS name",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "name")
+        .unwrap();
+    // Every new connection to this database gets a statement timeout; the server's are made
+    // new by ending them.
+    db.execute_unprepared(&format!(
+        "ALTER DATABASE \"{name}\" SET statement_timeout = '300ms'"
+    ))
+    .await
+    .unwrap();
+    db.execute_unprepared(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await
+    .unwrap();
+    // Another transaction holds the user's row.
+    let holder = db.begin().await.unwrap();
+    holder
+        .execute_unprepared("SELECT * FROM users FOR UPDATE")
+        .await
+        .unwrap();
+    let change = |new: &str| {
+        app.graphql(
+            "mutation($i: ChangePasswordInput!) { changePassword(input: $i) }",
+            json!({ "i": { "currentPassword": PASSWORD, "newPassword": new } }),
+            Some(&account.access_token),
+        )
+    };
+    let mut body = change("a brand new passphrase").await;
+    // The first request after the connections ended may meet one that is already gone.
+    for _ in 0..3 {
+        if error_code(&body) == "SERVICE_UNAVAILABLE" && body.to_string().contains("changePassword")
+        {
+            break;
+        }
+        body = change("a brand new passphrase").await;
+    }
+    assert_eq!(error_code(&body), "SERVICE_UNAVAILABLE", "{body}");
+    holder.rollback().await.unwrap();
+    // Nothing was applied: the old password still logs in.
+    assert_no_errors(&app.login_raw("cancelled@x.com", PASSWORD).await);
+}

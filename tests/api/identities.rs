@@ -84,3 +84,98 @@ async fn invisible_and_direction_control_characters_are_refused() {
     let body = app.login_raw("admin\u{200b}", PASSWORD).await;
     assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
 }
+
+/// Issue 17, case 12: `bob＠example.com` (a full-width `＠`, or any character whose
+/// compatibility form is `@`) is not a username, and logging in by it is logging in by the
+/// address it spells.
+#[tokio::test]
+async fn a_compatibility_at_sign_cannot_squat_someone_elses_address() {
+    let app = spawn_app().await;
+    for squatted in [
+        "bob\u{ff20}example.com",
+        "bob\u{fe6b}example.com",
+        "\u{ff42}ob\u{ff20}example.com",
+    ] {
+        let body = register(&app, "squatter@x.com", Some(squatted)).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{squatted:?}: {body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "username");
+    }
+    assert!(app.user_rows().await.is_empty());
+    // The owner registers with the default username (the email) and logs in by either form.
+    let owner = register(&app, "bob@example.com", None).await;
+    assert!(owner["data"]["register"].is_object(), "{owner}");
+    let login = app.login_raw("bob\u{ff20}example.com", PASSWORD).await;
+    assert_eq!(
+        string_at(&login, "/data/login/user/email"),
+        "bob@example.com"
+    );
+}
+
+/// Accounts stored before the rule (a username whose key holds `@` and is another address)
+/// are given their own email as username by the migration.
+#[tokio::test]
+async fn the_migration_gives_a_squatting_username_back_to_its_account_email() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, Database};
+    if crate::helpers::shared_database_url().is_some() {
+        return; // the database is built here step by step: SQLite
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::helpers::sqlite_url(&dir.path().join("authql.db"));
+    let db = Database::connect(format!("{url}?mode=rwc")).await.unwrap();
+    Migrator::up(&db, Some(6)).await.unwrap();
+    let insert = |id: &str, email: &str, username: &str, username_key: &str| {
+        format!(
+            "INSERT INTO users (id, email, email_normalized, username, username_normalized, \
+             password_hash, created_at) VALUES (X'{id}', '{email}', '{email}', '{username}', \
+             '{username_key}', 'x', '2026-01-01T00:00:00+00:00')"
+        )
+    };
+    for statement in [
+        insert(
+            "00000000000000000000000000000001",
+            "squatter@x.com",
+            "bob\u{ff20}example.com",
+            "bob@example.com",
+        ),
+        insert(
+            "00000000000000000000000000000002",
+            "alice@x.com",
+            "alice@x.com",
+            "alice@x.com",
+        ),
+        insert(
+            "00000000000000000000000000000003",
+            "carol@x.com",
+            "carol",
+            "carol",
+        ),
+    ] {
+        db.execute_unprepared(&statement).await.unwrap();
+    }
+    db.close().await.unwrap();
+    let app = crate::helpers::spawn_app_in_existing(dir, &url).await;
+    let mut users = app.user_rows().await;
+    users.sort_by(|a, b| a.email.cmp(&b.email));
+    let names: Vec<(&str, &str, &str)> = users
+        .iter()
+        .map(|user| {
+            (
+                user.email.as_str(),
+                user.username.as_str(),
+                user.username_normalized.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("alice@x.com", "alice@x.com", "alice@x.com"),
+            ("carol@x.com", "carol", "carol"),
+            ("squatter@x.com", "squatter@x.com", "squatter@x.com"),
+        ]
+    );
+    // The real owner of the address can register it now.
+    let owner = register(&app, "bob@example.com", None).await;
+    assert!(owner["data"]["register"].is_object(), "{owner}");
+}

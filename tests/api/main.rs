@@ -18,6 +18,7 @@ mod metrics;
 mod mongodb;
 mod operators;
 mod passwords;
+mod races;
 mod readme;
 mod register_login;
 mod revoke;

@@ -8,8 +8,8 @@ use crate::helpers::*;
 
 /// What one run of `authql admin` did.
 #[derive(Debug)]
-struct AdminRun {
-    code: i32,
+pub(crate) struct AdminRun {
+    pub(crate) code: i32,
     stdout: String,
 }
 
@@ -32,7 +32,7 @@ async fn admin_on(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Ad
     }
 }
 
-async fn admin(app: &TestApp, args: &[&str]) -> AdminRun {
+pub(crate) async fn admin(app: &TestApp, args: &[&str]) -> AdminRun {
     admin_on(&app.database_url, args, &[]).await
 }
 

@@ -181,3 +181,112 @@ async fn my_sessions_does_not_list_expired_sessions() {
     assert_eq!(listed.len(), 1, "{body}");
     assert_eq!(string_at(&listed[0], "/id"), fresh.session_id);
 }
+
+/// Issue 17, case 15: a user has at most `MAX_SESSIONS_PER_USER` sessions; a login beyond it
+/// ends the least recently used one (the one refreshed or created longest ago).
+#[tokio::test]
+async fn a_login_beyond_the_cap_ends_the_least_recently_used_session() {
+    let app = spawn_app_with(|config| config.max_sessions_per_user = 3).await;
+    let first = app.register("capped@x.com").await;
+    let second = app.login("capped@x.com").await;
+    let third = app.login("capped@x.com").await;
+    // The first is used again: now the second is the one used longest ago.
+    let refreshed = app.refresh_raw(&first.refresh_token).await;
+    assert_no_errors(&refreshed);
+    let first_access = string_at(&refreshed, "/data/refresh/accessToken");
+    let fourth = app.login("capped@x.com").await;
+    assert_unauthenticated(&app.me(&second.access_token).await, "REVOKED");
+    for token in [&first_access, &third.access_token, &fourth.access_token] {
+        assert_no_errors(&app.me(token).await);
+    }
+    let listed = app.my_sessions(&fourth.access_token).await;
+    assert_eq!(listed["data"]["mySessions"].as_array().unwrap().len(), 3);
+    assert_eq!(app.session_rows().await.len(), 3);
+}
+
+/// `mySessions(first, after)`: bounded pages, newest first, with an opaque cursor.
+#[tokio::test]
+async fn my_sessions_comes_in_bounded_pages() {
+    let app = spawn_app().await;
+    let account = app.register("pages@x.com").await;
+    let mut ids = vec![account.session_id.clone()];
+    for _ in 0..4 {
+        ids.push(app.login("pages@x.com").await.session_id);
+    }
+    ids.reverse(); // newest first
+    let page = |first: i64, after: Option<String>| {
+        let app = &app;
+        let token = account.access_token.clone();
+        async move {
+            app.graphql(
+                "query($first: Int, $after: String) { mySessions(first: $first, after: $after) { id cursor } }",
+                json!({ "first": first, "after": after }),
+                Some(&token),
+            )
+            .await
+        }
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let body = page(2, after.clone()).await;
+        assert_no_errors(&body);
+        let sessions = body["data"]["mySessions"].as_array().unwrap().clone();
+        assert!(sessions.len() <= 2);
+        if sessions.is_empty() {
+            break;
+        }
+        seen.extend(sessions.iter().map(|session| string_at(session, "/id")));
+        after = Some(string_at(sessions.last().unwrap(), "/cursor"));
+    }
+    assert_eq!(seen, ids);
+    for (first, after, field) in [
+        (0, None, "first"),
+        (101, None, "first"),
+        (2, Some("not a cursor".to_owned()), "after"),
+    ] {
+        let body = page(first, after).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field);
+    }
+}
+
+/// Ending thousands of sessions at once (revokeOtherSessions, deleteAccount) goes in bounded
+/// batches on every backend (a MongoDB command is at most 16 MiB) and ends them all.
+#[tokio::test]
+async fn thousands_of_sessions_end_at_once_in_batches() {
+    const MANY: usize = 2_500;
+    let app = spawn_app().await;
+    let account = app.register("many@x.com").await;
+    let user_id = app.user_rows().await[0].id;
+    let now = chrono::Utc::now();
+    let rows = (0..MANY)
+        .map(|_| authql::store::entity::session::Model {
+            id: uuid::Uuid::new_v4(),
+            user_id,
+            access_jti: uuid::Uuid::new_v4(),
+            refresh_jti: uuid::Uuid::new_v4(),
+            previous_refresh_jti: None,
+            created_at: now - chrono::TimeDelta::minutes(5),
+            last_refreshed_at: None,
+            expires_at: now + chrono::TimeDelta::hours(1),
+            idle_expires_at: now + chrono::TimeDelta::hours(1),
+            user_agent: None,
+            ip_address: None,
+            credential_version: 0,
+        })
+        .collect();
+    insert_session_rows(&app.database_url, rows).await;
+    assert_eq!(app.session_rows().await.len(), MANY + 1);
+    let ended = app
+        .graphql(
+            "mutation { revokeOtherSessions }",
+            json!({}),
+            Some(&account.access_token),
+        )
+        .await;
+    assert_no_errors(&ended);
+    assert_eq!(ended["data"]["revokeOtherSessions"], MANY);
+    assert_eq!(app.session_rows().await.len(), 1);
+    assert_no_errors(&app.me(&account.access_token).await);
+}

@@ -223,3 +223,25 @@ async fn weak_nul_and_overlong_passwords_are_refused_before_hashing() {
     );
     assert_no_errors(&app.register_raw("ok2@x.com", &"y".repeat(256), None).await);
 }
+
+/// Issue 17, case 13: the account bucket is the account's, whichever of its names is typed.
+#[tokio::test]
+async fn one_account_has_one_bucket_whether_named_by_username_or_email() {
+    let app = spawn_app_with(|config| {
+        config.rate_limit_account_per_minute = 3;
+        config.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let registered = app
+        .register_raw("ada@example.com", PASSWORD, Some("ada"))
+        .await;
+    assert_no_errors(&registered);
+    for name in ["ada", "ADA", "ada@example.com"] {
+        let body = login_from(&app, "6.6.6.6", name, "guess guess").await;
+        assert_eq!(error_code(&body), "INVALID_CREDENTIALS", "{name}: {body}");
+    }
+    for name in ["ada@example.com", "ada", "Ada@Example.com"] {
+        let body = login_from(&app, "6.6.6.6", name, "guess guess").await;
+        assert_eq!(error_code(&body), "RATE_LIMITED", "{name}: {body}");
+    }
+}

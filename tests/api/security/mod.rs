@@ -3,6 +3,7 @@
 
 mod brute_force;
 mod graphql_abuse;
+mod key_rotation;
 mod logs;
 mod refresh_reuse;
 mod revocation;
