@@ -521,4 +521,59 @@ mod tests {
         assert_eq!(pick(None), None);
         assert_eq!(pick(Some("C")), None);
     }
+
+    /// Fragment `i` of `n` selects `fields[i]` fields and spreads each later fragment `j`
+    /// `spreads[i][j]` times; the operation spreads fragment 0.
+    fn dag_document(n: usize, fields: &[usize], spreads: &[Vec<usize>]) -> String {
+        let mut text = String::from("{ ...F0 }");
+        for i in 0..n {
+            let mut body = "__typename ".repeat(fields[i]);
+            for (j, count) in spreads[i].iter().enumerate().take(n).skip(i + 1) {
+                body.push_str(&format!("...F{j} ").repeat(*count));
+            }
+            if body.is_empty() {
+                body.push_str("__typename");
+            }
+            text.push_str(&format!(" fragment F{i} on Query {{ {body}}}"));
+        }
+        text
+    }
+
+    /// The same count by expanding every spread, one by one (exponential; small inputs only).
+    fn naive(n: usize, fields: &[usize], spreads: &[Vec<usize>]) -> usize {
+        fn fragment(i: usize, n: usize, fields: &[usize], spreads: &[Vec<usize>]) -> usize {
+            let own = fields[i].max(usize::from(
+                fields[i] == 0 && (i + 1..n).all(|j| spreads[i][j] == 0),
+            ));
+            own + (i + 1..n)
+                .map(|j| spreads[i][j] * (1 + fragment(j, n, fields, spreads)))
+                .sum::<usize>()
+        }
+        let operation = 1 + fragment(0, n, fields, spreads);
+        operation
+            + (0..n)
+                .map(|i| fragment(i, n, fields, spreads))
+                .sum::<usize>()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_memoised_count_is_what_expanding_every_spread_counts(
+            n in 1usize..6,
+            fields in proptest::collection::vec(0usize..4, 6),
+            spreads in proptest::collection::vec(proptest::collection::vec(0usize..4, 6), 6),
+        ) {
+            let text = dag_document(n, &fields, &spreads);
+            let document = async_graphql::parser::parse_query(&text).unwrap();
+            proptest::prop_assert_eq!(
+                expanded_selections(&document),
+                Some(naive(n, &fields, &spreads))
+            );
+        }
+
+        #[test]
+        fn any_text_is_checked_without_panicking(text in "\\PC{0,400}") {
+            let _ = check(&text);
+        }
+    }
 }

@@ -444,33 +444,27 @@ impl MongoStore {
         self.client.start_session().await.map_err(classify)
     }
 
-    /// Deletes the user's sessions other than `keep` (all without), in `transaction` if given,
-    /// [`DELETE_BATCH`] at a time: their ids by the user index, then one delete by `_id` (a
-    /// multi-field delete would need a planner that finds the index), so that no `$in` list
-    /// grows with the number of sessions (a command is at most 16 MiB). Returns their ids,
-    /// which are all gone afterwards (outside a transaction, another request may have deleted
-    /// some between a read and its delete).
+    /// Deletes the user's sessions other than `keep` (all without), [`DELETE_BATCH`] at a time:
+    /// their ids by the user index, then one delete by `_id` (a multi-field delete would need a
+    /// planner that finds the index), so that no `$in` list grows with the number of sessions
+    /// (a command is at most 16 MiB). Returns their ids, which are all gone afterwards (another
+    /// request may have deleted some between a read and its delete).
     async fn end_sessions(
         &self,
         user_id: Uuid,
         keep: Option<Uuid>,
-        mut transaction: Option<&mut ClientSession>,
     ) -> Result<Vec<Uuid>, mongodb::error::Error> {
         let ids_collection = self.sessions.clone_with_type::<Document>();
         let mut ended = Vec::new();
         loop {
-            let find = ids_collection
+            let documents: Vec<Document> = ids_collection
                 .find(doc! { "user_id": id(user_id) })
                 .projection(doc! { "_id": 1 })
                 .hint(by_user())
-                .limit(DELETE_BATCH as i64);
-            let documents: Vec<Document> = match transaction.as_deref_mut() {
-                Some(transaction) => {
-                    let mut cursor = find.session(&mut *transaction).await?;
-                    cursor.stream(transaction).try_collect().await?
-                }
-                None => find.await?.try_collect().await?,
-            };
+                .limit(DELETE_BATCH as i64)
+                .await?
+                .try_collect()
+                .await?;
             let fetched = documents.len();
             let ids: Vec<bson::Uuid> = documents
                 .iter()
@@ -482,11 +476,9 @@ impl MongoStore {
                 .collect();
             if !ids.is_empty() {
                 ended.extend(ids.iter().map(|&session_id| Uuid::from(session_id)));
-                let delete = self.sessions.delete_many(doc! { "_id": { "$in": ids } });
-                match transaction.as_deref_mut() {
-                    Some(transaction) => delete.session(transaction).await?,
-                    None => delete.await?,
-                };
+                self.sessions
+                    .delete_many(doc! { "_id": { "$in": ids } })
+                    .await?;
             }
             if fetched < DELETE_BATCH {
                 return Ok(ended);
@@ -494,13 +486,18 @@ impl MongoStore {
         }
     }
 
-    /// After a transaction that ended a user's sessions: the sessions a login inserted while
-    /// it ran, which its snapshot did not see (`create_session` checks the user after its
-    /// insert, so a login that lands after this sweep sees the change and removes its own).
-    async fn swept_after(&self, user_id: Uuid, keep: Option<Uuid>) -> StoreResult<Vec<Uuid>> {
-        self.end_sessions(user_id, keep, None)
+    /// Runs `write` on a task of its own, to its end, whatever happens to the caller.
+    async fn detached<T, F>(
+        &self,
+        write: impl FnOnce(MongoStore) -> F + Send + 'static,
+    ) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = StoreResult<T>> + Send + 'static,
+    {
+        tokio::spawn(write(self.clone()))
             .await
-            .map_err(classify)
+            .map_err(|_| StoreError::Database("a database write ended abnormally".into()))?
     }
 
     /// The error for a duplicate key on registration: which of the two unique values is taken
@@ -762,9 +759,8 @@ impl Store for MongoStore {
 
     /// The session first, then the check of its user: a password change or a disable that
     /// lands before the check is seen by it (the session is deleted again, `None`); one that
-    /// lands after it ends the session with the others, or, where a transaction of the change
-    /// did not see the insert, leaves a session of an old credential version, which every
-    /// lookup refuses.
+    /// lands after it ends the session with the others (its sweep comes after its atomic
+    /// update of the user, and so after this insert).
     async fn create_session(
         &self,
         new_session: NewSession,
@@ -929,65 +925,51 @@ impl Store for MongoStore {
         user_id: Uuid,
         keep: Option<Uuid>,
     ) -> StoreResult<Vec<Uuid>> {
-        self.end_sessions(user_id, keep, None)
-            .await
-            .map_err(classify)
+        self.end_sessions(user_id, keep).await.map_err(classify)
     }
 
-    /// In a transaction where the deployment has them. Without, the credential version moves on
-    /// first (from then on every other session is refused on every lookup), then the kept
-    /// session follows it and the others are deleted: a failure between the writes leaves the
-    /// new password with sessions that nothing accepts, at worst the kept one too.
+    /// The credential version moves on with the new hash in one atomic update of the user
+    /// document: from then on every other session is refused on every lookup. Then the kept
+    /// session follows the version, and the others are deleted in batches. No transaction: the
+    /// sessions being refreshed meanwhile (another device, or an attacker holding a stolen
+    /// refresh token) would make one conflict again and again, and block the change. The whole
+    /// runs on a task of its own, so that a caller that gives up half-way (a request timeout)
+    /// cannot leave the sweep undone.
     async fn change_password(
         &self,
         user_id: Uuid,
         password_hash: String,
         keep_session: Uuid,
     ) -> StoreResult<Vec<Uuid>> {
-        let user_filter = doc! { "_id": id(user_id) };
-        let change = doc! {
-            "$set": { "password_hash": password_hash },
-            "$inc": { "credential_version": 1 },
-        };
-        let keep_filter = doc! { "_id": id(keep_session), "user_id": id(user_id) };
-        let follow = |version: i64| doc! { "$set": { "credential_version": version } };
-        if self.transactions {
-            let mut ended = in_transaction!(self, transaction, {
-                let changed = self
-                    .users
-                    .find_one_and_update(user_filter.clone(), change.clone())
-                    .return_document(ReturnDocument::After)
-                    .session(&mut transaction)
-                    .await?;
-                let Some(changed) = changed else {
-                    return Ok(Vec::new());
-                };
-                self.sessions
-                    .update_one(keep_filter.clone(), follow(changed.credential_version))
-                    .session(&mut transaction)
-                    .await?;
-                self.end_sessions(user_id, Some(keep_session), Some(&mut transaction))
-                    .await
-            })
-            .map_err(classify)?;
-            ended.extend(self.swept_after(user_id, Some(keep_session)).await?);
-            return Ok(ended);
-        }
-        let changed = self
-            .users
-            .find_one_and_update(user_filter, change)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(classify)?;
-        let Some(changed) = changed else {
-            return Ok(Vec::new());
-        };
-        self.sessions
-            .update_one(keep_filter, follow(changed.credential_version))
-            .await
-            .map_err(classify)?;
-        self.delete_other_sessions(user_id, Some(keep_session))
-            .await
+        self.detached(move |store| async move {
+            let changed = store
+                .users
+                .find_one_and_update(
+                    doc! { "_id": id(user_id) },
+                    doc! {
+                        "$set": { "password_hash": password_hash },
+                        "$inc": { "credential_version": 1 },
+                    },
+                )
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(classify)?;
+            let Some(changed) = changed else {
+                return Ok(Vec::new());
+            };
+            store
+                .sessions
+                .update_one(
+                    doc! { "_id": id(keep_session), "user_id": id(user_id) },
+                    doc! { "$set": { "credential_version": changed.credential_version } },
+                )
+                .await
+                .map_err(classify)?;
+            store
+                .delete_other_sessions(user_id, Some(keep_session))
+                .await
+        })
+        .await
     }
 
     async fn replace_password_hash(
@@ -1007,99 +989,55 @@ impl Store for MongoStore {
         Ok(replaced.modified_count == 1)
     }
 
-    /// In a transaction where the deployment has them. Without, the user is marked first and
-    /// its sessions ended second: a failure between leaves a disabled user with sessions,
-    /// which the service refuses all the same (it checks `disabled_at` on every lookup).
+    /// Marked (and, when disabling, the credential version moved on) in one atomic update of
+    /// the user document, so that from then on every session of it is refused on every lookup;
+    /// then its sessions are deleted in batches, on a task of its own (see `change_password`
+    /// for why no transaction).
     async fn set_user_disabled(
         &self,
         user_id: Uuid,
         disabled_at: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<Vec<Uuid>>> {
-        let user_filter = doc! { "_id": id(user_id) };
-        let end_sessions = disabled_at.is_some();
-        let mark = if end_sessions {
-            doc! {
-                "$set": { "disabled_at": disabled_at.map(date) },
-                "$inc": { "credential_version": 1 },
-            }
-        } else {
-            doc! { "$set": { "disabled_at": Bson::Null } }
-        };
-        if self.transactions {
-            let ended = in_transaction!(self, transaction, {
-                let marked = self
-                    .users
-                    .update_one(user_filter.clone(), mark.clone())
-                    .session(&mut transaction)
-                    .await?;
-                if marked.matched_count == 0 || !end_sessions {
-                    return Ok((marked.matched_count > 0).then(Vec::new));
-                }
-                Ok(Some(
-                    self.end_sessions(user_id, None, Some(&mut transaction))
-                        .await?,
-                ))
-            })
-            .map_err(classify)?;
-            return match ended {
-                Some(mut ended) if end_sessions => {
-                    ended.extend(self.swept_after(user_id, None).await?);
-                    Ok(Some(ended))
-                }
-                other => Ok(other),
+        self.detached(move |store| async move {
+            let mark = match disabled_at {
+                Some(at) => doc! {
+                    "$set": { "disabled_at": date(at) },
+                    "$inc": { "credential_version": 1 },
+                },
+                None => doc! { "$set": { "disabled_at": Bson::Null } },
             };
-        }
-        let marked = self
-            .users
-            .update_one(user_filter, mark)
-            .await
-            .map_err(classify)?;
-        if marked.matched_count == 0 {
-            return Ok(None);
-        }
-        if !end_sessions {
-            return Ok(Some(Vec::new()));
-        }
-        Ok(Some(self.delete_other_sessions(user_id, None).await?))
+            let marked = store
+                .users
+                .update_one(doc! { "_id": id(user_id) }, mark)
+                .await
+                .map_err(classify)?;
+            if marked.matched_count == 0 {
+                return Ok(None);
+            }
+            if disabled_at.is_none() {
+                return Ok(Some(Vec::new()));
+            }
+            Ok(Some(store.delete_other_sessions(user_id, None).await?))
+        })
+        .await
     }
 
-    /// In a transaction where the deployment has them. Without, the user goes first and its
-    /// sessions second: a failure between leaves sessions of no user, which every lookup
-    /// refuses and pruning removes.
+    /// The user document goes first (from then on every session of it is refused: every lookup
+    /// needs the user), then its sessions in batches, on a task of its own (see
+    /// `change_password`).
     async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
-        if self.transactions {
-            let ended = in_transaction!(self, transaction, {
-                let deleted = self
-                    .users
-                    .delete_one(doc! { "_id": id(user_id) })
-                    .session(&mut transaction)
-                    .await?;
-                if deleted.deleted_count == 0 {
-                    return Ok(None);
-                }
-                Ok(Some(
-                    self.end_sessions(user_id, None, Some(&mut transaction))
-                        .await?,
-                ))
-            })
-            .map_err(classify)?;
-            return match ended {
-                Some(mut ended) => {
-                    ended.extend(self.swept_after(user_id, None).await?);
-                    Ok(Some(ended))
-                }
-                None => Ok(None),
-            };
-        }
-        let deleted = self
-            .users
-            .delete_one(doc! { "_id": id(user_id) })
-            .await
-            .map_err(classify)?;
-        if deleted.deleted_count == 0 {
-            return Ok(None);
-        }
-        Ok(Some(self.delete_other_sessions(user_id, None).await?))
+        self.detached(move |store| async move {
+            let deleted = store
+                .users
+                .delete_one(doc! { "_id": id(user_id) })
+                .await
+                .map_err(classify)?;
+            if deleted.deleted_count == 0 {
+                return Ok(None);
+            }
+            Ok(Some(store.delete_other_sessions(user_id, None).await?))
+        })
+        .await
     }
 
     /// An insert into `session_events` (a TTL index removes them after

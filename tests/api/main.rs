@@ -9,6 +9,7 @@ mod client_address;
 mod errors;
 mod faults;
 mod frontend;
+mod fuzz;
 mod graphql_over_http;
 mod hostile;
 mod http;
