@@ -91,17 +91,18 @@ async fn the_readme_walkthrough_runs_in_bash_and_zsh() {
             .filter(|line| !line.trim().is_empty())
             .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("{shell}: {line}")))
             .collect();
-        assert_eq!(answers.len(), 8, "{shell}: {stdout}");
+        assert_eq!(answers.len(), 9, "{shell}: {stdout}");
         for answer in &answers {
             assert!(answer.get("errors").is_none(), "{shell}: {answer}");
         }
-        let last = &answers[7];
-        assert_eq!(last["data"]["logout"], true, "{shell}");
+        assert_eq!(answers[7]["data"]["logout"], true, "{shell}");
         assert_eq!(
             answers[4]["data"]["revokeTokens"]["revokedCount"], 1,
             "{shell}"
         );
-        assert_eq!(app.user_rows().await.len(), 1);
+        // A fresh login with the changed password, then deleteAccount with it.
+        assert_eq!(answers[8]["data"]["deleteAccount"], true, "{shell}");
+        assert!(app.user_rows().await.is_empty(), "{shell}: the account is gone");
         assert!(
             app.session_rows().await.is_empty(),
             "{shell}: every session ended"
