@@ -650,3 +650,47 @@ async fn an_overlong_login_name_is_bad_user_input_before_anything_else() {
     assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
     assert_eq!(body["errors"][0]["extensions"]["field"], "emailOrUsername");
 }
+
+// 10 as reported: a logout whose request times out while another process holds SQLite's write
+// lock. The write still lands when the lock is released, and the session cache follows it: the
+// token is refused, as its row is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_that_times_out_behind_a_lock_still_ends_the_session_everywhere() {
+    use sea_orm::sqlx::{self, Connection, SqliteConnection};
+    if shared_database_url().is_some() {
+        return; // SQLite's file lock and session cache
+    }
+    let app = spawn_app_with(|config| config.request_timeout_seconds = 1).await;
+    let account = app.register("timeout@x.com").await;
+    // Looked up once, so that the session cache holds it.
+    assert_no_errors(&app.me(&account.access_token).await);
+    let mut other = SqliteConnection::connect(&app.database_url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let logout = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&account.access_token)
+        .json(&json!({ "query": "mutation { logout }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code_of(logout).await, "REQUEST_TIMEOUT");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+    // The cancelled request's write lands once the lock is free; from then on cache and
+    // database agree that the session is gone.
+    let mut refused = false;
+    for _ in 0..50 {
+        if app.session_rows().await.is_empty() {
+            refused = error_code(&app.me(&account.access_token).await) == "UNAUTHENTICATED";
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the row is gone and the token refused");
+}

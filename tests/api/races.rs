@@ -59,6 +59,25 @@ fn logins_in_flight(
         .collect()
 }
 
+/// One round of a race: a fresh server, an account, `RACERS` logins with its password in
+/// flight, and a pause (longer each round) for the credential change to land among them.
+async fn logins_racing(
+    round: u64,
+    prefix: &str,
+) -> (
+    TestApp,
+    String,
+    Account,
+    Vec<tokio::task::JoinHandle<Value>>,
+) {
+    let app = racing_app().await;
+    let email = format!("{prefix}{round}@x.com");
+    let owner = app.register(&email).await;
+    let racers = logins_in_flight(&app, &email, PASSWORD);
+    tokio::time::sleep(Duration::from_millis(10 + 10 * round)).await;
+    (app, email, owner, racers)
+}
+
 /// Every token pair the racers got, after asserting that no answer was anything but a pair
 /// or one of `allowed` codes.
 async fn settle(
@@ -100,11 +119,7 @@ async fn all_dead(app: &TestApp, pairs: &[(String, String)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_login_with_the_old_password_outlives_a_password_change() {
     for round in 0..3 {
-        let app = racing_app().await;
-        let email = format!("race{round}@x.com");
-        let owner = app.register(&email).await;
-        let racers = logins_in_flight(&app, &email, PASSWORD);
-        tokio::time::sleep(Duration::from_millis(10 + 10 * round)).await;
+        let (app, email, owner, racers) = logins_racing(round, "race").await;
         let changed = app
             .graphql(
                 "mutation($i: ChangePasswordInput!) { changePassword(input: $i) }",
@@ -210,11 +225,7 @@ async fn no_login_or_refresh_in_flight_outlives_an_operators_disable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_racing_delete_account_never_fail_internally_and_leave_nothing_behind() {
     for round in 0..3 {
-        let app = racing_app().await;
-        let email = format!("deleted{round}@x.com");
-        let owner = app.register(&email).await;
-        let racers = logins_in_flight(&app, &email, PASSWORD);
-        tokio::time::sleep(Duration::from_millis(10 + 10 * round)).await;
+        let (app, email, owner, racers) = logins_racing(round, "deleted").await;
         let deleted = app
             .graphql(
                 "mutation($i: DeleteAccountInput!) { deleteAccount(input: $i) }",

@@ -102,7 +102,10 @@ async fn the_readme_walkthrough_runs_in_bash_and_zsh() {
         );
         // A fresh login with the changed password, then deleteAccount with it.
         assert_eq!(answers[8]["data"]["deleteAccount"], true, "{shell}");
-        assert!(app.user_rows().await.is_empty(), "{shell}: the account is gone");
+        assert!(
+            app.user_rows().await.is_empty(),
+            "{shell}: the account is gone"
+        );
         assert!(
             app.session_rows().await.is_empty(),
             "{shell}: every session ended"
