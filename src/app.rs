@@ -80,6 +80,7 @@ impl Application {
         // The metrics recorder, before anything records.
         crate::metrics::handle();
         // Settings that can be wrong are checked before the database is created or touched.
+        check_database_scheme(&config.database_url)?;
         let frontend = frontend_settings(&config)?;
         let edge = edge_limits(&config)?;
         let lifetimes = lifetimes(&config)?;
@@ -345,6 +346,26 @@ async fn prune_periodically(service: AuthService, pruning: Pruning) {
             );
         }
     }
+}
+
+/// `DATABASE_URL` names a database authql can use: `sqlite:`, `postgres://` (or
+/// `postgresql://`), `mongodb://` or `mongodb+srv://`. Anything else stops the start with the
+/// scheme alone: the driver's own message would repeat the whole URL, password included.
+fn check_database_scheme(database_url: &str) -> anyhow::Result<()> {
+    let supported = ["sqlite:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| database_url.starts_with(scheme))
+        || MongoStore::handles(database_url);
+    if supported {
+        return Ok(());
+    }
+    let scheme = database_url
+        .split_once(':')
+        .map_or("(none)", |(scheme, _)| scheme);
+    let scheme: String = scheme.chars().take(32).collect();
+    bail!(
+        "DATABASE_URL: the scheme {scheme:?} is not one authql speaks; use sqlite://FILE, postgres://... or mongodb://..."
+    )
 }
 
 /// `MAX_CONNECTIONS` when unset: the open-file limit less what the database pool, the logs and

@@ -228,7 +228,7 @@ pub struct Config {
 
     /// A connection must send a whole request head within this many seconds of being accepted
     /// or of its last answer, or it is closed (slowloris; also how long an idle kept-alive
-    /// connection stays open).
+    /// connection stays open); a write to a client that does not read is given as long.
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECONDS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_seconds: u64,

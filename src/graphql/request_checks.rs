@@ -3,6 +3,7 @@
 //!
 //! - **Error codes.** Every error a client sees carries `extensions.code`. authql's own errors
 //!   set theirs; this codes the ones async-graphql raises before and around our resolvers.
+//! - **At most `MAX_ERRORS` errors** in an answer.
 //! - **Validate once.** A document's validation result is kept (bounded LRU, keyed by query
 //!   text and operation name), so that a repeated operation (`me`, on every page view) pays for
 //!   it once. What can differ between two requests with the same text is their variables, and
@@ -47,6 +48,11 @@ type Validated = Mutex<LruCache<CacheKey, ValidationResult>>;
 
 /// How many validation results are kept: a frontend sends a few dozen distinct operations.
 const VALIDATION_CACHE_CAPACITY: usize = 256;
+
+/// Most errors one answer carries: a document of 16 KiB can hold thousands of mistakes (one
+/// argument repeated, one variable defined again and again), and the first ones say what is
+/// wrong; without a cap the answer would be many times the request.
+pub const MAX_ERRORS: usize = 20;
 
 /// The extension factory: the validation cache shared by every request.
 pub struct RequestChecks {
@@ -113,6 +119,7 @@ impl Extension for RequestChecksExtension {
 
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
         let mut response = next.run(ctx).await;
+        response.errors.truncate(MAX_ERRORS);
         // What is left uncoded comes from coercing input values (a number where a String
         // belongs, an unknown enum value): the client's input.
         for error in &mut response.errors {

@@ -151,7 +151,8 @@ pub fn router(
         })
         .layer(middleware::from_fn_with_state(timeout, time_limit))
         .layer(middleware::from_fn(one_host))
-        .layer(json_panic_layer());
+        .layer(json_panic_layer())
+        .layer(middleware::from_fn(no_store));
     let router = match cors {
         Some(cors) => router.layer(cors).layer(middleware::from_fn(tidy_cors)),
         None => router,
@@ -257,15 +258,20 @@ async fn graphql_post(
         let params = read_json_body(&headers, body, &state.limits, media).await?;
         run(&state, peer, &headers, params, media, Method::POST).await
     };
-    no_store(result.await.unwrap_or_else(IntoResponse::into_response))
+    result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Answers of `/graphql` carry tokens and a user's own data: never stored by a cache (RFC 6749
-/// § 5.1 requires `Cache-Control: no-store` of token responses; `Pragma` for HTTP/1.0 caches).
-fn no_store(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+/// Every answer of `/graphql`, refusals and timeouts included, carries tokens or a user's own
+/// data, or may: never stored by a cache (RFC 6749 § 5.1 requires `Cache-Control: no-store` of
+/// token responses; `Pragma` for HTTP/1.0 caches).
+async fn no_store(request: Request, next: Next) -> Response {
+    let graphql = request.uri().path() == "/graphql";
+    let mut response = next.run(request).await;
+    if graphql {
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    }
     response
 }
 
@@ -280,7 +286,17 @@ async fn graphql_get(
     if websocket::is_upgrade(&parts.headers) {
         return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
             Ok(upgrade) => websocket::upgrade(state, peer, &parts.headers, upgrade),
-            Err(rejection) => rejection.into_response(),
+            // A malformed upgrade (no Sec-WebSocket-Key, a wrong version): in the JSON shape of
+            // every other refusal.
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = match status {
+                    StatusCode::UPGRADE_REQUIRED => "UPGRADE_REQUIRED",
+                    StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+                    _ => "BAD_REQUEST",
+                };
+                HttpError::new(status, code, rejection.body_text()).into_response()
+            }
         };
     }
     let (headers, uri) = (parts.headers, parts.uri);
@@ -289,7 +305,7 @@ async fn graphql_get(
         let params = GraphQLParams::from_query_string(uri.query().unwrap_or_default(), media)?;
         run(&state, peer, &headers, params, media, Method::GET).await
     };
-    no_store(result.await.unwrap_or_else(IntoResponse::into_response))
+    result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 fn negotiate(headers: &HeaderMap) -> Result<MediaType, HttpError> {
@@ -318,7 +334,18 @@ async fn read_json_body(
     }
     let bytes = axum::body::to_bytes(body, limits.max_body_bytes)
         .await
-        .map_err(|_| {
+        .map_err(|error| {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
+            if !too_large {
+                // Not a size: a malformed chunked encoding, a body cut short.
+                return HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    "the request body could not be read",
+                )
+                .in_media(media);
+            }
             HttpError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "PAYLOAD_TOO_LARGE",

@@ -4,6 +4,9 @@
 //! - **A request head within `HEADER_READ_TIMEOUT_SECONDS`** (10 by default), from the moment a
 //!   connection is accepted or has answered its last request: a client that never finishes its
 //!   head (slowloris), or a kept-alive connection that stays silent, is closed then.
+//! - **Answers taken within as long**: a write to the client that makes no progress for
+//!   `HEADER_READ_TIMEOUT_SECONDS` fails, and the connection is closed. A client that sends
+//!   requests (pipelined, say) and never reads the answers cannot hold its connection.
 //! - **At most `MAX_CONNECTIONS` open connections**, WebSockets included; more wait in the
 //!   kernel's backlog until one closes, so that the process never runs out of file
 //!   descriptors. An `accept` that fails (out of descriptors all the same) is logged and tried
@@ -18,10 +21,12 @@
 use std::{
     future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -200,9 +205,8 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .keep_alive(true);
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+    let io = WriteTimeout::new(TokioIo::new(stream), settings.header_read_timeout);
+    let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,
@@ -214,4 +218,100 @@ async fn connection(
     }
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
+}
+
+/// A connection's socket whose writes (and flushes) must make progress within `timeout`: one
+/// that stays pending longer fails with `TimedOut`, and hyper closes the connection.
+struct WriteTimeout<T> {
+    io: T,
+    timeout: Duration,
+    /// Since when the current write has been pending.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteTimeout<T> {
+    fn new(io: T, timeout: Duration) -> Self {
+        Self {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// After a write that did not complete: pending until the deadline, then `TimedOut`.
+    fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<R>> {
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not take the answer in time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Progress made: the next stall starts its own deadline.
+    fn progressed<R>(&mut self, outcome: std::io::Result<R>) -> Poll<std::io::Result<R>> {
+        self.stalled = None;
+        Poll::Ready(outcome)
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for WriteTimeout<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for WriteTimeout<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Ready(outcome) => this.progressed(outcome),
+            Poll::Pending => this.pending(cx),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Ready(outcome) => this.progressed(outcome),
+            Poll::Pending => this.pending(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_shutdown(cx) {
+            Poll::Ready(outcome) => this.progressed(outcome),
+            Poll::Pending => this.pending(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
+            Poll::Ready(outcome) => this.progressed(outcome),
+            Poll::Pending => this.pending(cx),
+        }
+    }
 }

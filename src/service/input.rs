@@ -46,7 +46,9 @@ pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
         && !domain.is_empty()
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && !display.chars().any(|c| c.is_whitespace() || c.is_control());
+        && !display
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c));
     if !well_formed {
         return Err(invalid());
     }
@@ -64,6 +66,24 @@ pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
         display: display.to_owned(),
         normalized,
     })
+}
+
+/// Characters that show as nothing: zero-width spaces and joiners, direction marks and
+/// controls, word joiners and invisible operators, the byte-order mark, the soft hyphen, the
+/// Mongolian vowel separator (Unicode's `Default_Ignorable_Code_Point` ones that occur in
+/// spoofing). IDNA drops some of them from a domain, so a shown address could carry them
+/// unseen; they are refused anywhere in an email.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// A username (trimmed) and its key (RFC 8265 `UsernameCaseMapped`, see `authql_identity`). Its
@@ -138,6 +158,13 @@ pub fn password(field: &'static str, password: &str) -> Result<(), AppError> {
             "a password has at least 8 characters",
         ));
     }
+    // Spaces of any width are one space once prepared: eight of them are no password.
+    if prepared.trim().is_empty() {
+        return Err(AppError::bad_input(
+            field,
+            "a password cannot be only spaces",
+        ));
+    }
     if COMMON_PASSWORDS.contains(prepared.to_lowercase().as_str()) {
         return Err(AppError::bad_input(
             field,
@@ -178,6 +205,8 @@ mod tests {
             "bo b@x.com",
             "bob@.com",
             "bo\u{200b}b@x.com",
+            "bob@e\u{200b}x.com",
+            "bob@ex.com\u{feff}",
         ] {
             assert!(email("email", bad).is_err(), "{bad:?} was accepted");
         }
@@ -228,6 +257,11 @@ mod tests {
         assert!(
             password("password", "1234567\u{7}x").is_err(),
             "control characters"
+        );
+        assert!(password("password", "        ").is_err(), "only spaces");
+        assert!(
+            password("password", &"\u{3000}".repeat(8)).is_err(),
+            "only spaces"
         );
         // Counted in the form that is hashed: seven characters and a combining accent are seven.
         assert!(password("password", "abcdefe\u{301}").is_err());

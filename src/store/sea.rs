@@ -68,6 +68,9 @@ impl SeaStore {
             // Statements carry token ids; authql logs its own events instead.
             .sqlx_logging(false)
             .map_sqlx_sqlite_opts(move |options| configure_sqlite(options, pool.busy_timeout));
+        if let Some(path) = Self::sqlite_path(database_url) {
+            owner_only(&path);
+        }
         let write_probe = if sqlite {
             let options: SqliteConnectOptions = database_url
                 .parse()
@@ -173,6 +176,35 @@ impl SeaStore {
 
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+}
+
+/// A new SQLite file is created readable and writable by its owner only (SQLite gives its WAL
+/// and shared-memory files the same mode): it holds the generated signing secret, the sessions'
+/// token ids and the password hashes. An existing file that others may read is left as it is,
+/// with a warning.
+fn owner_only(path: &std::path::Path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(metadata) = std::fs::metadata(path)
+                && metadata.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    event = "database_file_readable",
+                    path = %path.display(),
+                    "the SQLite file may be read by other users of this machine (it holds the signing secret and the sessions); chmod 600 it"
+                );
+            }
+        }
+        // The driver reports what is wrong with the path when it opens it.
+        Err(_) => {}
     }
 }
 

@@ -694,3 +694,137 @@ async fn a_logout_that_times_out_behind_a_lock_still_ends_the_session_everywhere
     }
     assert!(refused, "the row is gone and the token refused");
 }
+
+// A client that sends requests and never reads the answers: each write must make progress
+// within HEADER_READ_TIMEOUT_SECONDS, so the connection (here the only slot) is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_cannot_hold_its_connection() {
+    let app = spawn_app_with(|config| {
+        config.header_read_timeout_seconds = 1;
+        config.max_connections = Some(1);
+    })
+    .await;
+    let address: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(address).await.unwrap();
+    // An introspection answer of 20 KB each: 600 of them fill every buffer on the way.
+    let query = "{__schema{types{name kind description fields{name description args{name \
+        description type{name kind ofType{name kind}}} type{name kind ofType{name kind \
+        ofType{name}}}}}}}";
+    let request = format!(
+        "GET /graphql?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        serde_urlencoded::to_string([("query", query)]).unwrap()
+    );
+    for _ in 0..600 {
+        if stalled.write_all(request.as_bytes()).await.is_err() {
+            break; // the server already gave up on it
+        }
+    }
+    // The only slot is taken by the reader that never reads; a real client is served once the
+    // stalled write has timed out.
+    let asked = Instant::now();
+    let answer = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .timeout(15 * SECOND)
+        .send()
+        .await
+        .expect("served once the stalled connection is closed");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(asked.elapsed() < 10 * SECOND, "{:?}", asked.elapsed());
+    drop(stalled);
+}
+
+// The edges of the HTTP edge: every refusal in the JSON shape with a code, and with no-store
+// on /graphql; no answer bigger than its question by much.
+#[tokio::test]
+async fn refusals_at_the_edge_are_coded_json_and_never_cached() {
+    let app = spawn_app_with(|config| {
+        config.request_timeout_seconds = 1;
+        config.bcrypt_cost = 16;
+    })
+    .await;
+    let put = app
+        .client
+        .put(format!("{}/graphql", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.headers()["cache-control"], "no-store");
+    assert_eq!(code_of(put).await, "METHOD_NOT_ALLOWED");
+    let timed_out = post_json(
+        &app,
+        json!({ "query": format!("mutation {{ register(input: {{email: \"slow@x.com\", password: \"{PASSWORD}\"}}) {{ accessToken }} }}") }),
+    )
+    .await;
+    assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(timed_out.headers()["cache-control"], "no-store");
+    assert_eq!(code_of(timed_out).await, "REQUEST_TIMEOUT");
+    // An upgrade without its key.
+    let upgrade = app
+        .client
+        .get(format!("{}/graphql", app.address))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upgrade.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(code_of(upgrade).await, "BAD_REQUEST");
+    // A chunked body that is not chunked: a bad request, not a large one.
+    let address = app.address.trim_start_matches("http://");
+    let mut raw = tokio::net::TcpStream::connect(address).await.unwrap();
+    raw.write_all(
+        b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(2 * SECOND, raw.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"BAD_REQUEST\""), "{answer}");
+    // Two thousand repetitions of one argument: one short answer of at most twenty errors.
+    let repeated = format!("{{ mySessions({}) {{ id }} }}", "first: 1, ".repeat(1500));
+    let body: Value = post_json(&app, json!({ "query": repeated }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(error_code(&body), "GRAPHQL_VALIDATION_FAILED");
+    assert!(body["errors"].as_array().unwrap().len() <= 20, "{body}");
+    assert!(body.to_string().len() < 8 * 1024);
+}
+
+// A DATABASE_URL authql does not speak stops the start naming the scheme, never the password.
+#[tokio::test]
+async fn an_unsupported_database_url_is_refused_without_repeating_it() {
+    let mut config = test_config("mysql://admin:Sup3rS3cret@db.internal/authql");
+    config.port = 0;
+    let error = authql::app::Application::build(config)
+        .await
+        .err()
+        .expect("the start is refused");
+    let message = format!("{error:#}");
+    assert!(message.contains("DATABASE_URL"), "{message}");
+    assert!(message.contains("mysql"), "{message}");
+    assert!(!message.contains("Sup3rS3cret"), "{message}");
+}
+
+// The SQLite file holds the signing secret and the sessions: owner only.
+#[tokio::test]
+async fn a_new_sqlite_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    if shared_database_url().is_some() {
+        return;
+    }
+    let app = spawn_app().await;
+    app.register("mode@x.com").await;
+    let path = app.database_url.trim_start_matches("sqlite://").to_owned();
+    for file in [path.clone(), format!("{path}-wal")] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}: {mode:o}");
+    }
+}
