@@ -44,6 +44,7 @@ const MIN_SECRET_BYTES: usize = crate::auth::keys::MIN_HMAC_SECRET_BYTES;
 /// The setting under which a generated secret is kept, shared by every instance.
 const GENERATED_SECRET_SETTING: &str = "jwt_secret_key";
 
+/// authql, built and bound (port 0 allowed), ready to serve with [`Application::run_until`].
 pub struct Application {
     listener: TcpListener,
     server: ServerSettings,
@@ -225,6 +226,7 @@ impl Application {
         })
     }
 
+    /// Where the public port listens (the port picked, when 0 was asked for).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -242,6 +244,8 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
+    /// Serves until `shutdown` completes, then shuts down as `http::server` says and stops the
+    /// background tasks.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,

@@ -172,6 +172,7 @@ pub enum Verification {
 }
 
 impl Verification {
+    /// Whether the password was the account's (`Match` or `Outdated`).
     pub fn matches(&self) -> bool {
         !matches!(self, Self::Mismatch)
     }

@@ -122,6 +122,8 @@ pub struct DocumentChecks {
 }
 
 impl DocumentChecks {
+    /// The checks with `limits`, and an empty cache of documents that passed them (at most
+    /// `DOCUMENT_CACHE_CAPACITY`, least recently used dropped first).
     pub fn new(limits: DocumentLimits) -> Self {
         let capacity = NonZeroUsize::new(DOCUMENT_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN);
         Self {
@@ -130,6 +132,7 @@ impl DocumentChecks {
         }
     }
 
+    /// The limits the checks apply.
     pub fn limits(&self) -> DocumentLimits {
         self.limits
     }

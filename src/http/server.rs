@@ -65,6 +65,7 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// `max_connections` slots (at least one), not stopping, no WebSocket yet.
     pub fn new(max_connections: usize) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max_connections.max(1))),

@@ -35,6 +35,7 @@ pub struct ClientInfo {
     pub ip: Option<std::net::IpAddr>,
 }
 
+/// What `register` takes, as the client sent it (checked by `input` before anything else).
 pub struct Registration {
     pub email: String,
     pub password: String,
@@ -108,6 +109,7 @@ pub struct Lifetimes {
 }
 
 impl AuthService {
+    /// The service over `store`, with its keys, hashing pool, lifetimes, limits and event bus.
     pub fn new(
         store: Arc<dyn Store>,
         tokens: TokenKeys,
@@ -141,6 +143,9 @@ impl AuthService {
             .await;
     }
 
+    /// Creates the user and its first session in one transaction. Errors: RATE_LIMITED,
+    /// BAD_USER_INPUT (`email`, `username`, `password`), EMAIL_TAKEN, USERNAME_TAKEN,
+    /// SERVICE_UNAVAILABLE (the database away, or the hashing queue full).
     pub async fn register(
         &self,
         registration: Registration,
@@ -526,6 +531,7 @@ impl AuthService {
             .then_some(rotated_at)
     }
 
+    /// Ends the caller's own session (its tokens are refused from the next request on).
     pub async fn logout(&self, caller: &Authenticated) -> Result<(), AppError> {
         self.revoke_sessions(caller.user.id, &[caller.session.id])
             .await?;
@@ -569,6 +575,7 @@ impl AuthService {
         Ok(revoked)
     }
 
+    /// Ends every session of the caller but the current one, in batches; returns how many.
     pub async fn revoke_other_sessions(&self, caller: &Authenticated) -> Result<u64, AppError> {
         let revoked = self
             .store()

@@ -150,6 +150,7 @@ fn lock(state: &Mutex<CacheState>) -> std::sync::MutexGuard<'_, CacheState> {
 }
 
 impl<S: Store + Clone> CachedStore<S> {
+    /// `inner` with a cache of at most `capacity` sessions (and as many users' epochs).
     pub fn new(inner: S, capacity: NonZeroUsize) -> Self {
         Self {
             inner,

@@ -254,6 +254,7 @@ impl From<sea_orm::DbErr> for StoreError {
     }
 }
 
+/// What every store method returns: the value, or a [`StoreError`] sorted for the client.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Whether a PostgreSQL SQLSTATE says the server cannot serve right now, rather than that the
