@@ -121,9 +121,8 @@ async fn execute(config: &Config, command: &AdminCommand) -> Result<AdminAnswer,
         acquire_timeout: Duration::from_secs(config.database_acquire_timeout_seconds),
         busy_timeout: Duration::from_secs(config.database_busy_timeout_seconds),
     };
-    let store: std::sync::Arc<dyn store::Store> =
-        store::connect(&config.database_url, pool).await?.into();
-    let events = SessionEvents::new(store.clone());
+    let store = store::connect(&config.database_url, pool).await?;
+    let events = SessionEvents::new(store.events.clone());
     Admin::new(store, events).run(command).await
 }
 

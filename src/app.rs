@@ -34,8 +34,8 @@ use crate::{
         rate_limit::{RateLimitSettings, RateLimits},
     },
     store::{
-        CachedStore, DatabaseLock, MongoStore, PoolSettings, SESSION_CACHE_CAPACITY, SeaStore,
-        Store,
+        DatabaseLock, HealthStore, MongoStore, PoolSettings, SESSION_CACHE_CAPACITY, SeaStore,
+        SettingStore, Storage,
     },
 };
 
@@ -98,7 +98,7 @@ impl Application {
             .map(DatabaseLock::acquire)
             .transpose()
             .map_err(|why| anyhow::anyhow!("DATABASE_URL: {why}"))?;
-        let store: Arc<dyn Store> = if MongoStore::handles(&config.database_url) {
+        let store: Storage = if MongoStore::handles(&config.database_url) {
             let store = MongoStore::connect(&config.database_url, pool)
                 .await
                 .context("could not reach the MongoDB deployment (DATABASE_URL)")?;
@@ -112,7 +112,7 @@ impl Application {
                     .context("could not create the MongoDB indexes")?;
             }
             wait_until_writable(&store, patience).await?;
-            Arc::new(store)
+            Storage::of(Arc::new(store))
         } else {
             let store = SeaStore::connect(&config.database_url, pool)
                 .await
@@ -125,12 +125,14 @@ impl Application {
             }
             wait_until_writable(&store, patience).await?;
             match (&database_lock, NonZeroUsize::new(SESSION_CACHE_CAPACITY)) {
-                (Some(_), Some(capacity)) => Arc::new(CachedStore::new(store, capacity)),
-                _ => Arc::new(store),
+                (Some(_), Some(capacity)) => Storage::cached(store, capacity),
+                _ => Storage::of(Arc::new(store)),
             }
         };
-        let keys =
-            KeySet::load(&config, async || jwt_secret(&config, store.as_ref()).await).await?;
+        let keys = KeySet::load(&config, async || {
+            jwt_secret(&config, store.settings.as_ref()).await
+        })
+        .await?;
         let jwks = keys.jwks().map(Arc::new);
         let tokens = TokenKeys::new(keys, &config.jwt_issuer, config.jwt_leeway_seconds);
         let hash_slots = config
@@ -151,11 +153,11 @@ impl Application {
         // Several instances share a PostgreSQL or MongoDB database, so they share its buckets; a
         // SQLite file is served by one process, which keeps them in memory.
         let rate_limits = if !config.database_url.starts_with("sqlite:") {
-            RateLimits::shared(rate_limit_settings, store.clone())
+            RateLimits::shared(rate_limit_settings, store.rate_limits.clone())
         } else {
             RateLimits::in_memory(rate_limit_settings)
         };
-        let events = SessionEvents::new(store.clone());
+        let events = SessionEvents::new(store.events.clone());
         // SQLite: `authql admin` cannot write the file behind this process's session cache,
         // so it hands its commands over a socket beside the file.
         let admin_socket = match SeaStore::sqlite_path(&config.database_url) {
@@ -419,7 +421,7 @@ fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
 /// A database that cannot take a write (read-only, locked by another process, a full disk, a
 /// read-only standby, a MongoDB secondary) stops the start with a plain message, after trying
 /// for `patience`.
-async fn wait_until_writable(store: &dyn Store, patience: Duration) -> anyhow::Result<()> {
+async fn wait_until_writable(store: &dyn HealthStore, patience: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         match store.ping().await {
@@ -524,7 +526,7 @@ fn duration_setting(seconds: u64, setting: &str) -> anyhow::Result<TimeDelta> {
 }
 
 /// The configured secret, or the one generated and kept in the database.
-async fn jwt_secret(config: &Config, store: &dyn Store) -> anyhow::Result<Vec<u8>> {
+async fn jwt_secret(config: &Config, store: &dyn SettingStore) -> anyhow::Result<Vec<u8>> {
     if let Some(secret) = &config.jwt_secret_key {
         let secret = secret.expose_secret().as_bytes();
         if secret.len() < MIN_SECRET_BYTES {

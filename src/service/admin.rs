@@ -6,8 +6,6 @@
 //! against `DATABASE_URL`, or hand them to the running server that serves a SQLite file
 //! (`crate::admin`), which keeps its session cache exact.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -18,7 +16,7 @@ use crate::{
         events::{SessionEventKind, SessionEvents},
         input,
     },
-    store::{Session, SessionPage, Store, User},
+    store::{Session, SessionPage, Storage, User},
 };
 
 /// One admin command; `login` is an email or a username, matched as login matches it.
@@ -132,12 +130,13 @@ impl From<crate::store::StoreError> for AdminFailure {
 /// Runs admin commands against a store, and publishes the session events they cause.
 #[derive(Clone)]
 pub struct Admin {
-    store: Arc<dyn Store>,
+    store: Storage,
     events: SessionEvents,
 }
 
 impl Admin {
-    pub fn new(store: Arc<dyn Store>, events: SessionEvents) -> Self {
+    /// The commands over `store`, their events published on `events`.
+    pub fn new(store: Storage, events: SessionEvents) -> Self {
         Self { store, events }
     }
 
@@ -149,7 +148,7 @@ impl Admin {
 
     /// Runs `command`; each logs what it did (ids only) as `event = "admin_..."`.
     pub async fn run(&self, command: &AdminCommand) -> Result<AdminAnswer, AdminFailure> {
-        let store = self.store.as_ref();
+        let store = &self.store;
         let answer = match command {
             AdminCommand::Sessions { login } => {
                 let user = self.user(login).await?;
@@ -159,6 +158,7 @@ impl Admin {
                     after: None,
                 };
                 let sessions = store
+                    .sessions
                     .list_live_sessions(user.id, user.credential_version, Utc::now(), everything)
                     .await?;
                 AdminAnswer::Sessions {
@@ -168,17 +168,18 @@ impl Admin {
             }
             AdminCommand::RevokeSessions { login } => {
                 let user = self.user(login).await?;
-                let ended = store.delete_other_sessions(user.id, None).await?;
+                let ended = store.sessions.delete_other_sessions(user.id, None).await?;
                 self.revoked(&user, &ended).await;
                 tracing::warn!(event = "admin_revoke_sessions", user_id = %user.id, ended_sessions = ended.len(), "admin ended every session of a user");
                 done(Some(user), &ended)
             }
             AdminCommand::RevokeSession { id } => {
                 let (user, _) = store
+                    .sessions
                     .find_session(*id)
                     .await?
                     .ok_or(AdminFailure::UnknownSession { id: *id })?;
-                let ended = store.delete_user_sessions(user.id, &[*id]).await?;
+                let ended = store.sessions.delete_user_sessions(user.id, &[*id]).await?;
                 if ended.is_empty() {
                     return Err(AdminFailure::UnknownSession { id: *id });
                 }
@@ -191,6 +192,7 @@ impl Admin {
                 // Disabling again keeps the time it was first disabled.
                 let disabled_at = user.disabled_at.unwrap_or_else(Utc::now);
                 let ended = store
+                    .users
                     .set_user_disabled(user.id, Some(disabled_at))
                     .await?
                     .ok_or_else(|| unknown(login))?;
@@ -202,6 +204,7 @@ impl Admin {
             AdminCommand::EnableUser { login } => {
                 let user = self.user(login).await?;
                 store
+                    .users
                     .set_user_disabled(user.id, None)
                     .await?
                     .ok_or_else(|| unknown(login))?;
@@ -212,6 +215,7 @@ impl Admin {
             AdminCommand::DeleteUser { login } => {
                 let user = self.user(login).await?;
                 let ended = store
+                    .users
                     .delete_user(user.id)
                     .await?
                     .ok_or_else(|| unknown(login))?;
@@ -228,6 +232,7 @@ impl Admin {
     async fn stored(&self, user: User) -> Result<User, AdminFailure> {
         Ok(self
             .store
+            .users
             .find_credentials_by_id(user.id)
             .await?
             .map_or(user, |found| found.user))
@@ -236,6 +241,7 @@ impl Admin {
     async fn user(&self, login: &str) -> Result<User, AdminFailure> {
         let normalized = input::login_key("login", login).map_err(|_| unknown(login))?;
         self.store
+            .users
             .find_credentials(&normalized)
             .await?
             .map(|found| found.user)

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::store::Store;
+use crate::store::EventStore;
 
 /// Events one subscriber may be behind before it is dropped.
 pub const SUBSCRIBER_BUFFER: usize = 64;
@@ -59,12 +59,12 @@ pub type Subscription = broadcast::Receiver<SessionEvent>;
 /// Publishes events and hands them to this process's subscribers.
 #[derive(Clone)]
 pub struct SessionEvents {
-    store: Arc<dyn Store>,
+    store: Arc<dyn EventStore>,
     subscribers: Arc<Mutex<HashMap<Uuid, broadcast::Sender<SessionEvent>>>>,
 }
 
 impl SessionEvents {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
         Self {
             store,
             subscribers: Arc::default(),

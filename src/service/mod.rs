@@ -20,7 +20,7 @@ use crate::{
         rate_limit::{Operation, RateLimits},
     },
     store::{
-        FIRST_CREDENTIAL_VERSION, NewUser, Rotation, Session, SessionCursor, SessionPage, Store,
+        FIRST_CREDENTIAL_VERSION, NewUser, Rotation, Session, SessionCursor, SessionPage, Storage,
         User,
     },
 };
@@ -59,7 +59,7 @@ pub struct AuthService {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    store: Storage,
     tokens: TokenKeys,
     passwords: PasswordHasher,
     lifetimes: Lifetimes,
@@ -111,7 +111,7 @@ pub struct Lifetimes {
 impl AuthService {
     /// The service over `store`, with its keys, hashing pool, lifetimes, limits and event bus.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Storage,
         tokens: TokenKeys,
         passwords: PasswordHasher,
         lifetimes: Lifetimes,
@@ -170,7 +170,11 @@ impl AuthService {
             created_at: now,
         };
         let session = self.new_session(user.id, FIRST_CREDENTIAL_VERSION, client, now);
-        let (user, session) = self.store().create_user_with_session(user, session).await?;
+        let (user, session) = self
+            .store()
+            .users
+            .create_user_with_session(user, session)
+            .await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "user registered");
         self.publish(SessionEventKind::Created, user.id, &[session.id])
             .await;
@@ -202,7 +206,7 @@ impl AuthService {
         let limits = &self.inner.rate_limits;
         limits.check_client(Operation::Login, client.ip).await?;
         let store = self.store();
-        let credentials = store.find_credentials(&login).await?;
+        let credentials = store.users.find_credentials(&login).await?;
         // One bucket per account, whichever of its names is typed; a name no account has is a
         // bucket of its own.
         let account = credentials
@@ -238,6 +242,7 @@ impl AuthService {
             // The same password in the current form and cost; failing to store it only means
             // trying again at the next login.
             if store
+                .users
                 .replace_password_hash(user.id, &found.password_hash, new_hash)
                 .await
                 .is_err()
@@ -248,12 +253,14 @@ impl AuthService {
         let now = now();
         let session = self.new_session(user.id, user.credential_version, client, now);
         let created = store
+            .sessions
             .create_session(session, self.inner.lifetimes.max_sessions_per_user)
             .await?;
         let Some(created) = created else {
             // The password changed, or the account was disabled or deleted, while this login
             // checked the password: the credentials it proved are no longer the account's.
             let disabled = store
+                .users
                 .find_credentials_by_id(user.id)
                 .await?
                 .is_some_and(|found| found.user.disabled_at.is_some());
@@ -331,7 +338,7 @@ impl AuthService {
             idle_expires_at: now + self.inner.lifetimes.session_idle,
         };
         let store = self.store();
-        if let Some((user, session)) = store.rotate_session(rotation).await? {
+        if let Some((user, session)) = store.sessions.rotate_session(rotation).await? {
             if user.disabled_at.is_some() {
                 return Err(AppError::AccountDisabled);
             }
@@ -342,12 +349,14 @@ impl AuthService {
 
         // Not rotated: the session is gone, has ended, or holds another refresh jti.
         let Some((user, session)) = store
+            .sessions
             .find_session(claims.sid)
             .await?
             .filter(|(user, _)| user.id == claims.sub)
         else {
             // Disabling an account ends its sessions; a genuine token of it says why.
             let disabled = store
+                .users
                 .find_credentials_by_id(claims.sub)
                 .await?
                 .is_some_and(|found| found.user.disabled_at.is_some());
@@ -373,7 +382,10 @@ impl AuthService {
             // Signing is deterministic: the same claims give the same bytes.
             return Ok((self.issue(user, session, rotated_at)?, "grace_replay"));
         }
-        let revoked = store.delete_user_sessions(user.id, &[session.id]).await?;
+        let revoked = store
+            .sessions
+            .delete_user_sessions(user.id, &[session.id])
+            .await?;
         self.publish(SessionEventKind::Revoked, user.id, &revoked)
             .await;
         tracing::warn!(
@@ -407,6 +419,7 @@ impl AuthService {
         let now = now();
         let store = self.store();
         if let Some((user, session)) = store
+            .sessions
             .find_session_by_access_jti(claims.sid, claims.jti, now)
             .await?
         {
@@ -424,15 +437,17 @@ impl AuthService {
         }
         // Refused: say whether the session timed out (idle or absolute expiry) or was ended.
         // This second lookup runs only for refused tokens.
-        let timed_out = store
-            .find_session(claims.sid)
-            .await?
-            .is_some_and(|(user, session)| {
-                user.id == claims.sub
-                    && session.access_jti == claims.jti
-                    && session.is_current_for(&user)
-                    && !session.is_live(now)
-            });
+        let timed_out =
+            store
+                .sessions
+                .find_session(claims.sid)
+                .await?
+                .is_some_and(|(user, session)| {
+                    user.id == claims.sub
+                        && session.access_jti == claims.jti
+                        && session.is_current_for(&user)
+                        && !session.is_live(now)
+                });
         Err(AppError::Unauthenticated(if timed_out {
             UnauthenticatedReason::Expired
         } else {
@@ -465,6 +480,7 @@ impl AuthService {
             .transpose()?;
         Ok(self
             .store()
+            .sessions
             .list_live_sessions(
                 caller.user.id,
                 caller.session.credential_version,
@@ -494,6 +510,7 @@ impl AuthService {
         let revoked = AppError::Unauthenticated(UnauthenticatedReason::Revoked);
         let (user, session) = self
             .store()
+            .sessions
             .find_session(claims.sid)
             .await?
             .filter(|(user, _)| user.id == claims.sub)
@@ -579,6 +596,7 @@ impl AuthService {
     pub async fn revoke_other_sessions(&self, caller: &Authenticated) -> Result<u64, AppError> {
         let revoked = self
             .store()
+            .sessions
             .delete_other_sessions(caller.user.id, Some(caller.session.id))
             .await?;
         self.publish(SessionEventKind::Revoked, caller.user.id, &revoked)
@@ -608,6 +626,7 @@ impl AuthService {
         input::password("newPassword", &new_password)?;
         let credentials = self
             .store()
+            .users
             .find_credentials_by_id(caller.user.id)
             .await?
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
@@ -624,6 +643,7 @@ impl AuthService {
         let password_hash = self.inner.passwords.hash(new_password).await?;
         let ended = self
             .store()
+            .users
             .change_password(caller.user.id, password_hash, caller.session.id)
             .await?;
         tracing::info!(user_id = %caller.user.id, ended_sessions = ended.len(), "password changed");
@@ -655,6 +675,7 @@ impl AuthService {
             .await?;
         let credentials = self
             .store()
+            .users
             .find_credentials_by_id(caller.user.id)
             .await?
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
@@ -670,6 +691,7 @@ impl AuthService {
         }
         let ended = self
             .store()
+            .users
             .delete_user(caller.user.id)
             .await?
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
@@ -681,12 +703,12 @@ impl AuthService {
 
     /// The database connection pool's state, where the driver tells it.
     pub fn pool_status(&self) -> Option<crate::store::PoolStatus> {
-        self.store().pool_status()
+        self.store().health.pool_status()
     }
 
     /// How many sessions are live now (for `authql_live_sessions`).
     pub async fn count_live_sessions(&self) -> Result<u64, AppError> {
-        Ok(self.store().count_live_sessions(now()).await?)
+        Ok(self.store().sessions.count_live_sessions(now()).await?)
     }
 
     /// Whether the database takes writes: the readiness of this instance, from a probe at most
@@ -700,7 +722,7 @@ impl AuthService {
                 match readiness.fresh() {
                     Some(ready) => ready,
                     None => {
-                        let ready = self.store().ping().await.is_ok();
+                        let ready = self.store().health.ping().await.is_ok();
                         *readiness
                             .last
                             .lock()
@@ -731,6 +753,7 @@ impl AuthService {
     ) -> Result<u64, AppError> {
         Ok(self
             .store()
+            .sessions
             .prune_sessions(now() - retention, batch)
             .await?)
     }
@@ -742,6 +765,7 @@ impl AuthService {
     ) -> Result<Vec<Uuid>, AppError> {
         let revoked = self
             .store()
+            .sessions
             .delete_user_sessions(user_id, session_ids)
             .await?;
         self.publish(SessionEventKind::Revoked, user_id, &revoked)
@@ -749,8 +773,8 @@ impl AuthService {
         Ok(revoked)
     }
 
-    fn store(&self) -> &dyn Store {
-        self.inner.store.as_ref()
+    fn store(&self) -> &Storage {
+        &self.inner.store
     }
 
     fn new_session(

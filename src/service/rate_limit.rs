@@ -30,7 +30,7 @@ use governor::{
 };
 use ipnet::Ipv6Net;
 
-use crate::{error::AppError, store::Store};
+use crate::{error::AppError, store::RateLimitStore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -112,7 +112,7 @@ impl RateLimits {
     }
 
     /// Buckets in the database, shared by every process on it.
-    pub fn shared(settings: RateLimitSettings, store: Arc<dyn Store>) -> Self {
+    pub fn shared(settings: RateLimitSettings, store: Arc<dyn RateLimitStore>) -> Self {
         Self::with_buckets(settings, Box::new(StoreBuckets(store)))
     }
 
@@ -255,7 +255,7 @@ impl BucketStore for MemoryBuckets {
 }
 
 /// Buckets in the database: one atomic GCRA statement per check.
-struct StoreBuckets(Arc<dyn Store>);
+struct StoreBuckets(Arc<dyn RateLimitStore>);
 
 #[async_trait]
 impl BucketStore for StoreBuckets {

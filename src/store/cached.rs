@@ -1,6 +1,8 @@
 //! A coherent cache of the lookup behind every authenticated request (`session id → (user,
-//! session)`), as a decorator over any [`Store`], for a database that this process alone
-//! writes: SQLite, whose file authql locks (see [`DatabaseLock`]).
+//! session)`), as a decorator over a backend's [`UserStore`] and [`SessionStore`] (and nothing
+//! else: settings, buckets and events go to the backend directly, see `Storage::cached`), for a
+//! database that this process alone writes: SQLite, whose file authql locks (see
+//! [`DatabaseLock`]).
 //!
 //! It stays exact rather than eventually right:
 //! - every write method makes the cache forget what it may change, before the write and again
@@ -36,8 +38,8 @@ use lru::LruCache;
 use uuid::Uuid;
 
 use super::{
-    CreatedSession, NewSession, NewUser, Rotation, Session, SessionPage, Store, StoreError,
-    StoreResult, User, UserCredentials,
+    CreatedSession, NewSession, NewUser, Rotation, Session, SessionPage, SessionStore, StoreError,
+    StoreResult, User, UserCredentials, UserStore,
 };
 
 /// How many sessions the cache holds at most (least recently used dropped first): about 300
@@ -149,7 +151,13 @@ fn lock(state: &Mutex<CacheState>) -> std::sync::MutexGuard<'_, CacheState> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl<S: Store + Clone> CachedStore<S> {
+/// What the cache can wrap: a backend's users and sessions, cheap to clone (a pool handle), so
+/// that a write can run on a task of its own.
+pub trait CachedInner: UserStore + SessionStore + Clone {}
+
+impl<T: UserStore + SessionStore + Clone> CachedInner for T {}
+
+impl<S: CachedInner> CachedStore<S> {
     /// `inner` with a cache of at most `capacity` sessions (and as many users' epochs).
     pub fn new(inner: S, capacity: NonZeroUsize) -> Self {
         Self {
@@ -204,7 +212,78 @@ impl<S: Store + Clone> CachedStore<S> {
 }
 
 #[async_trait]
-impl<S: Store + Clone> Store for CachedStore<S> {
+impl<S: CachedInner> UserStore for CachedStore<S> {
+    async fn set_user_disabled(
+        &self,
+        user_id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
+        // The cached rows carry the user, `disabled_at` included.
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.set_user_disabled(user_id, disabled_at).await
+        })
+        .await
+    }
+
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.delete_user(user_id).await
+        })
+        .await
+    }
+
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: String,
+        keep_session: Uuid,
+    ) -> StoreResult<Vec<Uuid>> {
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner
+                .change_password(user_id, password_hash, keep_session)
+                .await
+        })
+        .await
+    }
+
+    async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        current: &str,
+        new: String,
+    ) -> StoreResult<bool> {
+        // The hash is not cached; the write still runs to its end whatever happens to the
+        // caller.
+        let current = current.to_owned();
+        self.write(Forget::Nothing, move |inner| async move {
+            inner.replace_password_hash(user_id, &current, new).await
+        })
+        .await
+    }
+
+    // Writes that change no cached row: a new user's session is not cached until looked up.
+    async fn create_user_with_session(
+        &self,
+        user: NewUser,
+        session: NewSession,
+    ) -> StoreResult<(User, Session)> {
+        self.inner.create_user_with_session(user, session).await
+    }
+
+    async fn find_credentials(
+        &self,
+        login_normalized: &str,
+    ) -> StoreResult<Option<UserCredentials>> {
+        self.inner.find_credentials(login_normalized).await
+    }
+
+    async fn find_credentials_by_id(&self, user_id: Uuid) -> StoreResult<Option<UserCredentials>> {
+        self.inner.find_credentials_by_id(user_id).await
+    }
+}
+
+#[async_trait]
+impl<S: CachedInner> SessionStore for CachedStore<S> {
     async fn find_session_by_access_jti(
         &self,
         session_id: Uuid,
@@ -268,39 +347,6 @@ impl<S: Store + Clone> Store for CachedStore<S> {
         .await
     }
 
-    async fn set_user_disabled(
-        &self,
-        user_id: Uuid,
-        disabled_at: Option<DateTime<Utc>>,
-    ) -> StoreResult<Option<Vec<Uuid>>> {
-        // The cached rows carry the user, `disabled_at` included.
-        self.write(Forget::User(user_id), move |inner| async move {
-            inner.set_user_disabled(user_id, disabled_at).await
-        })
-        .await
-    }
-
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
-        self.write(Forget::User(user_id), move |inner| async move {
-            inner.delete_user(user_id).await
-        })
-        .await
-    }
-
-    async fn change_password(
-        &self,
-        user_id: Uuid,
-        password_hash: String,
-        keep_session: Uuid,
-    ) -> StoreResult<Vec<Uuid>> {
-        self.write(Forget::User(user_id), move |inner| async move {
-            inner
-                .change_password(user_id, password_hash, keep_session)
-                .await
-        })
-        .await
-    }
-
     async fn create_session(
         &self,
         session: NewSession,
@@ -314,44 +360,9 @@ impl<S: Store + Clone> Store for CachedStore<S> {
         .await
     }
 
-    async fn replace_password_hash(
-        &self,
-        user_id: Uuid,
-        current: &str,
-        new: String,
-    ) -> StoreResult<bool> {
-        // The hash is not cached; the write still runs to its end whatever happens to the
-        // caller.
-        let current = current.to_owned();
-        self.write(Forget::Nothing, move |inner| async move {
-            inner.replace_password_hash(user_id, &current, new).await
-        })
-        .await
-    }
-
     async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {
         // Only ended sessions go, which a hit refuses anyway (it checks the expiry).
         self.inner.prune_sessions(ended_before, batch).await
-    }
-
-    // Writes that change no cached row: a new user's session is not cached until looked up.
-    async fn create_user_with_session(
-        &self,
-        user: NewUser,
-        session: NewSession,
-    ) -> StoreResult<(User, Session)> {
-        self.inner.create_user_with_session(user, session).await
-    }
-
-    async fn find_credentials(
-        &self,
-        login_normalized: &str,
-    ) -> StoreResult<Option<UserCredentials>> {
-        self.inner.find_credentials(login_normalized).await
-    }
-
-    async fn find_credentials_by_id(&self, user_id: Uuid) -> StoreResult<Option<UserCredentials>> {
-        self.inner.find_credentials_by_id(user_id).await
     }
 
     async fn list_live_sessions(
@@ -366,44 +377,8 @@ impl<S: Store + Clone> Store for CachedStore<S> {
             .await
     }
 
-    async fn ping(&self) -> StoreResult<()> {
-        self.inner.ping().await
-    }
-
     async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.count_live_sessions(now).await
-    }
-
-    async fn broadcast_events(&self, payload: &str) -> StoreResult<bool> {
-        self.inner.broadcast_events(payload).await
-    }
-
-    async fn listen_events(&self) -> StoreResult<Option<super::EventStream>> {
-        self.inner.listen_events().await
-    }
-
-    fn pool_status(&self) -> Option<super::PoolStatus> {
-        self.inner.pool_status()
-    }
-
-    async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String> {
-        self.inner.setting_or_insert(name, candidate).await
-    }
-
-    async fn take_rate_limit_token(
-        &self,
-        key: &str,
-        now: DateTime<Utc>,
-        emission_interval: std::time::Duration,
-        burst: u32,
-    ) -> StoreResult<Option<std::time::Duration>> {
-        self.inner
-            .take_rate_limit_token(key, now, emission_interval, burst)
-            .await
-    }
-
-    async fn prune_rate_limit_buckets(&self, now: DateTime<Utc>) -> StoreResult<u64> {
-        self.inner.prune_rate_limit_buckets(now).await
     }
 }
 

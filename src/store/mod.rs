@@ -1,19 +1,22 @@
-//! Every read and write of users, sessions and settings goes through [`Store`]. The service never
-//! sees a database driver: [`SeaStore`] is the implementation on SQLite and PostgreSQL,
-//! [`MongoStore`] the one on MongoDB, chosen by the scheme of `DATABASE_URL`.
+//! Every read and write goes through a capability trait: [`UserStore`], [`SessionStore`],
+//! [`SettingStore`], [`RateLimitStore`], [`EventStore`], [`HealthStore`]; a backend implements
+//! each once and is a [`Store`]. The service never sees a database driver: [`SeaStore`] is the
+//! backend on SQLite and PostgreSQL, [`MongoStore`] the one on MongoDB, chosen by the scheme of
+//! `DATABASE_URL`; it works with a [`Storage`], where the session cache wraps users and sessions
+//! on SQLite and nothing else.
 
 mod cached;
 pub mod entity;
 pub mod mongo;
 mod sea;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use cached::{CachedStore, DatabaseLock, SESSION_CACHE_CAPACITY, beside};
+pub use cached::{CachedInner, CachedStore, DatabaseLock, SESSION_CACHE_CAPACITY, beside};
 
 #[cfg(test)]
 mod least_recently_used_tests {
@@ -59,11 +62,15 @@ pub struct PoolSettings {
 /// The store `database_url` names, by its scheme (`mongodb://` or `mongodb+srv://`: MongoDB;
 /// else SQLite or PostgreSQL), without migrating it or caching anything: what a second
 /// process (the admin CLI, a test) needs beside the server.
-pub async fn connect(database_url: &str, pool: PoolSettings) -> StoreResult<Box<dyn Store>> {
+pub async fn connect(database_url: &str, pool: PoolSettings) -> StoreResult<Storage> {
     if MongoStore::handles(database_url) {
-        return Ok(Box::new(MongoStore::connect(database_url, pool).await?));
+        return Ok(Storage::of(Arc::new(
+            MongoStore::connect(database_url, pool).await?,
+        )));
     }
-    Ok(Box::new(SeaStore::connect(database_url, pool).await?))
+    Ok(Storage::of(Arc::new(
+        SeaStore::connect(database_url, pool).await?,
+    )))
 }
 
 /// A user as the rest of authql sees one: no password hash.
@@ -316,8 +323,10 @@ impl Gcra {
     }
 }
 
+/// Accounts: registration, the credentials a login checks, and what changes how an account is
+/// proven (password, disable, deletion), each with what it does to the account's sessions.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait UserStore: Send + Sync + 'static {
     /// Creates the user and its first session in one transaction: both or neither.
     async fn create_user_with_session(
         &self,
@@ -334,6 +343,44 @@ pub trait Store: Send + Sync + 'static {
 
     async fn find_credentials_by_id(&self, user_id: Uuid) -> StoreResult<Option<UserCredentials>>;
 
+    /// Disables the user as of `disabled_at`, moves its credential version on and ends all its
+    /// sessions, in one transaction, or enables it again (`None`). Returns the ids of the
+    /// sessions ended; `None` when there is no such user.
+    async fn set_user_disabled(
+        &self,
+        user_id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<Vec<Uuid>>>;
+
+    /// Deletes the user and every session of it, in one transaction. Returns the ids of the
+    /// sessions ended; `None` when there is no such user.
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>>;
+
+    /// Sets the password hash, moves the credential version on (`keep_session` moves with it)
+    /// and ends every other session of the user, in one transaction; returns the ids of the
+    /// sessions ended.
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: String,
+        keep_session: Uuid,
+    ) -> StoreResult<Vec<Uuid>>;
+
+    /// Replaces the user's password hash with another of the same password (a newer form or
+    /// cost), if it is still `current`: the credential version does not move. `false` when
+    /// the hash changed meanwhile.
+    async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        current: &str,
+        new: String,
+    ) -> StoreResult<bool>;
+}
+
+/// Sessions: created by logins, looked up by every authenticated request, rotated by refresh,
+/// listed, ended and pruned.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
     /// Stores a login's session, in one statement with the check that its user still exists,
     /// is enabled and is at `session.credential_version` (a password changed or the account
     /// disabled while the login checked its password: `None`, nothing stored). Then, in the
@@ -387,66 +434,25 @@ pub trait Store: Send + Sync + 'static {
         keep: Option<Uuid>,
     ) -> StoreResult<Vec<Uuid>>;
 
-    /// Disables the user as of `disabled_at`, moves its credential version on and ends all its
-    /// sessions, in one transaction, or enables it again (`None`). Returns the ids of the
-    /// sessions ended; `None` when there is no such user.
-    async fn set_user_disabled(
-        &self,
-        user_id: Uuid,
-        disabled_at: Option<DateTime<Utc>>,
-    ) -> StoreResult<Option<Vec<Uuid>>>;
-
-    /// Deletes the user and every session of it, in one transaction. Returns the ids of the
-    /// sessions ended; `None` when there is no such user.
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>>;
-
-    /// Sends `payload` to every process listening on this database ([`Store::listen_events`]),
-    /// this one included. `false` when the database has no way to (SQLite, one process): the
-    /// caller then hands it to the listeners in this process itself.
-    async fn broadcast_events(&self, payload: &str) -> StoreResult<bool>;
-
-    /// Every payload broadcast on this database from now on, as it comes, reconnecting by
-    /// itself when the database comes back (what was sent meanwhile is lost); `None` when the
-    /// database has no such channel.
-    async fn listen_events(&self) -> StoreResult<Option<EventStream>>;
-
     /// How many sessions are live at `now`, for the live-sessions gauge.
     async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
-
-    /// The connection pool's state, where the driver tells it.
-    fn pool_status(&self) -> Option<PoolStatus>;
-
-    /// Sets the password hash, moves the credential version on (`keep_session` moves with it)
-    /// and ends every other session of the user, in one transaction; returns the ids of the
-    /// sessions ended.
-    async fn change_password(
-        &self,
-        user_id: Uuid,
-        password_hash: String,
-        keep_session: Uuid,
-    ) -> StoreResult<Vec<Uuid>>;
-
-    /// Replaces the user's password hash with another of the same password (a newer form or
-    /// cost), if it is still `current`: the credential version does not move. `false` when
-    /// the hash changed meanwhile.
-    async fn replace_password_hash(
-        &self,
-        user_id: Uuid,
-        current: &str,
-        new: String,
-    ) -> StoreResult<bool>;
-
-    /// Whether the database answers.
-    async fn ping(&self) -> StoreResult<()>;
 
     /// Deletes, in batches of at most `batch`, sessions that ended (expired or idle) before
     /// `ended_before`; returns how many. Safe to run on every instance at once.
     async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64>;
+}
 
+/// Server-wide settings every instance on the database shares (the generated signing secret).
+#[async_trait]
+pub trait SettingStore: Send + Sync + 'static {
     /// The stored value of a server-wide setting; stores `candidate` first if there is none.
     /// Safe against concurrent callers: all of them get the value that won.
     async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String>;
+}
 
+/// Rate-limit buckets shared by every instance on the database.
+#[async_trait]
+pub trait RateLimitStore: Send + Sync + 'static {
     /// Takes one token from the rate-limit bucket `key`, shared by every process on the
     /// database, in one atomic statement: the GCRA (generic cell rate algorithm, ITU-T I.371) with
     /// one token every `emission_interval` and room for `burst` at once. `now` is the caller's
@@ -461,6 +467,79 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the rate-limit buckets that have filled up again by `now`; returns how many.
     async fn prune_rate_limit_buckets(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+}
+
+/// Session events carried to every instance on the database.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Sends `payload` to every process listening on this database ([`Store::listen_events`]),
+    /// this one included. `false` when the database has no way to (SQLite, one process): the
+    /// caller then hands it to the listeners in this process itself.
+    async fn broadcast_events(&self, payload: &str) -> StoreResult<bool>;
+
+    /// Every payload broadcast on this database from now on, as it comes, reconnecting by
+    /// itself when the database comes back (what was sent meanwhile is lost); `None` when the
+    /// database has no such channel.
+    async fn listen_events(&self) -> StoreResult<Option<EventStream>>;
+}
+
+/// Whether the database takes writes, and its connection pool.
+#[async_trait]
+pub trait HealthStore: Send + Sync + 'static {
+    /// The connection pool's state, where the driver tells it.
+    fn pool_status(&self) -> Option<PoolStatus>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// A whole backend: every capability, each implemented once per backend (lldap's
+/// `BackendHandler`, composed of its narrow handlers). Code that needs one capability takes that
+/// trait; [`Storage`] hands each capability to the service separately, so that a decorator (the
+/// session cache) wraps only what it changes.
+pub trait Store:
+    UserStore + SessionStore + SettingStore + RateLimitStore + EventStore + HealthStore
+{
+}
+
+impl<T> Store for T where
+    T: UserStore + SessionStore + SettingStore + RateLimitStore + EventStore + HealthStore
+{
+}
+
+/// The capabilities the service works with, each from the backend or from what wraps it.
+#[derive(Clone)]
+pub struct Storage {
+    pub users: Arc<dyn UserStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub settings: Arc<dyn SettingStore>,
+    pub rate_limits: Arc<dyn RateLimitStore>,
+    pub events: Arc<dyn EventStore>,
+    pub health: Arc<dyn HealthStore>,
+}
+
+impl Storage {
+    /// Every capability from one backend.
+    pub fn of<B: Store>(backend: Arc<B>) -> Self {
+        Self {
+            users: backend.clone(),
+            sessions: backend.clone(),
+            settings: backend.clone(),
+            rate_limits: backend.clone(),
+            events: backend.clone(),
+            health: backend,
+        }
+    }
+
+    /// Every capability from `backend`, users and sessions through the session cache over it.
+    pub fn cached<B: Store + Clone>(backend: B, capacity: std::num::NonZeroUsize) -> Self {
+        let cache = Arc::new(CachedStore::new(backend.clone(), capacity));
+        Self {
+            users: cache.clone(),
+            sessions: cache,
+            ..Self::of(Arc::new(backend))
+        }
+    }
 }
 
 #[cfg(test)]

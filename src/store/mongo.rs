@@ -48,9 +48,10 @@ use uuid::Uuid;
 
 use super::{
     CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, NewSession, NewUser,
-    PoolSettings, PoolStatus, Rotation, Session, SessionPage, Store, StoreError, StoreResult, User,
+    PoolSettings, PoolStatus, Rotation, Session, SessionPage, StoreError, StoreResult, User,
     UserCredentials, least_recently_used,
 };
+use super::{EventStore, HealthStore, RateLimitStore, SessionStore, SettingStore, UserStore};
 
 /// The database used when the URL names none.
 const DEFAULT_DATABASE: &str = "authql";
@@ -677,7 +678,7 @@ fn and_live(mut filter: Document, now: DateTime<Utc>) -> Document {
 }
 
 #[async_trait]
-impl Store for MongoStore {
+impl UserStore for MongoStore {
     /// In a transaction where the deployment has them. Without (a standalone server) the
     /// session is written first and the user second, so no failure or crash between the two
     /// writes can leave a user without a session: what it can leave is a session whose user
@@ -757,6 +758,121 @@ impl Store for MongoStore {
             .map(credentials_of))
     }
 
+    /// The credential version moves on with the new hash in one atomic update of the user
+    /// document: from then on every other session is refused on every lookup. Then the kept
+    /// session follows the version, and the others are deleted in batches. No transaction: the
+    /// sessions being refreshed meanwhile (another device, or an attacker holding a stolen
+    /// refresh token) would make one conflict again and again, and block the change. The whole
+    /// runs on a task of its own, so that a caller that gives up half-way (a request timeout)
+    /// cannot leave the sweep undone.
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: String,
+        keep_session: Uuid,
+    ) -> StoreResult<Vec<Uuid>> {
+        self.detached(move |store| async move {
+            let changed = store
+                .users
+                .find_one_and_update(
+                    doc! { "_id": id(user_id) },
+                    doc! {
+                        "$set": { "password_hash": password_hash },
+                        "$inc": { "credential_version": 1 },
+                    },
+                )
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(classify)?;
+            let Some(changed) = changed else {
+                return Ok(Vec::new());
+            };
+            store
+                .sessions
+                .update_one(
+                    doc! { "_id": id(keep_session), "user_id": id(user_id) },
+                    doc! { "$set": { "credential_version": changed.credential_version } },
+                )
+                .await
+                .map_err(classify)?;
+            store
+                .delete_other_sessions(user_id, Some(keep_session))
+                .await
+        })
+        .await
+    }
+
+    async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        current: &str,
+        new: String,
+    ) -> StoreResult<bool> {
+        let replaced = self
+            .users
+            .update_one(
+                doc! { "_id": id(user_id), "password_hash": current },
+                doc! { "$set": { "password_hash": new } },
+            )
+            .await
+            .map_err(classify)?;
+        Ok(replaced.modified_count == 1)
+    }
+
+    /// Marked (and, when disabling, the credential version moved on) in one atomic update of
+    /// the user document, so that from then on every session of it is refused on every lookup;
+    /// then its sessions are deleted in batches, on a task of its own (see `change_password`
+    /// for why no transaction).
+    async fn set_user_disabled(
+        &self,
+        user_id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
+        self.detached(move |store| async move {
+            let mark = match disabled_at {
+                Some(at) => doc! {
+                    "$set": { "disabled_at": date(at) },
+                    "$inc": { "credential_version": 1 },
+                },
+                None => doc! { "$set": { "disabled_at": Bson::Null } },
+            };
+            let marked = store
+                .users
+                .update_one(doc! { "_id": id(user_id) }, mark)
+                .await
+                .map_err(classify)?;
+            if marked.matched_count == 0 {
+                return Ok(None);
+            }
+            if disabled_at.is_none() {
+                return Ok(Some(Vec::new()));
+            }
+            Ok(Some(store.delete_other_sessions(user_id, None).await?))
+        })
+        .await
+    }
+
+    /// The user document goes first (from then on every session of it is refused: every lookup
+    /// needs the user), then its sessions in batches, on a task of its own (see
+    /// `change_password`).
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
+        self.detached(move |store| async move {
+            let deleted = store
+                .users
+                .delete_one(doc! { "_id": id(user_id) })
+                .await
+                .map_err(classify)?;
+            if deleted.deleted_count == 0 {
+                return Ok(None);
+            }
+            Ok(Some(store.delete_other_sessions(user_id, None).await?))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SessionStore for MongoStore {
     /// The session first, then the check of its user: a password change or a disable that
     /// lands before the check is seen by it (the session is deleted again, `None`); one that
     /// lands after it ends the session with the others (its sweep comes after its atomic
@@ -928,118 +1044,141 @@ impl Store for MongoStore {
         self.end_sessions(user_id, keep).await.map_err(classify)
     }
 
-    /// The credential version moves on with the new hash in one atomic update of the user
-    /// document: from then on every other session is refused on every lookup. Then the kept
-    /// session follows the version, and the others are deleted in batches. No transaction: the
-    /// sessions being refreshed meanwhile (another device, or an attacker holding a stolen
-    /// refresh token) would make one conflict again and again, and block the change. The whole
-    /// runs on a task of its own, so that a caller that gives up half-way (a request timeout)
-    /// cannot leave the sweep undone.
-    async fn change_password(
-        &self,
-        user_id: Uuid,
-        password_hash: String,
-        keep_session: Uuid,
-    ) -> StoreResult<Vec<Uuid>> {
-        self.detached(move |store| async move {
-            let changed = store
-                .users
-                .find_one_and_update(
-                    doc! { "_id": id(user_id) },
-                    doc! {
-                        "$set": { "password_hash": password_hash },
-                        "$inc": { "credential_version": 1 },
-                    },
-                )
-                .return_document(ReturnDocument::After)
-                .await
-                .map_err(classify)?;
-            let Some(changed) = changed else {
-                return Ok(Vec::new());
-            };
-            store
-                .sessions
-                .update_one(
-                    doc! { "_id": id(keep_session), "user_id": id(user_id) },
-                    doc! { "$set": { "credential_version": changed.credential_version } },
-                )
-                .await
-                .map_err(classify)?;
-            store
-                .delete_other_sessions(user_id, Some(keep_session))
-                .await
-        })
-        .await
-    }
-
-    async fn replace_password_hash(
-        &self,
-        user_id: Uuid,
-        current: &str,
-        new: String,
-    ) -> StoreResult<bool> {
-        let replaced = self
-            .users
-            .update_one(
-                doc! { "_id": id(user_id), "password_hash": current },
-                doc! { "$set": { "password_hash": new } },
-            )
+    async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.sessions
+            .count_documents(live_at(now))
             .await
-            .map_err(classify)?;
-        Ok(replaced.modified_count == 1)
+            .map_err(classify)
     }
 
-    /// Marked (and, when disabling, the credential version moved on) in one atomic update of
-    /// the user document, so that from then on every session of it is refused on every lookup;
-    /// then its sessions are deleted in batches, on a task of its own (see `change_password`
-    /// for why no transaction).
-    async fn set_user_disabled(
+    /// In batches, for each way a session ends (its absolute expiry, its idle timeout): the ids
+    /// of up to `batch` sessions that ended by that rule (one index each), then one delete by
+    /// id. A session that ended before `ended_before` cannot come back to life (a refresh needs
+    /// a live session), so deleting by id alone is safe; instances pruning at once each count
+    /// only what they deleted.
+    async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {
+        let ids_collection = self.sessions.clone_with_type::<Document>();
+        let mut pruned = 0;
+        for field in ["expires_at", "idle_expires_at"] {
+            loop {
+                let ids: Vec<Bson> = ids_collection
+                    .find(doc! { field: { "$lte": date(ended_before) } })
+                    .projection(doc! { "_id": 1 })
+                    .limit(i64::try_from(batch).unwrap_or(i64::MAX))
+                    .await
+                    .map_err(classify)?
+                    .try_collect::<Vec<Document>>()
+                    .await
+                    .map_err(classify)?
+                    .into_iter()
+                    .filter_map(|mut document| document.remove("_id"))
+                    .collect();
+                let found = ids.len() as u64;
+                if found > 0 {
+                    pruned += self
+                        .sessions
+                        .delete_many(doc! { "_id": { "$in": ids } })
+                        .await
+                        .map_err(classify)?
+                        .deleted_count;
+                }
+                if found < batch {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+#[async_trait]
+impl SettingStore for MongoStore {
+    /// An upsert that only sets the value on insert: the first writer's value stays. Two
+    /// upserts racing on a new name can both try the insert; the loser's duplicate key error
+    /// means the winner's value is there to read.
+    async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String> {
+        let upserted = self
+            .settings
+            .update_one(
+                doc! { "_id": name },
+                doc! { "$setOnInsert": { "value": candidate } },
+            )
+            .upsert(true)
+            .await;
+        match upserted {
+            Ok(_) => {}
+            Err(error) if is_duplicate_key(&error) => {}
+            Err(error) => return Err(classify(error)),
+        }
+        self.settings
+            .find_one(doc! { "_id": name })
+            .await
+            .map_err(classify)?
+            .map(|setting| setting.value)
+            .ok_or_else(|| StoreError::Database(format!("setting {name} vanished").into()))
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for MongoStore {
+    /// The GCRA step as one `findAndModify` with upsert: the filter matches the bucket only if
+    /// a token is free (`max(tat, now) + interval <= now + capacity`), and the pipeline update
+    /// moves `tat` on. When the bucket exists but is empty the filter matches nothing, the
+    /// upsert tries to insert a second document with the same `_id`, and the duplicate key
+    /// error is the refusal.
+    async fn take_rate_limit_token(
         &self,
-        user_id: Uuid,
-        disabled_at: Option<DateTime<Utc>>,
-    ) -> StoreResult<Option<Vec<Uuid>>> {
-        self.detached(move |store| async move {
-            let mark = match disabled_at {
-                Some(at) => doc! {
-                    "$set": { "disabled_at": date(at) },
-                    "$inc": { "credential_version": 1 },
-                },
-                None => doc! { "$set": { "disabled_at": Bson::Null } },
-            };
-            let marked = store
-                .users
-                .update_one(doc! { "_id": id(user_id) }, mark)
-                .await
-                .map_err(classify)?;
-            if marked.matched_count == 0 {
-                return Ok(None);
-            }
-            if disabled_at.is_none() {
-                return Ok(Some(Vec::new()));
-            }
-            Ok(Some(store.delete_other_sessions(user_id, None).await?))
-        })
-        .await
+        key: &str,
+        now: DateTime<Utc>,
+        emission_interval: Duration,
+        burst: u32,
+    ) -> StoreResult<Option<Duration>> {
+        let gcra = super::Gcra::new(now, emission_interval, burst);
+        let (now_us, interval_us, capacity_us) = (gcra.now, gcra.interval, gcra.capacity);
+        let filter = doc! {
+            "_id": key,
+            "$expr": { "$lte": [
+                { "$add": [{ "$max": ["$tat", now_us] }, interval_us] },
+                now_us.saturating_add(capacity_us),
+            ] },
+        };
+        let update = vec![doc! { "$set": { "tat": { "$add": [
+            { "$max": [{ "$ifNull": ["$tat", now_us] }, now_us] },
+            interval_us,
+        ] } } }];
+        let taken = self
+            .buckets
+            .find_one_and_update(filter, update)
+            .upsert(true)
+            .hint(by_id())
+            .await;
+        match taken {
+            Ok(_) => return Ok(None),
+            Err(error) if is_duplicate_key(&error) => {}
+            Err(error) => return Err(classify(error)),
+        }
+        let tat = self
+            .buckets
+            .find_one(doc! { "_id": key })
+            .await
+            .map_err(classify)?
+            .and_then(|bucket| bucket.get_i64("tat").ok())
+            .unwrap_or(now_us);
+        Ok(Some(gcra.wait(tat)))
     }
 
-    /// The user document goes first (from then on every session of it is refused: every lookup
-    /// needs the user), then its sessions in batches, on a task of its own (see
-    /// `change_password`).
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
-        self.detached(move |store| async move {
-            let deleted = store
-                .users
-                .delete_one(doc! { "_id": id(user_id) })
-                .await
-                .map_err(classify)?;
-            if deleted.deleted_count == 0 {
-                return Ok(None);
-            }
-            Ok(Some(store.delete_other_sessions(user_id, None).await?))
-        })
-        .await
+    async fn prune_rate_limit_buckets(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        Ok(self
+            .buckets
+            .delete_many(doc! { "tat": { "$lt": now.timestamp_micros() } })
+            .await
+            .map_err(classify)?
+            .deleted_count)
     }
+}
 
+#[async_trait]
+impl EventStore for MongoStore {
     /// An insert into `session_events` (a TTL index removes them after
     /// `EVENT_RETENTION_SECONDS`), which every listener's change stream sees. A standalone
     /// server has no change streams: `false`.
@@ -1107,14 +1246,10 @@ impl Store for MongoStore {
             },
         ))))
     }
+}
 
-    async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
-        self.sessions
-            .count_documents(live_at(now))
-            .await
-            .map_err(classify)
-    }
-
+#[async_trait]
+impl HealthStore for MongoStore {
     fn pool_status(&self) -> Option<PoolStatus> {
         let open = self.pool.open.load(Ordering::Relaxed).max(0);
         let in_use = self.pool.in_use.load(Ordering::Relaxed).clamp(0, open);
@@ -1126,124 +1261,5 @@ impl Store for MongoStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.check_writable().await
-    }
-
-    /// In batches, for each way a session ends (its absolute expiry, its idle timeout): the ids
-    /// of up to `batch` sessions that ended by that rule (one index each), then one delete by
-    /// id. A session that ended before `ended_before` cannot come back to life (a refresh needs
-    /// a live session), so deleting by id alone is safe; instances pruning at once each count
-    /// only what they deleted.
-    async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {
-        let ids_collection = self.sessions.clone_with_type::<Document>();
-        let mut pruned = 0;
-        for field in ["expires_at", "idle_expires_at"] {
-            loop {
-                let ids: Vec<Bson> = ids_collection
-                    .find(doc! { field: { "$lte": date(ended_before) } })
-                    .projection(doc! { "_id": 1 })
-                    .limit(i64::try_from(batch).unwrap_or(i64::MAX))
-                    .await
-                    .map_err(classify)?
-                    .try_collect::<Vec<Document>>()
-                    .await
-                    .map_err(classify)?
-                    .into_iter()
-                    .filter_map(|mut document| document.remove("_id"))
-                    .collect();
-                let found = ids.len() as u64;
-                if found > 0 {
-                    pruned += self
-                        .sessions
-                        .delete_many(doc! { "_id": { "$in": ids } })
-                        .await
-                        .map_err(classify)?
-                        .deleted_count;
-                }
-                if found < batch {
-                    break;
-                }
-            }
-        }
-        Ok(pruned)
-    }
-
-    /// An upsert that only sets the value on insert: the first writer's value stays. Two
-    /// upserts racing on a new name can both try the insert; the loser's duplicate key error
-    /// means the winner's value is there to read.
-    async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String> {
-        let upserted = self
-            .settings
-            .update_one(
-                doc! { "_id": name },
-                doc! { "$setOnInsert": { "value": candidate } },
-            )
-            .upsert(true)
-            .await;
-        match upserted {
-            Ok(_) => {}
-            Err(error) if is_duplicate_key(&error) => {}
-            Err(error) => return Err(classify(error)),
-        }
-        self.settings
-            .find_one(doc! { "_id": name })
-            .await
-            .map_err(classify)?
-            .map(|setting| setting.value)
-            .ok_or_else(|| StoreError::Database(format!("setting {name} vanished").into()))
-    }
-
-    /// The GCRA step as one `findAndModify` with upsert: the filter matches the bucket only if
-    /// a token is free (`max(tat, now) + interval <= now + capacity`), and the pipeline update
-    /// moves `tat` on. When the bucket exists but is empty the filter matches nothing, the
-    /// upsert tries to insert a second document with the same `_id`, and the duplicate key
-    /// error is the refusal.
-    async fn take_rate_limit_token(
-        &self,
-        key: &str,
-        now: DateTime<Utc>,
-        emission_interval: Duration,
-        burst: u32,
-    ) -> StoreResult<Option<Duration>> {
-        let gcra = super::Gcra::new(now, emission_interval, burst);
-        let (now_us, interval_us, capacity_us) = (gcra.now, gcra.interval, gcra.capacity);
-        let filter = doc! {
-            "_id": key,
-            "$expr": { "$lte": [
-                { "$add": [{ "$max": ["$tat", now_us] }, interval_us] },
-                now_us.saturating_add(capacity_us),
-            ] },
-        };
-        let update = vec![doc! { "$set": { "tat": { "$add": [
-            { "$max": [{ "$ifNull": ["$tat", now_us] }, now_us] },
-            interval_us,
-        ] } } }];
-        let taken = self
-            .buckets
-            .find_one_and_update(filter, update)
-            .upsert(true)
-            .hint(by_id())
-            .await;
-        match taken {
-            Ok(_) => return Ok(None),
-            Err(error) if is_duplicate_key(&error) => {}
-            Err(error) => return Err(classify(error)),
-        }
-        let tat = self
-            .buckets
-            .find_one(doc! { "_id": key })
-            .await
-            .map_err(classify)?
-            .and_then(|bucket| bucket.get_i64("tat").ok())
-            .unwrap_or(now_us);
-        Ok(Some(gcra.wait(tat)))
-    }
-
-    async fn prune_rate_limit_buckets(&self, now: DateTime<Utc>) -> StoreResult<u64> {
-        Ok(self
-            .buckets
-            .delete_many(doc! { "tat": { "$lt": now.timestamp_micros() } })
-            .await
-            .map_err(classify)?
-            .deleted_count)
     }
 }

@@ -14,11 +14,12 @@ use uuid::Uuid;
 
 use super::{
     CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, NewSession, NewUser,
-    PoolSettings, PoolStatus, Rotation, Session, SessionPage, Store, StoreError, StoreResult, User,
+    PoolSettings, PoolStatus, Rotation, Session, SessionPage, StoreError, StoreResult, User,
     UserCredentials,
     entity::{session, setting, user},
     least_recently_used,
 };
+use super::{EventStore, HealthStore, RateLimitStore, SessionStore, SettingStore, UserStore};
 
 /// The store on SeaORM: SQLite (the embedded default) or PostgreSQL, chosen by the URL.
 #[derive(Clone)]
@@ -433,7 +434,7 @@ fn new_session_row(session: NewSession) -> session::ActiveModel {
 }
 
 #[async_trait]
-impl Store for SeaStore {
+impl UserStore for SeaStore {
     async fn create_user_with_session(
         &self,
         new_user: NewUser,
@@ -511,6 +512,94 @@ impl Store for SeaStore {
             .map(Into::into))
     }
 
+    async fn set_user_disabled(
+        &self,
+        user_id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
+        let transaction = self.db.begin().await?;
+        let mut update = user::Entity::update_many()
+            .col_expr(user::Column::DisabledAt, Expr::value(disabled_at))
+            .filter(user::Column::Id.eq(user_id));
+        if disabled_at.is_some() {
+            update = update.col_expr(
+                user::Column::CredentialVersion,
+                Expr::col(user::Column::CredentialVersion).add(1),
+            );
+        }
+        let updated = update.exec(&transaction).await?.rows_affected;
+        let ended = if updated > 0 && disabled_at.is_some() {
+            end_sessions(&transaction, user_id, None).await?
+        } else {
+            Vec::new()
+        };
+        transaction.commit().await?;
+        Ok((updated > 0).then_some(ended))
+    }
+
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
+        let transaction = self.db.begin().await?;
+        // The sessions go first and explicitly: their ids are reported, and nothing relies on
+        // ON DELETE CASCADE being switched on (SQLite needs a pragma for it).
+        let ended = end_sessions(&transaction, user_id, None).await?;
+        let deleted = user::Entity::delete_by_id(user_id)
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        transaction.commit().await?;
+        Ok((deleted > 0).then_some(ended))
+    }
+
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: String,
+        keep_session: Uuid,
+    ) -> StoreResult<Vec<Uuid>> {
+        let transaction = self.db.begin().await?;
+        let updated = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
+            .col_expr(
+                user::Column::CredentialVersion,
+                Expr::col(user::Column::CredentialVersion).add(1),
+            )
+            .filter(user::Column::Id.eq(user_id))
+            .exec_with_returning(&transaction)
+            .await?;
+        let Some(version) = updated.first().map(|user| user.credential_version) else {
+            transaction.rollback().await?;
+            return Ok(Vec::new());
+        };
+        session::Entity::update_many()
+            .col_expr(session::Column::CredentialVersion, Expr::value(version))
+            .filter(session::Column::Id.eq(keep_session))
+            .filter(session::Column::UserId.eq(user_id))
+            .exec(&transaction)
+            .await?;
+        let ended = end_sessions(&transaction, user_id, Some(keep_session)).await?;
+        transaction.commit().await?;
+        Ok(ended)
+    }
+
+    async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        current: &str,
+        new: String,
+    ) -> StoreResult<bool> {
+        let replaced = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, Expr::value(new))
+            .filter(user::Column::Id.eq(user_id))
+            .filter(user::Column::PasswordHash.eq(current))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(replaced == 1)
+    }
+}
+
+#[async_trait]
+impl SessionStore for SeaStore {
     async fn create_session(
         &self,
         new_session: NewSession,
@@ -678,169 +767,12 @@ impl Store for SeaStore {
         Ok(end_sessions(&self.db, user_id, keep).await?)
     }
 
-    async fn set_user_disabled(
-        &self,
-        user_id: Uuid,
-        disabled_at: Option<DateTime<Utc>>,
-    ) -> StoreResult<Option<Vec<Uuid>>> {
-        let transaction = self.db.begin().await?;
-        let mut update = user::Entity::update_many()
-            .col_expr(user::Column::DisabledAt, Expr::value(disabled_at))
-            .filter(user::Column::Id.eq(user_id));
-        if disabled_at.is_some() {
-            update = update.col_expr(
-                user::Column::CredentialVersion,
-                Expr::col(user::Column::CredentialVersion).add(1),
-            );
-        }
-        let updated = update.exec(&transaction).await?.rows_affected;
-        let ended = if updated > 0 && disabled_at.is_some() {
-            end_sessions(&transaction, user_id, None).await?
-        } else {
-            Vec::new()
-        };
-        transaction.commit().await?;
-        Ok((updated > 0).then_some(ended))
-    }
-
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
-        let transaction = self.db.begin().await?;
-        // The sessions go first and explicitly: their ids are reported, and nothing relies on
-        // ON DELETE CASCADE being switched on (SQLite needs a pragma for it).
-        let ended = end_sessions(&transaction, user_id, None).await?;
-        let deleted = user::Entity::delete_by_id(user_id)
-            .exec(&transaction)
-            .await?
-            .rows_affected;
-        transaction.commit().await?;
-        Ok((deleted > 0).then_some(ended))
-    }
-
     async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         use sea_orm::PaginatorTrait;
         Ok(session::Entity::find()
             .filter(live_at(now))
             .count(&self.db)
             .await?)
-    }
-
-    fn pool_status(&self) -> Option<PoolStatus> {
-        let (size, idle) = match self.db.get_database_backend() {
-            DbBackend::Postgres => {
-                let pool = self.db.get_postgres_connection_pool();
-                (pool.size(), pool.num_idle())
-            }
-            _ => {
-                let pool = self.db.get_sqlite_connection_pool();
-                (pool.size(), pool.num_idle())
-            }
-        };
-        let idle = idle as u64;
-        Some(PoolStatus {
-            in_use: u64::from(size).saturating_sub(idle),
-            idle,
-        })
-    }
-
-    async fn change_password(
-        &self,
-        user_id: Uuid,
-        password_hash: String,
-        keep_session: Uuid,
-    ) -> StoreResult<Vec<Uuid>> {
-        let transaction = self.db.begin().await?;
-        let updated = user::Entity::update_many()
-            .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
-            .col_expr(
-                user::Column::CredentialVersion,
-                Expr::col(user::Column::CredentialVersion).add(1),
-            )
-            .filter(user::Column::Id.eq(user_id))
-            .exec_with_returning(&transaction)
-            .await?;
-        let Some(version) = updated.first().map(|user| user.credential_version) else {
-            transaction.rollback().await?;
-            return Ok(Vec::new());
-        };
-        session::Entity::update_many()
-            .col_expr(session::Column::CredentialVersion, Expr::value(version))
-            .filter(session::Column::Id.eq(keep_session))
-            .filter(session::Column::UserId.eq(user_id))
-            .exec(&transaction)
-            .await?;
-        let ended = end_sessions(&transaction, user_id, Some(keep_session)).await?;
-        transaction.commit().await?;
-        Ok(ended)
-    }
-
-    async fn replace_password_hash(
-        &self,
-        user_id: Uuid,
-        current: &str,
-        new: String,
-    ) -> StoreResult<bool> {
-        let replaced = user::Entity::update_many()
-            .col_expr(user::Column::PasswordHash, Expr::value(new))
-            .filter(user::Column::Id.eq(user_id))
-            .filter(user::Column::PasswordHash.eq(current))
-            .exec(&self.db)
-            .await?
-            .rows_affected;
-        Ok(replaced == 1)
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        self.db.ping().await?;
-        self.check_writable().await
-    }
-
-    /// PostgreSQL: `NOTIFY` on the `authql_session_events` channel (at most 8000 bytes a
-    /// payload; the caller keeps them small). SQLite: `false`.
-    async fn broadcast_events(&self, payload: &str) -> StoreResult<bool> {
-        if self.db.get_database_backend() != DbBackend::Postgres {
-            return Ok(false);
-        }
-        self.db
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_notify($1, $2)",
-                [EVENT_CHANNEL.into(), payload.into()],
-            ))
-            .await?;
-        Ok(true)
-    }
-
-    /// PostgreSQL: `LISTEN authql_session_events` on a connection of its own (sqlx's
-    /// `PgListener`, which reconnects by itself). SQLite: `None`.
-    async fn listen_events(&self) -> StoreResult<Option<EventStream>> {
-        use sea_orm::sqlx::postgres::PgListener;
-        if self.db.get_database_backend() != DbBackend::Postgres {
-            return Ok(None);
-        }
-        let pool = self.db.get_postgres_connection_pool().clone();
-        let listener = async move {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(EVENT_CHANNEL).await?;
-            Ok::<_, sea_orm::sqlx::Error>(listener)
-        };
-        let listener = listener.await.map_err(|error| {
-            StoreError::from(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(error.into())))
-        })?;
-        Ok(Some(Box::pin(futures_util::stream::unfold(
-            listener,
-            |mut listener| async move {
-                loop {
-                    match listener.recv().await {
-                        Ok(notification) => {
-                            return Some((notification.payload().to_owned(), listener));
-                        }
-                        // The connection was lost: the next `recv` reconnects; until the
-                        // database is back, try once a second.
-                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-                    }
-                }
-            },
-        ))))
     }
 
     async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {
@@ -875,7 +807,10 @@ impl Store for SeaStore {
             }
         }
     }
+}
 
+#[async_trait]
+impl SettingStore for SeaStore {
     async fn setting_or_insert(&self, name: &str, candidate: String) -> StoreResult<String> {
         let row = setting::ActiveModel {
             name: Set(name.to_owned()),
@@ -896,7 +831,10 @@ impl Store for SeaStore {
             .ok_or_else(|| DbErr::RecordNotFound(format!("setting {name}")))?;
         Ok(stored.value)
     }
+}
 
+#[async_trait]
+impl RateLimitStore for SeaStore {
     async fn take_rate_limit_token(
         &self,
         key: &str,
@@ -965,5 +903,83 @@ impl Store for SeaStore {
             ))
             .await?;
         Ok(deleted.rows_affected())
+    }
+}
+
+#[async_trait]
+impl EventStore for SeaStore {
+    /// PostgreSQL: `NOTIFY` on the `authql_session_events` channel (at most 8000 bytes a
+    /// payload; the caller keeps them small). SQLite: `false`.
+    async fn broadcast_events(&self, payload: &str) -> StoreResult<bool> {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return Ok(false);
+        }
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [EVENT_CHANNEL.into(), payload.into()],
+            ))
+            .await?;
+        Ok(true)
+    }
+
+    /// PostgreSQL: `LISTEN authql_session_events` on a connection of its own (sqlx's
+    /// `PgListener`, which reconnects by itself). SQLite: `None`.
+    async fn listen_events(&self) -> StoreResult<Option<EventStream>> {
+        use sea_orm::sqlx::postgres::PgListener;
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return Ok(None);
+        }
+        let pool = self.db.get_postgres_connection_pool().clone();
+        let listener = async move {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(EVENT_CHANNEL).await?;
+            Ok::<_, sea_orm::sqlx::Error>(listener)
+        };
+        let listener = listener.await.map_err(|error| {
+            StoreError::from(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(error.into())))
+        })?;
+        Ok(Some(Box::pin(futures_util::stream::unfold(
+            listener,
+            |mut listener| async move {
+                loop {
+                    match listener.recv().await {
+                        Ok(notification) => {
+                            return Some((notification.payload().to_owned(), listener));
+                        }
+                        // The connection was lost: the next `recv` reconnects; until the
+                        // database is back, try once a second.
+                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                }
+            },
+        ))))
+    }
+}
+
+#[async_trait]
+impl HealthStore for SeaStore {
+    fn pool_status(&self) -> Option<PoolStatus> {
+        let (size, idle) = match self.db.get_database_backend() {
+            DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+        };
+        let idle = idle as u64;
+        Some(PoolStatus {
+            in_use: u64::from(size).saturating_sub(idle),
+            idle,
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.db.ping().await?;
+        self.check_writable().await
     }
 }

@@ -5,7 +5,8 @@
 use std::{future::Future, num::NonZeroUsize, time::Duration};
 
 use authql::store::{
-    CachedStore, NewUser, PoolSettings, Rotation, SeaStore, Session, SessionPage, Store,
+    CachedStore, NewUser, PoolSettings, Rotation, SeaStore, Session, SessionPage, SessionStore,
+    UserStore,
 };
 use chrono::{TimeDelta, Utc};
 use uuid::Uuid;
@@ -65,7 +66,7 @@ fn new_user(user_id: Uuid) -> NewUser {
 }
 
 /// Looks `session` up by its access jti, as every authenticated request does.
-async fn accepted(store: &impl Store, session: &Session) -> bool {
+async fn accepted(store: &impl SessionStore, session: &Session) -> bool {
     store
         .find_session_by_access_jti(session.id, session.access_jti, Utc::now())
         .await
@@ -454,7 +455,7 @@ async fn a_cancelled_write_is_applied_whole_or_not_at_all_on_every_backend() {
 
 /// The user once the write in flight has landed (a write cancelled by its caller may still be
 /// applied by the database a moment later).
-async fn wait_for_user(store: &dyn Store, user_id: Uuid) -> Option<authql::store::User> {
+async fn wait_for_user(store: &dyn UserStore, user_id: Uuid) -> Option<authql::store::User> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     store
         .find_credentials_by_id(user_id)
