@@ -11,6 +11,7 @@ mod m20261129_000004_recompute_identity_keys;
 mod m20261129_000005_add_user_disabled_at;
 mod m20261201_000006_add_credential_versions;
 mod m20261201_000007_usernames_without_at_sign;
+mod m20261201_000008_add_account_recovery;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000005_add_user_disabled_at::Migration),
             Box::new(m20261201_000006_add_credential_versions::Migration),
             Box::new(m20261201_000007_usernames_without_at_sign::Migration),
+            Box::new(m20261201_000008_add_account_recovery::Migration),
         ]
     }
 }

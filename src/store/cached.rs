@@ -38,8 +38,8 @@ use lru::LruCache;
 use uuid::Uuid;
 
 use super::{
-    CreatedSession, NewSession, NewUser, Rotation, Session, SessionPage, SessionStore, StoreError,
-    StoreResult, User, UserCredentials, UserStore,
+    CreatedSession, IssuedToken, NewSession, NewUser, Rotation, Session, SessionPage, SessionStore,
+    StoreError, StoreResult, TokenRefusal, User, UserCredentials, UserStore,
 };
 
 /// How many sessions the cache holds at most (least recently used dropped first): about 300
@@ -82,6 +82,10 @@ impl CacheState {
             Forget::User(user_id) => {
                 self.next_epoch += 1;
                 self.epochs.put(*user_id, self.next_epoch);
+            }
+            Forget::Everything => {
+                self.sessions.clear();
+                self.epochs.clear();
             }
         }
     }
@@ -128,6 +132,9 @@ enum Forget {
     Sessions(Vec<Uuid>),
     /// Every session of the user (and the user's own row in them).
     User(Uuid),
+    /// All of it: a write whose effect is known only from its result, when its task ended
+    /// before it had one (a panic).
+    Everything,
 }
 
 /// Forgets once more when dropped: after the write, however its task ends.
@@ -135,6 +142,13 @@ struct ForgetAfter {
     state: Arc<Mutex<CacheState>>,
     forget: Forget,
     in_flight: Arc<AtomicUsize>,
+}
+
+impl ForgetAfter {
+    /// What to forget, now that the write's result tells.
+    fn learn(&mut self, forget: Forget) {
+        self.forget = forget;
+    }
 }
 
 impl Drop for ForgetAfter {
@@ -209,10 +223,96 @@ impl<S: CachedInner> CachedStore<S> {
         .await
         .map_err(|_| StoreError::Database("a database write ended abnormally".into()))?
     }
+
+    /// `write` for a write that tells only by its result what it changed (`affected`): nothing
+    /// is forgotten before it, and everything if its task ends without a result.
+    async fn write_then_forget<T, F>(
+        &self,
+        write: impl FnOnce(S) -> F + Send + 'static,
+        affected: impl FnOnce(&StoreResult<T>) -> Forget + Send + 'static,
+    ) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = StoreResult<T>> + Send + 'static,
+    {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let mut after = ForgetAfter {
+            state: self.state.clone(),
+            forget: Forget::Everything,
+            in_flight: self.in_flight.clone(),
+        };
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let result = write(inner).await;
+            after.learn(affected(&result));
+            drop(after);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Database("a database write ended abnormally".into()))?
+    }
 }
 
 #[async_trait]
 impl<S: CachedInner> UserStore for CachedStore<S> {
+    // A new user's session is not cached until looked up.
+    async fn register_user(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+        verification: Option<IssuedToken>,
+    ) -> StoreResult<(User, Option<Session>)> {
+        self.inner.register_user(user, session, verification).await
+    }
+
+    async fn reset_password(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+        password_hash: String,
+    ) -> StoreResult<Result<(User, Vec<Uuid>), TokenRefusal>> {
+        let digest = digest.to_owned();
+        self.write_then_forget(
+            move |inner| async move { inner.reset_password(&digest, now, password_hash).await },
+            |result| match result {
+                Ok(Ok((user, _))) => Forget::User(user.id),
+                Ok(Err(_)) => Forget::Nothing,
+                // Whether it landed is not known.
+                Err(_) => Forget::Everything,
+            },
+        )
+        .await
+    }
+
+    async fn verify_email(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<User, TokenRefusal>> {
+        // The cached rows carry the user, its address included.
+        let digest = digest.to_owned();
+        self.write_then_forget(
+            move |inner| async move { inner.verify_email(&digest, now).await },
+            |result| match result {
+                Ok(Ok(user)) => Forget::User(user.id),
+                Ok(Err(_)) => Forget::Nothing,
+                Err(_) => Forget::Everything,
+            },
+        )
+        .await
+    }
+
+    async fn mark_email_verified(
+        &self,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<User>> {
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.mark_email_verified(user_id, at).await
+        })
+        .await
+    }
+
     async fn set_user_disabled(
         &self,
         user_id: Uuid,
@@ -262,14 +362,6 @@ impl<S: CachedInner> UserStore for CachedStore<S> {
     }
 
     // Writes that change no cached row: a new user's session is not cached until looked up.
-    async fn create_user_with_session(
-        &self,
-        user: NewUser,
-        session: NewSession,
-    ) -> StoreResult<(User, Session)> {
-        self.inner.create_user_with_session(user, session).await
-    }
-
     async fn find_credentials(
         &self,
         login_normalized: &str,

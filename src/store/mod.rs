@@ -87,6 +87,9 @@ pub struct User {
     /// while the two are equal (see [`Session::credential_version`]), so that a login or
     /// refresh that straddles a password change cannot outlive it (kanidm's credential ids).
     pub credential_version: i64,
+    /// When the address was proven (a link in a mail to it was followed, or an operator said
+    /// so); `None` until then.
+    pub email_verified_at: Option<DateTime<Utc>>,
 }
 
 /// Broadcast event payloads as they arrive ([`Store::listen_events`]).
@@ -191,6 +194,110 @@ pub struct NewUser {
 
 /// A session's row before it is stored; `last_refreshed_at` starts empty.
 pub type NewSession = Session;
+
+/// What a one-time token is for. A token of one purpose is nothing to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPurpose {
+    /// `resetPassword`.
+    PasswordReset,
+    /// `verifyEmail` of the account's current address.
+    EmailVerification,
+    /// `verifyEmail` of a new address (`requestEmailChange`).
+    EmailChange,
+}
+
+impl TokenPurpose {
+    /// The name stored with the token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PasswordReset => "password_reset",
+            Self::EmailVerification => "email_verification",
+            Self::EmailChange => "email_change",
+        }
+    }
+
+    /// The purpose of a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::PasswordReset,
+            Self::EmailVerification,
+            Self::EmailChange,
+        ]
+        .into_iter()
+        .find(|purpose| purpose.as_str() == name)
+    }
+}
+
+/// A one-time token to store: its SHA-256 digest (64 lower-case hex digits), never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub purpose: TokenPurpose,
+    pub digest: String,
+    /// The address the token is sent to, as shown and as its key (`authql_identity`).
+    pub email: String,
+    pub email_normalized: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A mail for the outbox: the whole RFC 5322 message, and its SMTP envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMail {
+    pub id: Uuid,
+    /// What it is (`password_reset`, `email_verification`, ...): the metrics' label.
+    pub kind: String,
+    pub envelope_from: String,
+    pub envelope_to: String,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+    /// Tried until then (its link's token expires then too), then given up.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A token and the mails that carry it, stored together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    pub token: NewToken,
+    pub mails: Vec<NewMail>,
+}
+
+/// Why a token was refused, from what is stored of it: `None` when there is no token of the
+/// purposes asked for (`Unknown`), else whether it was used and whether it expired.
+pub(crate) fn token_refusal(found: Option<(bool, bool)>) -> TokenRefusal {
+    match found {
+        None => TokenRefusal::Unknown,
+        Some((false, true)) => TokenRefusal::Expired,
+        // Used, or taken by a concurrent caller between the two looks.
+        Some(_) => TokenRefusal::Used,
+    }
+}
+
+/// A mail the sender claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMail {
+    pub id: Uuid,
+    pub kind: String,
+    pub envelope_from: String,
+    pub envelope_to: String,
+    pub message: String,
+    /// Attempts before this one.
+    pub attempts: u32,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Why a one-time token was not taken (`INVALID_TOKEN`'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// Past its time.
+    Expired,
+    /// Taken already, or made useless (a newer token of its purpose, a password change, an
+    /// address that is no longer the account's).
+    Used,
+    /// Not a token authql issued for this purpose.
+    Unknown,
+}
 
 impl Session {
     /// Neither past its absolute expiry nor idle for too long.
@@ -327,12 +434,60 @@ impl Gcra {
 /// proven (password, disable, deletion), each with what it does to the account's sessions.
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
+    /// Creates the user, its first session when given, and the token and mails of its address's
+    /// verification when given, in one transaction: all or nothing.
+    async fn register_user(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+        verification: Option<IssuedToken>,
+    ) -> StoreResult<(User, Option<Session>)>;
+
     /// Creates the user and its first session in one transaction: both or neither.
     async fn create_user_with_session(
         &self,
         user: NewUser,
         session: NewSession,
-    ) -> StoreResult<(User, Session)>;
+    ) -> StoreResult<(User, Session)> {
+        match self.register_user(user, Some(session), None).await? {
+            (user, Some(session)) => Ok((user, session)),
+            (_, None) => Err(StoreError::Database(
+                "registration stored no session".into(),
+            )),
+        }
+    }
+
+    /// Takes the password-reset token whose digest is `digest` (unused, unexpired at `now`)
+    /// and, in the same transaction: stores `password_hash`, moves the credential version on,
+    /// ends every session of the user, marks the address verified when the token was sent to
+    /// the account's current address, and makes every other reset token of the user useless.
+    /// Of concurrent callers with one token, exactly one gets `Ok(Ok(..))`: the user and the
+    /// ids of the sessions ended.
+    async fn reset_password(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+        password_hash: String,
+    ) -> StoreResult<Result<(User, Vec<Uuid>), TokenRefusal>>;
+
+    /// Takes the email-verification or email-change token whose digest is `digest`, in one
+    /// transaction: a verification marks the address verified if it is still the account's (an
+    /// address changed since makes the token `Used`); a change makes the token's address the
+    /// account's email, verified (its username too, when the username was the email). Errors:
+    /// `EmailTaken` (the new address was taken meanwhile).
+    async fn verify_email(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<User, TokenRefusal>>;
+
+    /// Marks the user's address verified as of `at` (an operator's `verify-email`); `None`
+    /// when there is no such user.
+    async fn mark_email_verified(
+        &self,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<User>>;
 
     /// Looks up by a login key (`authql_identity::login_key`): an email's when it holds an
     /// `@`, matched against emails only; else a username's, matched against usernames only.
@@ -356,9 +511,9 @@ pub trait UserStore: Send + Sync + 'static {
     /// sessions ended; `None` when there is no such user.
     async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>>;
 
-    /// Sets the password hash, moves the credential version on (`keep_session` moves with it)
-    /// and ends every other session of the user, in one transaction; returns the ids of the
-    /// sessions ended.
+    /// Sets the password hash, moves the credential version on (`keep_session` moves with it),
+    /// ends every other session of the user and makes its password-reset tokens useless, in one
+    /// transaction; returns the ids of the sessions ended.
     async fn change_password(
         &self,
         user_id: Uuid,
@@ -442,6 +597,44 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64>;
 }
 
+/// One-time tokens (their digests) and the mails that carry them.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Stores the token, makes the user's earlier unused tokens of the same purpose useless, and
+    /// queues its mails, in one transaction: a mail is never without its token, nor a token
+    /// without its mail.
+    async fn issue_token(&self, issued: IssuedToken) -> StoreResult<()>;
+
+    /// Deletes tokens that expired before `before`; returns how many.
+    async fn prune_tokens(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+}
+
+/// Mails waiting to be sent, shared by every instance on the database.
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Queues mails that carry no token (notices).
+    async fn queue_mails(&self, mails: Vec<NewMail>) -> StoreResult<()>;
+
+    /// Claims at most `limit` mails due at `now` (their next attempt has come and no live lease
+    /// holds them), each leased until `now + lease`: of several instances, one sends each.
+    /// Mails past their `expires_at` are deleted instead; returns the claimed ones.
+    async fn claim_mails(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: u64,
+    ) -> StoreResult<Vec<OutboxMail>>;
+
+    /// Sent, or given up: gone from the outbox (it holds a link until then).
+    async fn remove_mail(&self, id: Uuid) -> StoreResult<()>;
+
+    /// Not sent this time: tried again at `retry_at`, one attempt more.
+    async fn retry_mail(&self, id: Uuid, retry_at: DateTime<Utc>) -> StoreResult<()>;
+
+    /// How many mails wait.
+    async fn outbox_depth(&self) -> StoreResult<u64>;
+}
+
 /// Server-wide settings every instance on the database shares (the generated signing secret).
 #[async_trait]
 pub trait SettingStore: Send + Sync + 'static {
@@ -498,12 +691,26 @@ pub trait HealthStore: Send + Sync + 'static {
 /// trait; [`Storage`] hands each capability to the service separately, so that a decorator (the
 /// session cache) wraps only what it changes.
 pub trait Store:
-    UserStore + SessionStore + SettingStore + RateLimitStore + EventStore + HealthStore
+    UserStore
+    + SessionStore
+    + TokenStore
+    + OutboxStore
+    + SettingStore
+    + RateLimitStore
+    + EventStore
+    + HealthStore
 {
 }
 
 impl<T> Store for T where
-    T: UserStore + SessionStore + SettingStore + RateLimitStore + EventStore + HealthStore
+    T: UserStore
+        + SessionStore
+        + TokenStore
+        + OutboxStore
+        + SettingStore
+        + RateLimitStore
+        + EventStore
+        + HealthStore
 {
 }
 
@@ -512,6 +719,8 @@ impl<T> Store for T where
 pub struct Storage {
     pub users: Arc<dyn UserStore>,
     pub sessions: Arc<dyn SessionStore>,
+    pub tokens: Arc<dyn TokenStore>,
+    pub outbox: Arc<dyn OutboxStore>,
     pub settings: Arc<dyn SettingStore>,
     pub rate_limits: Arc<dyn RateLimitStore>,
     pub events: Arc<dyn EventStore>,
@@ -524,6 +733,8 @@ impl Storage {
         Self {
             users: backend.clone(),
             sessions: backend.clone(),
+            tokens: backend.clone(),
+            outbox: backend.clone(),
             settings: backend.clone(),
             rate_limits: backend.clone(),
             events: backend.clone(),

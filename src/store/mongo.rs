@@ -8,13 +8,18 @@
 //! Collections (in the URL's database, `authql` when the URL names none):
 //! - `users`: `_id` (UUID), `email`, `email_normalized` (unique), `username`,
 //!   `username_normalized` (unique), `password_hash`, `created_at`, `disabled_at`,
-//!   `credential_version`.
+//!   `credential_version`, `email_verified_at`.
 //! - `sessions`: `_id` (UUID), `user_id`, `access_jti` (unique), `refresh_jti` (unique),
 //!   `previous_refresh_jti`, `created_at`, `last_refreshed_at`, `expires_at` (a TTL index when
 //!   pruning is on), `idle_expires_at`, `user_agent`, `ip_address`, `credential_version`;
 //!   indexed by `(user_id, created_at)`.
 //! - `settings`: `_id` (the name), `value`.
 //! - `rate_limit_buckets`: `_id` (the key), `tat` (microseconds since the Unix epoch).
+//! - `one_time_tokens`: `_id`, `user_id`, `purpose`, `digest` (unique: the SHA-256 of the token,
+//!   hex), `email`, `email_normalized`, `created_at`, `expires_at`, `used_at`; indexed by
+//!   `(user_id, purpose)` and `expires_at`.
+//! - `mail_outbox`: `_id`, `kind`, `envelope_from`, `envelope_to`, `message`, `created_at`,
+//!   `next_attempt_at` (indexed), `expires_at` (indexed), `attempts`, `claimed_until`.
 //!
 //! Every query is shaped so that it is served by an index on any server: a read or
 //! `findAndModify` that filters on more than its index's fields names the index (`hint`), and
@@ -47,11 +52,15 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, NewSession, NewUser,
-    PoolSettings, PoolStatus, Rotation, Session, SessionPage, StoreError, StoreResult, User,
-    UserCredentials, least_recently_used,
+    CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, IssuedToken, NewMail,
+    NewSession, NewUser, OutboxMail, PoolSettings, PoolStatus, Rotation, Session, SessionPage,
+    StoreError, StoreResult, TokenPurpose, TokenRefusal, User, UserCredentials,
+    least_recently_used, token_refusal,
 };
-use super::{EventStore, HealthStore, RateLimitStore, SessionStore, SettingStore, UserStore};
+use super::{
+    EventStore, HealthStore, OutboxStore, RateLimitStore, SessionStore, SettingStore, TokenStore,
+    UserStore,
+};
 
 /// The database used when the URL names none.
 const DEFAULT_DATABASE: &str = "authql";
@@ -82,6 +91,41 @@ pub struct UserDocument {
     /// See [`User::credential_version`]; documents written before it are given 0 at start-up.
     #[serde(default)]
     pub credential_version: i64,
+    /// See [`User::email_verified_at`]; absent (unverified) in documents written before it.
+    #[serde(default)]
+    pub email_verified_at: Option<bson::DateTime>,
+}
+
+/// A one-time token in `one_time_tokens`: the fields of [`super::NewToken`], and when it was
+/// used (or made useless).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenDocument {
+    #[serde(rename = "_id")]
+    pub id: bson::Uuid,
+    pub user_id: bson::Uuid,
+    pub purpose: String,
+    pub digest: String,
+    pub email: String,
+    pub email_normalized: String,
+    pub created_at: bson::DateTime,
+    pub expires_at: bson::DateTime,
+    pub used_at: Option<bson::DateTime>,
+}
+
+/// A mail in `mail_outbox`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MailDocument {
+    #[serde(rename = "_id")]
+    pub id: bson::Uuid,
+    pub kind: String,
+    pub envelope_from: String,
+    pub envelope_to: String,
+    pub message: String,
+    pub created_at: bson::DateTime,
+    pub next_attempt_at: bson::DateTime,
+    pub expires_at: bson::DateTime,
+    pub attempts: i64,
+    pub claimed_until: Option<bson::DateTime>,
 }
 
 /// A session document in `sessions`: the fields of [`Session`], under the SQL column names.
@@ -141,6 +185,8 @@ pub struct MongoStore {
     sessions: Collection<SessionDocument>,
     settings: Collection<SettingDocument>,
     buckets: Collection<Document>,
+    tokens: Collection<TokenDocument>,
+    outbox: Collection<MailDocument>,
     /// Session events on their way to every instance's change stream.
     events: Collection<Document>,
     /// Whether the deployment runs multi-document transactions (a replica set or a sharded
@@ -211,6 +257,8 @@ impl MongoStore {
             sessions: database.collection("sessions"),
             settings: database.collection("settings"),
             buckets: database.collection("rate_limit_buckets"),
+            tokens: database.collection("one_time_tokens"),
+            outbox: database.collection("mail_outbox"),
             events: database.collection("session_events"),
             client,
             database,
@@ -253,6 +301,21 @@ impl MongoStore {
             .map_err(classify)?;
         self.buckets
             .create_index(plain(doc! { "tat": 1 }))
+            .await
+            .map_err(classify)?;
+        self.tokens
+            .create_indexes([
+                unique("digest"),
+                plain(doc! { "user_id": 1, "purpose": 1 }),
+                plain(doc! { "expires_at": 1 }),
+            ])
+            .await
+            .map_err(classify)?;
+        self.outbox
+            .create_indexes([
+                plain(doc! { "next_attempt_at": 1 }),
+                plain(doc! { "expires_at": 1 }),
+            ])
             .await
             .map_err(classify)?;
         self.events
@@ -440,6 +503,129 @@ impl MongoStore {
         Ok(evicted)
     }
 
+    /// Makes the user's unused tokens of `purpose` useless as of `now`, in `transaction` when
+    /// given.
+    async fn end_tokens(
+        &self,
+        user_id: Uuid,
+        purpose: TokenPurpose,
+        now: DateTime<Utc>,
+        transaction: Option<&mut ClientSession>,
+    ) -> Result<(), mongodb::error::Error> {
+        let end = self
+            .tokens
+            .update_many(
+                doc! { "user_id": id(user_id), "purpose": purpose.as_str(), "used_at": Bson::Null },
+                doc! { "$set": { "used_at": date(now) } },
+            )
+            .hint(by_user_and_purpose());
+        match transaction {
+            Some(transaction) => end.session(transaction).await?,
+            None => end.await?,
+        };
+        Ok(())
+    }
+
+    /// Stores a token and its mails, after making the user's unused tokens of its purpose
+    /// useless, in `transaction` when given; else in that order, so that a failure half-way
+    /// leaves at worst a token no mail carries (the user asks again), never a mail whose token
+    /// is not stored.
+    async fn write_token(
+        &self,
+        token: &TokenDocument,
+        mails: &[MailDocument],
+        mut transaction: Option<&mut ClientSession>,
+    ) -> Result<(), mongodb::error::Error> {
+        let purpose = TokenPurpose::parse(&token.purpose).unwrap_or(TokenPurpose::PasswordReset);
+        self.end_tokens(
+            token.user_id.into(),
+            purpose,
+            token.created_at.to_chrono(),
+            transaction.as_deref_mut(),
+        )
+        .await?;
+        let insert = self.tokens.insert_one(token);
+        match transaction.as_deref_mut() {
+            Some(transaction) => insert.session(transaction).await?,
+            None => insert.await?,
+        };
+        if !mails.is_empty() {
+            let insert = self.outbox.insert_many(mails);
+            match transaction {
+                Some(transaction) => insert.session(transaction).await?,
+                None => insert.await?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Takes the token of `digest` if it is of one of `purposes`, unused and unexpired at `now`:
+    /// one `findAndModify`, so that of concurrent takers exactly one gets it.
+    async fn take_token(
+        &self,
+        digest: &str,
+        purposes: &[TokenPurpose],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<TokenDocument>> {
+        let purposes: Vec<&str> = purposes.iter().map(|purpose| purpose.as_str()).collect();
+        self.tokens
+            .find_one_and_update(
+                doc! {
+                    "digest": digest,
+                    "purpose": { "$in": purposes },
+                    "used_at": Bson::Null,
+                    "expires_at": { "$gt": date(now) },
+                },
+                doc! { "$set": { "used_at": date(now) } },
+            )
+            .hint(Hint::Keys(doc! { "digest": 1 }))
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(classify)
+    }
+
+    /// Why the token of `digest` could not be taken for one of `purposes`.
+    async fn refusal(
+        &self,
+        digest: &str,
+        purposes: &[TokenPurpose],
+        now: DateTime<Utc>,
+    ) -> StoreResult<TokenRefusal> {
+        let found = self
+            .tokens
+            .find_one(doc! { "digest": digest })
+            .await
+            .map_err(classify)?;
+        Ok(token_refusal(found.and_then(|token| {
+            TokenPurpose::parse(&token.purpose)
+                .filter(|purpose| purposes.contains(purpose))
+                .map(|_| (token.used_at.is_some(), token.expires_at.to_chrono() <= now))
+        })))
+    }
+
+    /// Marks the user's address verified as of `at` unless it is already, and only while it is
+    /// `email_normalized` when that is given; the user as stored afterwards.
+    async fn verified(
+        &self,
+        user_id: Uuid,
+        email_normalized: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<UserDocument>> {
+        let mut filter = doc! { "_id": id(user_id), "email_verified_at": Bson::Null };
+        if let Some(email_normalized) = email_normalized {
+            filter.insert("email_normalized", email_normalized);
+        }
+        self.users
+            .update_one(filter, doc! { "$set": { "email_verified_at": date(at) } })
+            .hint(by_id())
+            .await
+            .map_err(classify)?;
+        self.users
+            .find_one(doc! { "_id": id(user_id) })
+            .await
+            .map_err(classify)
+    }
+
     /// A new driver session to run transactions in.
     async fn transaction(&self) -> StoreResult<ClientSession> {
         self.client.start_session().await.map_err(classify)
@@ -600,6 +786,40 @@ fn by_id() -> Hint {
     Hint::Keys(doc! { "_id": 1 })
 }
 
+/// The `(user_id, purpose)` index of `one_time_tokens`.
+fn by_user_and_purpose() -> Hint {
+    Hint::Keys(doc! { "user_id": 1, "purpose": 1 })
+}
+
+fn token_document(token: super::NewToken) -> TokenDocument {
+    TokenDocument {
+        id: id(token.id),
+        user_id: id(token.user_id),
+        purpose: token.purpose.as_str().to_owned(),
+        digest: token.digest,
+        email: token.email,
+        email_normalized: token.email_normalized,
+        created_at: date(token.created_at),
+        expires_at: date(token.expires_at),
+        used_at: None,
+    }
+}
+
+fn mail_document(mail: NewMail) -> MailDocument {
+    MailDocument {
+        id: id(mail.id),
+        kind: mail.kind,
+        envelope_from: mail.envelope_from,
+        envelope_to: mail.envelope_to,
+        message: mail.message,
+        created_at: date(mail.created_at),
+        next_attempt_at: date(mail.created_at),
+        expires_at: date(mail.expires_at),
+        attempts: 0,
+        claimed_until: None,
+    }
+}
+
 /// The `(user_id, created_at)` index.
 fn by_user() -> Hint {
     Hint::Keys(doc! { "user_id": 1, "created_at": -1 })
@@ -621,6 +841,7 @@ fn user_of(document: UserDocument) -> User {
         created_at: document.created_at.to_chrono(),
         disabled_at: document.disabled_at.map(bson::DateTime::to_chrono),
         credential_version: document.credential_version,
+        email_verified_at: document.email_verified_at.map(bson::DateTime::to_chrono),
     }
 }
 
@@ -683,12 +904,15 @@ impl UserStore for MongoStore {
     /// session is written first and the user second, so no failure or crash between the two
     /// writes can leave a user without a session: what it can leave is a session whose user
     /// does not exist, which every lookup refuses (they all need the user) and which is deleted
-    /// at once when the second write is refused, else pruned when it expires.
-    async fn create_user_with_session(
+    /// at once when the second write is refused, else pruned when it expires. The verification
+    /// token and its mails come last: a failure there leaves an account without a link, which
+    /// `sendVerificationEmail` (or a login, where verification is required) mails again.
+    async fn register_user(
         &self,
         new_user: NewUser,
-        new_session: NewSession,
-    ) -> StoreResult<(User, Session)> {
+        new_session: Option<NewSession>,
+        verification: Option<IssuedToken>,
+    ) -> StoreResult<(User, Option<Session>)> {
         let user = UserDocument {
             id: id(new_user.id),
             email: new_user.email,
@@ -699,35 +923,201 @@ impl UserStore for MongoStore {
             created_at: date(new_user.created_at),
             disabled_at: None,
             credential_version: FIRST_CREDENTIAL_VERSION,
+            email_verified_at: None,
         };
-        let session = session_document(new_session);
+        let session = new_session.map(session_document);
+        let (token, mails) = match verification {
+            Some(issued) => (
+                Some(token_document(issued.token)),
+                issued.mails.into_iter().map(mail_document).collect(),
+            ),
+            None => (None, Vec::new()),
+        };
         let written = if self.transactions {
             in_transaction!(self, transaction, {
                 self.users
                     .insert_one(&user)
                     .session(&mut transaction)
                     .await?;
-                self.sessions
-                    .insert_one(&session)
-                    .session(&mut transaction)
-                    .await
+                if let Some(session) = &session {
+                    self.sessions
+                        .insert_one(session)
+                        .session(&mut transaction)
+                        .await?;
+                }
+                if let Some(token) = &token {
+                    self.write_token(token, &mails, Some(&mut transaction))
+                        .await?;
+                }
+                Ok(())
             })
         } else {
-            self.sessions.insert_one(&session).await.map_err(classify)?;
-            let inserted = self.users.insert_one(&user).await;
-            if inserted.is_err() {
+            if let Some(session) = &session {
+                self.sessions.insert_one(session).await.map_err(classify)?;
+            }
+            let inserted = self.users.insert_one(&user).await.map(|_| ());
+            if inserted.is_err()
+                && let Some(session) = &session
+            {
                 // Best effort: if this fails too, the session is one that nothing accepts.
                 let _ = self.sessions.delete_one(doc! { "_id": session.id }).await;
             }
-            inserted
+            match (inserted, &token) {
+                (Ok(()), Some(token)) => self.write_token(token, &mails, None).await,
+                (inserted, _) => inserted,
+            }
         };
         match written {
-            Ok(_) => Ok((user_of(user), session_of(session))),
+            Ok(()) => Ok((user_of(user), session.map(session_of))),
             Err(error) if is_duplicate_key(&error) => {
                 Err(self.taken(&user.email_normalized).await?)
             }
             Err(error) => Err(classify(error)),
         }
+    }
+
+    /// The token is taken first (one `findAndModify`: of concurrent callers one wins), then the
+    /// password and the credential version move in one atomic update of the user document (from
+    /// then on every session of the user is refused), then the other reset tokens and the
+    /// sessions go, on a task of its own (see `change_password` for why no transaction). A
+    /// crash between the first two writes leaves the token used and the password as it was: the
+    /// user asks for another link.
+    async fn reset_password(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+        password_hash: String,
+    ) -> StoreResult<Result<(User, Vec<Uuid>), TokenRefusal>> {
+        const PURPOSES: [TokenPurpose; 1] = [TokenPurpose::PasswordReset];
+        let digest = digest.to_owned();
+        self.detached(move |store| async move {
+            let Some(token) = store.take_token(&digest, &PURPOSES, now).await? else {
+                return Ok(Err(store.refusal(&digest, &PURPOSES, now).await?));
+            };
+            let changed = store
+                .users
+                .find_one_and_update(
+                    doc! { "_id": token.user_id },
+                    doc! {
+                        "$set": { "password_hash": password_hash },
+                        "$inc": { "credential_version": 1 },
+                    },
+                )
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(classify)?;
+            let Some(mut user) = changed else {
+                return Ok(Err(TokenRefusal::Unknown));
+            };
+            let user_id = Uuid::from(user.id);
+            // The mail proved the address, if it is still the account's.
+            if user.email_normalized == token.email_normalized && user.email_verified_at.is_none() {
+                user = store
+                    .verified(user_id, Some(&token.email_normalized), now)
+                    .await?
+                    .unwrap_or(user);
+            }
+            store
+                .end_tokens(user_id, TokenPurpose::PasswordReset, now, None)
+                .await
+                .map_err(classify)?;
+            let ended = store.delete_other_sessions(user_id, None).await?;
+            Ok(Ok((user_of(user), ended)))
+        })
+        .await
+    }
+
+    /// The token is taken first; a change then sets the address in one update of the user
+    /// document (a duplicate key gives the token back: `EmailTaken`), a verification marks the
+    /// address verified only while it is still the one the token was sent to. On a task of its
+    /// own, so that a caller that gives up cannot leave a taken token unapplied.
+    async fn verify_email(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<User, TokenRefusal>> {
+        const PURPOSES: [TokenPurpose; 2] =
+            [TokenPurpose::EmailVerification, TokenPurpose::EmailChange];
+        let digest = digest.to_owned();
+        self.detached(move |store| async move {
+            let Some(token) = store.take_token(&digest, &PURPOSES, now).await? else {
+                return Ok(Err(store.refusal(&digest, &PURPOSES, now).await?));
+            };
+            let user_id = Uuid::from(token.user_id);
+            let Some(user) = store
+                .users
+                .find_one(doc! { "_id": token.user_id })
+                .await
+                .map_err(classify)?
+            else {
+                return Ok(Err(TokenRefusal::Unknown));
+            };
+            if TokenPurpose::parse(&token.purpose) == Some(TokenPurpose::EmailChange) {
+                let mut set = doc! {
+                    "email": &token.email,
+                    "email_normalized": &token.email_normalized,
+                    "email_verified_at": date(now),
+                };
+                // A username that was the email follows it: a username holds `@` only as its
+                // account's own address.
+                if user.username_normalized == user.email_normalized {
+                    set.insert("username", &token.email);
+                    set.insert("username_normalized", &token.email_normalized);
+                }
+                let changed = store
+                    .users
+                    .find_one_and_update(doc! { "_id": token.user_id }, doc! { "$set": set })
+                    .return_document(ReturnDocument::After)
+                    .await;
+                return match changed {
+                    Ok(Some(changed)) => {
+                        // Links sent to the old address are of no use any more.
+                        for purpose in
+                            [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification]
+                        {
+                            store
+                                .end_tokens(user_id, purpose, now, None)
+                                .await
+                                .map_err(classify)?;
+                        }
+                        Ok(Ok(user_of(changed)))
+                    }
+                    Ok(None) => Ok(Err(TokenRefusal::Unknown)),
+                    Err(error) if is_duplicate_key(&error) => {
+                        store
+                            .tokens
+                            .update_one(
+                                doc! { "_id": token.id },
+                                doc! { "$set": { "used_at": Bson::Null } },
+                            )
+                            .await
+                            .map_err(classify)?;
+                        Err(StoreError::EmailTaken)
+                    }
+                    Err(error) => Err(classify(error)),
+                };
+            }
+            // A verification of an address the account no longer has is useless.
+            let verified = store
+                .verified(user_id, Some(&token.email_normalized), now)
+                .await?;
+            match verified {
+                Some(user) if user.email_normalized == token.email_normalized => {
+                    Ok(Ok(user_of(user)))
+                }
+                Some(_) => Ok(Err(TokenRefusal::Used)),
+                None => Ok(Err(TokenRefusal::Unknown)),
+            }
+        })
+        .await
+    }
+
+    async fn mark_email_verified(
+        &self,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<User>> {
+        Ok(self.verified(user_id, None, at).await?.map(user_of))
     }
 
     async fn find_credentials(
@@ -793,6 +1183,10 @@ impl UserStore for MongoStore {
                     doc! { "_id": id(keep_session), "user_id": id(user_id) },
                     doc! { "$set": { "credential_version": changed.credential_version } },
                 )
+                .await
+                .map_err(classify)?;
+            store
+                .end_tokens(user_id, TokenPurpose::PasswordReset, Utc::now(), None)
                 .await
                 .map_err(classify)?;
             store
@@ -865,6 +1259,11 @@ impl UserStore for MongoStore {
             if deleted.deleted_count == 0 {
                 return Ok(None);
             }
+            store
+                .tokens
+                .delete_many(doc! { "user_id": id(user_id) })
+                .await
+                .map_err(classify)?;
             Ok(Some(store.delete_other_sessions(user_id, None).await?))
         })
         .await
@@ -1088,6 +1487,133 @@ impl SessionStore for MongoStore {
             }
         }
         Ok(pruned)
+    }
+}
+
+#[async_trait]
+impl TokenStore for MongoStore {
+    /// In a transaction where the deployment has them; else the older tokens are ended, the
+    /// token stored and its mails queued in that order, on a task of its own.
+    async fn issue_token(&self, issued: IssuedToken) -> StoreResult<()> {
+        let token = token_document(issued.token);
+        let mails: Vec<MailDocument> = issued.mails.into_iter().map(mail_document).collect();
+        if self.transactions {
+            let written = in_transaction!(self, transaction, {
+                self.write_token(&token, &mails, Some(&mut transaction))
+                    .await
+            });
+            return written.map_err(classify);
+        }
+        self.detached(move |store| async move {
+            store
+                .write_token(&token, &mails, None)
+                .await
+                .map_err(classify)
+        })
+        .await
+    }
+
+    async fn prune_tokens(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        Ok(self
+            .tokens
+            .delete_many(doc! { "expires_at": { "$lt": date(before) } })
+            .await
+            .map_err(classify)?
+            .deleted_count)
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MongoStore {
+    async fn queue_mails(&self, mails: Vec<NewMail>) -> StoreResult<()> {
+        if mails.is_empty() {
+            return Ok(());
+        }
+        let mails: Vec<MailDocument> = mails.into_iter().map(mail_document).collect();
+        self.outbox.insert_many(mails).await.map_err(classify)?;
+        Ok(())
+    }
+
+    /// The due mails by the `next_attempt_at` index, then one `findAndModify` each that leases
+    /// it only if no other instance did meanwhile: of instances claiming at once, one gets each.
+    async fn claim_mails(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u64,
+    ) -> StoreResult<Vec<OutboxMail>> {
+        self.outbox
+            .delete_many(doc! { "expires_at": { "$lte": date(now) } })
+            .await
+            .map_err(classify)?;
+        let free = || {
+            vec![
+                doc! { "claimed_until": Bson::Null },
+                doc! { "claimed_until": { "$lt": date(now) } },
+            ]
+        };
+        let due: Vec<MailDocument> = self
+            .outbox
+            .find(doc! { "next_attempt_at": { "$lte": date(now) }, "$or": free() })
+            .sort(doc! { "next_attempt_at": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .hint(Hint::Keys(doc! { "next_attempt_at": 1 }))
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        let lease_end = now + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX);
+        let mut claimed = Vec::new();
+        for mail in due {
+            let leased = self
+                .outbox
+                .find_one_and_update(
+                    doc! { "_id": mail.id, "$or": free() },
+                    doc! { "$set": { "claimed_until": date(lease_end) } },
+                )
+                .hint(by_id())
+                .await
+                .map_err(classify)?;
+            if let Some(mail) = leased {
+                claimed.push(OutboxMail {
+                    id: mail.id.into(),
+                    kind: mail.kind,
+                    envelope_from: mail.envelope_from,
+                    envelope_to: mail.envelope_to,
+                    message: mail.message,
+                    attempts: u32::try_from(mail.attempts).unwrap_or(0),
+                    expires_at: mail.expires_at.to_chrono(),
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn remove_mail(&self, mail_id: Uuid) -> StoreResult<()> {
+        self.outbox
+            .delete_one(doc! { "_id": id(mail_id) })
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn retry_mail(&self, mail_id: Uuid, retry_at: DateTime<Utc>) -> StoreResult<()> {
+        self.outbox
+            .update_one(
+                doc! { "_id": id(mail_id) },
+                doc! {
+                    "$set": { "next_attempt_at": date(retry_at), "claimed_until": Bson::Null },
+                    "$inc": { "attempts": 1 },
+                },
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<u64> {
+        self.outbox.count_documents(doc! {}).await.map_err(classify)
     }
 }
 

@@ -13,13 +13,16 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, NewSession, NewUser,
-    PoolSettings, PoolStatus, Rotation, Session, SessionPage, StoreError, StoreResult, User,
-    UserCredentials,
-    entity::{session, setting, user},
-    least_recently_used,
+    CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, IssuedToken, NewMail,
+    NewSession, NewUser, OutboxMail, PoolSettings, PoolStatus, Rotation, Session, SessionPage,
+    StoreError, StoreResult, TokenPurpose, TokenRefusal, User, UserCredentials,
+    entity::{one_time_token, outbox_mail, session, setting, user},
+    least_recently_used, token_refusal,
 };
-use super::{EventStore, HealthStore, RateLimitStore, SessionStore, SettingStore, UserStore};
+use super::{
+    EventStore, HealthStore, OutboxStore, RateLimitStore, SessionStore, SettingStore, TokenStore,
+    UserStore,
+};
 
 /// The store on SeaORM: SQLite (the embedded default) or PostgreSQL, chosen by the URL.
 #[derive(Clone)]
@@ -229,6 +232,7 @@ impl From<user::Model> for User {
             created_at: row.created_at,
             disabled_at: row.disabled_at,
             credential_version: row.credential_version,
+            email_verified_at: row.email_verified_at,
         }
     }
 }
@@ -433,13 +437,133 @@ fn new_session_row(session: NewSession) -> session::ActiveModel {
     }
 }
 
+/// Stores a token and its mails, after making the user's unused tokens of its purpose useless.
+async fn issue(connection: &impl ConnectionTrait, issued: IssuedToken) -> Result<(), DbErr> {
+    let token = issued.token;
+    end_tokens(connection, token.user_id, token.purpose, token.created_at).await?;
+    one_time_token::Entity::insert(one_time_token::ActiveModel {
+        id: Set(token.id),
+        user_id: Set(token.user_id),
+        purpose: Set(token.purpose.as_str().to_owned()),
+        digest: Set(token.digest),
+        email: Set(token.email),
+        email_normalized: Set(token.email_normalized),
+        created_at: Set(token.created_at),
+        expires_at: Set(token.expires_at),
+        used_at: Set(None),
+    })
+    .exec_without_returning(connection)
+    .await?;
+    queue(connection, issued.mails).await
+}
+
+/// Puts mails in the outbox, due at once.
+async fn queue(connection: &impl ConnectionTrait, mails: Vec<NewMail>) -> Result<(), DbErr> {
+    if mails.is_empty() {
+        return Ok(());
+    }
+    let rows = mails.into_iter().map(|mail| outbox_mail::ActiveModel {
+        id: Set(mail.id),
+        kind: Set(mail.kind),
+        envelope_from: Set(mail.envelope_from),
+        envelope_to: Set(mail.envelope_to),
+        message: Set(mail.message),
+        created_at: Set(mail.created_at),
+        next_attempt_at: Set(mail.created_at),
+        expires_at: Set(mail.expires_at),
+        attempts: Set(0),
+        claimed_until: Set(None),
+    });
+    outbox_mail::Entity::insert_many(rows)
+        .exec_without_returning(connection)
+        .await?;
+    Ok(())
+}
+
+/// Makes the user's unused tokens of `purpose` useless, as of `now`.
+async fn end_tokens(
+    connection: &impl ConnectionTrait,
+    user_id: Uuid,
+    purpose: TokenPurpose,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    one_time_token::Entity::update_many()
+        .col_expr(one_time_token::Column::UsedAt, Expr::value(Some(now)))
+        .filter(one_time_token::Column::UserId.eq(user_id))
+        .filter(one_time_token::Column::Purpose.eq(purpose.as_str()))
+        .filter(one_time_token::Column::UsedAt.is_null())
+        .exec(connection)
+        .await?;
+    Ok(())
+}
+
+/// Takes the token of `digest` if it is of one of `purposes`, unused and unexpired at `now`:
+/// one conditional update, so that of concurrent takers exactly one gets it.
+async fn take_token(
+    connection: &impl ConnectionTrait,
+    digest: &str,
+    purposes: &[TokenPurpose],
+    now: DateTime<Utc>,
+) -> Result<Option<one_time_token::Model>, DbErr> {
+    Ok(one_time_token::Entity::update_many()
+        .col_expr(one_time_token::Column::UsedAt, Expr::value(Some(now)))
+        .filter(one_time_token::Column::Digest.eq(digest))
+        .filter(one_time_token::Column::Purpose.is_in(purposes.iter().map(|p| p.as_str())))
+        .filter(one_time_token::Column::UsedAt.is_null())
+        .filter(one_time_token::Column::ExpiresAt.gt(now))
+        .exec_with_returning(connection)
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// Why the token of `digest` could not be taken for one of `purposes`.
+async fn refusal(
+    connection: &impl ConnectionTrait,
+    digest: &str,
+    purposes: &[TokenPurpose],
+    now: DateTime<Utc>,
+) -> Result<TokenRefusal, DbErr> {
+    let found = one_time_token::Entity::find()
+        .filter(one_time_token::Column::Digest.eq(digest))
+        .one(connection)
+        .await?;
+    Ok(token_refusal(found.as_ref().and_then(|token| {
+        TokenPurpose::parse(&token.purpose)
+            .filter(|purpose| purposes.contains(purpose))
+            .map(|_| (token.used_at.is_some(), token.expires_at <= now))
+    })))
+}
+
+/// Marks the user's address verified as of `at`, unless it is already; the user as stored.
+async fn verified(
+    connection: &impl ConnectionTrait,
+    user_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<Option<user::Model>, DbErr> {
+    user::Entity::update_many()
+        .col_expr(
+            user::Column::EmailVerifiedAt,
+            sea_orm::sea_query::Func::coalesce([
+                Expr::col(user::Column::EmailVerifiedAt),
+                Expr::value(at),
+            ])
+            .into(),
+        )
+        .filter(user::Column::Id.eq(user_id))
+        .exec_with_returning(connection)
+        .await
+        .map(|rows| rows.into_iter().next())
+}
+
 #[async_trait]
 impl UserStore for SeaStore {
-    async fn create_user_with_session(
+    async fn register_user(
         &self,
         new_user: NewUser,
-        new_session: NewSession,
-    ) -> StoreResult<(User, Session)> {
+        new_session: Option<NewSession>,
+        verification: Option<IssuedToken>,
+    ) -> StoreResult<(User, Option<Session>)> {
         let email_normalized = new_user.email_normalized.clone();
         let row = user::ActiveModel {
             id: Set(new_user.id),
@@ -451,22 +575,31 @@ impl UserStore for SeaStore {
             created_at: Set(new_user.created_at),
             disabled_at: Set(None),
             credential_version: Set(FIRST_CREDENTIAL_VERSION),
+            email_verified_at: Set(None),
         };
         let transaction = self.db.begin().await?;
         let inserted = async {
             let user = user::Entity::insert(row)
                 .exec_with_returning(&transaction)
                 .await?;
-            let session = session::Entity::insert(new_session_row(new_session))
-                .exec_with_returning(&transaction)
-                .await?;
+            let session = match new_session {
+                Some(session) => Some(
+                    session::Entity::insert(new_session_row(session))
+                        .exec_with_returning(&transaction)
+                        .await?,
+                ),
+                None => None,
+            };
+            if let Some(issued) = verification {
+                issue(&transaction, issued).await?;
+            }
             Ok::<_, DbErr>((user, session))
         }
         .await;
         match inserted {
             Ok((user, session)) => {
                 transaction.commit().await?;
-                Ok((user.into(), session.into()))
+                Ok((user.into(), session.map(Into::into)))
             }
             Err(err) => {
                 transaction.rollback().await?;
@@ -487,6 +620,147 @@ impl UserStore for SeaStore {
                 Err(err.into())
             }
         }
+    }
+
+    async fn reset_password(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+        password_hash: String,
+    ) -> StoreResult<Result<(User, Vec<Uuid>), TokenRefusal>> {
+        let transaction = self.db.begin().await?;
+        let outcome = async {
+            let Some(token) =
+                take_token(&transaction, digest, &[TokenPurpose::PasswordReset], now).await?
+            else {
+                return Ok(None);
+            };
+            let updated = user::Entity::update_many()
+                .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
+                .col_expr(
+                    user::Column::CredentialVersion,
+                    Expr::col(user::Column::CredentialVersion).add(1),
+                )
+                .filter(user::Column::Id.eq(token.user_id))
+                .exec_with_returning(&transaction)
+                .await?;
+            let Some(mut user) = updated.into_iter().next() else {
+                return Ok(None);
+            };
+            // The mail proved the address, if it is still the account's.
+            if user.email_normalized == token.email_normalized && user.email_verified_at.is_none() {
+                user = verified(&transaction, user.id, now).await?.unwrap_or(user);
+            }
+            let ended = end_sessions(&transaction, user.id, None).await?;
+            end_tokens(&transaction, user.id, TokenPurpose::PasswordReset, now).await?;
+            Ok::<_, DbErr>(Some((User::from(user), ended)))
+        }
+        .await;
+        match outcome {
+            Ok(Some(done)) => {
+                transaction.commit().await?;
+                Ok(Ok(done))
+            }
+            Ok(None) => {
+                transaction.rollback().await?;
+                Ok(Err(refusal(
+                    &self.db,
+                    digest,
+                    &[TokenPurpose::PasswordReset],
+                    now,
+                )
+                .await?))
+            }
+            Err(error) => {
+                let _ = transaction.rollback().await;
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn verify_email(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<User, TokenRefusal>> {
+        const PURPOSES: [TokenPurpose; 2] =
+            [TokenPurpose::EmailVerification, TokenPurpose::EmailChange];
+        let transaction = self.db.begin().await?;
+        let outcome = async {
+            let Some(token) = take_token(&transaction, digest, &PURPOSES, now).await? else {
+                return Ok::<_, DbErr>(Err(None));
+            };
+            let Some(user) = user::Entity::find_by_id(token.user_id)
+                .one(&transaction)
+                .await?
+            else {
+                return Ok(Err(Some(TokenRefusal::Unknown)));
+            };
+            if TokenPurpose::parse(&token.purpose) == Some(TokenPurpose::EmailChange) {
+                let mut change = user::Entity::update_many()
+                    .col_expr(user::Column::Email, Expr::value(token.email.clone()))
+                    .col_expr(
+                        user::Column::EmailNormalized,
+                        Expr::value(token.email_normalized.clone()),
+                    )
+                    .col_expr(user::Column::EmailVerifiedAt, Expr::value(Some(now)))
+                    .filter(user::Column::Id.eq(user.id));
+                // A username that was the email follows it: a username holds `@` only as its
+                // account's own address.
+                if user.username_normalized == user.email_normalized {
+                    change = change
+                        .col_expr(user::Column::Username, Expr::value(token.email.clone()))
+                        .col_expr(
+                            user::Column::UsernameNormalized,
+                            Expr::value(token.email_normalized.clone()),
+                        );
+                }
+                let changed = change.exec_with_returning(&transaction).await?;
+                // Links sent to the old address are of no use any more.
+                for purpose in [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification] {
+                    end_tokens(&transaction, user.id, purpose, now).await?;
+                }
+                return Ok(Ok(changed.into_iter().next().unwrap_or(user)));
+            }
+            // A verification of an address the account no longer has is useless.
+            if user.email_normalized != token.email_normalized {
+                return Ok(Err(Some(TokenRefusal::Used)));
+            }
+            Ok(Ok(verified(&transaction, user.id, now)
+                .await?
+                .unwrap_or(user)))
+        }
+        .await;
+        match outcome {
+            Ok(Ok(user)) => {
+                transaction.commit().await?;
+                Ok(Ok(user.into()))
+            }
+            // Taken, but useless: the token stays used.
+            Ok(Err(Some(refused))) => {
+                transaction.commit().await?;
+                Ok(Err(refused))
+            }
+            Ok(Err(None)) => {
+                transaction.rollback().await?;
+                Ok(Err(refusal(&self.db, digest, &PURPOSES, now).await?))
+            }
+            Err(error) => {
+                let _ = transaction.rollback().await;
+                if let Some(SqlErr::UniqueConstraintViolation(_)) = error.sql_err() {
+                    return Err(StoreError::EmailTaken);
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn mark_email_verified(
+        &self,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<User>> {
+        Ok(verified(&self.db, user_id, at).await?.map(Into::into))
     }
 
     async fn find_credentials(
@@ -542,6 +816,10 @@ impl UserStore for SeaStore {
         // The sessions go first and explicitly: their ids are reported, and nothing relies on
         // ON DELETE CASCADE being switched on (SQLite needs a pragma for it).
         let ended = end_sessions(&transaction, user_id, None).await?;
+        one_time_token::Entity::delete_many()
+            .filter(one_time_token::Column::UserId.eq(user_id))
+            .exec(&transaction)
+            .await?;
         let deleted = user::Entity::delete_by_id(user_id)
             .exec(&transaction)
             .await?
@@ -577,6 +855,13 @@ impl UserStore for SeaStore {
             .exec(&transaction)
             .await?;
         let ended = end_sessions(&transaction, user_id, Some(keep_session)).await?;
+        end_tokens(
+            &transaction,
+            user_id,
+            TokenPurpose::PasswordReset,
+            chrono::Utc::now(),
+        )
+        .await?;
         transaction.commit().await?;
         Ok(ended)
     }
@@ -806,6 +1091,112 @@ impl SessionStore for SeaStore {
                 return Ok(pruned);
             }
         }
+    }
+}
+
+#[async_trait]
+impl TokenStore for SeaStore {
+    async fn issue_token(&self, issued: IssuedToken) -> StoreResult<()> {
+        let transaction = self.db.begin().await?;
+        match issue(&transaction, issued).await {
+            Ok(()) => Ok(transaction.commit().await?),
+            Err(error) => {
+                let _ = transaction.rollback().await;
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn prune_tokens(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        Ok(one_time_token::Entity::delete_many()
+            .filter(one_time_token::Column::ExpiresAt.lt(before))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SeaStore {
+    async fn queue_mails(&self, mails: Vec<NewMail>) -> StoreResult<()> {
+        Ok(queue(&self.db, mails).await?)
+    }
+
+    /// One statement: `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)
+    /// RETURNING ...` on PostgreSQL, so that instances claiming at once skip each other's rows;
+    /// SQLite has one writer.
+    async fn claim_mails(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u64,
+    ) -> StoreResult<Vec<OutboxMail>> {
+        outbox_mail::Entity::delete_many()
+            .filter(outbox_mail::Column::ExpiresAt.lte(now))
+            .exec(&self.db)
+            .await?;
+        let lease = chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX);
+        let mut due = Query::select();
+        due.column(outbox_mail::Column::Id)
+            .from(outbox_mail::Entity)
+            .and_where(outbox_mail::Column::NextAttemptAt.lte(now))
+            .cond_where(
+                Condition::any()
+                    .add(outbox_mail::Column::ClaimedUntil.is_null())
+                    .add(outbox_mail::Column::ClaimedUntil.lt(now)),
+            )
+            .order_by(outbox_mail::Column::NextAttemptAt, sea_orm::Order::Asc)
+            .limit(limit);
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let claimed = outbox_mail::Entity::update_many()
+            .col_expr(
+                outbox_mail::Column::ClaimedUntil,
+                Expr::value(Some(now + lease)),
+            )
+            .filter(outbox_mail::Column::Id.in_subquery(due))
+            .exec_with_returning(&self.db)
+            .await?;
+        Ok(claimed
+            .into_iter()
+            .map(|row| OutboxMail {
+                id: row.id,
+                kind: row.kind,
+                envelope_from: row.envelope_from,
+                envelope_to: row.envelope_to,
+                message: row.message,
+                attempts: u32::try_from(row.attempts).unwrap_or(0),
+                expires_at: row.expires_at,
+            })
+            .collect())
+    }
+
+    async fn remove_mail(&self, id: Uuid) -> StoreResult<()> {
+        outbox_mail::Entity::delete_by_id(id).exec(&self.db).await?;
+        Ok(())
+    }
+
+    async fn retry_mail(&self, id: Uuid, retry_at: DateTime<Utc>) -> StoreResult<()> {
+        outbox_mail::Entity::update_many()
+            .col_expr(outbox_mail::Column::NextAttemptAt, Expr::value(retry_at))
+            .col_expr(
+                outbox_mail::Column::Attempts,
+                Expr::col(outbox_mail::Column::Attempts).add(1),
+            )
+            .col_expr(
+                outbox_mail::Column::ClaimedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(outbox_mail::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<u64> {
+        use sea_orm::PaginatorTrait;
+        Ok(outbox_mail::Entity::find().count(&self.db).await?)
     }
 }
 

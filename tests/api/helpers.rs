@@ -453,6 +453,7 @@ pub async fn user_rows_in(database_url: &str) -> Vec<user::Model> {
             created_at: document.created_at.to_chrono(),
             disabled_at: document.disabled_at.map(bson::DateTime::to_chrono),
             credential_version: document.credential_version,
+            email_verified_at: document.email_verified_at.map(bson::DateTime::to_chrono),
         })
         .collect()
 }

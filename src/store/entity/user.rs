@@ -17,6 +17,8 @@ pub struct Model {
     pub disabled_at: Option<DateTimeUtc>,
     /// See `store::User::credential_version` and `store::Session::credential_version`.
     pub credential_version: i64,
+    /// When the address was proven (a link of a mail to it followed); `None` until then.
+    pub email_verified_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
