@@ -27,8 +27,10 @@ use crate::{
         self, EdgeLimits, FrontendSettings,
         server::{Lifecycle, ServerSettings},
     },
+    mail::{LinkTemplate, Mailer, OutboxSender, Templates, Transport, sender::Doorbell},
     service::{
         AuthService, Lifetimes,
+        accounts::{AccountSettings, Accounts},
         admin::Admin,
         events::SessionEvents,
         rate_limit::{RateLimitSettings, RateLimits},
@@ -55,6 +57,8 @@ pub struct Application {
     router: Router,
     service: AuthService,
     pruning: Option<Pruning>,
+    /// Delivers the outbox's mails.
+    mail_sender: OutboxSender,
     /// SQLite: where `authql admin` hands its commands to this process; removed with it.
     _admin_socket: Option<AdminSocket>,
     /// SQLite: held while the application lives, so no second process serves the file.
@@ -84,6 +88,9 @@ impl Application {
         check_database_scheme(&config.database_url)?;
         let frontend = frontend_settings(&config)?;
         let edge = edge_limits(&config)?;
+        let templates = Templates::load(config.mail_templates_dir.as_deref())
+            .map_err(|why| anyhow::anyhow!(why))?;
+        let transport = mail_transport(&config)?;
         let lifetimes = lifetimes(&config)?;
         let retention =
             duration_setting(config.prune_retention_seconds, "PRUNE_RETENTION_SECONDS")?;
@@ -148,6 +155,10 @@ impl Application {
         let rate_limit_settings = RateLimitSettings {
             per_ip_per_minute: NonZeroU32::new(config.rate_limit_ip_per_minute),
             per_account_per_minute: NonZeroU32::new(config.rate_limit_account_per_minute),
+            mails_per_recipient_per_hour: NonZeroU32::new(
+                config.rate_limit_mails_per_address_per_hour,
+            ),
+            mails_per_ip_per_hour: NonZeroU32::new(config.rate_limit_mails_per_ip_per_hour),
             ipv6_prefix: config.rate_limit_ipv6_prefix,
         };
         // Several instances share a PostgreSQL or MongoDB database, so they share its buckets; a
@@ -175,6 +186,19 @@ impl Application {
             }
             _ => None,
         };
+        let address = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("could not listen on {address}"))?;
+        let public_url = public_url(&config, listener.local_addr()?)?;
+        let doorbell = Doorbell::default();
+        let mail_sender =
+            OutboxSender::new(store.outbox.clone(), Arc::new(transport), doorbell.clone());
+        let accounts = Accounts {
+            settings: account_settings(&config, &public_url)?,
+            mailer: mailer(&config, &public_url, templates)?,
+            doorbell,
+        };
         let service = AuthService::new(
             store,
             tokens,
@@ -182,6 +206,7 @@ impl Application {
             lifetimes,
             rate_limits,
             events.clone(),
+            accounts,
         );
 
         let server = ServerSettings {
@@ -211,10 +236,6 @@ impl Application {
             ),
             None => None,
         };
-        let address = SocketAddr::new(config.host, config.port);
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("could not listen on {address}"))?;
         Ok(Self {
             listener,
             server,
@@ -223,6 +244,7 @@ impl Application {
             router,
             service,
             pruning,
+            mail_sender,
             _admin_socket: admin_socket,
             _database_lock: database_lock,
         })
@@ -263,6 +285,11 @@ impl Application {
             async move { events.listen().await }
         }));
         let upkeep = tokio::spawn(crate::metrics::upkeep_periodically());
+        let mail_sender = self.mail_sender.clone();
+        let mails = tokio::spawn(supervise("mail_outbox", move || {
+            let mail_sender = mail_sender.clone();
+            async move { mail_sender.run().await }
+        }));
         let metrics_server = self.metrics_listener.map(|listener| {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!(%address, "metrics listening");
@@ -292,6 +319,7 @@ impl Application {
         }
         listener.abort();
         upkeep.abort();
+        mails.abort();
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }
@@ -344,6 +372,17 @@ async fn prune_periodically(service: AuthService, pruning: Pruning) {
                 tracing::info!(event = "sessions_pruned", pruned, "pruned ended sessions")
             }
             Err(_) => tracing::warn!(event = "prune_failed", "pruning failed; will retry"),
+        }
+        match service.prune_expired_tokens(pruning.retention).await {
+            Ok(0) => {}
+            Ok(pruned) => {
+                tracing::info!(
+                    event = "tokens_pruned",
+                    pruned,
+                    "pruned expired one-time tokens"
+                )
+            }
+            Err(_) => tracing::warn!(event = "prune_failed", "pruning tokens failed; will retry"),
         }
         if service.prune_rate_limits().await.is_err() {
             tracing::warn!(
@@ -487,6 +526,105 @@ fn parse_origin(origin: &str) -> anyhow::Result<HeaderValue> {
     }
     HeaderValue::from_str(&origin.to_ascii_lowercase())
         .map_err(|_| refuse("is not a valid header value"))
+}
+
+/// `PUBLIC_URL`, checked (an `http(s)` URL without query or fragment; no trailing `/`), or
+/// `http://HOST:PORT` of the bound address (`localhost` for an unspecified HOST).
+fn public_url(config: &Config, bound: SocketAddr) -> anyhow::Result<String> {
+    let Some(configured) = config.public_url.as_deref().map(str::trim) else {
+        let host = if bound.ip().is_unspecified() {
+            "localhost".to_owned()
+        } else {
+            SocketAddr::new(bound.ip(), 0)
+                .to_string()
+                .trim_end_matches(":0")
+                .to_owned()
+        };
+        return Ok(format!("http://{host}:{}", bound.port()));
+    };
+    let parsed = url::Url::parse(configured)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+        .with_context(|| {
+            format!(
+                "PUBLIC_URL is not an http(s) URL like https://auth.example.com: {configured:?}"
+            )
+        })?;
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        bail!("PUBLIC_URL has no query or fragment: {configured:?}");
+    }
+    Ok(configured.trim_end_matches('/').to_owned())
+}
+
+/// Where mails go: `SMTP_URL`, or `.eml` files in `MAIL_DIR`.
+fn mail_transport(config: &Config) -> anyhow::Result<Transport> {
+    let smtp_url = config.smtp_url.as_ref().map(|url| url.expose_secret());
+    let transport = Transport::from_settings(
+        smtp_url,
+        config.smtp_tls_ca_file.as_deref(),
+        &config.mail_dir,
+    )
+    .map_err(|why| anyhow::anyhow!(why))?;
+    if let Transport::Directory(directory) = &transport {
+        tracing::warn!(
+            directory = %directory.display(),
+            "SMTP_URL is not set: mails are written as .eml files into MAIL_DIR (development only)"
+        );
+    }
+    Ok(transport)
+}
+
+/// The mail composer: `MAIL_FROM` (by default `APP_NAME <noreply@PUBLIC_URL's host>`),
+/// `APP_NAME`, the templates.
+fn mailer(config: &Config, public_url: &str, templates: Templates) -> anyhow::Result<Mailer> {
+    let from = match &config.mail_from {
+        Some(from) => from.clone(),
+        None => {
+            let host = url::Url::parse(public_url)
+                .ok()
+                .and_then(|url| url.host_str().map(str::to_owned))
+                .filter(|host| host.contains('.') && !host.starts_with('['))
+                .unwrap_or_else(|| "localhost.localdomain".into());
+            let name: String = config
+                .app_name
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ')
+                .collect();
+            format!("{} <noreply@{host}>", name.trim())
+        }
+    };
+    Mailer::new(&from, &config.app_name, templates).map_err(|why| anyhow::anyhow!(why))
+}
+
+/// `EMAIL_VERIFICATION`, the tokens' lifetimes and the links' targets.
+fn account_settings(config: &Config, public_url: &str) -> anyhow::Result<AccountSettings> {
+    let link = |setting: &str, configured: &Option<String>, page: &str| match configured {
+        Some(template) => {
+            LinkTemplate::parse(setting, template).map_err(|why| anyhow::anyhow!(why))
+        }
+        None => Ok(LinkTemplate::own_page(public_url, page)),
+    };
+    Ok(AccountSettings {
+        verification: config.email_verification,
+        password_reset_expires: duration_setting(
+            config.password_reset_token_expires,
+            "PASSWORD_RESET_TOKEN_EXPIRES",
+        )?,
+        verification_expires: duration_setting(
+            config.email_verification_token_expires,
+            "EMAIL_VERIFICATION_TOKEN_EXPIRES",
+        )?,
+        password_reset_link: link(
+            "PASSWORD_RESET_URL",
+            &config.password_reset_url,
+            "/reset-password",
+        )?,
+        verification_link: link(
+            "EMAIL_VERIFICATION_URL",
+            &config.email_verification_url,
+            "/verify-email",
+        )?,
+    })
 }
 
 fn lifetimes(config: &Config) -> anyhow::Result<Lifetimes> {

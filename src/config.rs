@@ -37,6 +37,12 @@ const DEFAULT_PERSISTED_QUERIES_CACHE_SIZE: usize = 1000;
 const DEFAULT_HEADER_READ_TIMEOUT_SECONDS: u64 = 10;
 const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
 const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 100;
+const DEFAULT_MAIL_DIR: &str = "mail";
+const DEFAULT_APP_NAME: &str = "authql";
+const DEFAULT_PASSWORD_RESET_TOKEN_EXPIRES: u64 = 3600;
+const DEFAULT_EMAIL_VERIFICATION_TOKEN_EXPIRES: u64 = 24 * 3600;
+const DEFAULT_RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR: u32 = 5;
+const DEFAULT_RATE_LIMIT_MAILS_PER_IP_PER_HOUR: u32 = 20;
 
 #[derive(Debug, Parser)]
 #[command(name = "authql", version, about = "A GraphQL authentication service")]
@@ -346,6 +352,80 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// The SMTP server mails go through: `smtp://[user:pass@]host[:port]` (STARTTLS whenever
+    /// the server offers it; `?tls=required` refuses one that does not, `?tls=none` never asks)
+    /// or `smtps://[user:pass@]host[:port]` (TLS from the start). Ports default to 587 and 465;
+    /// percent-encode `@`, `:` and `/` in the user and password. When unset, every mail is
+    /// written as an `.eml` file into `MAIL_DIR` instead: for development only.
+    #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = parse_secret)]
+    pub smtp_url: Option<SecretString>,
+
+    /// A PEM file of certificates trusted besides the public roots when talking TLS to the
+    /// SMTP server (a private CA).
+    #[arg(long, env = "SMTP_TLS_CA_FILE")]
+    pub smtp_tls_ca_file: Option<PathBuf>,
+
+    /// The sender of every mail, `Name <address>` or `address`. By default `APP_NAME
+    /// <noreply@HOST>`, HOST being PUBLIC_URL's host.
+    #[arg(long, env = "MAIL_FROM")]
+    pub mail_from: Option<String>,
+
+    /// Where mails are written as `.eml` files when SMTP_URL is unset (created owner-only).
+    #[arg(long, env = "MAIL_DIR", default_value = DEFAULT_MAIL_DIR)]
+    pub mail_dir: PathBuf,
+
+    /// A directory whose files replace the embedded mail templates of the same name
+    /// (`password_reset.txt`, `password_reset.html`, ..., `layout.html`; README, "Accounts").
+    #[arg(long, env = "MAIL_TEMPLATES_DIR")]
+    pub mail_templates_dir: Option<PathBuf>,
+
+    /// Where clients reach authql, e.g. `https://auth.example.com`: the base of the links in
+    /// mails. By default `http://HOST:PORT` (`localhost` for an unspecified HOST).
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// The app's own password-reset page, holding `token={token}` in its query or fragment,
+    /// e.g. `https://app.example.com/reset-password#token={token}`. By default authql's page
+    /// `PUBLIC_URL/reset-password`.
+    #[arg(long, env = "PASSWORD_RESET_URL")]
+    pub password_reset_url: Option<String>,
+
+    /// The app's own email-verification page, holding `token={token}` in its query or
+    /// fragment. By default authql's page `PUBLIC_URL/verify-email`.
+    #[arg(long, env = "EMAIL_VERIFICATION_URL")]
+    pub email_verification_url: Option<String>,
+
+    /// Whether addresses are verified: `off` (nothing is mailed at registration), `optional`
+    /// (registration mails a link; login works without it) or `required` (no session until
+    /// the address is verified: register and login answer EMAIL_NOT_VERIFIED).
+    #[arg(long, env = "EMAIL_VERIFICATION", value_enum, ignore_case = true, default_value_t = EmailVerification::Optional)]
+    pub email_verification: EmailVerification,
+
+    /// How long a password-reset link works, in seconds.
+    #[arg(long, env = "PASSWORD_RESET_TOKEN_EXPIRES", default_value_t = DEFAULT_PASSWORD_RESET_TOKEN_EXPIRES,
+          value_parser = clap::value_parser!(u64).range(60..))]
+    pub password_reset_token_expires: u64,
+
+    /// How long an email-verification (or email-change) link works, in seconds.
+    #[arg(long, env = "EMAIL_VERIFICATION_TOKEN_EXPIRES", default_value_t = DEFAULT_EMAIL_VERIFICATION_TOKEN_EXPIRES,
+          value_parser = clap::value_parser!(u64).range(60..))]
+    pub email_verification_token_expires: u64,
+
+    /// The app's name, in the mails' subjects and bodies.
+    #[arg(long, env = "APP_NAME", default_value = DEFAULT_APP_NAME)]
+    pub app_name: String,
+
+    /// Most mails to one address in an hour (password resets, verification links, email
+    /// changes and notices together), whoever asks; beyond, RATE_LIMITED (or, where an answer
+    /// must not tell, no mail). 0 switches the limit off.
+    #[arg(long, env = "RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR", default_value_t = DEFAULT_RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR)]
+    pub rate_limit_mails_per_address_per_hour: u32,
+
+    /// Most mails one client address may cause in an hour, to any addresses; 0 switches the
+    /// limit off.
+    #[arg(long, env = "RATE_LIMIT_MAILS_PER_IP_PER_HOUR", default_value_t = DEFAULT_RATE_LIMIT_MAILS_PER_IP_PER_HOUR)]
+    pub rate_limit_mails_per_ip_per_hour: u32,
+
     /// Where `GET /metrics` (Prometheus text format) is served: a listen address of its own
     /// such as `127.0.0.1:9100`, kept off the public port; when unset, metrics are not served.
     #[arg(long, env = "METRICS_ADDR")]
@@ -422,6 +502,20 @@ impl Config {
             websocket_ping_interval_seconds: 15,
             websocket_max_subscriptions: 10,
             websocket_max_connections_per_user: 20,
+            smtp_url: None,
+            smtp_tls_ca_file: None,
+            mail_from: None,
+            mail_dir: PathBuf::from(DEFAULT_MAIL_DIR),
+            mail_templates_dir: None,
+            public_url: None,
+            password_reset_url: None,
+            email_verification_url: None,
+            email_verification: EmailVerification::Optional,
+            password_reset_token_expires: DEFAULT_PASSWORD_RESET_TOKEN_EXPIRES,
+            email_verification_token_expires: DEFAULT_EMAIL_VERIFICATION_TOKEN_EXPIRES,
+            app_name: DEFAULT_APP_NAME.into(),
+            rate_limit_mails_per_address_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR,
+            rate_limit_mails_per_ip_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_IP_PER_HOUR,
         }
     }
 }
@@ -438,6 +532,18 @@ pub enum JwtAlgorithm {
     /// ECDSA on P-256 with SHA-256.
     #[value(name = "ES256")]
     Es256,
+}
+
+/// Whether an account's address must be verified (`EMAIL_VERIFICATION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EmailVerification {
+    /// Nothing is mailed at registration; `sendVerificationEmail` still works.
+    Off,
+    /// Registration mails a link; an unverified account works all the same.
+    Optional,
+    /// No session for an unverified account: register and login answer EMAIL_NOT_VERIFIED
+    /// (and mail a link), and registering a taken address answers the same.
+    Required,
 }
 
 /// The `SameSite` attribute of the refresh cookie (RFC 6265bis § 4.1.2.7).

@@ -80,6 +80,13 @@ pub enum AppError {
     /// RATE_LIMITED: too many attempts from this client or at this account; `retryAfterSeconds`
     /// says when the next one will be taken.
     RateLimited { retry_after_seconds: u64 },
+    /// INVALID_TOKEN: a password-reset or email-verification token that cannot be used;
+    /// `reason` says why (`EXPIRED`, `USED`, `UNKNOWN`: a token of another purpose is
+    /// `UNKNOWN`). Nothing was changed.
+    InvalidToken(crate::store::TokenRefusal),
+    /// EMAIL_NOT_VERIFIED: the account's address must be verified first
+    /// (`EMAIL_VERIFICATION=required`); a link to verify it has been mailed.
+    EmailNotVerified,
     /// FORBIDDEN (`reason: ORIGIN_NOT_ALLOWED`): a cookie-authenticated request from an `Origin`
     /// that may not use the cookie (CSRF); nothing was changed.
     OriginNotAllowed,
@@ -102,6 +109,8 @@ impl AppError {
             Self::AccountDisabled => "ACCOUNT_DISABLED",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::InvalidToken(_) => "INVALID_TOKEN",
+            Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
             Self::OriginNotAllowed => "FORBIDDEN",
             Self::ServiceUnavailable | Self::Overloaded { .. } => "SERVICE_UNAVAILABLE",
             Self::Internal => "INTERNAL_SERVER_ERROR",
@@ -121,6 +130,18 @@ impl AppError {
                 retry_after_seconds,
             } => {
                 format!("too many attempts; try again in {retry_after_seconds} s")
+            }
+            Self::InvalidToken(crate::store::TokenRefusal::Expired) => {
+                "this link has expired; ask for a new one".into()
+            }
+            Self::InvalidToken(crate::store::TokenRefusal::Used) => {
+                "this link was already used, or a newer one replaced it".into()
+            }
+            Self::InvalidToken(crate::store::TokenRefusal::Unknown) => {
+                "this link is not valid".into()
+            }
+            Self::EmailNotVerified => {
+                "confirm your email address first: a link to do so has been sent to it".into()
             }
             Self::OriginNotAllowed => {
                 "the refresh-token cookie may only be used from an allowed origin".into()
@@ -176,6 +197,7 @@ impl From<AppError> for async_graphql::Error {
                     retry_after_seconds,
                 } => extensions.set("retryAfterSeconds", *retry_after_seconds),
                 AppError::OriginNotAllowed => extensions.set("reason", "ORIGIN_NOT_ALLOWED"),
+                AppError::InvalidToken(refusal) => extensions.set("reason", refusal.as_code()),
                 _ => {}
             }
         })

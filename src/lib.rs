@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod mail;
 pub mod metrics;
 pub mod service;
 pub mod store;

@@ -16,7 +16,9 @@
 //! | `authql_database_connections` | gauge | `state` (`in_use`, `idle`) |
 //! | `authql_password_hash_queue_depth` | gauge | |
 //! | `authql_password_hash_duration_seconds` | histogram | `operation` (`hash`, `verify`) |
-//! | `authql_background_task_restarts_total` | counter | `task` (`session_events`, `admin_socket`) |
+//! | `authql_background_task_restarts_total` | counter | `task` (`session_events`, `admin_socket`, `mail_outbox`) |
+//! | `authql_mails_total` | counter | `kind`, `outcome` (`sent`, `deferred`, `rejected`, `expired`) |
+//! | `authql_mail_outbox_depth` | gauge | |
 
 use std::sync::OnceLock;
 
@@ -115,8 +117,21 @@ fn describe() {
     );
     describe_counter!(
         "authql_background_task_restarts_total",
-        "Background tasks that failed and were started again, by task (session_events, admin_socket)"
+        "Background tasks that failed and were started again, by task (session_events, admin_socket, mail_outbox)"
     );
+    describe_counter!(
+        "authql_mails_total",
+        "Mails the outbox sender finished an attempt at, by kind and outcome (sent; deferred: tried again later; rejected: refused for good by the server; expired: its link expired first)"
+    );
+    describe_gauge!(
+        "authql_mail_outbox_depth",
+        "Mails waiting in the outbox (shared by every instance on the database), counted at each scrape"
+    );
+}
+
+/// The outbox sender finished an attempt at a mail of `kind`.
+pub fn mail(kind: &'static str, outcome: &'static str) {
+    counter!("authql_mails_total", "kind" => kind, "outcome" => outcome).increment(1);
 }
 
 /// A background task failed and is started again after a pause.
@@ -143,6 +158,10 @@ pub fn refresh(outcome: &'static str) {
 
 pub fn rate_limited(operation: &'static str, scope: &'static str) {
     counter!("authql_rate_limited_total", "operation" => operation, "scope" => scope).increment(1);
+}
+
+pub fn outbox_depth(depth: u64) {
+    gauge!("authql_mail_outbox_depth").set(depth as f64);
 }
 
 pub fn live_sessions(count: u64) {

@@ -58,6 +58,15 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
+            .create_index(
+                Index::create()
+                    .name("idx_one_time_tokens_expires_at")
+                    .table(OneTimeTokens::Table)
+                    .col(OneTimeTokens::ExpiresAt)
+                    .to_owned(),
+            )
+            .await?;
+        manager
             .create_table(
                 Table::create()
                     .table(MailOutbox::Table)

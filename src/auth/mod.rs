@@ -9,4 +9,4 @@ pub mod tokens;
 pub use guard::{Authenticated, BearerToken, RequestAuth, SignedIn, signed_in};
 pub use keys::KeySet;
 pub use password::{PasswordHasher, Verification};
-pub use tokens::{Claims, TokenKeys, TokenKind};
+pub use tokens::{Claims, Profile, Subject, TokenKeys, TokenKind};

@@ -48,8 +48,8 @@ impl TokenKind {
     }
 }
 
-/// Every claim is required and typed: a token missing one, or with one of the wrong type, does
-/// not deserialize and is refused as malformed.
+/// Every claim but the profile ones is required and typed: a token missing one, or with one of
+/// the wrong type, does not deserialize and is refused as malformed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
@@ -62,6 +62,33 @@ pub struct Claims {
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
+    /// Access tokens: the account's address when the token was issued (OpenID Connect Core
+    /// § 5.1 `email`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Access tokens: whether that address was verified (OpenID Connect Core § 5.1
+    /// `email_verified`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+}
+
+/// Whom a token speaks for: the user, the session, the token's own id (the session holds the
+/// jti it accepts), and for access tokens the profile claims.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub jti: Uuid,
+    pub profile: Option<&'a Profile>,
+}
+
+/// What an access token says about its user besides who it is: the `email` and
+/// `email_verified` claims (OpenID Connect Core § 5.1), so that an app's other APIs need not
+/// ask authql.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub email: String,
+    pub email_verified: bool,
 }
 
 /// The only header authql accepts: the three members it writes, each once. Unknown members are
@@ -124,12 +151,16 @@ impl TokenKeys {
     pub fn issue(
         &self,
         kind: TokenKind,
-        user_id: Uuid,
-        session_id: Uuid,
-        jti: Uuid,
+        subject: Subject<'_>,
         issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<String, AppError> {
+        let Subject {
+            user_id,
+            session_id,
+            jti,
+            profile,
+        } = subject;
         let signing = &self.signing;
         let mut header = Header::new(signing.algorithm);
         header.typ = Some(kind.typ().to_owned());
@@ -143,6 +174,8 @@ impl TokenKeys {
             iat: issued_at.timestamp(),
             nbf: issued_at.timestamp(),
             exp: expires_at.timestamp(),
+            email: profile.map(|profile| profile.email.clone()),
+            email_verified: profile.map(|profile| profile.email_verified),
         };
         jsonwebtoken::encode(&header, &claims, &signing.encoding).map_err(AppError::internal)
     }
@@ -226,9 +259,12 @@ mod tests {
         let token = keys
             .issue(
                 kind,
-                Uuid::new_v4(),
-                Uuid::new_v4(),
-                jti,
+                Subject {
+                    user_id: Uuid::new_v4(),
+                    session_id: Uuid::new_v4(),
+                    jti,
+                    profile: None,
+                },
                 now,
                 now + lifetime,
             )
@@ -300,9 +336,12 @@ mod tests {
             let issue = || {
                 keys.issue(
                     TokenKind::Access,
-                    user,
-                    session,
-                    jti,
+                    Subject {
+                        user_id: user,
+                        session_id: session,
+                        jti,
+                        profile: None,
+                    },
                     now,
                     now + Duration::minutes(5),
                 )

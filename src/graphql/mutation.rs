@@ -5,7 +5,7 @@ use super::EXPENSIVE_FIELD_COST;
 use super::refresh_cookie::{RefreshCookie, RequestRefreshCookie};
 use super::types::{
     AuthPayload, ChangePasswordInput, DeleteAccountInput, LoginInput, RegisterInput,
-    RevokeTokensInput, RevokeTokensPayload,
+    RequestEmailChangeInput, ResetPasswordInput, RevokeTokensInput, RevokeTokensPayload, User,
 };
 use crate::{
     auth::{SignedIn, signed_in},
@@ -19,7 +19,9 @@ pub struct MutationRoot;
 
 #[Object(name = "Mutation")]
 impl MutationRoot {
-    /// Creates an account and its first session.
+    /// Creates an account and its first session, and mails a link to verify its address
+    /// (unless `EMAIL_VERIFICATION=off`). With `EMAIL_VERIFICATION=required` no session is made:
+    /// the answer is EMAIL_NOT_VERIFIED, for a taken address too (its owner is told by mail).
     #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<AuthPayload> {
         let registration = Registration {
@@ -31,7 +33,8 @@ impl MutationRoot {
         Ok(deliver(ctx, issued))
     }
 
-    /// Opens a new session; every login gets its own.
+    /// Opens a new session; every login gets its own. With `EMAIL_VERIFICATION=required`, an
+    /// unverified account gets EMAIL_NOT_VERIFIED (after the right password) and a fresh link.
     #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload> {
         let issued = service(ctx)?
@@ -160,6 +163,80 @@ impl MutationRoot {
             .delete_account(signed_in(ctx).await?, input.password, client(ctx))
             .await?;
         clear_cookie(ctx);
+        Ok(true)
+    }
+
+    /// Mails a link to set a new password to the account with this address, if there is one
+    /// and it is enabled. Always `true` for a well-formed address, whether or not an account
+    /// has it, and in the same time. Errors: BAD_USER_INPUT (`email`), RATE_LIMITED (this
+    /// client, or this address: at most RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR mails an hour).
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn request_password_reset(&self, ctx: &Context<'_>, email: String) -> Result<bool> {
+        service(ctx)?
+            .request_password_reset(&email, client(ctx))
+            .await?;
+        Ok(true)
+    }
+
+    /// Sets a new password with the token of a reset link: every session of the account ends
+    /// (REVOKED events; the refresh cookie is cleared), the address is marked verified, and
+    /// every other reset link of the account stops working. Errors: INVALID_TOKEN (`reason`
+    /// EXPIRED, USED or UNKNOWN), BAD_USER_INPUT (`newPassword`), RATE_LIMITED.
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn reset_password(&self, ctx: &Context<'_>, input: ResetPasswordInput) -> Result<bool> {
+        service(ctx)?
+            .reset_password(&input.token, input.new_password, client(ctx))
+            .await?;
+        clear_cookie(ctx);
+        Ok(true)
+    }
+
+    /// Mails a fresh verification link to the caller's address; `false` (nothing mailed) when
+    /// it is verified already. Errors: RATE_LIMITED.
+    #[graphql(
+        guard = "SignedIn",
+        complexity = "EXPENSIVE_FIELD_COST + child_complexity"
+    )]
+    async fn send_verification_email(&self, ctx: &Context<'_>) -> Result<bool> {
+        Ok(service(ctx)?
+            .send_verification_email(signed_in(ctx).await?, client(ctx))
+            .await?)
+    }
+
+    /// Verifies the address a verification link was sent to, with its token; for a link from
+    /// `requestEmailChange`, this is when the account's email becomes the new one. Needs no
+    /// access token (the link may be opened on another device). Errors: INVALID_TOKEN (`reason`
+    /// EXPIRED, USED (also: the account's address changed since), UNKNOWN), EMAIL_TAKEN (the new
+    /// address was taken meanwhile), RATE_LIMITED.
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn verify_email(&self, ctx: &Context<'_>, token: String) -> Result<User> {
+        Ok(service(ctx)?
+            .verify_email(&token, client(ctx))
+            .await?
+            .into())
+    }
+
+    /// Asks to change the caller's address, proven by the password: a link goes to the new
+    /// address (the change happens when it is followed, `verifyEmail`) and a notice to the
+    /// current one. Errors: EMAIL_TAKEN (another account has the new address),
+    /// INVALID_CREDENTIALS, BAD_USER_INPUT (`newEmail`), RATE_LIMITED.
+    #[graphql(
+        guard = "SignedIn",
+        complexity = "EXPENSIVE_FIELD_COST + child_complexity"
+    )]
+    async fn request_email_change(
+        &self,
+        ctx: &Context<'_>,
+        input: RequestEmailChangeInput,
+    ) -> Result<bool> {
+        service(ctx)?
+            .request_email_change(
+                signed_in(ctx).await?,
+                &input.new_email,
+                input.password,
+                client(ctx),
+            )
+            .await?;
         Ok(true)
     }
 }

@@ -53,6 +53,10 @@ pub struct User {
     pub username: String,
     /// When the account was created.
     pub created_at: DateTime,
+    /// Whether the account's address was proven: a link mailed to it was followed
+    /// (`verifyEmail`, `resetPassword`), or an operator said so. Accounts made before authql
+    /// verified addresses start unverified.
+    pub email_verified: bool,
 }
 
 impl From<store::User> for User {
@@ -62,6 +66,7 @@ impl From<store::User> for User {
             email: user.email,
             username: user.username,
             created_at: user.created_at.into(),
+            email_verified: user.email_verified_at.is_some(),
         }
     }
 }
@@ -201,6 +206,25 @@ pub struct DeleteAccountInput {
     pub password: String,
 }
 
+/// A new password, proven by a link from a password-reset mail.
+#[derive(InputObject)]
+pub struct ResetPasswordInput {
+    /// The `token` of the link (43 characters).
+    pub token: String,
+    /// 8 characters to 256 bytes; every byte counts.
+    pub new_password: String,
+}
+
+/// A new address for the account, proven by the password.
+#[derive(InputObject)]
+pub struct RequestEmailChangeInput {
+    /// The address to change to; it becomes the account's when the link mailed to it is
+    /// followed.
+    pub new_email: String,
+    /// The password in use now.
+    pub password: String,
+}
+
 /// What happened to a session (`sessionEvents`).
 #[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEventType {
@@ -208,8 +232,8 @@ pub enum SessionEventType {
     Created,
     /// Its token pair was rotated by `refresh`.
     Refreshed,
-    /// It was ended: logout, revokeTokens, revokeOtherSessions, changePassword, refresh-token
-    /// reuse, deleteAccount, or an operator (`authql admin`).
+    /// It was ended: logout, revokeTokens, revokeOtherSessions, changePassword, resetPassword,
+    /// refresh-token reuse, deleteAccount, or an operator (`authql admin`).
     Revoked,
     /// A refresh found it past its idle timeout or absolute expiry.
     Expired,

@@ -517,8 +517,8 @@ pub fn metrics_router<S>(service: AuthService) -> Router<S> {
 }
 
 /// The Prometheus text format (exposition format 0.0.4), every metric of `crate::metrics`.
-/// `authql_live_sessions` is counted here, once per scrape (one indexed count query), and by
-/// one scrape at a time: a scrape that finds a count running reports the last one.
+/// `authql_live_sessions` and `authql_mail_outbox_depth` are counted here, once per scrape (a
+/// count query each), and by one scrape at a time: a scrape that finds a count running reports the last one.
 async fn metrics(State(service): State<AuthService>) -> Response {
     use std::sync::atomic::{AtomicBool, Ordering};
     static COUNTING: AtomicBool = AtomicBool::new(false);
@@ -533,6 +533,9 @@ async fn metrics(State(service): State<AuthService>) -> Response {
         let _counting = Counting;
         if let Ok(count) = service.count_live_sessions().await {
             crate::metrics::live_sessions(count);
+        }
+        if let Ok(depth) = service.outbox_depth().await {
+            crate::metrics::outbox_depth(depth);
         }
     }
     (

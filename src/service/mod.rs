@@ -1,6 +1,7 @@
 //! What authql does, independent of GraphQL and HTTP: register, log in, refresh, authenticate,
 //! list and revoke sessions, change passwords.
 
+pub mod accounts;
 pub mod admin;
 pub mod events;
 pub mod input;
@@ -12,7 +13,10 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use uuid::Uuid;
 
 use crate::{
-    auth::{Authenticated, BearerToken, PasswordHasher, TokenKeys, TokenKind, Verification},
+    auth::{
+        Authenticated, BearerToken, PasswordHasher, Profile, Subject, TokenKeys, TokenKind,
+        Verification,
+    },
     error::{AppError, UnauthenticatedReason},
     metrics,
     service::{
@@ -21,7 +25,7 @@ use crate::{
     },
     store::{
         FIRST_CREDENTIAL_VERSION, NewUser, Rotation, Session, SessionCursor, SessionPage, Storage,
-        User,
+        StoreError, User,
     },
 };
 
@@ -66,6 +70,7 @@ struct Inner {
     rate_limits: RateLimits,
     events: SessionEvents,
     readiness: Readiness,
+    accounts: accounts::Accounts,
 }
 
 /// The last readiness probe: its answer is reused for `READINESS_MAX_AGE`, and one probe runs
@@ -109,7 +114,8 @@ pub struct Lifetimes {
 }
 
 impl AuthService {
-    /// The service over `store`, with its keys, hashing pool, lifetimes, limits and event bus.
+    /// The service over `store`, with its keys, hashing pool, lifetimes, limits, event bus and
+    /// account flows (mail).
     pub fn new(
         store: Storage,
         tokens: TokenKeys,
@@ -117,6 +123,7 @@ impl AuthService {
         lifetimes: Lifetimes,
         rate_limits: RateLimits,
         events: SessionEvents,
+        accounts: accounts::Accounts,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -127,6 +134,7 @@ impl AuthService {
                 rate_limits,
                 events,
                 readiness: Readiness::default(),
+                accounts,
             }),
         }
     }
@@ -143,9 +151,13 @@ impl AuthService {
             .await;
     }
 
-    /// Creates the user and its first session in one transaction. Errors: RATE_LIMITED,
-    /// BAD_USER_INPUT (`email`, `username`, `password`), EMAIL_TAKEN, USERNAME_TAKEN,
-    /// SERVICE_UNAVAILABLE (the database away, or the hashing queue full).
+    /// Creates the user and its first session in one transaction, with a link to verify its
+    /// address when `EMAIL_VERIFICATION` is not `off`. With `required`, no session: the account
+    /// is created and EMAIL_NOT_VERIFIED answered; a taken address gets the very same answer
+    /// (its owner a notice), so that registration tells nobody who has an account. Errors:
+    /// RATE_LIMITED, BAD_USER_INPUT (`email`, `username`, `password`), EMAIL_TAKEN (not with
+    /// `required`), USERNAME_TAKEN, EMAIL_NOT_VERIFIED, SERVICE_UNAVAILABLE (the database away,
+    /// or the hashing queue full).
     pub async fn register(
         &self,
         registration: Registration,
@@ -163,18 +175,44 @@ impl AuthService {
         let user = NewUser {
             id: Uuid::new_v4(),
             email: email.display,
-            email_normalized: email.normalized,
+            email_normalized: email.normalized.clone(),
             username,
             username_normalized,
             password_hash,
             created_at: now,
         };
-        let session = self.new_session(user.id, FIRST_CREDENTIAL_VERSION, client, now);
-        let (user, session) = self
+        let required = self.verification_required();
+        let may_mail = self.registration_may_mail(&email.normalized, &client).await;
+        let verification = if may_mail {
+            self.registration_link(&pending_user(&user), now)?
+        } else {
+            None
+        };
+        let mailed = verification.is_some();
+        let session =
+            (!required).then(|| self.new_session(user.id, FIRST_CREDENTIAL_VERSION, client, now));
+        let registered = self
             .store()
             .users
-            .create_user_with_session(user, session)
-            .await?;
+            .register_user(user, session, verification)
+            .await;
+        let (user, session) = match registered {
+            Ok(registered) => registered,
+            Err(StoreError::EmailTaken) if required => {
+                if may_mail {
+                    self.notify_registration_attempt(&email.normalized).await?;
+                }
+                return Err(AppError::EmailNotVerified);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if mailed {
+            self.mail_queued();
+        }
+        let Some(session) = session else {
+            tracing::info!(user_id = %user.id, "user registered; the address must be verified before a login");
+            return Err(AppError::EmailNotVerified);
+        };
         tracing::info!(user_id = %user.id, session_id = %session.id, "user registered");
         self.publish(SessionEventKind::Created, user.id, &[session.id])
             .await;
@@ -237,6 +275,9 @@ impl AuthService {
         if user.disabled_at.is_some() {
             tracing::info!(event = "login_refused_disabled", user_id = %user.id, "login refused: account disabled");
             return Err(AppError::AccountDisabled);
+        }
+        if self.verification_required() && user.email_verified_at.is_none() {
+            return Err(self.refuse_unverified(&user, &client).await);
         }
         if let Verification::Outdated { new_hash } = verification {
             // The same password in the current form and cost; failing to store it only means
@@ -813,21 +854,31 @@ impl AuthService {
         let access_expires_at =
             whole_seconds((now + self.inner.lifetimes.access_token).min(session.expires_at));
         let tokens = &self.inner.tokens;
+        let profile = Profile {
+            email: user.email.clone(),
+            email_verified: user.email_verified_at.is_some(),
+        };
         Ok(IssuedTokens {
             access_token: tokens.issue(
                 TokenKind::Access,
-                user.id,
-                session.id,
-                session.access_jti,
+                Subject {
+                    user_id: user.id,
+                    session_id: session.id,
+                    jti: session.access_jti,
+                    profile: Some(&profile),
+                },
                 now,
                 access_expires_at,
             )?,
             access_token_expires_at: access_expires_at,
             refresh_token: tokens.issue(
                 TokenKind::Refresh,
-                user.id,
-                session.id,
-                session.refresh_jti,
+                Subject {
+                    user_id: user.id,
+                    session_id: session.id,
+                    jti: session.refresh_jti,
+                    profile: None,
+                },
                 now,
                 session.expires_at,
             )?,
@@ -838,11 +889,25 @@ impl AuthService {
     }
 }
 
+/// The user a registration is about to store, as the rest of authql sees one.
+fn pending_user(user: &NewUser) -> User {
+    User {
+        id: user.id,
+        email: user.email.clone(),
+        username: user.username.clone(),
+        created_at: user.created_at,
+        disabled_at: None,
+        credential_version: FIRST_CREDENTIAL_VERSION,
+        email_verified_at: None,
+    }
+}
+
 /// The metrics outcome of a failed login or refresh that has no more precise one.
 fn outcome_of(error: &AppError) -> &'static str {
     match error {
         AppError::InvalidCredentials => "invalid_credentials",
         AppError::AccountDisabled => "account_disabled",
+        AppError::EmailNotVerified => "email_not_verified",
         AppError::RateLimited { .. } => "rate_limited",
         AppError::ServiceUnavailable | AppError::Overloaded { .. } => "unavailable",
         AppError::Unauthenticated(_) => "invalid_token",

@@ -1,10 +1,15 @@
-//! Token buckets for the operations worth guessing at: `login`, `register`, `refresh`,
-//! `changePassword` and `deleteAccount`. Every call of one of them takes a token, so aliases (and batches, which the
-//! edge refuses anyway) cannot multiply attempts.
+//! Token buckets for the operations worth guessing at or abusing: `login`, `register`,
+//! `refresh`, `changePassword`, `deleteAccount` and the account-recovery mutations. Every call
+//! of one of them takes a token, so aliases (and batches, which the edge refuses anyway) cannot
+//! multiply attempts.
 //!
 //! Two buckets per call: one per client address and operation, and one per account *and*
 //! address. Keying the account bucket by address too means an attacker who burns a victim's
 //! attempts from one address does not lock the victim out from another.
+//!
+//! Every mail takes two more: one per recipient address (whoever asks: nobody can flood an
+//! inbox, `RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR`) and one per client address
+//! (`RATE_LIMIT_MAILS_PER_IP_PER_HOUR`: nobody can mail many inboxes).
 //!
 //! An IPv6 client is keyed by its `/RATE_LIMIT_IPV6_PREFIX` network (64 by default): one host
 //! is routinely given a whole /64 and can rotate through it freely (OWASP Credential Stuffing
@@ -39,6 +44,11 @@ pub enum Operation {
     Refresh,
     ChangePassword,
     DeleteAccount,
+    RequestPasswordReset,
+    ResetPassword,
+    SendVerificationEmail,
+    VerifyEmail,
+    RequestEmailChange,
 }
 
 impl Operation {
@@ -49,15 +59,53 @@ impl Operation {
             Self::Refresh => "refresh",
             Self::ChangePassword => "changePassword",
             Self::DeleteAccount => "deleteAccount",
+            Self::RequestPasswordReset => "requestPasswordReset",
+            Self::ResetPassword => "resetPassword",
+            Self::SendVerificationEmail => "sendVerificationEmail",
+            Self::VerifyEmail => "verifyEmail",
+            Self::RequestEmailChange => "requestEmailChange",
         }
     }
 }
 
-/// Attempts allowed per minute; `None` switches a bucket off.
+/// A bucket's size and refill: room for `burst` at once, all of it back over `period` (one
+/// token every `period / burst`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub burst: NonZeroU32,
+    pub period: Duration,
+}
+
+impl Rate {
+    pub fn per_minute(burst: NonZeroU32) -> Self {
+        Self {
+            burst,
+            period: Duration::from_secs(60),
+        }
+    }
+
+    pub fn per_hour(burst: NonZeroU32) -> Self {
+        Self {
+            burst,
+            period: Duration::from_secs(3600),
+        }
+    }
+
+    /// How long one token takes to come back.
+    pub fn interval(self) -> Duration {
+        self.period / self.burst.get()
+    }
+}
+
+/// Attempts allowed per minute, mails per hour; `None` switches a bucket off.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimitSettings {
     pub per_ip_per_minute: Option<NonZeroU32>,
     pub per_account_per_minute: Option<NonZeroU32>,
+    /// Mails to one address per hour.
+    pub mails_per_recipient_per_hour: Option<NonZeroU32>,
+    /// Mails caused by one client address per hour.
+    pub mails_per_ip_per_hour: Option<NonZeroU32>,
     /// IPv6 clients share a bucket per network of this prefix length (0 to 128).
     pub ipv6_prefix: u8,
 }
@@ -67,29 +115,56 @@ impl Default for RateLimitSettings {
         Self {
             per_ip_per_minute: None,
             per_account_per_minute: None,
+            mails_per_recipient_per_hour: None,
+            mails_per_ip_per_hour: None,
             ipv6_prefix: 64,
         }
     }
 }
 
-/// Which of the two buckets a check takes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    Address,
-    Account,
+impl RateLimitSettings {
+    /// The rate of a scope's buckets; `None` when switched off.
+    fn rate(&self, scope: Scope) -> Option<Rate> {
+        match scope {
+            Scope::Address => self.per_ip_per_minute.map(Rate::per_minute),
+            Scope::Account => self.per_account_per_minute.map(Rate::per_minute),
+            Scope::Recipient => self.mails_per_recipient_per_hour.map(Rate::per_hour),
+            Scope::MailSender => self.mails_per_ip_per_hour.map(Rate::per_hour),
+        }
+    }
 }
 
-/// Where buckets are kept. `take` takes one token of `per_minute` (a burst of that many, one
-/// back every `60 s / per_minute`) from the bucket `key`; it answers how long until a token
-/// will be there when there is none now.
+/// Which kind of bucket a check takes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One client address's attempts at an operation.
+    Address,
+    /// One account's, from one client address.
+    Account,
+    /// Mails to one address.
+    Recipient,
+    /// Mails caused by one client address.
+    MailSender,
+}
+
+impl Scope {
+    /// The `scope` label of `authql_rate_limited_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Address => "ip",
+            Self::Account => "account",
+            Self::Recipient => "recipient",
+            Self::MailSender => "mail_ip",
+        }
+    }
+}
+
+/// Where buckets are kept. `take` takes one token at `rate` from the bucket `key`; it answers
+/// how long until a token will be there when there is none now.
 #[async_trait]
 pub trait BucketStore: Send + Sync {
-    async fn take(
-        &self,
-        scope: Scope,
-        per_minute: NonZeroU32,
-        key: &str,
-    ) -> Result<Option<Duration>, AppError>;
+    async fn take(&self, scope: Scope, rate: Rate, key: &str)
+    -> Result<Option<Duration>, AppError>;
 
     /// Forgets buckets that have filled up again; called now and then.
     async fn prune(&self) -> Result<(), AppError>;
@@ -139,13 +214,30 @@ impl RateLimits {
         {
             self.buckets.prune().await?;
         }
-        match (self.settings.per_ip_per_minute, ip) {
-            (Some(per_minute), Some(ip)) => {
+        match ip {
+            Some(ip) => {
                 let key = format!("{}|address|{}", operation.name(), self.address_key(ip));
-                self.take(Scope::Address, per_minute, &key, operation).await
+                self.take(Scope::Address, &key, operation).await
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
+    }
+
+    /// Takes a token for one mail to `recipient` (its normalised address) caused by `ip`:
+    /// first from the client address's mail bucket, then from the recipient's. Errors:
+    /// RATE_LIMITED, SERVICE_UNAVAILABLE as [`Self::check_client`].
+    pub async fn check_mail(
+        &self,
+        operation: Operation,
+        recipient: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(), AppError> {
+        if let Some(ip) = ip {
+            let key = format!("mail|from|{}", self.address_key(ip));
+            self.take(Scope::MailSender, &key, operation).await?;
+        }
+        let key = format!("mail|to|{recipient}");
+        self.take(Scope::Recipient, &key, operation).await
     }
 
     /// Takes a token from the bucket of this account as used from this address.
@@ -155,12 +247,9 @@ impl RateLimits {
         account: &str,
         ip: Option<IpAddr>,
     ) -> Result<(), AppError> {
-        let Some(per_minute) = self.settings.per_account_per_minute else {
-            return Ok(());
-        };
         let address = ip.map(|ip| self.address_key(ip)).unwrap_or_default();
         let key = format!("{}|account|{account}|{address}", operation.name());
-        self.take(Scope::Account, per_minute, &key, operation).await
+        self.take(Scope::Account, &key, operation).await
     }
 
     /// Forgets buckets that have filled up again.
@@ -178,21 +267,15 @@ impl RateLimits {
         }
     }
 
-    async fn take(
-        &self,
-        scope: Scope,
-        per_minute: NonZeroU32,
-        key: &str,
-        operation: Operation,
-    ) -> Result<(), AppError> {
-        let Some(wait) = self.buckets.take(scope, per_minute, key).await? else {
+    async fn take(&self, scope: Scope, key: &str, operation: Operation) -> Result<(), AppError> {
+        let Some(rate) = self.settings.rate(scope) else {
+            return Ok(());
+        };
+        let Some(wait) = self.buckets.take(scope, rate, key).await? else {
             return Ok(());
         };
         let retry_after_seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let scope = match scope {
-            Scope::Address => "ip",
-            Scope::Account => "account",
-        };
+        let scope = scope.label();
         crate::metrics::rate_limited(operation.name(), scope);
         tracing::warn!(
             event = "rate_limited",
@@ -207,20 +290,37 @@ impl RateLimits {
     }
 }
 
-/// Buckets in this process (governor's GCRA).
+/// Buckets in this process (governor's GCRA), one keyed limiter per scope.
 struct MemoryBuckets {
     per_address: Option<DefaultKeyedRateLimiter<String>>,
     per_account: Option<DefaultKeyedRateLimiter<String>>,
+    per_recipient: Option<DefaultKeyedRateLimiter<String>>,
+    per_mail_sender: Option<DefaultKeyedRateLimiter<String>>,
 }
 
 impl MemoryBuckets {
     fn new(settings: RateLimitSettings) -> Self {
-        let limiter =
-            |rate: Option<NonZeroU32>| rate.map(|rate| RateLimiter::keyed(Quota::per_minute(rate)));
+        let limiter = |scope: Scope| {
+            settings.rate(scope).and_then(|rate| {
+                Quota::with_period(rate.interval())
+                    .map(|quota| RateLimiter::keyed(quota.allow_burst(rate.burst)))
+            })
+        };
         Self {
-            per_address: limiter(settings.per_ip_per_minute),
-            per_account: limiter(settings.per_account_per_minute),
+            per_address: limiter(Scope::Address),
+            per_account: limiter(Scope::Account),
+            per_recipient: limiter(Scope::Recipient),
+            per_mail_sender: limiter(Scope::MailSender),
         }
+    }
+
+    fn limiters(&self) -> [&Option<DefaultKeyedRateLimiter<String>>; 4] {
+        [
+            &self.per_address,
+            &self.per_account,
+            &self.per_recipient,
+            &self.per_mail_sender,
+        ]
     }
 }
 
@@ -229,12 +329,14 @@ impl BucketStore for MemoryBuckets {
     async fn take(
         &self,
         scope: Scope,
-        _per_minute: NonZeroU32,
+        _rate: Rate,
         key: &str,
     ) -> Result<Option<Duration>, AppError> {
         let limiter = match scope {
             Scope::Address => &self.per_address,
             Scope::Account => &self.per_account,
+            Scope::Recipient => &self.per_recipient,
+            Scope::MailSender => &self.per_mail_sender,
         };
         let Some(limiter) = limiter else {
             return Ok(None);
@@ -246,7 +348,7 @@ impl BucketStore for MemoryBuckets {
     }
 
     async fn prune(&self) -> Result<(), AppError> {
-        for limiter in [&self.per_address, &self.per_account].into_iter().flatten() {
+        for limiter in self.limiters().into_iter().flatten() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -262,13 +364,12 @@ impl BucketStore for StoreBuckets {
     async fn take(
         &self,
         _scope: Scope,
-        per_minute: NonZeroU32,
+        rate: Rate,
         key: &str,
     ) -> Result<Option<Duration>, AppError> {
-        let interval = Duration::from_secs(60) / per_minute.get();
         Ok(self
             .0
-            .take_rate_limit_token(key, chrono::Utc::now(), interval, per_minute.get())
+            .take_rate_limit_token(key, chrono::Utc::now(), rate.interval(), rate.burst.get())
             .await?)
     }
 
@@ -286,7 +387,7 @@ mod tests {
         RateLimits::in_memory(RateLimitSettings {
             per_ip_per_minute: NonZeroU32::new(per_ip),
             per_account_per_minute: NonZeroU32::new(per_account),
-            ipv6_prefix: 64,
+            ..RateLimitSettings::default()
         })
     }
 
@@ -371,6 +472,42 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn mails_are_limited_per_recipient_whoever_asks_and_per_sender() {
+        let limits = RateLimits::in_memory(RateLimitSettings {
+            mails_per_recipient_per_hour: NonZeroU32::new(2),
+            mails_per_ip_per_hour: NonZeroU32::new(3),
+            ..RateLimitSettings::default()
+        });
+        let op = Operation::RequestPasswordReset;
+        assert!(
+            limits
+                .check_mail(op, "victim@x", ip("1.1.1.1"))
+                .await
+                .is_ok()
+        );
+        assert!(
+            limits
+                .check_mail(op, "victim@x", ip("2.2.2.2"))
+                .await
+                .is_ok()
+        );
+        // A third address asking changes nothing for the recipient: an hour's worth is gone.
+        match limits.check_mail(op, "victim@x", ip("3.3.3.3")).await {
+            Err(AppError::RateLimited {
+                retry_after_seconds,
+            }) => assert!((1..=1800).contains(&retry_after_seconds)),
+            other => panic!("expected RATE_LIMITED, got {other:?}"),
+        }
+        // One client mailing many addresses runs out too.
+        let sender = ip("4.4.4.4");
+        for n in 0..3 {
+            let to = format!("{n}@x");
+            assert!(limits.check_mail(op, &to, sender).await.is_ok());
+        }
+        assert!(limits.check_mail(op, "fresh@x", sender).await.is_err());
     }
 
     #[tokio::test]

@@ -263,14 +263,14 @@ pub struct IssuedToken {
     pub mails: Vec<NewMail>,
 }
 
-/// Why a token was refused, from what is stored of it: `None` when there is no token of the
-/// purposes asked for (`Unknown`), else whether it was used and whether it expired.
-pub(crate) fn token_refusal(found: Option<(bool, bool)>) -> TokenRefusal {
+/// Whether a token can be taken, from what is stored of it: `None` when there is no token of
+/// the purposes asked for (`Unknown`), else whether it was used and whether it expired.
+pub(crate) fn token_state(found: Option<(bool, bool)>) -> Result<(), TokenRefusal> {
     match found {
-        None => TokenRefusal::Unknown,
-        Some((false, true)) => TokenRefusal::Expired,
-        // Used, or taken by a concurrent caller between the two looks.
-        Some(_) => TokenRefusal::Used,
+        None => Err(TokenRefusal::Unknown),
+        Some((true, _)) => Err(TokenRefusal::Used),
+        Some((false, true)) => Err(TokenRefusal::Expired),
+        Some((false, false)) => Ok(()),
     }
 }
 
@@ -297,6 +297,17 @@ pub enum TokenRefusal {
     Used,
     /// Not a token authql issued for this purpose.
     Unknown,
+}
+
+impl TokenRefusal {
+    /// `INVALID_TOKEN`'s `extensions.reason`.
+    pub fn as_code(self) -> &'static str {
+        match self {
+            Self::Expired => "EXPIRED",
+            Self::Used => "USED",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
 }
 
 impl Session {
@@ -605,6 +616,15 @@ pub trait TokenStore: Send + Sync + 'static {
     /// without its mail.
     async fn issue_token(&self, issued: IssuedToken) -> StoreResult<()>;
 
+    /// Whether the token whose digest is `digest` could be taken now for one of `purposes`,
+    /// without taking it: a cheap look before costly work (hashing a new password).
+    async fn check_token(
+        &self,
+        digest: &str,
+        purposes: &[TokenPurpose],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<(), TokenRefusal>>;
+
     /// Deletes tokens that expired before `before`; returns how many.
     async fn prune_tokens(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 }
@@ -616,8 +636,8 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn queue_mails(&self, mails: Vec<NewMail>) -> StoreResult<()>;
 
     /// Claims at most `limit` mails due at `now` (their next attempt has come and no live lease
-    /// holds them), each leased until `now + lease`: of several instances, one sends each.
-    /// Mails past their `expires_at` are deleted instead; returns the claimed ones.
+    /// holds them), each leased until `now + lease`: of several instances claiming at once, one
+    /// gets each. Returns the claimed ones, expired ones included (the sender gives those up).
     async fn claim_mails(
         &self,
         now: DateTime<Utc>,

@@ -19,7 +19,7 @@
 //!   hex), `email`, `email_normalized`, `created_at`, `expires_at`, `used_at`; indexed by
 //!   `(user_id, purpose)` and `expires_at`.
 //! - `mail_outbox`: `_id`, `kind`, `envelope_from`, `envelope_to`, `message`, `created_at`,
-//!   `next_attempt_at` (indexed), `expires_at` (indexed), `attempts`, `claimed_until`.
+//!   `next_attempt_at` (indexed), `expires_at`, `attempts`, `claimed_until`.
 //!
 //! Every query is shaped so that it is served by an index on any server: a read or
 //! `findAndModify` that filters on more than its index's fields names the index (`hint`), and
@@ -55,7 +55,7 @@ use super::{
     CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, IssuedToken, NewMail,
     NewSession, NewUser, OutboxMail, PoolSettings, PoolStatus, Rotation, Session, SessionPage,
     StoreError, StoreResult, TokenPurpose, TokenRefusal, User, UserCredentials,
-    least_recently_used, token_refusal,
+    least_recently_used, token_state,
 };
 use super::{
     EventStore, HealthStore, OutboxStore, RateLimitStore, SessionStore, SettingStore, TokenStore,
@@ -312,10 +312,7 @@ impl MongoStore {
             .await
             .map_err(classify)?;
         self.outbox
-            .create_indexes([
-                plain(doc! { "next_attempt_at": 1 }),
-                plain(doc! { "expires_at": 1 }),
-            ])
+            .create_index(plain(doc! { "next_attempt_at": 1 }))
             .await
             .map_err(classify)?;
         self.events
@@ -584,23 +581,38 @@ impl MongoStore {
             .map_err(classify)
     }
 
-    /// Why the token of `digest` could not be taken for one of `purposes`.
+    /// Whether the token of `digest` could be taken now for one of `purposes`.
+    async fn token_status(
+        &self,
+        digest: &str,
+        purposes: &[TokenPurpose],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<(), TokenRefusal>> {
+        let found = self
+            .tokens
+            .find_one(doc! { "digest": digest })
+            .await
+            .map_err(classify)?;
+        Ok(token_state(found.and_then(|token| {
+            TokenPurpose::parse(&token.purpose)
+                .filter(|purpose| purposes.contains(purpose))
+                .map(|_| (token.used_at.is_some(), token.expires_at.to_chrono() <= now))
+        })))
+    }
+
+    /// Why the token of `digest` could not be taken for one of `purposes` (`Used` when it looks
+    /// takeable: a concurrent caller took it between the two looks).
     async fn refusal(
         &self,
         digest: &str,
         purposes: &[TokenPurpose],
         now: DateTime<Utc>,
     ) -> StoreResult<TokenRefusal> {
-        let found = self
-            .tokens
-            .find_one(doc! { "digest": digest })
-            .await
-            .map_err(classify)?;
-        Ok(token_refusal(found.and_then(|token| {
-            TokenPurpose::parse(&token.purpose)
-                .filter(|purpose| purposes.contains(purpose))
-                .map(|_| (token.used_at.is_some(), token.expires_at.to_chrono() <= now))
-        })))
+        Ok(self
+            .token_status(digest, purposes, now)
+            .await?
+            .err()
+            .unwrap_or(TokenRefusal::Used))
     }
 
     /// Marks the user's address verified as of `at` unless it is already, and only while it is
@@ -1513,6 +1525,15 @@ impl TokenStore for MongoStore {
         .await
     }
 
+    async fn check_token(
+        &self,
+        digest: &str,
+        purposes: &[TokenPurpose],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<(), TokenRefusal>> {
+        self.token_status(digest, purposes, now).await
+    }
+
     async fn prune_tokens(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         Ok(self
             .tokens
@@ -1542,10 +1563,6 @@ impl OutboxStore for MongoStore {
         lease: Duration,
         limit: u64,
     ) -> StoreResult<Vec<OutboxMail>> {
-        self.outbox
-            .delete_many(doc! { "expires_at": { "$lte": date(now) } })
-            .await
-            .map_err(classify)?;
         let free = || {
             vec![
                 doc! { "claimed_until": Bson::Null },

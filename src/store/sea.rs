@@ -17,7 +17,7 @@ use super::{
     NewSession, NewUser, OutboxMail, PoolSettings, PoolStatus, Rotation, Session, SessionPage,
     StoreError, StoreResult, TokenPurpose, TokenRefusal, User, UserCredentials,
     entity::{one_time_token, outbox_mail, session, setting, user},
-    least_recently_used, token_refusal,
+    least_recently_used, token_state,
 };
 use super::{
     EventStore, HealthStore, OutboxStore, RateLimitStore, SessionStore, SettingStore, TokenStore,
@@ -517,22 +517,36 @@ async fn take_token(
         .next())
 }
 
-/// Why the token of `digest` could not be taken for one of `purposes`.
+/// Whether the token of `digest` could be taken now for one of `purposes`.
+async fn token_status(
+    connection: &impl ConnectionTrait,
+    digest: &str,
+    purposes: &[TokenPurpose],
+    now: DateTime<Utc>,
+) -> Result<Result<(), TokenRefusal>, DbErr> {
+    let found = one_time_token::Entity::find()
+        .filter(one_time_token::Column::Digest.eq(digest))
+        .one(connection)
+        .await?;
+    Ok(token_state(found.as_ref().and_then(|token| {
+        TokenPurpose::parse(&token.purpose)
+            .filter(|purpose| purposes.contains(purpose))
+            .map(|_| (token.used_at.is_some(), token.expires_at <= now))
+    })))
+}
+
+/// Why the token of `digest` could not be taken for one of `purposes` (`Used` when it looks
+/// takeable: a concurrent caller took it between the two looks).
 async fn refusal(
     connection: &impl ConnectionTrait,
     digest: &str,
     purposes: &[TokenPurpose],
     now: DateTime<Utc>,
 ) -> Result<TokenRefusal, DbErr> {
-    let found = one_time_token::Entity::find()
-        .filter(one_time_token::Column::Digest.eq(digest))
-        .one(connection)
-        .await?;
-    Ok(token_refusal(found.as_ref().and_then(|token| {
-        TokenPurpose::parse(&token.purpose)
-            .filter(|purpose| purposes.contains(purpose))
-            .map(|_| (token.used_at.is_some(), token.expires_at <= now))
-    })))
+    Ok(token_status(connection, digest, purposes, now)
+        .await?
+        .err()
+        .unwrap_or(TokenRefusal::Used))
 }
 
 /// Marks the user's address verified as of `at`, unless it is already; the user as stored.
@@ -1107,6 +1121,15 @@ impl TokenStore for SeaStore {
         }
     }
 
+    async fn check_token(
+        &self,
+        digest: &str,
+        purposes: &[TokenPurpose],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<(), TokenRefusal>> {
+        Ok(token_status(&self.db, digest, purposes, now).await?)
+    }
+
     async fn prune_tokens(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         Ok(one_time_token::Entity::delete_many()
             .filter(one_time_token::Column::ExpiresAt.lt(before))
@@ -1122,29 +1145,36 @@ impl OutboxStore for SeaStore {
         Ok(queue(&self.db, mails).await?)
     }
 
-    /// One statement: `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)
-    /// RETURNING ...` on PostgreSQL, so that instances claiming at once skip each other's rows;
-    /// SQLite has one writer.
+    /// One statement: `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED) AND
+    /// <still free> RETURNING ...` on PostgreSQL, so that instances claiming at once skip each
+    /// other's rows; SQLite has one writer.
     async fn claim_mails(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
         limit: u64,
     ) -> StoreResult<Vec<OutboxMail>> {
-        outbox_mail::Entity::delete_many()
-            .filter(outbox_mail::Column::ExpiresAt.lte(now))
-            .exec(&self.db)
-            .await?;
+        let free = || {
+            Condition::any()
+                .add(outbox_mail::Column::ClaimedUntil.is_null())
+                .add(outbox_mail::Column::ClaimedUntil.lt(now))
+        };
+        // A read first: an idle outbox costs no write (on SQLite, no write lock).
+        let any_due = outbox_mail::Entity::find()
+            .filter(outbox_mail::Column::NextAttemptAt.lte(now))
+            .filter(free())
+            .one(&self.db)
+            .await?
+            .is_some();
+        if !any_due {
+            return Ok(Vec::new());
+        }
         let lease = chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX);
         let mut due = Query::select();
         due.column(outbox_mail::Column::Id)
             .from(outbox_mail::Entity)
             .and_where(outbox_mail::Column::NextAttemptAt.lte(now))
-            .cond_where(
-                Condition::any()
-                    .add(outbox_mail::Column::ClaimedUntil.is_null())
-                    .add(outbox_mail::Column::ClaimedUntil.lt(now)),
-            )
+            .cond_where(free())
             .order_by(outbox_mail::Column::NextAttemptAt, sea_orm::Order::Asc)
             .limit(limit);
         if self.db.get_database_backend() == DbBackend::Postgres {
@@ -1156,6 +1186,7 @@ impl OutboxStore for SeaStore {
                 Expr::value(Some(now + lease)),
             )
             .filter(outbox_mail::Column::Id.in_subquery(due))
+            .filter(free())
             .exec_with_returning(&self.db)
             .await?;
         Ok(claimed

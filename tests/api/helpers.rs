@@ -57,6 +57,8 @@ pub async fn spawn_app_in_existing(dir: TempDir, database_url: &str) -> TestApp 
 
 async fn start(dir: TempDir, database_url: String, configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(&database_url);
+    // Mails (no SMTP_URL) are written beside the database, never into the working directory.
+    config.mail_dir = dir.path().join("mail");
     configure(&mut config);
     // What the server really uses, if `configure` changed it.
     let database_url = config.database_url.clone();
