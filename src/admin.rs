@@ -20,7 +20,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::{
     config::Config,
+    mail::Templates,
     service::{
+        accounts::Accounts,
         admin::{Admin, AdminAnswer, AdminCommand, AdminFailure, SessionSummary},
         events::SessionEvents,
     },
@@ -71,7 +73,7 @@ pub async fn run(config: &Config, args: &AdminArgs) -> u8 {
             match failure {
                 AdminFailure::UnknownUser { .. } | AdminFailure::UnknownSession { .. } => 1,
                 AdminFailure::DatabaseUnavailable => 3,
-                AdminFailure::Failed => 4,
+                AdminFailure::NoMail { .. } | AdminFailure::Failed => 4,
             }
         }
     }
@@ -123,7 +125,27 @@ async fn execute(config: &Config, command: &AdminCommand) -> Result<AdminAnswer,
     };
     let store = store::connect(&config.database_url, pool).await?;
     let events = SessionEvents::new(store.events.clone());
-    Admin::new(store, events).run(command).await
+    Admin::new(store, events, accounts(config)?)
+        .run(command)
+        .await
+}
+
+/// The mail composer a command uses, from the same settings as the server's (`PUBLIC_URL`,
+/// `MAIL_FROM`, the templates, ...; without `PUBLIC_URL`, `http://HOST:PORT`).
+fn accounts(config: &Config) -> Result<std::sync::Arc<Accounts>, AdminFailure> {
+    let built = Templates::load(config.mail_templates_dir.as_deref())
+        .map_err(|why| anyhow::anyhow!(why))
+        .and_then(|templates| {
+            crate::app::accounts(
+                config,
+                std::net::SocketAddr::new(config.host, config.port),
+                templates,
+            )
+        });
+    built.map(std::sync::Arc::new).map_err(|why| {
+        eprintln!("authql admin: {why:#}");
+        AdminFailure::Failed
+    })
 }
 
 /// Where the server serving the SQLite file at `database_path` listens for admin commands.
@@ -270,6 +292,10 @@ fn render(command: &AdminCommand, answer: &AdminAnswer) -> String {
                 AdminCommand::DisableUser { .. } => format!("{who} disabled; {ended}\n"),
                 AdminCommand::EnableUser { .. } => format!("{who} enabled\n"),
                 AdminCommand::DeleteUser { .. } => format!("{who} deleted; {ended}\n"),
+                AdminCommand::SendPasswordReset { .. } => {
+                    format!("{who}: password-reset link queued (a running server sends it)\n")
+                }
+                AdminCommand::VerifyEmail { .. } => format!("{who}: address verified\n"),
             }
         }
     }

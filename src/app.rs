@@ -169,35 +169,30 @@ impl Application {
             RateLimits::in_memory(rate_limit_settings)
         };
         let events = SessionEvents::new(store.events.clone());
+        let address = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("could not listen on {address}"))?;
+        let accounts = Arc::new(accounts(&config, listener.local_addr()?, templates)?);
+        let mail_sender = OutboxSender::new(
+            store.outbox.clone(),
+            Arc::new(transport),
+            accounts.doorbell.clone(),
+        );
         // SQLite: `authql admin` cannot write the file behind this process's session cache,
         // so it hands its commands over a socket beside the file.
         let admin_socket = match SeaStore::sqlite_path(&config.database_url) {
             Some(path) if database_lock.is_some() => {
                 let socket = admin::socket_path(&path);
-                Some(
-                    AdminSocket::bind(socket.clone(), Admin::new(store.clone(), events.clone()))
-                        .with_context(|| {
-                            format!(
-                                "could not listen for admin commands on {}",
-                                socket.display()
-                            )
-                        })?,
-                )
+                let admin = Admin::new(store.clone(), events.clone(), accounts.clone());
+                Some(AdminSocket::bind(socket.clone(), admin).with_context(|| {
+                    format!(
+                        "could not listen for admin commands on {}",
+                        socket.display()
+                    )
+                })?)
             }
             _ => None,
-        };
-        let address = SocketAddr::new(config.host, config.port);
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("could not listen on {address}"))?;
-        let public_url = public_url(&config, listener.local_addr()?)?;
-        let doorbell = Doorbell::default();
-        let mail_sender =
-            OutboxSender::new(store.outbox.clone(), Arc::new(transport), doorbell.clone());
-        let accounts = Accounts {
-            settings: account_settings(&config, &public_url)?,
-            mailer: mailer(&config, &public_url, templates)?,
-            doorbell,
         };
         let service = AuthService::new(
             store,
@@ -572,6 +567,20 @@ fn mail_transport(config: &Config) -> anyhow::Result<Transport> {
         );
     }
     Ok(transport)
+}
+
+/// The account flows' settings and mail composer, for a server bound at `bound`.
+pub(crate) fn accounts(
+    config: &Config,
+    bound: SocketAddr,
+    templates: Templates,
+) -> anyhow::Result<Accounts> {
+    let public_url = public_url(config, bound)?;
+    Ok(Accounts {
+        settings: account_settings(config, &public_url)?,
+        mailer: mailer(config, &public_url, templates)?,
+        doorbell: Doorbell::default(),
+    })
 }
 
 /// The mail composer: `MAIL_FROM` (by default `APP_NAME <noreply@PUBLIC_URL's host>`),

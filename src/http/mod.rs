@@ -14,6 +14,7 @@
 //! `/graphql` is `Cache-Control: no-store` and `Pragma: no-cache`: answers carry tokens and a
 //! user's own data (RFC 6749 § 5.1 requires it of token responses).
 
+mod account_pages;
 mod client_address;
 mod graphiql;
 mod graphql_over_http;
@@ -110,7 +111,8 @@ struct EdgeState {
 }
 
 /// The whole public HTTP surface: `/` and `/graphiql/*` (when `GRAPHIQL`), `/graphql` (GET,
-/// POST and the WebSocket upgrade), `/healthz`, `/readyz`, `/.well-known/jwks.json`, with JSON
+/// POST and the WebSocket upgrade), the account pages (`/reset-password`, `/verify-email`,
+/// `/account/*`), `/healthz`, `/readyz`, `/.well-known/jwks.json`, with JSON
 /// 404/405, the request time limit, panic catching, CORS (when origins are listed) and a span
 /// per request. `/metrics` is never here: it is served on `METRICS_ADDR` only
 /// ([`metrics_router`]), as operational data is not for the public.
@@ -133,6 +135,9 @@ pub fn router(
     }
     let router = router
         .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/reset-password", get(account_pages::reset_password))
+        .route("/verify-email", get(account_pages::verify_email))
+        .route("/account/{file}", get(account_pages::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks_document))

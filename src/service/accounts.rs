@@ -49,6 +49,86 @@ pub struct Accounts {
     pub doorbell: Doorbell,
 }
 
+impl Accounts {
+    /// The token and mail of a link of `purpose` for `user`, sent to `email` (the display
+    /// form; its key is stored with the token). `None` when the address cannot receive mail.
+    /// Errors: INTERNAL_SERVER_ERROR (a template failed; logged).
+    pub fn link_mail(
+        &self,
+        user: &User,
+        purpose: TokenPurpose,
+        email: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IssuedToken>, AppError> {
+        let settings = &self.settings;
+        let (kind, lifetime, link) = match purpose {
+            TokenPurpose::PasswordReset => (
+                MailKind::PasswordReset,
+                settings.password_reset_expires,
+                &settings.password_reset_link,
+            ),
+            TokenPurpose::EmailVerification => (
+                MailKind::EmailVerification,
+                settings.verification_expires,
+                &settings.verification_link,
+            ),
+            TokenPurpose::EmailChange => (
+                MailKind::EmailChange,
+                settings.verification_expires,
+                &settings.verification_link,
+            ),
+        };
+        let expires_at = now + lifetime;
+        let token = OneTimeToken::new();
+        let letter = Letter {
+            kind,
+            to: email,
+            username: &user.username,
+            link: Some(link.link(&token.token)),
+            new_email: None,
+            expires_at,
+        };
+        let Some(mail) = self.compose(letter, user.id, now)? else {
+            return Ok(None);
+        };
+        let issued = IssuedToken {
+            token: NewToken {
+                id: Uuid::new_v4(),
+                user_id: user.id,
+                purpose,
+                digest: token.digest.clone(),
+                email: email.to_owned(),
+                email_normalized: address_key(email),
+                created_at: now,
+                expires_at,
+            },
+            mails: vec![mail],
+        };
+        Ok(Some(issued))
+    }
+
+    /// A composed mail; `None` (logged) when its address cannot be written in an envelope.
+    /// Errors: INTERNAL_SERVER_ERROR (a template failed; logged).
+    pub fn compose(
+        &self,
+        letter: Letter<'_>,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<NewMail>, AppError> {
+        let kind = letter.kind.as_str();
+        match self.mailer.compose(letter, now) {
+            Ok(mail) => Ok(Some(mail)),
+            Err(ComposeError::Undeliverable) => {
+                tracing::warn!(event = "mail_undeliverable", %user_id, kind, "the account's address cannot be used in SMTP; no mail");
+                Ok(None)
+            }
+            Err(ComposeError::Template(why)) => Err(AppError::internal(format!(
+                "the mail template {kind} failed: {why}"
+            ))),
+        }
+    }
+}
+
 /// A new one-time token: what goes in the link, and the digest that is stored.
 struct OneTimeToken {
     token: String,
@@ -96,82 +176,6 @@ impl AuthService {
     /// Whether `EMAIL_VERIFICATION` is `required`.
     pub fn verification_required(&self) -> bool {
         self.accounts().settings.verification == EmailVerification::Required
-    }
-
-    /// The token and mail of a link of `purpose` for `user`, sent to `email` (the display
-    /// form; its key is stored with the token). `None` when the address cannot receive mail.
-    fn link_mail(
-        &self,
-        user: &User,
-        purpose: TokenPurpose,
-        email: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<(IssuedToken, OneTimeToken)>, AppError> {
-        let settings = &self.accounts().settings;
-        let (kind, lifetime, link) = match purpose {
-            TokenPurpose::PasswordReset => (
-                MailKind::PasswordReset,
-                settings.password_reset_expires,
-                &settings.password_reset_link,
-            ),
-            TokenPurpose::EmailVerification => (
-                MailKind::EmailVerification,
-                settings.verification_expires,
-                &settings.verification_link,
-            ),
-            TokenPurpose::EmailChange => (
-                MailKind::EmailChange,
-                settings.verification_expires,
-                &settings.verification_link,
-            ),
-        };
-        let expires_at = now + lifetime;
-        let token = OneTimeToken::new();
-        let letter = Letter {
-            kind,
-            to: email,
-            username: &user.username,
-            link: Some(link.link(&token.token)),
-            new_email: None,
-            expires_at,
-        };
-        let Some(mail) = self.compose(letter, user.id, now)? else {
-            return Ok(None);
-        };
-        let issued = IssuedToken {
-            token: NewToken {
-                id: Uuid::new_v4(),
-                user_id: user.id,
-                purpose,
-                digest: token.digest.clone(),
-                email: email.to_owned(),
-                email_normalized: address_key(email),
-                created_at: now,
-                expires_at,
-            },
-            mails: vec![mail],
-        };
-        Ok(Some((issued, token)))
-    }
-
-    /// A composed mail; `None` (logged) when its address cannot be written in an envelope.
-    fn compose(
-        &self,
-        letter: Letter<'_>,
-        user_id: Uuid,
-        now: DateTime<Utc>,
-    ) -> Result<Option<NewMail>, AppError> {
-        let kind = letter.kind.as_str();
-        match self.accounts().mailer.compose(letter, now) {
-            Ok(mail) => Ok(Some(mail)),
-            Err(ComposeError::Undeliverable) => {
-                tracing::warn!(event = "mail_undeliverable", %user_id, kind, "the account's address cannot be used in SMTP; no mail");
-                Ok(None)
-            }
-            Err(ComposeError::Template(why)) => Err(AppError::internal(format!(
-                "the mail template {kind} failed: {why}"
-            ))),
-        }
     }
 
     /// Stores a token with its mail and wakes the sender.
@@ -245,8 +249,9 @@ impl AuthService {
             return Ok(None);
         }
         let now = now();
-        let Some((issued, _)) =
-            self.link_mail(&user, TokenPurpose::PasswordReset, &user.email, now)?
+        let Some(issued) =
+            self.accounts()
+                .link_mail(&user, TokenPurpose::PasswordReset, &user.email, now)?
         else {
             return Ok(None);
         };
@@ -328,8 +333,12 @@ impl AuthService {
         limits
             .check_mail(operation, &address_key(&user.email), client.ip)
             .await?;
-        let Some((issued, _)) =
-            self.link_mail(&user, TokenPurpose::EmailVerification, &user.email, now())?
+        let Some(issued) = self.accounts().link_mail(
+            &user,
+            TokenPurpose::EmailVerification,
+            &user.email,
+            now(),
+        )?
         else {
             return Ok(false);
         };
@@ -352,8 +361,9 @@ impl AuthService {
         {
             return Ok(());
         }
-        if let Some((issued, _)) =
-            self.link_mail(user, TokenPurpose::EmailVerification, &user.email, now())?
+        if let Some(issued) =
+            self.accounts()
+                .link_mail(user, TokenPurpose::EmailVerification, &user.email, now())?
         {
             self.send_link(issued).await?;
         }
@@ -380,8 +390,8 @@ impl AuthService {
         now: DateTime<Utc>,
     ) -> Result<Option<IssuedToken>, AppError> {
         Ok(self
-            .link_mail(user, TokenPurpose::EmailVerification, &user.email, now)?
-            .map(|(issued, _)| issued))
+            .accounts()
+            .link_mail(user, TokenPurpose::EmailVerification, &user.email, now)?)
     }
 
     /// Wakes the sender after a registration stored its verification mail.
@@ -413,7 +423,7 @@ impl AuthService {
             new_email: None,
             expires_at: now + self.accounts().settings.verification_expires,
         };
-        if let Some(mail) = self.compose(letter, user.id, now)? {
+        if let Some(mail) = self.accounts().compose(letter, user.id, now)? {
             self.send_notices(vec![mail]).await?;
         }
         tracing::info!(event = "registration_attempt_notified", user_id = %user.id, "someone tried to register with an existing address; its owner was told");
@@ -510,8 +520,9 @@ impl AuthService {
             .check_mail(operation, &new_email.normalized, client.ip)
             .await?;
         let now = now();
-        let Some((mut issued, _)) =
-            self.link_mail(&user, TokenPurpose::EmailChange, &new_email.display, now)?
+        let Some(mut issued) =
+            self.accounts()
+                .link_mail(&user, TokenPurpose::EmailChange, &new_email.display, now)?
         else {
             return Err(AppError::bad_input(
                 "newEmail",
@@ -531,7 +542,7 @@ impl AuthService {
                 new_email: Some(&new_email.display),
                 expires_at: issued.token.expires_at,
             };
-            if let Some(mail) = self.compose(notice, user.id, now)? {
+            if let Some(mail) = self.accounts().compose(notice, user.id, now)? {
                 issued.mails.push(mail);
             }
         }

@@ -1,5 +1,6 @@
 //! What an operator does in an incident (`authql admin ...`): list a user's sessions, end them,
-//! disable, enable or delete the account. The same effects as the user's own revocation: rows
+//! disable, enable or delete the account, mail it a password-reset link, mark its address
+//! verified. The same effects as the user's own revocation: rows
 //! are deleted in the store, so every instance refuses the tokens on its next request.
 //!
 //! The commands and their answers are plain data (serde), so that the CLI can run them here,
@@ -10,13 +11,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use crate::{
     error::AppError,
     service::{
+        accounts::Accounts,
         events::{SessionEventKind, SessionEvents},
         input,
     },
-    store::{Session, SessionPage, Storage, User},
+    store::{Session, SessionPage, Storage, TokenPurpose, User},
 };
 
 /// One admin command; `login` is an email or a username, matched as login matches it.
@@ -55,6 +59,17 @@ pub enum AdminCommand {
         /// The user's email or username.
         login: String,
     },
+    /// Mails the user a link to set a new password (queued in the outbox; a running server
+    /// sends it). Refused for a disabled account.
+    SendPasswordReset {
+        /// The user's email or username.
+        login: String,
+    },
+    /// Marks the user's address verified, as following a verification link would.
+    VerifyEmail {
+        /// The user's email or username.
+        login: String,
+    },
 }
 
 /// What a command did.
@@ -82,6 +97,9 @@ pub struct UserSummary {
     pub username: String,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
+    /// When the address was verified; `None` while it is not.
+    #[serde(default)]
+    pub email_verified_at: Option<DateTime<Utc>>,
 }
 
 /// A session as an operator sees one.
@@ -106,6 +124,10 @@ pub enum AdminFailure {
     UnknownUser { login: String },
     #[error("no session has the id {id}")]
     UnknownSession { id: Uuid },
+    #[error(
+        "no mail was queued for {login:?}: the account is disabled, or its address cannot receive mail"
+    )]
+    NoMail { login: String },
     #[error("the database cannot be reached; try again")]
     DatabaseUnavailable,
     #[error("the command failed; the server log says why")]
@@ -132,12 +154,19 @@ impl From<crate::store::StoreError> for AdminFailure {
 pub struct Admin {
     store: Storage,
     events: SessionEvents,
+    /// Composes the mails the commands queue.
+    accounts: Arc<Accounts>,
 }
 
 impl Admin {
-    /// The commands over `store`, their events published on `events`.
-    pub fn new(store: Storage, events: SessionEvents) -> Self {
-        Self { store, events }
+    /// The commands over `store`, their events published on `events`, their mails composed by
+    /// `accounts`.
+    pub fn new(store: Storage, events: SessionEvents, accounts: Arc<Accounts>) -> Self {
+        Self {
+            store,
+            events,
+            accounts,
+        }
     }
 
     async fn revoked(&self, user: &User, session_ids: &[Uuid]) {
@@ -223,6 +252,34 @@ impl Admin {
                 tracing::warn!(event = "admin_delete_user", user_id = %user.id, ended_sessions = ended.len(), "admin deleted a user");
                 done(Some(user), &ended)
             }
+            AdminCommand::SendPasswordReset { login } => {
+                let user = self.user(login).await?;
+                if user.disabled_at.is_some() {
+                    return Err(AdminFailure::NoMail {
+                        login: login.clone(),
+                    });
+                }
+                let issued = self
+                    .accounts
+                    .link_mail(&user, TokenPurpose::PasswordReset, &user.email, Utc::now())?
+                    .ok_or_else(|| AdminFailure::NoMail {
+                        login: login.clone(),
+                    })?;
+                store.tokens.issue_token(issued).await?;
+                self.accounts.doorbell.ring();
+                tracing::warn!(event = "admin_send_password_reset", user_id = %user.id, "admin queued a password-reset link");
+                done(Some(user), &[])
+            }
+            AdminCommand::VerifyEmail { login } => {
+                let user = self.user(login).await?;
+                let user = store
+                    .users
+                    .mark_email_verified(user.id, Utc::now())
+                    .await?
+                    .ok_or_else(|| unknown(login))?;
+                tracing::warn!(event = "admin_verify_email", user_id = %user.id, "admin marked an address verified");
+                done(Some(user), &[])
+            }
         };
         Ok(answer)
     }
@@ -270,6 +327,7 @@ impl From<User> for UserSummary {
             username: user.username,
             created_at: user.created_at,
             disabled_at: user.disabled_at,
+            email_verified_at: user.email_verified_at,
         }
     }
 }

@@ -70,7 +70,7 @@ struct Inner {
     rate_limits: RateLimits,
     events: SessionEvents,
     readiness: Readiness,
-    accounts: accounts::Accounts,
+    accounts: Arc<accounts::Accounts>,
 }
 
 /// The last readiness probe: its answer is reused for `READINESS_MAX_AGE`, and one probe runs
@@ -123,7 +123,7 @@ impl AuthService {
         lifetimes: Lifetimes,
         rate_limits: RateLimits,
         events: SessionEvents,
-        accounts: accounts::Accounts,
+        accounts: Arc<accounts::Accounts>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {

@@ -9,8 +9,8 @@ use authql::{
     config::Config,
     store::{
         MongoStore,
-        entity::{session, setting, user},
-        mongo::{SessionDocument, SettingDocument, UserDocument},
+        entity::{one_time_token, outbox_mail, session, setting, user},
+        mongo::{MailDocument, SessionDocument, SettingDocument, TokenDocument, UserDocument},
     },
 };
 use futures::TryStreamExt;
@@ -212,6 +212,8 @@ pub fn test_config(database_url: &str) -> Config {
     // Every test comes from 127.0.0.1: rate limits are tested on their own (security::brute_force).
     config.rate_limit_ip_per_minute = 10_000;
     config.rate_limit_account_per_minute = 10_000;
+    config.rate_limit_mails_per_address_per_hour = 10_000;
+    config.rate_limit_mails_per_ip_per_hour = 10_000;
     config
 }
 
@@ -456,6 +458,107 @@ pub async fn user_rows_in(database_url: &str) -> Vec<user::Model> {
             disabled_at: document.disabled_at.map(bson::DateTime::to_chrono),
             credential_version: document.credential_version,
             email_verified_at: document.email_verified_at.map(bson::DateTime::to_chrono),
+        })
+        .collect()
+}
+
+/// Every stored one-time token, on any backend, in the SQL row's shape.
+pub async fn token_rows_in(database_url: &str) -> Vec<one_time_token::Model> {
+    if !MongoStore::handles(database_url) {
+        let db = Database::connect(database_url)
+            .await
+            .expect("the database opens");
+        return one_time_token::Entity::find()
+            .all(&db)
+            .await
+            .expect("tokens are readable");
+    }
+    let documents: Vec<TokenDocument> = mongodb_database(database_url)
+        .await
+        .collection("one_time_tokens")
+        .find(bson::doc! {})
+        .await
+        .expect("tokens are readable")
+        .try_collect()
+        .await
+        .expect("token documents decode");
+    documents
+        .into_iter()
+        .map(|document| one_time_token::Model {
+            id: document.id.into(),
+            user_id: document.user_id.into(),
+            purpose: document.purpose,
+            digest: document.digest,
+            email: document.email,
+            email_normalized: document.email_normalized,
+            created_at: document.created_at.to_chrono(),
+            expires_at: document.expires_at.to_chrono(),
+            used_at: document.used_at.map(bson::DateTime::to_chrono),
+        })
+        .collect()
+}
+
+/// Moves the expiry of every stored one-time token to a second ago: links that have run out,
+/// without waiting for them to.
+pub async fn expire_tokens_in(database_url: &str) {
+    let past = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
+    if !MongoStore::handles(database_url) {
+        use sea_orm::{QueryFilter, sea_query::Expr};
+        let db = Database::connect(database_url)
+            .await
+            .expect("the database opens");
+        one_time_token::Entity::update_many()
+            .col_expr(one_time_token::Column::ExpiresAt, Expr::value(past))
+            .filter(sea_orm::Condition::all())
+            .exec(&db)
+            .await
+            .expect("tokens are writable");
+        return;
+    }
+    mongodb_database(database_url)
+        .await
+        .collection::<bson::Document>("one_time_tokens")
+        .update_many(
+            bson::doc! {},
+            bson::doc! { "$set": { "expires_at": bson::DateTime::from_chrono(past) } },
+        )
+        .await
+        .expect("tokens are writable");
+}
+
+/// Every mail waiting in the outbox, on any backend, in the SQL row's shape.
+pub async fn outbox_rows_in(database_url: &str) -> Vec<outbox_mail::Model> {
+    if !MongoStore::handles(database_url) {
+        let db = Database::connect(database_url)
+            .await
+            .expect("the database opens");
+        return outbox_mail::Entity::find()
+            .all(&db)
+            .await
+            .expect("the outbox is readable");
+    }
+    let documents: Vec<MailDocument> = mongodb_database(database_url)
+        .await
+        .collection("mail_outbox")
+        .find(bson::doc! {})
+        .await
+        .expect("the outbox is readable")
+        .try_collect()
+        .await
+        .expect("mail documents decode");
+    documents
+        .into_iter()
+        .map(|document| outbox_mail::Model {
+            id: document.id.into(),
+            kind: document.kind,
+            envelope_from: document.envelope_from,
+            envelope_to: document.envelope_to,
+            message: document.message,
+            created_at: document.created_at.to_chrono(),
+            next_attempt_at: document.next_attempt_at.to_chrono(),
+            expires_at: document.expires_at.to_chrono(),
+            attempts: i32::try_from(document.attempts).unwrap_or(i32::MAX),
+            claimed_until: document.claimed_until.map(bson::DateTime::to_chrono),
         })
         .collect()
 }

@@ -1,7 +1,9 @@
 //! The integration suite: one binary, each test with its own server and database.
 
 mod helpers;
+mod smtp;
 
+mod accounts;
 mod ambiguous_headers;
 mod binary;
 mod client_address;
