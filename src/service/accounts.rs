@@ -389,9 +389,8 @@ impl AuthService {
         user: &User,
         now: DateTime<Utc>,
     ) -> Result<Option<IssuedToken>, AppError> {
-        Ok(self
-            .accounts()
-            .link_mail(user, TokenPurpose::EmailVerification, &user.email, now)?)
+        self.accounts()
+            .link_mail(user, TokenPurpose::EmailVerification, &user.email, now)
     }
 
     /// Wakes the sender after a registration stored its verification mail.
