@@ -16,6 +16,7 @@ mod graphql_over_http;
 mod hostile;
 mod http;
 mod identities;
+mod mail_delivery;
 mod instances;
 mod metrics;
 mod mongodb;
