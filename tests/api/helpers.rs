@@ -28,6 +28,8 @@ pub struct TestApp {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub client: reqwest::Client,
     pub database_url: String,
+    /// Where its mails are written as `.eml` files when it has no SMTP_URL (`MAIL_DIR`).
+    pub mail_dir: PathBuf,
     /// Holds the database file; removed when the test ends.
     dir: Option<TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -62,6 +64,7 @@ async fn start(dir: TempDir, database_url: String, configure: impl FnOnce(&mut C
     configure(&mut config);
     // What the server really uses, if `configure` changed it.
     let database_url = config.database_url.clone();
+    let mail_dir = config.mail_dir.clone();
     let app = Application::build(config).await.expect("authql starts");
     let address = format!("http://{}", app.local_addr().expect("a bound address"));
     let metrics_addr = app.metrics_addr();
@@ -74,6 +77,7 @@ async fn start(dir: TempDir, database_url: String, configure: impl FnOnce(&mut C
         metrics_addr,
         client: reqwest::Client::new(),
         database_url,
+        mail_dir,
         dir: Some(dir),
         shutdown: Some(shutdown),
         server: Some(server),
@@ -460,6 +464,49 @@ pub async fn user_rows_in(database_url: &str) -> Vec<user::Model> {
             email_verified_at: document.email_verified_at.map(bson::DateTime::to_chrono),
         })
         .collect()
+}
+
+/// The token of the link in the `nth` (from 1, oldest first) `.eml` file of `kind`
+/// (`password_reset`, `email_verification`, `email_change`) in `mail_dir`, waiting up to 20 s
+/// for it to be written.
+pub async fn eml_link_token(mail_dir: &std::path::Path, kind: &str, nth: usize) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(mail_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.path())
+                    .filter(|path| {
+                        path.extension().is_some_and(|ext| ext == "eml")
+                            && path.file_name().is_some_and(|name| {
+                                name.to_string_lossy().contains(&format!("-{kind}-"))
+                            })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        if let Some(file) = files.get(nth - 1) {
+            let raw = std::fs::read(file).expect("the mail file is readable");
+            let message = mail_parser::MessageParser::default()
+                .parse(&raw)
+                .expect("a message mail-parser reads");
+            let text = message.body_text(0).expect("a text part").into_owned();
+            let (_, rest) = text.split_once("token=").expect("a link with a token");
+            return rest
+                .split(|c: char| c.is_whitespace() || c == '&')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} mail #{nth} in {}",
+            mail_dir.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Every stored one-time token, on any backend, in the SQL row's shape.

@@ -30,7 +30,11 @@ async fn a_mail_asked_for_while_smtp_is_down_arrives_when_it_is_back() {
     let started = std::time::Instant::now();
     let answer = request_reset(&app, "outage@example.com").await;
     assert_no_errors(&answer);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     // Tried, refused, kept: a retry is scheduled.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -39,7 +43,10 @@ async fn a_mail_asked_for_while_smtp_is_down_arrives_when_it_is_back() {
         if outbox[0].attempts >= 2 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no retry: {outbox:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry: {outbox:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -73,7 +80,11 @@ async fn mail_goes_over_starttls_with_auth_to_a_server_trusted_by_its_ca_file_on
     assert_eq!(mail.mail_from, "noreply@shop.example");
     let raw = String::from_utf8_lossy(&mail.raw).into_owned();
     let headers = raw.split("\r\n\r\n").next().unwrap();
-    for header in ["From: Shop <noreply@shop.example>", "Date: ", "Message-ID: "] {
+    for header in [
+        "From: Shop <noreply@shop.example>",
+        "Date: ",
+        "Message-ID: ",
+    ] {
         assert!(headers.contains(header), "{header} in {headers}");
     }
 
@@ -147,7 +158,11 @@ async fn an_internationalised_domain_is_sent_in_punycode_and_templates_can_be_re
     assert_eq!(mail.subject, "Welcome to Bücherei, <b>zoe</b>");
     assert!(mail.text.starts_with("Confirm: "));
     // The name is text in the HTML part, never markup.
-    assert!(mail.html.contains("&lt;b&gt;zoe&lt;&#x2f;b&gt;"), "{}", mail.html);
+    assert!(
+        mail.html.contains("&lt;b&gt;zoe&lt;&#x2f;b&gt;"),
+        "{}",
+        mail.html
+    );
     assert!(!mail.html.contains("<b>zoe"));
 }
 
@@ -166,7 +181,12 @@ async fn mails_are_counted_in_the_metrics() {
     // The sender counts after the server accepted the mail: wait for it.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let sent = text.lines().any(|line| {
             line.starts_with("authql_mails_total{")
                 && line.contains("kind=\"email_verification\"")
@@ -254,7 +274,11 @@ async fn without_smtp_the_mail_is_an_eml_file_whose_link_works() {
     .await;
     assert_no_errors(&login);
     let log = binary.log();
-    let file_name = reset_file.file_name().unwrap().to_string_lossy().into_owned();
+    let file_name = reset_file
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     assert!(log.contains(&file_name), "the log names the file:\n{log}");
     assert!(!log.contains(&token), "the log never holds the token");
     #[cfg(unix)]
@@ -284,7 +308,9 @@ async fn two_instances_send_each_mail_once() {
     })
     .await;
     const USERS: usize = 30;
-    let emails: Vec<String> = (0..USERS).map(|n| format!("twice{n}@example.com")).collect();
+    let emails: Vec<String> = (0..USERS)
+        .map(|n| format!("twice{n}@example.com"))
+        .collect();
     for email in &emails {
         first.register(email).await;
     }

@@ -4,6 +4,7 @@ mod helpers;
 mod smtp;
 
 mod accounts;
+mod accounts_hostile;
 mod ambiguous_headers;
 mod binary;
 mod client_address;
@@ -16,8 +17,8 @@ mod graphql_over_http;
 mod hostile;
 mod http;
 mod identities;
-mod mail_delivery;
 mod instances;
+mod mail_delivery;
 mod metrics;
 mod mongodb;
 mod operators;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::helpers::{shared_database_url, spawn_app, sqlite_url, test_config};
 
-fn pool() -> PoolSettings {
+pub(crate) fn pool() -> PoolSettings {
     PoolSettings {
         max_connections: Some(2),
         connect_timeout: Duration::from_secs(5),
@@ -24,7 +24,7 @@ fn pool() -> PoolSettings {
 
 /// A cached store on a fresh SQLite file, and a plain store on the same file that tells what
 /// the database holds.
-async fn stores(dir: &tempfile::TempDir) -> (CachedStore<SeaStore>, SeaStore) {
+pub(crate) async fn stores(dir: &tempfile::TempDir) -> (CachedStore<SeaStore>, SeaStore) {
     let url = sqlite_url(&dir.path().join("cache.db"));
     let store = SeaStore::connect(&url, pool()).await.unwrap();
     store.migrate().await.unwrap();
@@ -35,7 +35,7 @@ async fn stores(dir: &tempfile::TempDir) -> (CachedStore<SeaStore>, SeaStore) {
     )
 }
 
-fn session(user_id: Uuid, lifetime: TimeDelta) -> Session {
+pub(crate) fn session(user_id: Uuid, lifetime: TimeDelta) -> Session {
     let now = Utc::now();
     Session {
         id: Uuid::new_v4(),
@@ -53,7 +53,7 @@ fn session(user_id: Uuid, lifetime: TimeDelta) -> Session {
     }
 }
 
-fn new_user(user_id: Uuid) -> NewUser {
+pub(crate) fn new_user(user_id: Uuid) -> NewUser {
     NewUser {
         id: user_id,
         email: format!("{user_id}@example.com"),
@@ -66,7 +66,7 @@ fn new_user(user_id: Uuid) -> NewUser {
 }
 
 /// Looks `session` up by its access jti, as every authenticated request does.
-async fn accepted(store: &impl SessionStore, session: &Session) -> bool {
+pub(crate) async fn accepted(store: &impl SessionStore, session: &Session) -> bool {
     store
         .find_session_by_access_jti(session.id, session.access_jti, Utc::now())
         .await
@@ -75,7 +75,10 @@ async fn accepted(store: &impl SessionStore, session: &Session) -> bool {
 }
 
 /// A user with `count` sessions, each looked up once so that the cache holds them.
-async fn user_with_sessions(store: &CachedStore<SeaStore>, count: usize) -> (Uuid, Vec<Session>) {
+pub(crate) async fn user_with_sessions(
+    store: &CachedStore<SeaStore>,
+    count: usize,
+) -> (Uuid, Vec<Session>) {
     let user_id = Uuid::new_v4();
     let first = session(user_id, TimeDelta::hours(1));
     store
@@ -214,7 +217,7 @@ async fn every_write_method_leaves_the_cache_exact() {
 /// Polls `write` `polls` times (yielding to the runtime between polls, so that the database
 /// work it started goes on) and then drops it, unless it finished first. Returns whether it
 /// finished.
-async fn cancel_after<T>(write: impl Future<Output = T>, polls: usize) -> bool {
+pub(crate) async fn cancel_after<T>(write: impl Future<Output = T>, polls: usize) -> bool {
     let mut write = std::pin::pin!(write);
     for _ in 0..polls {
         if futures::poll!(write.as_mut()).is_ready() {
@@ -226,7 +229,7 @@ async fn cancel_after<T>(write: impl Future<Output = T>, polls: usize) -> bool {
 }
 
 /// Waits until every write the cache started, cancelled ones included, has ended.
-async fn settled(store: &CachedStore<SeaStore>) {
+pub(crate) async fn settled(store: &CachedStore<SeaStore>) {
     for _ in 0..500 {
         if store.writes_in_flight() == 0 {
             return;
@@ -238,7 +241,7 @@ async fn settled(store: &CachedStore<SeaStore>) {
 
 /// Whether the cache answers every lookup of `sessions` (by each access jti they had or have
 /// now) as the database does.
-async fn agree(store: &CachedStore<SeaStore>, plain: &SeaStore, sessions: &[Session]) {
+pub(crate) async fn agree(store: &CachedStore<SeaStore>, plain: &SeaStore, sessions: &[Session]) {
     let now = Utc::now();
     for session in sessions {
         let mut jtis = vec![session.access_jti];
@@ -455,7 +458,10 @@ async fn a_cancelled_write_is_applied_whole_or_not_at_all_on_every_backend() {
 
 /// The user once the write in flight has landed (a write cancelled by its caller may still be
 /// applied by the database a moment later).
-async fn wait_for_user(store: &dyn UserStore, user_id: Uuid) -> Option<authql::store::User> {
+pub(crate) async fn wait_for_user(
+    store: &dyn UserStore,
+    user_id: Uuid,
+) -> Option<authql::store::User> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     store
         .find_credentials_by_id(user_id)

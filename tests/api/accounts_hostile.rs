@@ -1,0 +1,466 @@
+//! The account flows attacked (issue 18): a reset racing logins and refreshes in flight, every
+//! account write cancelled at every await (on every backend, and through the session cache),
+//! and generated inputs to every new mutation.
+
+use std::time::Duration;
+
+use authql::store::{
+    IssuedToken, NewMail, NewToken, SessionPage, SessionStore, TokenPurpose, TokenStore, UserStore,
+};
+use chrono::{TimeDelta, Utc};
+use proptest::{
+    prelude::*,
+    test_runner::{Config, TestRunner},
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{
+    accounts::{request_reset, reset_password},
+    helpers::*,
+    session_cache::{
+        accepted, agree, cancel_after, new_user, pool, session, settled, stores,
+        user_with_sessions, wait_for_user,
+    },
+};
+
+const NEW_PASSWORD: &str = "a brand new passphrase";
+
+fn digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// A token of `purpose` for `user_id` sent to `email`, and one mail carrying it.
+fn issued(user_id: Uuid, purpose: TokenPurpose, email: &str, token: &str) -> IssuedToken {
+    let now = Utc::now();
+    IssuedToken {
+        token: NewToken {
+            id: Uuid::new_v4(),
+            user_id,
+            purpose,
+            digest: digest(token),
+            email: email.to_owned(),
+            email_normalized: email.to_lowercase(),
+            created_at: now,
+            expires_at: now + TimeDelta::hours(1),
+        },
+        mails: vec![NewMail {
+            id: Uuid::new_v4(),
+            kind: purpose.as_str().to_owned(),
+            envelope_from: "noreply@example.com".into(),
+            envelope_to: email.to_owned(),
+            message: format!("Subject: link\r\n\r\ntoken={token}\r\n"),
+            created_at: now,
+            expires_at: now + TimeDelta::hours(1),
+        }],
+    }
+}
+
+/// Logins with the old password in flight, and a refresh, while the reset lands: none of the
+/// pairs they got is accepted afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_login_or_refresh_in_flight_outlives_a_password_reset() {
+    for round in 0..3u64 {
+        let app = spawn_app_with(|config| {
+            config.bcrypt_cost = 7;
+            config.bcrypt_max_concurrency = Some(2);
+            config.bcrypt_max_queue = Some(1000);
+            config.email_verification = authql::config::EmailVerification::Off;
+        })
+        .await;
+        let email = format!("racing{round}@x.com");
+        let owner = app.register(&email).await;
+        assert_no_errors(&request_reset(&app, &email).await);
+        let token = eml_link_token(&app.mail_dir, "password_reset", 1).await;
+        let racers: Vec<_> = (0..30)
+            .map(|racer| {
+                let (url, email) = (format!("{}/graphql", app.address), email.clone());
+                let refresh = owner.refresh_token.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(racer)).await;
+                    let body = if racer % 10 == 0 {
+                        json!({
+                            "query": "mutation($t: String!) { refresh(refreshToken: $t) { accessToken refreshToken } }",
+                            "variables": { "t": refresh },
+                        })
+                    } else {
+                        json!({
+                            "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken } }",
+                            "variables": { "i": { "emailOrUsername": email, "password": PASSWORD } },
+                        })
+                    };
+                    reqwest::Client::new()
+                        .post(url)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json::<Value>()
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10 + 10 * round)).await;
+        assert_no_errors(&reset_password(&app, &token, NEW_PASSWORD).await);
+        let mut pairs = Vec::new();
+        for racer in racers {
+            let body = racer.await.unwrap();
+            let data = body["data"]
+                .as_object()
+                .and_then(|data| data.values().next().cloned());
+            match body
+                .pointer("/errors/0/extensions/code")
+                .and_then(Value::as_str)
+            {
+                None => {
+                    let data = data.expect("a payload");
+                    pairs.push((
+                        string_at(&data, "/accessToken"),
+                        string_at(&data, "/refreshToken"),
+                    ));
+                }
+                Some(code) => assert!(
+                    matches!(code, "INVALID_CREDENTIALS" | "UNAUTHENTICATED"),
+                    "unexpected {code}: {body}"
+                ),
+            }
+        }
+        for (access, refresh) in &pairs {
+            assert_eq!(error_code(&app.me(access).await), "UNAUTHENTICATED");
+            assert_eq!(
+                error_code(&app.refresh_raw(refresh).await),
+                "UNAUTHENTICATED"
+            );
+        }
+        assert!(app.session_rows().await.is_empty(), "round {round}");
+        assert_no_errors(&app.login_raw(&email, NEW_PASSWORD).await);
+    }
+}
+
+/// What must happen together does, wherever the caller gives up: a reset (the password, the
+/// credential version, every session, the token), an email change (the address, the token), a
+/// token with its mail, a registration with its verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_account_write_is_applied_whole_or_not_at_all_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    // The server migrates (or indexes) the database, and stops: its mail sender would empty
+    // the outbox this test counts.
+    let _dir = spawn_app_in_existing(dir, &url).await.stop().await;
+    let store = open_store(&url, pool()).await;
+    let every = SessionPage {
+        first: 1000,
+        after: None,
+    };
+    for polls in (0..30).chain([45, 70, 120, 250]) {
+        let user_id = Uuid::new_v4();
+        let email = format!("{user_id}@example.com");
+        store
+            .create_user_with_session(new_user(user_id), session(user_id, TimeDelta::hours(1)))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            store
+                .create_session(session(user_id, TimeDelta::hours(1)), 100)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let token = Uuid::new_v4().simple().to_string();
+        match polls % 4 {
+            0 => {
+                store
+                    .issue_token(issued(user_id, TokenPurpose::PasswordReset, &email, &token))
+                    .await
+                    .unwrap();
+                cancel_after(
+                    store.reset_password(&digest(&token), Utc::now(), "reset".into()),
+                    polls,
+                )
+                .await;
+                let user = wait_for_user(&*store, user_id).await.unwrap();
+                let hash = store
+                    .find_credentials_by_id(user_id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .password_hash;
+                let usable = store
+                    .check_token(&digest(&token), &[TokenPurpose::PasswordReset], Utc::now())
+                    .await
+                    .unwrap()
+                    .is_ok();
+                let live = store
+                    .list_live_sessions(user_id, user.credential_version, Utc::now(), every)
+                    .await
+                    .unwrap()
+                    .len();
+                if hash == "reset" {
+                    assert_eq!(user.credential_version, 1);
+                    assert!(!usable, "the token is used");
+                    assert_eq!(live, 0, "every session ended");
+                } else {
+                    assert_eq!(user.credential_version, 0);
+                    assert!(usable, "nothing changed, the token included");
+                    assert_eq!(live, 3, "nothing changed");
+                }
+            }
+            1 => {
+                let new_email = format!("new-{user_id}@example.com");
+                store
+                    .issue_token(issued(
+                        user_id,
+                        TokenPurpose::EmailChange,
+                        &new_email,
+                        &token,
+                    ))
+                    .await
+                    .unwrap();
+                cancel_after(store.verify_email(&digest(&token), Utc::now()), polls).await;
+                let user = wait_for_user(&*store, user_id).await.unwrap();
+                let usable = store
+                    .check_token(&digest(&token), &[TokenPurpose::EmailChange], Utc::now())
+                    .await
+                    .unwrap()
+                    .is_ok();
+                if user.email == new_email {
+                    assert!(user.email_verified_at.is_some());
+                    assert!(!usable);
+                } else {
+                    assert_eq!(user.email, email);
+                    assert!(usable, "nothing changed, the token included");
+                }
+            }
+            2 => {
+                let before = outbox_rows_in(&url).await.len();
+                cancel_after(
+                    store.issue_token(issued(
+                        user_id,
+                        TokenPurpose::EmailVerification,
+                        &email,
+                        &token,
+                    )),
+                    polls,
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let stored = token_rows_in(&url)
+                    .await
+                    .iter()
+                    .any(|row| row.digest == digest(&token));
+                let mails = outbox_rows_in(&url).await.len() - before;
+                assert!(
+                    (stored && mails == 1) || (!stored && mails == 0),
+                    "token stored: {stored}, mails queued: {mails}"
+                );
+            }
+            _ => {
+                let newcomer = Uuid::new_v4();
+                let newcomer_email = format!("{newcomer}@example.com");
+                let before = outbox_rows_in(&url).await.len();
+                cancel_after(
+                    store.register_user(
+                        new_user(newcomer),
+                        Some(session(newcomer, TimeDelta::hours(1))),
+                        Some(issued(
+                            newcomer,
+                            TokenPurpose::EmailVerification,
+                            &newcomer_email,
+                            &token,
+                        )),
+                    ),
+                    polls,
+                )
+                .await;
+                let exists = wait_for_user(&*store, newcomer).await.is_some();
+                let stored = token_rows_in(&url)
+                    .await
+                    .iter()
+                    .any(|row| row.digest == digest(&token));
+                let mails = outbox_rows_in(&url).await.len() - before;
+                assert!(
+                    (exists && stored && mails == 1) || (!exists && !stored && mails == 0),
+                    "user: {exists}, token: {stored}, mails: {mails}"
+                );
+            }
+        }
+    }
+}
+
+/// Through the session cache (SQLite): a reset or an email change cancelled at any await
+/// leaves the cache agreeing with the database on every session of the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_reset_or_change_leaves_the_session_cache_exact() {
+    if shared_database_url().is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (store, plain) = stores(&dir).await;
+    for method in ["reset_password", "verify_email"] {
+        let mut polls = 0;
+        let mut finished_in_a_row = 0;
+        let mut runs = 0;
+        while finished_in_a_row < 2 {
+            assert!(polls < 1_000_000, "{method} never finished");
+            let (user_id, sessions) = user_with_sessions(&store, 3).await;
+            let token = Uuid::new_v4().simple().to_string();
+            let finished = if method == "reset_password" {
+                plain
+                    .issue_token(issued(
+                        user_id,
+                        TokenPurpose::PasswordReset,
+                        &format!("{user_id}@example.com"),
+                        &token,
+                    ))
+                    .await
+                    .unwrap();
+                cancel_after(
+                    store.reset_password(&digest(&token), Utc::now(), "reset".into()),
+                    polls,
+                )
+                .await
+            } else {
+                plain
+                    .issue_token(issued(
+                        user_id,
+                        TokenPurpose::EmailChange,
+                        &format!("moved-{user_id}@example.com"),
+                        &token,
+                    ))
+                    .await
+                    .unwrap();
+                cancel_after(store.verify_email(&digest(&token), Utc::now()), polls).await
+            };
+            for session in &sessions {
+                let _ = accepted(&store, session).await;
+            }
+            settled(&store).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            agree(&store, &plain, &sessions).await;
+            // The user the cache hands out with a session is the stored one (its address).
+            let stored = plain
+                .find_credentials_by_id(user_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .user;
+            if let Some((cached_user, _)) = store
+                .find_session_by_access_jti(sessions[0].id, sessions[0].access_jti, Utc::now())
+                .await
+                .unwrap()
+            {
+                assert_eq!(cached_user, stored, "{method}");
+            }
+            finished_in_a_row = if finished { finished_in_a_row + 1 } else { 0 };
+            runs += 1;
+            polls = if polls < 8 { polls + 1 } else { polls * 3 / 2 };
+        }
+        assert!(
+            runs > 2,
+            "{method}: at least one run was cancelled half-way"
+        );
+    }
+}
+
+fn runner() -> TestRunner {
+    let cases = std::env::var("AUTHQL_FUZZ_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(64);
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
+/// Text of any shape: printable, control characters, invisible ones, long runs, token-like.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[A-Za-z0-9_-]{0,60}",
+        "[ -~]{0,300}",
+        "\\PC{0,80}@\\PC{0,80}",
+        Just("\u{0}".repeat(43)),
+        Just("A".repeat(43)),
+        (1usize..20_000).prop_map(|n| "é".repeat(n)),
+    ]
+}
+
+/// Every account mutation, with generated arguments, signed in or not: always answered in
+/// time, never a 500 or INTERNAL_SERVER_ERROR, every error with one of the documented codes.
+#[test]
+fn generated_inputs_to_the_account_mutations_get_documented_answers() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let app = runtime.block_on(spawn_app_with(|config| {
+        config.rate_limit_mails_per_address_per_hour = 1_000_000;
+    }));
+    let account = runtime.block_on(app.register("fuzzer@x.com"));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("{}/graphql", app.address);
+    let allowed = [
+        "INVALID_TOKEN",
+        "BAD_USER_INPUT",
+        "RATE_LIMITED",
+        "UNAUTHENTICATED",
+        "EMAIL_TAKEN",
+        "INVALID_CREDENTIALS",
+        "PAYLOAD_TOO_LARGE",
+        "SERVICE_UNAVAILABLE",
+    ];
+    let operations = [
+        "mutation($a: String!) { requestPasswordReset(email: $a) }",
+        "mutation($a: String!, $b: String!) { resetPassword(input: { token: $a, newPassword: $b }) }",
+        "mutation($a: String!) { verifyEmail(token: $a) { id } }",
+        "mutation { sendVerificationEmail }",
+        "mutation($a: String!, $b: String!) { requestEmailChange(input: { newEmail: $a, password: $b }) }",
+    ];
+    runner()
+        .run(
+            &(0..operations.len(), text(), text(), any::<bool>()),
+            |(operation, a, b, signed_in)| {
+                runtime.block_on(async {
+                    let mut request = client.post(&url).json(&json!({
+                        "query": operations[operation],
+                        "variables": { "a": a, "b": b },
+                    }));
+                    if signed_in {
+                        request = request.bearer_auth(&account.access_token);
+                    }
+                    let answer = request
+                        .send()
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("no answer in time: {e}")))?;
+                    prop_assert!(answer.status() != reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+                    let body: Value = answer
+                        .json()
+                        .await
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    if let Some(errors) = body.get("errors").and_then(Value::as_array) {
+                        for error in errors {
+                            let code = error
+                                .pointer("/extensions/code")
+                                .and_then(Value::as_str)
+                                .unwrap_or("(none)");
+                            prop_assert!(allowed.contains(&code), "{}", body);
+                        }
+                    }
+                    Ok(())
+                })
+            },
+        )
+        .unwrap();
+    runtime.block_on(async {
+        // Still serving, the account untouched.
+        assert_no_errors(&app.me(&account.access_token).await);
+        assert_no_errors(&app.login_raw("fuzzer@x.com", PASSWORD).await);
+    });
+}
