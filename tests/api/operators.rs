@@ -229,11 +229,65 @@ async fn admin_exit_codes_tell_unknown_bad_and_unreachable_apart() {
         "disable-user",
         "enable-user",
         "delete-user",
+        "send-password-reset",
+        "verify-email",
     ] {
         let help = admin(&app, &[command, "--help"]).await;
         assert_eq!(help.code, 0, "{command}");
         assert!(help.stdout.contains("Usage: authql admin"), "{help:?}");
     }
+}
+
+#[tokio::test]
+async fn admin_send_password_reset_queues_a_link_the_server_delivers_and_that_works() {
+    let app = spawn_app_with(|config| {
+        config.email_verification = authql::config::EmailVerification::Off;
+    })
+    .await;
+    let account = app.register("forgetful@x.com").await;
+    let sent = json_of(&admin(&app, &["--json", "send-password-reset", "forgetful@x.com"]).await);
+    assert_eq!(sent["user"]["email"], "forgetful@x.com");
+    // Queued in the outbox of the database; the running server sends it.
+    let token = eml_link_token(&app.mail_dir, "password_reset", 1).await;
+    let reset = app
+        .graphql(
+            "mutation($i: ResetPasswordInput!) { resetPassword(input: $i) }",
+            json!({ "i": { "token": token, "newPassword": "an operator's fresh start" } }),
+            None,
+        )
+        .await;
+    assert_no_errors(&reset);
+    assert_unauthenticated(&app.me(&account.access_token).await, "REVOKED");
+    assert_no_errors(&app.login_raw("forgetful@x.com", "an operator's fresh start").await);
+
+    // A disabled account gets no link: exit code 4, nothing queued.
+    assert_eq!(admin(&app, &["disable-user", "forgetful@x.com"]).await.code, 0);
+    let refused = admin(&app, &["send-password-reset", "forgetful@x.com"]).await;
+    assert_eq!(refused.code, 4, "{refused:?}");
+    assert_eq!(
+        token_rows_in(&app.database_url)
+            .await
+            .iter()
+            .filter(|row| row.purpose == "password_reset")
+            .count(),
+        1
+    );
+    assert_eq!(admin(&app, &["send-password-reset", "nobody@x.com"]).await.code, 1);
+}
+
+#[tokio::test]
+async fn admin_verify_email_marks_the_address_verified_at_once() {
+    let app = spawn_app().await;
+    let account = app.register("unverified@x.com").await;
+    let me = "{ me { emailVerified } }";
+    let before = app.graphql(me, json!({}), Some(&account.access_token)).await;
+    assert_eq!(before["data"]["me"]["emailVerified"], false);
+    let verified = json_of(&admin(&app, &["--json", "verify-email", "unverified@x.com"]).await);
+    assert!(verified["user"]["email_verified_at"].is_string(), "{verified}");
+    // Seen on the next request (through the session cache on SQLite).
+    let after = app.graphql(me, json!({}), Some(&account.access_token)).await;
+    assert_eq!(after["data"]["me"]["emailVerified"], true);
+    assert_eq!(admin(&app, &["verify-email", "nobody@x.com"]).await.code, 1);
 }
 
 #[tokio::test]
