@@ -5,8 +5,10 @@
 
 Prints `LISTENING <port>` once it accepts connections, then serves until stdin closes or it
 is killed. Each accepted message is written to DIR as `<n>.eml` (the bytes received, as sent
-by the client) with `<n>.json` beside it (the envelope: `mail_from`, `rcpt_tos`, and the
-`smtputf8` flag), the JSON last, so that a reader that finds the JSON finds the whole message.
+by the client) with `<n>.json` beside it (the envelope: `mail_from`, `rcpt_tos`, the
+`smtputf8` flag, whether it came over TLS and after AUTH; and the message as Python's email
+package reads it: `subject`, `text`, `html`), the JSON last, so that a reader that finds the
+JSON finds the whole message.
 
 --tls-cert/--tls-key: offer STARTTLS and require it before AUTH and MAIL.
 --auth: require AUTH (PLAIN or LOGIN) with these credentials before MAIL.
@@ -15,7 +17,8 @@ counting each refusal in DIR/rejected.count.
 """
 
 import argparse
-import asyncio
+import email
+import email.policy
 import json
 import os
 import ssl
@@ -50,8 +53,15 @@ class Keeper:
             self.count += 1
             number = self.count
         base = os.path.join(self.maildir, f"{number:06d}")
-        write_atomically(base + ".eml", envelope.original_content or envelope.content)
+        raw = envelope.original_content or envelope.content
+        write_atomically(base + ".eml", raw)
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        text = message.get_body(preferencelist=("plain",))
+        html = message.get_body(preferencelist=("html",))
         meta = {
+            "subject": str(message.get("subject", "")),
+            "text": text.get_content() if text is not None else "",
+            "html": html.get_content() if html is not None else "",
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "smtputf8": envelope.smtp_utf8,

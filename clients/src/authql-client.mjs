@@ -247,6 +247,13 @@ export function createAuthqlClient({
     revokeOtherSessions: async () => (await mutate('RevokeOtherSessions')).revokeOtherSessions,
     changePassword: async (input) => (await mutate('ChangePassword', { input })).changePassword,
     deleteAccount: async (input) => (await mutate('DeleteAccount', { input })).deleteAccount,
+    // Account recovery: the ones that need no session send no access token.
+    requestPasswordReset: async (email) =>
+      (await mutate('RequestPasswordReset', { email }, { skipAuth: true })).requestPasswordReset,
+    resetPassword: async (input) => (await mutate('ResetPassword', { input }, { skipAuth: true })).resetPassword,
+    sendVerificationEmail: async () => (await mutate('SendVerificationEmail')).sendVerificationEmail,
+    verifyEmail: async (token) => (await mutate('VerifyEmail', { token }, { skipAuth: true })).verifyEmail,
+    requestEmailChange: async (input) => (await mutate('RequestEmailChange', { input })).requestEmailChange,
     async logout() {
       const data = await mutate('Logout');
       state.accessToken = null;

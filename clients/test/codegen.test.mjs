@@ -29,7 +29,9 @@ async function codegenAndTsc(schemaFile) {
   }
   const generated = await readFile(join(out, 'graphql.ts'), 'utf8');
   for (const name of ['RegisterMutation', 'LoginMutation', 'RefreshMutation', 'LogoutMutation', 'RevokeTokensMutation',
-    'RevokeOtherSessionsMutation', 'ChangePasswordMutation', 'MeQuery', 'MySessionsQuery', 'SessionEventsSubscription']) {
+    'RevokeOtherSessionsMutation', 'ChangePasswordMutation', 'MeQuery', 'MySessionsQuery', 'SessionEventsSubscription',
+    'RequestPasswordResetMutation', 'ResetPasswordMutation', 'SendVerificationEmailMutation', 'VerifyEmailMutation',
+    'RequestEmailChangeMutation']) {
     assert.match(generated, new RegExp(`export type ${name} = `), `${name} is generated`);
   }
   await copyFile(join(clients, 'test', 'fixtures', 'typed-usage.ts'), join(out, 'typed-usage.ts'));
