@@ -611,3 +611,35 @@ pub fn load_dotenv(path: &std::path::Path) -> Result<(), String> {
 fn parse_secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(value))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every setting is documented where operators look: a row of the README's settings table,
+    /// and a line of `.env.example` (commented out when it has no default).
+    #[test]
+    fn every_setting_is_in_the_readme_table_and_in_the_env_example() {
+        let readme = include_str!("../README.md");
+        let example = include_str!("../.env.example");
+        let table = &readme[readme.find("\n## Settings").expect("the Settings section")..];
+        let mut checked = 0;
+        for argument in Cli::command().get_arguments() {
+            let Some(name) = argument.get_env().and_then(|name| name.to_str()) else {
+                continue;
+            };
+            assert!(
+                table.contains(&format!("| `{name}` |")),
+                "{name} has no row in the README's settings table"
+            );
+            assert!(
+                example.contains(&format!("\n{name}=")) || example.contains(&format!("# {name}=")),
+                "{name} is not in .env.example"
+            );
+            checked += 1;
+        }
+        assert!(checked > 60, "only {checked} settings found");
+    }
+}

@@ -258,10 +258,16 @@ async fn admin_send_password_reset_queues_a_link_the_server_delivers_and_that_wo
         .await;
     assert_no_errors(&reset);
     assert_unauthenticated(&app.me(&account.access_token).await, "REVOKED");
-    assert_no_errors(&app.login_raw("forgetful@x.com", "an operator's fresh start").await);
+    assert_no_errors(
+        &app.login_raw("forgetful@x.com", "an operator's fresh start")
+            .await,
+    );
 
     // A disabled account gets no link: exit code 4, nothing queued.
-    assert_eq!(admin(&app, &["disable-user", "forgetful@x.com"]).await.code, 0);
+    assert_eq!(
+        admin(&app, &["disable-user", "forgetful@x.com"]).await.code,
+        0
+    );
     let refused = admin(&app, &["send-password-reset", "forgetful@x.com"]).await;
     assert_eq!(refused.code, 4, "{refused:?}");
     assert_eq!(
@@ -272,7 +278,12 @@ async fn admin_send_password_reset_queues_a_link_the_server_delivers_and_that_wo
             .count(),
         1
     );
-    assert_eq!(admin(&app, &["send-password-reset", "nobody@x.com"]).await.code, 1);
+    assert_eq!(
+        admin(&app, &["send-password-reset", "nobody@x.com"])
+            .await
+            .code,
+        1
+    );
 }
 
 #[tokio::test]
@@ -280,12 +291,19 @@ async fn admin_verify_email_marks_the_address_verified_at_once() {
     let app = spawn_app().await;
     let account = app.register("unverified@x.com").await;
     let me = "{ me { emailVerified } }";
-    let before = app.graphql(me, json!({}), Some(&account.access_token)).await;
+    let before = app
+        .graphql(me, json!({}), Some(&account.access_token))
+        .await;
     assert_eq!(before["data"]["me"]["emailVerified"], false);
     let verified = json_of(&admin(&app, &["--json", "verify-email", "unverified@x.com"]).await);
-    assert!(verified["user"]["email_verified_at"].is_string(), "{verified}");
+    assert!(
+        verified["user"]["email_verified_at"].is_string(),
+        "{verified}"
+    );
     // Seen on the next request (through the session cache on SQLite).
-    let after = app.graphql(me, json!({}), Some(&account.access_token)).await;
+    let after = app
+        .graphql(me, json!({}), Some(&account.access_token))
+        .await;
     assert_eq!(after["data"]["me"]["emailVerified"], true);
     assert_eq!(admin(&app, &["verify-email", "nobody@x.com"]).await.code, 1);
 }
