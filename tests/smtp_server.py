@@ -14,6 +14,7 @@ JSON finds the whole message.
 --auth: require AUTH (PLAIN or LOGIN) with these credentials before MAIL.
 --reject-prefix: answer `550` to RCPT TO for addresses starting with it (a permanent refusal),
 counting each refusal in DIR/rejected.count.
+--discard: accept every message and keep nothing (a sink for the benchmark).
 """
 
 import argparse
@@ -30,9 +31,10 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Keeper:
-    def __init__(self, maildir, reject_prefix):
+    def __init__(self, maildir, reject_prefix, discard):
         self.maildir = maildir
         self.reject_prefix = reject_prefix
+        self.discard = discard
         self.lock = threading.Lock()
         self.count = len([name for name in os.listdir(maildir) if name.endswith(".json")])
         self.rejected = 0
@@ -49,6 +51,8 @@ class Keeper:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.discard:
+            return "250 Message accepted for delivery"
         with self.lock:
             self.count += 1
             number = self.count
@@ -107,6 +111,7 @@ def main():
     parser.add_argument("--tls-key")
     parser.add_argument("--auth")
     parser.add_argument("--reject-prefix")
+    parser.add_argument("--discard", action="store_true")
     args = parser.parse_args()
     os.makedirs(args.maildir, exist_ok=True)
 
@@ -127,7 +132,7 @@ def main():
 
     port = args.port or free_port()
     controller = Controller(
-        Keeper(args.maildir, args.reject_prefix),
+        Keeper(args.maildir, args.reject_prefix, args.discard),
         hostname="127.0.0.1",
         port=port,
         ready_timeout=10,

@@ -47,6 +47,7 @@ mod authql;
 mod baseline;
 mod events;
 mod load;
+mod mail;
 mod mongodb;
 mod postgres;
 mod seed;
@@ -303,6 +304,34 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
 
+    // Scenario 7: mails through the outbox, on SQLite and on PostgreSQL.
+    let sink = mail::Sink::start()?;
+    let mails = match &sink {
+        Some(sink) => {
+            let direct = sink.direct().await?;
+            let dir = tempfile::tempdir()?;
+            let sqlite_url = format!("sqlite://{}", dir.path().join("mail.db").display());
+            mail::migrated(&binary, &sqlite_url, &events_settings).await?;
+            let sqlite = sink
+                .through_authql(&binary, &sqlite_url, &events_settings)
+                .await?;
+            let postgres = match &server {
+                Some(server) => {
+                    let url = server.fresh_database("authql_bench_mail").await?;
+                    mail::migrated(&binary, &url, &events_settings).await?;
+                    Some(sink.through_authql(&binary, &url, &events_settings).await?)
+                }
+                None => None,
+            };
+            eprintln!(
+                "mails/s: direct {direct:.0}, through authql on SQLite {sqlite:.0}, on PostgreSQL {postgres:?}"
+            );
+            Some((direct, sqlite, postgres))
+        }
+        None => None,
+    };
+    drop(sink);
+
     println!();
     println!("| scenario | authql | reference | ratio | bar | met |");
     println!("|---|---|---|---|---|---|");
@@ -442,6 +471,25 @@ async fn main() -> anyhow::Result<()> {
                 "| 5. `me` with 1,000,000 session rows, {backend} | skipped: no BENCH_DATABASE_URL and no PostgreSQL binaries | | | | |"
             ),
         }
+    }
+    match mails {
+        Some((direct, sqlite, postgres)) => {
+            for (backend, through) in [("SQLite", Some(sqlite)), ("PostgreSQL", postgres)] {
+                match through {
+                    Some(through) => println!(
+                        "| 7. mails/s through the outbox ({} mails, {backend}) vs the same SMTP server fed by lettre directly | {through:.0} | {direct:.0} | {:.2} | | |",
+                        mail::MAILS,
+                        through / direct
+                    ),
+                    None => println!(
+                        "| 7. mails/s through the outbox, {backend} | skipped: no BENCH_DATABASE_URL and no PostgreSQL binaries | | | | |"
+                    ),
+                }
+            }
+        }
+        None => println!(
+            "| 7. mails/s through the outbox | skipped: no Python with aiosmtpd (AUTHQL_TEST_SMTP_PYTHON) and none could be installed | | | | |"
+        ),
     }
     Ok(())
 }
