@@ -34,6 +34,10 @@
 //!    WebSockets), and the latency from a revoke to its event: on SQLite within one instance, on
 //!    PostgreSQL from instance B to a subscriber of instance A through `NOTIFY`.
 //!
+//! 7. **Mail through the outbox** (`mail.rs`). Mails per second from a full outbox to an SMTP
+//!    server that discards them, against lettre feeding the same server directly at the same
+//!    concurrency, on SQLite and on PostgreSQL.
+//!
 //! Scenario 1 and 5 also run on PostgreSQL: `BENCH_DATABASE_URL=postgres://...` names a server
 //! (a role that may create databases), else a throwaway one is started from the machine's
 //! PostgreSQL binaries as `scripts/test` does; the table says when there are none. Scenario 1
