@@ -483,29 +483,12 @@ impl AuthService {
             .await?;
         let new_email = input::email("newEmail", new_email)?;
         let store = self.store();
-        let credentials = store
-            .users
-            .find_credentials_by_id(caller.user.id)
-            .await?
-            .ok_or(AppError::Unauthenticated(
-                crate::error::UnauthenticatedReason::Revoked,
-            ))?;
-        let user = credentials.user;
+        let user = self.prove_password(caller, password).await?.user;
         if new_email.normalized == address_key(&user.email) {
             return Err(AppError::bad_input(
                 "newEmail",
                 "this is already the account's address",
             ));
-        }
-        if password.len() > input::PASSWORD_MAX_BYTES
-            || !self
-                .inner
-                .passwords
-                .verify(password, Some(credentials.password_hash))
-                .await?
-                .matches()
-        {
-            return Err(AppError::InvalidCredentials);
         }
         if store
             .users

@@ -25,7 +25,7 @@ use crate::{
     },
     store::{
         FIRST_CREDENTIAL_VERSION, NewUser, Rotation, Session, SessionCursor, SessionPage, Storage,
-        StoreError, User,
+        StoreError, User, UserCredentials,
     },
 };
 
@@ -665,22 +665,7 @@ impl AuthService {
             )
             .await?;
         input::password("newPassword", &new_password)?;
-        let credentials = self
-            .store()
-            .users
-            .find_credentials_by_id(caller.user.id)
-            .await?
-            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
-        if current_password.len() > input::PASSWORD_MAX_BYTES
-            || !self
-                .inner
-                .passwords
-                .verify(current_password, Some(credentials.password_hash))
-                .await?
-                .matches()
-        {
-            return Err(AppError::InvalidCredentials);
-        }
+        self.prove_password(caller, current_password).await?;
         let password_hash = self.inner.passwords.hash(new_password).await?;
         let ended = self
             .store()
@@ -691,6 +676,35 @@ impl AuthService {
         self.publish(SessionEventKind::Revoked, caller.user.id, &ended)
             .await;
         Ok(())
+    }
+
+    /// The caller's account as stored, once `password` is proven to be its password (a
+    /// re-authentication before a sensitive change, OWASP Authentication Cheat Sheet). Only the
+    /// limit that protects the server applies to `password` (256 bytes); the policy is for new
+    /// passwords. Errors: INVALID_CREDENTIALS, UNAUTHENTICATED `REVOKED` (the account is gone),
+    /// SERVICE_UNAVAILABLE.
+    async fn prove_password(
+        &self,
+        caller: &Authenticated,
+        password: String,
+    ) -> Result<UserCredentials, AppError> {
+        let credentials = self
+            .store()
+            .users
+            .find_credentials_by_id(caller.user.id)
+            .await?
+            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
+        if password.len() > input::PASSWORD_MAX_BYTES
+            || !self
+                .inner
+                .passwords
+                .verify(password, Some(credentials.password_hash.clone()))
+                .await?
+                .matches()
+        {
+            return Err(AppError::InvalidCredentials);
+        }
+        Ok(credentials)
     }
 
     /// Deletes the caller's account and every session of it, in one transaction, proven by the
@@ -714,22 +728,7 @@ impl AuthService {
                 client.ip,
             )
             .await?;
-        let credentials = self
-            .store()
-            .users
-            .find_credentials_by_id(caller.user.id)
-            .await?
-            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
-        if password.len() > input::PASSWORD_MAX_BYTES
-            || !self
-                .inner
-                .passwords
-                .verify(password, Some(credentials.password_hash))
-                .await?
-                .matches()
-        {
-            return Err(AppError::InvalidCredentials);
-        }
+        self.prove_password(caller, password).await?;
         let ended = self
             .store()
             .users
