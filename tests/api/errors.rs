@@ -126,7 +126,9 @@ async fn internal_failures_are_generic_and_carry_no_details() {
         use sea_orm::ConnectionTrait;
         app.db()
             .await
-            .execute_unprepared("DROP TABLE sessions; DROP TABLE users;")
+            .execute_unprepared(
+                "DROP TABLE sessions; DROP TABLE one_time_tokens; DROP TABLE users;",
+            )
             .await
             .unwrap();
     }
