@@ -6,7 +6,8 @@ use sea_orm_migration::{prelude::*, schema::*};
 /// - `users.email_verified_at`: when the account's address was proven; empty for every account
 ///   that existed before (they start unverified).
 /// - `one_time_tokens`: only the SHA-256 digest of a token is kept (hex, unique), with what it is
-///   for, the address it was sent to, when it expires and when it was used.
+///   for, the address it was sent to, the user's credential version when it was issued (a token
+///   acts only while the two are equal), when it expires and when it was used.
 /// - `mail_outbox`: mails waiting to be sent, written in the same transaction as their token; a
 ///   sender claims them (`claimed_until`), sends and deletes them, retrying (`next_attempt_at`)
 ///   until `expires_at`.
@@ -34,6 +35,7 @@ impl MigrationTrait for Migration {
                     .col(string_uniq(OneTimeTokens::Digest))
                     .col(string(OneTimeTokens::Email))
                     .col(string(OneTimeTokens::EmailNormalized))
+                    .col(big_integer(OneTimeTokens::CredentialVersion))
                     .col(timestamp_with_time_zone(OneTimeTokens::CreatedAt))
                     .col(timestamp_with_time_zone(OneTimeTokens::ExpiresAt))
                     .col(timestamp_with_time_zone_null(OneTimeTokens::UsedAt))
@@ -128,6 +130,7 @@ enum OneTimeTokens {
     Digest,
     Email,
     EmailNormalized,
+    CredentialVersion,
     CreatedAt,
     ExpiresAt,
     UsedAt,

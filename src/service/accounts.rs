@@ -99,6 +99,7 @@ impl Accounts {
                 digest: token.digest.clone(),
                 email: email.to_owned(),
                 email_normalized: address_key(email),
+                credential_version: user.credential_version,
                 created_at: now,
                 expires_at,
             },

@@ -238,6 +238,9 @@ pub struct NewToken {
     /// The address the token is sent to, as shown and as its key (`authql_identity`).
     pub email: String,
     pub email_normalized: String,
+    /// The user's [`User::credential_version`] when the token was issued: the token is applied
+    /// only while the two are equal ([`token_holds`]).
+    pub credential_version: i64,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
@@ -274,6 +277,21 @@ pub(crate) fn token_state(found: Option<(bool, bool)>) -> Result<(), TokenRefusa
     }
 }
 
+/// Whether a token that was taken may still act for its user: it was issued under the user's
+/// current credential version (a password change, a reset or a disable since ends every
+/// outstanding link: OWASP Forgot Password Cheat Sheet, "invalidate ... tokens"), and, unless it
+/// carries a new address (`EmailChange`), it was sent to the address the account has now (an
+/// address change ends the links sent to the old one). The one rule both backends apply.
+pub(crate) fn token_holds(
+    purpose: TokenPurpose,
+    token: (i64, &str),
+    user: (i64, &str),
+) -> bool {
+    let ((token_version, token_email), (user_version, user_email)) = (token, user);
+    token_version == user_version
+        && (purpose == TokenPurpose::EmailChange || token_email == user_email)
+}
+
 /// A mail the sender claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMail {
@@ -292,8 +310,8 @@ pub struct OutboxMail {
 pub enum TokenRefusal {
     /// Past its time.
     Expired,
-    /// Taken already, or made useless (a newer token of its purpose, a password change, an
-    /// address that is no longer the account's).
+    /// Taken already, or made useless (a newer token of its purpose, a password change or
+    /// reset, the account disabled, an address that is no longer the account's).
     Used,
     /// Not a token authql issued for this purpose.
     Unknown,
@@ -469,11 +487,11 @@ pub trait UserStore: Send + Sync + 'static {
     }
 
     /// Takes the password-reset token whose digest is `digest` (unused, unexpired at `now`)
-    /// and, in the same transaction: stores `password_hash`, moves the credential version on,
-    /// ends every session of the user, marks the address verified when the token was sent to
-    /// the account's current address, and makes every other reset token of the user useless.
-    /// Of concurrent callers with one token, exactly one gets `Ok(Ok(..))`: the user and the
-    /// ids of the sessions ended.
+    /// and, if it still holds ([`token_holds`]; else it stays taken and the answer is `Used`),
+    /// in the same transaction: stores `password_hash`, moves the credential version on (which
+    /// ends every other link of the user), ends every session of the user and marks the address
+    /// verified. Of concurrent callers with one token, exactly one gets `Ok(Ok(..))`: the user
+    /// and the ids of the sessions ended.
     async fn reset_password(
         &self,
         digest: &str,
@@ -481,11 +499,12 @@ pub trait UserStore: Send + Sync + 'static {
         password_hash: String,
     ) -> StoreResult<Result<(User, Vec<Uuid>), TokenRefusal>>;
 
-    /// Takes the email-verification or email-change token whose digest is `digest`, in one
-    /// transaction: a verification marks the address verified if it is still the account's (an
-    /// address changed since makes the token `Used`); a change makes the token's address the
-    /// account's email, verified (its username too, when the username was the email). Errors:
-    /// `EmailTaken` (the new address was taken meanwhile).
+    /// Takes the email-verification or email-change token whose digest is `digest`, and if it
+    /// still holds ([`token_holds`]; else it stays taken and the answer is `Used`), in one
+    /// transaction: a verification marks the address verified; a change makes the token's
+    /// address the account's email, verified (its username too, when the username was the
+    /// email), which ends the links sent to the old one. Errors: `EmailTaken` (the new address
+    /// was taken meanwhile; the token is given back).
     async fn verify_email(
         &self,
         digest: &str,

@@ -55,7 +55,7 @@ use super::{
     CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, IssuedToken, NewMail,
     NewSession, NewUser, OutboxMail, PoolSettings, PoolStatus, Rotation, Session, SessionPage,
     StoreError, StoreResult, TokenPurpose, TokenRefusal, User, UserCredentials,
-    least_recently_used, token_state,
+    least_recently_used, token_holds, token_state,
 };
 use super::{
     EventStore, HealthStore, OutboxStore, RateLimitStore, SessionStore, SettingStore, TokenStore,
@@ -107,6 +107,7 @@ pub struct TokenDocument {
     pub digest: String,
     pub email: String,
     pub email_normalized: String,
+    pub credential_version: i64,
     pub created_at: bson::DateTime,
     pub expires_at: bson::DateTime,
     pub used_at: Option<bson::DateTime>,
@@ -581,6 +582,35 @@ impl MongoStore {
             .map_err(classify)
     }
 
+    /// The user a taken token acts for, if the token still holds for it ([`token_holds`]):
+    /// else `Unknown` (no such user) or `Used`.
+    async fn token_user(
+        &self,
+        token: &TokenDocument,
+    ) -> StoreResult<Result<UserDocument, TokenRefusal>> {
+        let Some(purpose) = TokenPurpose::parse(&token.purpose) else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        let user = self
+            .users
+            .find_one(doc! { "_id": token.user_id })
+            .await
+            .map_err(classify)?;
+        Ok(match user {
+            None => Err(TokenRefusal::Unknown),
+            Some(user)
+                if token_holds(
+                    purpose,
+                    (token.credential_version, &token.email_normalized),
+                    (user.credential_version, &user.email_normalized),
+                ) =>
+            {
+                Ok(user)
+            }
+            Some(_) => Err(TokenRefusal::Used),
+        })
+    }
+
     /// Whether the token of `digest` could be taken now for one of `purposes`.
     async fn token_status(
         &self,
@@ -615,17 +645,18 @@ impl MongoStore {
             .unwrap_or(TokenRefusal::Used))
     }
 
-    /// Marks the user's address verified as of `at` unless it is already, and only while it is
-    /// `email_normalized` when that is given; the user as stored afterwards.
+    /// Marks the user's address verified as of `at` unless it is already, and only while the
+    /// user's address and credential version are still those of `unchanged` when that is given;
+    /// the user as stored afterwards.
     async fn verified(
         &self,
         user_id: Uuid,
-        email_normalized: Option<&str>,
+        unchanged: Option<&UserDocument>,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<UserDocument>> {
         let mut filter = doc! { "_id": id(user_id), "email_verified_at": Bson::Null };
-        if let Some(email_normalized) = email_normalized {
-            filter.insert("email_normalized", email_normalized);
+        if let Some(user) = unchanged {
+            filter.extend(unchanged_since(user));
         }
         self.users
             .update_one(filter, doc! { "$set": { "email_verified_at": date(at) } })
@@ -803,6 +834,15 @@ fn by_user_and_purpose() -> Hint {
     Hint::Keys(doc! { "user_id": 1, "purpose": 1 })
 }
 
+/// The part of a filter that matches `user` only while what a token's [`token_holds`] looked
+/// at is unchanged: its credential version and its address.
+fn unchanged_since(user: &UserDocument) -> Document {
+    doc! {
+        "credential_version": user.credential_version,
+        "email_normalized": &user.email_normalized,
+    }
+}
+
 fn token_document(token: super::NewToken) -> TokenDocument {
     TokenDocument {
         id: id(token.id),
@@ -811,6 +851,7 @@ fn token_document(token: super::NewToken) -> TokenDocument {
         digest: token.digest,
         email: token.email,
         email_normalized: token.email_normalized,
+        credential_version: token.credential_version,
         created_at: date(token.created_at),
         expires_at: date(token.expires_at),
         used_at: None,
@@ -988,12 +1029,13 @@ impl UserStore for MongoStore {
         }
     }
 
-    /// The token is taken first (one `findAndModify`: of concurrent callers one wins), then the
-    /// password and the credential version move in one atomic update of the user document (from
-    /// then on every session of the user is refused), then the other reset tokens and the
-    /// sessions go, on a task of its own (see `change_password` for why no transaction). A
-    /// crash between the first two writes leaves the token used and the password as it was: the
-    /// user asks for another link.
+    /// The token is taken first (one `findAndModify`: of concurrent callers one wins); if it
+    /// still holds for its user ([`token_holds`]), the password and the credential version move
+    /// in one update of the user document conditional on the user being as checked (from then
+    /// on every session and every other link of the user is refused), then the sessions go, on
+    /// a task of its own (see `change_password` for why no transaction). A crash between the
+    /// first two writes leaves the token used and the password as it was: the user asks for
+    /// another link.
     async fn reset_password(
         &self,
         digest: &str,
@@ -1006,10 +1048,16 @@ impl UserStore for MongoStore {
             let Some(token) = store.take_token(&digest, &PURPOSES, now).await? else {
                 return Ok(Err(store.refusal(&digest, &PURPOSES, now).await?));
             };
+            let user = match store.token_user(&token).await? {
+                Ok(user) => user,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            let mut guard = unchanged_since(&user);
+            guard.insert("_id", token.user_id);
             let changed = store
                 .users
                 .find_one_and_update(
-                    doc! { "_id": token.user_id },
+                    guard,
                     doc! {
                         "$set": { "password_hash": password_hash },
                         "$inc": { "credential_version": 1 },
@@ -1018,31 +1066,29 @@ impl UserStore for MongoStore {
                 .return_document(ReturnDocument::After)
                 .await
                 .map_err(classify)?;
+            // Changed between the look and the update: the token no longer holds.
             let Some(mut user) = changed else {
-                return Ok(Err(TokenRefusal::Unknown));
+                return Ok(Err(TokenRefusal::Used));
             };
             let user_id = Uuid::from(user.id);
-            // The mail proved the address, if it is still the account's.
-            if user.email_normalized == token.email_normalized && user.email_verified_at.is_none() {
+            // The mail proved the address (the token holds: it is still the account's).
+            if user.email_verified_at.is_none() {
                 user = store
-                    .verified(user_id, Some(&token.email_normalized), now)
+                    .verified(user_id, Some(&user), now)
                     .await?
                     .unwrap_or(user);
             }
-            store
-                .end_tokens(user_id, TokenPurpose::PasswordReset, now, None)
-                .await
-                .map_err(classify)?;
             let ended = store.delete_other_sessions(user_id, None).await?;
             Ok(Ok((user_of(user), ended)))
         })
         .await
     }
 
-    /// The token is taken first; a change then sets the address in one update of the user
-    /// document (a duplicate key gives the token back: `EmailTaken`), a verification marks the
-    /// address verified only while it is still the one the token was sent to. On a task of its
-    /// own, so that a caller that gives up cannot leave a taken token unapplied.
+    /// The token is taken first; if it still holds for its user ([`token_holds`]), a change
+    /// then sets the address in one update of the user document conditional on the user being
+    /// as checked (a duplicate key gives the token back: `EmailTaken`), a verification marks
+    /// the address verified on the same condition. On a task of its own, so that a caller that
+    /// gives up cannot leave a taken token unapplied.
     async fn verify_email(
         &self,
         digest: &str,
@@ -1056,13 +1102,9 @@ impl UserStore for MongoStore {
                 return Ok(Err(store.refusal(&digest, &PURPOSES, now).await?));
             };
             let user_id = Uuid::from(token.user_id);
-            let Some(user) = store
-                .users
-                .find_one(doc! { "_id": token.user_id })
-                .await
-                .map_err(classify)?
-            else {
-                return Ok(Err(TokenRefusal::Unknown));
+            let user = match store.token_user(&token).await? {
+                Ok(user) => user,
+                Err(refused) => return Ok(Err(refused)),
             };
             if TokenPurpose::parse(&token.purpose) == Some(TokenPurpose::EmailChange) {
                 let mut set = doc! {
@@ -1076,25 +1118,18 @@ impl UserStore for MongoStore {
                     set.insert("username", &token.email);
                     set.insert("username_normalized", &token.email_normalized);
                 }
+                let mut guard = unchanged_since(&user);
+                guard.insert("_id", token.user_id);
+                // Links sent to the old address no longer hold from here on.
                 let changed = store
                     .users
-                    .find_one_and_update(doc! { "_id": token.user_id }, doc! { "$set": set })
+                    .find_one_and_update(guard, doc! { "$set": set })
                     .return_document(ReturnDocument::After)
                     .await;
                 return match changed {
-                    Ok(Some(changed)) => {
-                        // Links sent to the old address are of no use any more.
-                        for purpose in
-                            [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification]
-                        {
-                            store
-                                .end_tokens(user_id, purpose, now, None)
-                                .await
-                                .map_err(classify)?;
-                        }
-                        Ok(Ok(user_of(changed)))
-                    }
-                    Ok(None) => Ok(Err(TokenRefusal::Unknown)),
+                    Ok(Some(changed)) => Ok(Ok(user_of(changed))),
+                    // Changed between the look and the update: the token no longer holds.
+                    Ok(None) => Ok(Err(TokenRefusal::Used)),
                     Err(error) if is_duplicate_key(&error) => {
                         store
                             .tokens
@@ -1109,12 +1144,12 @@ impl UserStore for MongoStore {
                     Err(error) => Err(classify(error)),
                 };
             }
-            // A verification of an address the account no longer has is useless.
-            let verified = store
-                .verified(user_id, Some(&token.email_normalized), now)
-                .await?;
+            let verified = store.verified(user_id, Some(&user), now).await?;
             match verified {
-                Some(user) if user.email_normalized == token.email_normalized => {
+                Some(user)
+                    if user.email_normalized == token.email_normalized
+                        && user.email_verified_at.is_some() =>
+                {
                     Ok(Ok(user_of(user)))
                 }
                 Some(_) => Ok(Err(TokenRefusal::Used)),
@@ -1195,10 +1230,6 @@ impl UserStore for MongoStore {
                     doc! { "_id": id(keep_session), "user_id": id(user_id) },
                     doc! { "$set": { "credential_version": changed.credential_version } },
                 )
-                .await
-                .map_err(classify)?;
-            store
-                .end_tokens(user_id, TokenPurpose::PasswordReset, Utc::now(), None)
                 .await
                 .map_err(classify)?;
             store

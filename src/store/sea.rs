@@ -6,7 +6,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, SqlErr, Statement, TransactionTrait,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
+    TransactionTrait,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, OnConflict, Query},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -17,7 +18,7 @@ use super::{
     NewSession, NewUser, OutboxMail, PoolSettings, PoolStatus, Rotation, Session, SessionPage,
     StoreError, StoreResult, TokenPurpose, TokenRefusal, User, UserCredentials,
     entity::{one_time_token, outbox_mail, session, setting, user},
-    least_recently_used, token_state,
+    least_recently_used, token_holds, token_state,
 };
 use super::{
     EventStore, HealthStore, OutboxStore, RateLimitStore, SessionStore, SettingStore, TokenStore,
@@ -448,6 +449,7 @@ async fn issue(connection: &impl ConnectionTrait, issued: IssuedToken) -> Result
         digest: Set(token.digest),
         email: Set(token.email),
         email_normalized: Set(token.email_normalized),
+        credential_version: Set(token.credential_version),
         created_at: Set(token.created_at),
         expires_at: Set(token.expires_at),
         used_at: Set(None),
@@ -515,6 +517,30 @@ async fn take_token(
         .await?
         .into_iter()
         .next())
+}
+
+/// The user a taken token acts for, its row locked until the transaction ends (PostgreSQL's
+/// `FOR UPDATE`; SQLite's transaction holds the database's write lock already, from the token's
+/// update), and whether the token still holds for it ([`token_holds`]). `None`: no such user.
+async fn token_user(
+    connection: &impl ConnectionTrait,
+    token: &one_time_token::Model,
+) -> Result<Option<(user::Model, bool)>, DbErr> {
+    let Some(purpose) = TokenPurpose::parse(&token.purpose) else {
+        return Ok(None);
+    };
+    Ok(user::Entity::find_by_id(token.user_id)
+        .lock_exclusive()
+        .one(connection)
+        .await?
+        .map(|user| {
+            let holds = token_holds(
+                purpose,
+                (token.credential_version, &token.email_normalized),
+                (user.credential_version, &user.email_normalized),
+            );
+            (user, holds)
+        }))
 }
 
 /// Whether the token of `digest` could be taken now for one of `purposes`.
@@ -642,12 +668,17 @@ impl UserStore for SeaStore {
         now: DateTime<Utc>,
         password_hash: String,
     ) -> StoreResult<Result<(User, Vec<Uuid>), TokenRefusal>> {
+        const PURPOSES: [TokenPurpose; 1] = [TokenPurpose::PasswordReset];
         let transaction = self.db.begin().await?;
+        // `Err(None)`: not taken; `Err(Some(..))`: taken, but it no longer holds.
         let outcome = async {
-            let Some(token) =
-                take_token(&transaction, digest, &[TokenPurpose::PasswordReset], now).await?
-            else {
-                return Ok(None);
+            let Some(token) = take_token(&transaction, digest, &PURPOSES, now).await? else {
+                return Ok(Err(None));
+            };
+            let user = match token_user(&transaction, &token).await? {
+                None => return Ok(Err(Some(TokenRefusal::Unknown))),
+                Some((_, false)) => return Ok(Err(Some(TokenRefusal::Used))),
+                Some((user, true)) => user,
             };
             let updated = user::Entity::update_many()
                 .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
@@ -655,35 +686,33 @@ impl UserStore for SeaStore {
                     user::Column::CredentialVersion,
                     Expr::col(user::Column::CredentialVersion).add(1),
                 )
-                .filter(user::Column::Id.eq(token.user_id))
+                .filter(user::Column::Id.eq(user.id))
                 .exec_with_returning(&transaction)
                 .await?;
             let Some(mut user) = updated.into_iter().next() else {
-                return Ok(None);
+                return Ok(Err(Some(TokenRefusal::Unknown)));
             };
-            // The mail proved the address, if it is still the account's.
-            if user.email_normalized == token.email_normalized && user.email_verified_at.is_none() {
+            // The mail proved the address (the token holds: it is still the account's).
+            if user.email_verified_at.is_none() {
                 user = verified(&transaction, user.id, now).await?.unwrap_or(user);
             }
             let ended = end_sessions(&transaction, user.id, None).await?;
-            end_tokens(&transaction, user.id, TokenPurpose::PasswordReset, now).await?;
-            Ok::<_, DbErr>(Some((User::from(user), ended)))
+            Ok::<_, DbErr>(Ok((User::from(user), ended)))
         }
         .await;
         match outcome {
-            Ok(Some(done)) => {
+            Ok(Ok(done)) => {
                 transaction.commit().await?;
                 Ok(Ok(done))
             }
-            Ok(None) => {
+            // Taken, but useless: the token stays used.
+            Ok(Err(Some(refused))) => {
+                transaction.commit().await?;
+                Ok(Err(refused))
+            }
+            Ok(Err(None)) => {
                 transaction.rollback().await?;
-                Ok(Err(refusal(
-                    &self.db,
-                    digest,
-                    &[TokenPurpose::PasswordReset],
-                    now,
-                )
-                .await?))
+                Ok(Err(refusal(&self.db, digest, &PURPOSES, now).await?))
             }
             Err(error) => {
                 let _ = transaction.rollback().await;
@@ -704,11 +733,10 @@ impl UserStore for SeaStore {
             let Some(token) = take_token(&transaction, digest, &PURPOSES, now).await? else {
                 return Ok::<_, DbErr>(Err(None));
             };
-            let Some(user) = user::Entity::find_by_id(token.user_id)
-                .one(&transaction)
-                .await?
-            else {
-                return Ok(Err(Some(TokenRefusal::Unknown)));
+            let user = match token_user(&transaction, &token).await? {
+                None => return Ok(Err(Some(TokenRefusal::Unknown))),
+                Some((_, false)) => return Ok(Err(Some(TokenRefusal::Used))),
+                Some((user, true)) => user,
             };
             if TokenPurpose::parse(&token.purpose) == Some(TokenPurpose::EmailChange) {
                 let mut change = user::Entity::update_many()
@@ -729,16 +757,9 @@ impl UserStore for SeaStore {
                             Expr::value(token.email_normalized.clone()),
                         );
                 }
+                // Links sent to the old address no longer hold from here on.
                 let changed = change.exec_with_returning(&transaction).await?;
-                // Links sent to the old address are of no use any more.
-                for purpose in [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification] {
-                    end_tokens(&transaction, user.id, purpose, now).await?;
-                }
                 return Ok(Ok(changed.into_iter().next().unwrap_or(user)));
-            }
-            // A verification of an address the account no longer has is useless.
-            if user.email_normalized != token.email_normalized {
-                return Ok(Err(Some(TokenRefusal::Used)));
             }
             Ok(Ok(verified(&transaction, user.id, now)
                 .await?
@@ -869,13 +890,6 @@ impl UserStore for SeaStore {
             .exec(&transaction)
             .await?;
         let ended = end_sessions(&transaction, user_id, Some(keep_session)).await?;
-        end_tokens(
-            &transaction,
-            user_id,
-            TokenPurpose::PasswordReset,
-            chrono::Utc::now(),
-        )
-        .await?;
         transaction.commit().await?;
         Ok(ended)
     }

@@ -57,7 +57,7 @@ pub async fn verify_email(app: &TestApp, token: &str) -> Value {
     .await
 }
 
-async fn request_email_change(
+pub async fn request_email_change(
     app: &TestApp,
     access_token: &str,
     new_email: &str,

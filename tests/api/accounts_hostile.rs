@@ -17,15 +17,20 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{
-    accounts::{request_reset, reset_password},
+    accounts::{
+        app_mailing_to, assert_invalid_token, request_email_change, request_reset, reset_password,
+        verify_email,
+    },
     helpers::*,
     session_cache::{
         accepted, agree, cancel_after, new_user, pool, session, settled, stores,
         user_with_sessions, wait_for_user,
     },
+    smtp::{Delivered, SmtpServer},
 };
 
 const NEW_PASSWORD: &str = "a brand new passphrase";
+const PATIENCE: Duration = Duration::from_secs(20);
 
 fn digest(token: &str) -> String {
     Sha256::digest(token.as_bytes())
@@ -45,6 +50,7 @@ fn issued(user_id: Uuid, purpose: TokenPurpose, email: &str, token: &str) -> Iss
             digest: digest(token),
             email: email.to_owned(),
             email_normalized: email.to_lowercase(),
+            credential_version: authql::store::FIRST_CREDENTIAL_VERSION,
             created_at: now,
             expires_at: now + TimeDelta::hours(1),
         },
@@ -365,6 +371,163 @@ async fn a_cancelled_reset_or_change_leaves_the_session_cache_exact() {
             "{method}: at least one run was cancelled half-way"
         );
     }
+}
+
+/// Every account's address, as stored.
+async fn addresses_in(app: &TestApp) -> Vec<String> {
+    user_rows_in(&app.database_url)
+        .await
+        .into_iter()
+        .map(|user| user.email)
+        .collect()
+}
+
+/// The links of `mails` that start with `prefix`, oldest first.
+fn tokens_in(mails: &[Delivered], prefix: &str) -> Vec<String> {
+    mails
+        .iter()
+        .filter(|mail| mail.text.contains(prefix))
+        .map(|mail| mail.token(prefix))
+        .collect()
+}
+
+/// The attack of the outside review: a session and password phished, a change of address to
+/// the attacker's requested; the owner recovers (a reset, a password change, or an operator
+/// disables the account), and the attacker then follows the change link, takes the address and
+/// with it the account. Every link a user holds, whatever it is for, dies with any change of
+/// what proves the account: each is `USED` afterwards, and the address stays the owner's.
+#[tokio::test]
+async fn no_link_outlives_a_change_of_what_proves_the_account() {
+    let Some(smtp) = SmtpServer::start().await else {
+        return;
+    };
+    let app = app_mailing_to(&smtp, |_| {}).await;
+    let verify = format!("{}/verify-email#token=", app.address);
+    let reset = format!("{}/reset-password#token=", app.address);
+    for change in ["change-password", "reset-password", "disable-user"] {
+        let email = format!("{change}@example.com");
+        let attacker = format!("{change}@attacker.example");
+        let owner = app.register(&email).await;
+        let answer = request_email_change(&app, &owner.access_token, &attacker, PASSWORD).await;
+        assert_no_errors(&answer);
+        assert_no_errors(&request_reset(&app, &email).await);
+        // To the owner: the verification link, the change notice, the reset link.
+        let mails = smtp.wait_for(&email, 3, PATIENCE).await;
+        let verification = tokens_in(&mails, &verify).remove(0);
+        let outstanding_reset = tokens_in(&mails, &reset).remove(0);
+        let change_link = smtp.one_for(&attacker).await.token(&verify);
+
+        match change {
+            "change-password" => {
+                let answer = app
+                    .graphql(
+                        "mutation($input: ChangePasswordInput!) { changePassword(input: $input) }",
+                        json!({ "input": { "currentPassword": PASSWORD, "newPassword": NEW_PASSWORD } }),
+                        Some(&owner.access_token),
+                    )
+                    .await;
+                assert_no_errors(&answer);
+            }
+            "reset-password" => {
+                // The owner's newest link; the outstanding one is superseded by it.
+                assert_no_errors(&request_reset(&app, &email).await);
+                let mails = smtp.wait_for(&email, 4, PATIENCE).await;
+                let newest = tokens_in(&mails, &reset).pop().unwrap();
+                assert_no_errors(&reset_password(&app, &newest, NEW_PASSWORD).await);
+            }
+            _ => {
+                let disabled = crate::operators::admin(&app, &["disable-user", &email]).await;
+                assert_eq!(disabled.code, 0, "{disabled:?}");
+                let enabled = crate::operators::admin(&app, &["enable-user", &email]).await;
+                assert_eq!(enabled.code, 0, "{enabled:?}");
+            }
+        }
+
+        assert_invalid_token(&verify_email(&app, &change_link).await, "USED");
+        assert_invalid_token(&verify_email(&app, &verification).await, "USED");
+        assert_invalid_token(
+            &reset_password(&app, &outstanding_reset, "the attacker's password").await,
+            "USED",
+        );
+        let addresses = addresses_in(&app).await;
+        assert!(
+            addresses.contains(&email) && !addresses.contains(&attacker),
+            "{change}: the address stays the owner's"
+        );
+        assert_eq!(
+            error_code(&app.login_raw(&attacker, PASSWORD).await),
+            "INVALID_CREDENTIALS",
+            "{change}"
+        );
+    }
+}
+
+/// The owner's reset and the attacker's change link, followed at the same moment, many times:
+/// exactly one of the two wins each time (a reset ends the change link; a change of address
+/// ends the reset link sent to the old one), on every backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_and_a_change_link_racing_never_both_win() {
+    let Some(smtp) = SmtpServer::start().await else {
+        return;
+    };
+    let app = app_mailing_to(&smtp, |config| {
+        config.email_verification = authql::config::EmailVerification::Off;
+    })
+    .await;
+    let verify = format!("{}/verify-email#token=", app.address);
+    let reset = format!("{}/reset-password#token=", app.address);
+    let mut winners = (0, 0);
+    for round in 0..12 {
+        let email = format!("race-{round}@example.com");
+        let attacker = format!("race-{round}@attacker.example");
+        let owner = app.register(&email).await;
+        let answer = request_email_change(&app, &owner.access_token, &attacker, PASSWORD).await;
+        assert_no_errors(&answer);
+        assert_no_errors(&request_reset(&app, &email).await);
+        let mails = smtp.wait_for(&email, 2, PATIENCE).await;
+        let reset_link = tokens_in(&mails, &reset).remove(0);
+        let change_link = smtp.one_for(&attacker).await.token(&verify);
+        // The reset hashes the new password before it takes its token: the link follows it
+        // by 0 to 3 ms, so that each side wins some rounds.
+        let (reset_answer, change_answer) = tokio::join!(
+            reset_password(&app, &reset_link, NEW_PASSWORD),
+            async {
+                tokio::time::sleep(Duration::from_millis(round % 4)).await;
+                verify_email(&app, &change_link).await
+            },
+        );
+        let reset_won = reset_answer.get("errors").is_none();
+        let change_won = change_answer.get("errors").is_none();
+        assert!(
+            reset_won != change_won,
+            "round {round}: exactly one wins: {reset_answer} {change_answer}"
+        );
+        let loser = if reset_won {
+            &change_answer
+        } else {
+            &reset_answer
+        };
+        assert_invalid_token(loser, "USED");
+        let addresses = addresses_in(&app).await;
+        let (kept, gone) = if reset_won {
+            (&email, &attacker)
+        } else {
+            (&attacker, &email)
+        };
+        assert!(
+            addresses.contains(kept) && !addresses.contains(gone),
+            "round {round}"
+        );
+        if reset_won {
+            winners.0 += 1;
+        } else {
+            winners.1 += 1;
+        }
+    }
+    eprintln!(
+        "reset won {} rounds, the change link {}",
+        winners.0, winners.1
+    );
 }
 
 fn runner() -> TestRunner {

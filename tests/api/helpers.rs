@@ -538,6 +538,7 @@ pub async fn token_rows_in(database_url: &str) -> Vec<one_time_token::Model> {
             digest: document.digest,
             email: document.email,
             email_normalized: document.email_normalized,
+            credential_version: document.credential_version,
             created_at: document.created_at.to_chrono(),
             expires_at: document.expires_at.to_chrono(),
             used_at: document.used_at.map(bson::DateTime::to_chrono),

@@ -14,6 +14,8 @@ pub struct Model {
     /// The address the token was sent to, as typed and as its key.
     pub email: String,
     pub email_normalized: String,
+    /// The user's credential version when the token was issued.
+    pub credential_version: i64,
     pub created_at: DateTimeUtc,
     pub expires_at: DateTimeUtc,
     pub used_at: Option<DateTimeUtc>,
