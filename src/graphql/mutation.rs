@@ -192,7 +192,8 @@ impl MutationRoot {
     }
 
     /// Mails a fresh verification link to the caller's address; `false` (nothing mailed) when
-    /// it is verified already. Errors: RATE_LIMITED.
+    /// it is verified already. Errors: RATE_LIMITED, BAD_USER_INPUT `email` (an address from
+    /// before authql sent mail that mail cannot reach: change it with `requestEmailChange`).
     #[graphql(
         guard = "SignedIn",
         complexity = "EXPENSIVE_FIELD_COST + child_complexity"

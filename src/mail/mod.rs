@@ -222,11 +222,36 @@ impl Mailer {
 }
 
 /// `address` as SMTP carries it: its domain in IDNA ASCII form (punycode, RFC 5891), its local
-/// part as typed. `None` when lettre cannot carry it.
+/// part as typed. `None` unless the local part is a plain [`is_dot_string`] and lettre can
+/// carry the whole: what is counted, stored and shown is then exactly where the mail goes.
 pub fn smtp_address(address: &str) -> Option<Address> {
     let (local, domain) = address.trim().rsplit_once('@')?;
+    if !is_dot_string(local) {
+        return None;
+    }
     let domain = idna::domain_to_ascii(domain).ok()?;
     Address::new(local, domain).ok()
+}
+
+/// Whether `local` is a Dot-string (RFC 5321 § 4.1.2; UTF-8 allowed, RFC 6531 § 3.3) of at
+/// most 64 octets (RFC 5321 § 4.5.3.1.1): atoms of letters, digits and
+/// ``!#$%&'*+-/=?^_`{|}~`` joined by single dots. Refused besides: a quoted string
+/// (`"a>b"@`, `"x@evil.com"@`), which headers and envelopes read differently, and the start of
+/// an RFC 2047 encoded-word (`=?`), which may not appear in an address (RFC 2047 § 5) and which
+/// parsers that decode it would deliver to another mailbox (`=?utf-8?q?victim?=@` to
+/// `victim@`).
+pub fn is_dot_string(local: &str) -> bool {
+    let atext = |c: char| {
+        c.is_ascii_alphanumeric()
+            || "!#$%&'*+-/=?^_`{|}~".contains(c)
+            || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && !local.contains("=?")
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
 }
 
 /// "1 hour", "90 minutes", "24 hours", "2 days": how long a link works, for the mail.
@@ -295,6 +320,38 @@ mod tests {
         assert_eq!(duration_in_words(TimeDelta::seconds(5400)), "90 minutes");
         assert_eq!(duration_in_words(TimeDelta::seconds(7 * 86400)), "7 days");
         assert_eq!(duration_in_words(TimeDelta::seconds(3599)), "1 hour");
+    }
+
+    #[test]
+    fn only_plain_addresses_are_carried() {
+        for plain in [
+            "a@example.com",
+            "first.last+tag@example.com",
+            "o'brien@example.com",
+            "zoë@bücher.example",
+            "a=b?c@example.com",
+        ] {
+            assert!(smtp_address(plain).is_some(), "{plain}");
+        }
+        for odd in [
+            "=?utf-8?q?victim?=@example.com",
+            "=?utf-8?b?dmljdGlt?=@example.com",
+            "\"a>b\"@example.com",
+            "\"x@evil.com\"@example.com",
+            "a@b@example.com",
+            "x@evil.com>,<victim@example.com",
+            "<b>@example.com",
+            "a@x.com,b@y.com",
+            ".a@example.com",
+            "a..b@example.com",
+            "a.@example.com",
+            "a b@example.com",
+            "@example.com",
+        ] {
+            assert!(smtp_address(odd).is_none(), "{odd}");
+        }
+        assert!(smtp_address(&format!("{}@example.com", "a".repeat(64))).is_some());
+        assert!(smtp_address(&format!("{}@example.com", "a".repeat(65))).is_none());
     }
 
     #[test]

@@ -309,7 +309,9 @@ impl AuthService {
     }
 
     /// `sendVerificationEmail`: mails a fresh link to the caller's address; `false` (nothing
-    /// mailed) when it is verified already. Errors: RATE_LIMITED, SERVICE_UNAVAILABLE.
+    /// mailed) when it is verified already. Errors: RATE_LIMITED, BAD_USER_INPUT `email` (an
+    /// address from before authql mailed that mail cannot reach exactly: a quoted local part;
+    /// `requestEmailChange` replaces it), SERVICE_UNAVAILABLE.
     pub async fn send_verification_email(
         &self,
         caller: &Authenticated,
@@ -341,7 +343,10 @@ impl AuthService {
             now(),
         )?
         else {
-            return Ok(false);
+            return Err(AppError::bad_input(
+                "email",
+                "the account's address cannot receive mail: change it with requestEmailChange",
+            ));
         };
         self.send_link(issued).await?;
         tracing::info!(event = "verification_requested", user_id = %user.id, "verification link queued");

@@ -32,6 +32,10 @@ pub struct Email {
     pub normalized: String,
 }
 
+/// An email address as a user typed it into `field`: trimmed, at most 254 characters, no
+/// whitespace, control or invisible characters, a domain IDNA accepts (RFC 5891), and a local
+/// part that mail reaches exactly as written (a Dot-string: `crate::mail::is_dot_string`).
+/// Errors: BAD_USER_INPUT with `field`.
 pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
     let display = raw.trim();
     let invalid = || AppError::bad_input(field, "enter an email address like name@example.com");
@@ -62,6 +66,14 @@ pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
         ),
         IdentityError::MalformedEmail => invalid(),
     })?;
+    // Only what mail can reach exactly: no quoted local parts, no encoded-words (see
+    // `mail::is_dot_string`).
+    if crate::mail::smtp_address(display).is_none() {
+        return Err(AppError::bad_input(
+            field,
+            "enter an email address like name@example.com: letters, digits and . _ + - ' before the @, no quotes",
+        ));
+    }
     Ok(Email {
         display: display.to_owned(),
         normalized,

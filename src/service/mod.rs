@@ -181,6 +181,9 @@ impl AuthService {
             password_hash,
             created_at: now,
         };
+        // A username of its own (one that is not the address): it decides USERNAME_TAKEN.
+        let own_username =
+            (!user.username_normalized.contains('@')).then(|| user.username_normalized.clone());
         let required = self.verification_required();
         let may_mail = self.registration_may_mail(&email.normalized, &client).await;
         let verification = if may_mail {
@@ -199,6 +202,18 @@ impl AuthService {
         let (user, session) = match registered {
             Ok(registered) => registered,
             Err(StoreError::EmailTaken) if required => {
+                // Answered as for a new address: USERNAME_TAKEN exactly when the username is
+                // someone's, whoever has the address (else the answer would tell).
+                if let Some(username) = own_username
+                    && self
+                        .store()
+                        .users
+                        .find_credentials(&username)
+                        .await?
+                        .is_some()
+                {
+                    return Err(AppError::UsernameTaken);
+                }
                 if may_mail {
                     self.notify_registration_attempt(&email.normalized).await?;
                 }

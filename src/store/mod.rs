@@ -282,11 +282,7 @@ pub(crate) fn token_state(found: Option<(bool, bool)>) -> Result<(), TokenRefusa
 /// outstanding link: OWASP Forgot Password Cheat Sheet, "invalidate ... tokens"), and, unless it
 /// carries a new address (`EmailChange`), it was sent to the address the account has now (an
 /// address change ends the links sent to the old one). The one rule both backends apply.
-pub(crate) fn token_holds(
-    purpose: TokenPurpose,
-    token: (i64, &str),
-    user: (i64, &str),
-) -> bool {
+pub(crate) fn token_holds(purpose: TokenPurpose, token: (i64, &str), user: (i64, &str)) -> bool {
     let ((token_version, token_email), (user_version, user_email)) = (token, user);
     token_version == user_version
         && (purpose == TokenPurpose::EmailChange || token_email == user_email)

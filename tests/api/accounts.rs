@@ -515,6 +515,15 @@ async fn where_verification_is_required_nobody_signs_in_unverified_and_registrat
         "the same answer for a taken and a new address"
     );
     assert_eq!(user_rows_in(&app.database_url).await.len(), 2);
+    // With a username someone has (here: the new person's), both answer USERNAME_TAKEN: the
+    // username decides, never the address.
+    for address in ["ivan@example.com", "third.person@example.com"] {
+        let taken = app
+            .register_raw(address, "someone else's password", Some("NewPerson"))
+            .await;
+        assert_eq!(error_code(&taken), "USERNAME_TAKEN", "{address}: {taken}");
+    }
+    assert_eq!(user_rows_in(&app.database_url).await.len(), 2);
     let notices = smtp.wait_for("ivan@example.com", 3, PATIENCE).await;
     let notice = &notices[2];
     assert!(
@@ -683,4 +692,57 @@ async fn a_reset_publishes_revoked_for_every_session_it_ends() {
         events.ended(Duration::from_secs(5)).await,
         Ended::Closed(4403)
     );
+}
+
+/// An address stored before authql sent mail, of a shape mail cannot reach exactly (a quoted
+/// local part): asking for a verification link says so (BAD_USER_INPUT `email`), never an
+/// internal error and never `false`; a reset for it is refused as input, as for any address
+/// of that shape, whether or not an account has it; and the address can be replaced.
+#[tokio::test]
+async fn an_address_mail_cannot_reach_is_refused_as_input_not_an_internal_error() {
+    let app = spawn_app().await;
+    let account = app.register("legacy@example.com").await;
+    let legacy = "\"a>b\"@example.com";
+    if mongodb_url().is_some() {
+        mongodb_database(&app.database_url)
+            .await
+            .collection::<bson::Document>("users")
+            .update_many(
+                bson::doc! { "email": "legacy@example.com" },
+                bson::doc! { "$set": { "email": legacy, "email_normalized": legacy } },
+            )
+            .await
+            .unwrap();
+    } else {
+        use sea_orm::ConnectionTrait;
+        app.db()
+            .await
+            .execute_unprepared(&format!(
+                "UPDATE users SET email = '{legacy}', email_normalized = '{legacy}' WHERE email = 'legacy@example.com'"
+            ))
+            .await
+            .unwrap();
+    }
+    let answer = app
+        .graphql(
+            "mutation { sendVerificationEmail }",
+            json!({}),
+            Some(&account.access_token),
+        )
+        .await;
+    assert_eq!(error_code(&answer), "BAD_USER_INPUT", "{answer}");
+    assert_eq!(string_at(&answer, "/errors/0/extensions/field"), "email");
+    for address in [legacy, "\"c>d\"@example.com"] {
+        let answer = request_reset(&app, address).await;
+        assert_eq!(error_code(&answer), "BAD_USER_INPUT", "{answer}");
+    }
+    let answer = request_email_change(
+        &app,
+        &account.access_token,
+        "legacy-new@example.com",
+        PASSWORD,
+    )
+    .await;
+    assert_no_errors(&answer);
+    assert_eq!(token_rows_in(&app.database_url).await.len(), 2);
 }

@@ -489,13 +489,11 @@ async fn a_reset_and_a_change_link_racing_never_both_win() {
         let change_link = smtp.one_for(&attacker).await.token(&verify);
         // The reset hashes the new password before it takes its token: the link follows it
         // by 0 to 3 ms, so that each side wins some rounds.
-        let (reset_answer, change_answer) = tokio::join!(
-            reset_password(&app, &reset_link, NEW_PASSWORD),
-            async {
+        let (reset_answer, change_answer) =
+            tokio::join!(reset_password(&app, &reset_link, NEW_PASSWORD), async {
                 tokio::time::sleep(Duration::from_millis(round % 4)).await;
                 verify_email(&app, &change_link).await
-            },
-        );
+            },);
         let reset_won = reset_answer.get("errors").is_none();
         let change_won = change_answer.get("errors").is_none();
         assert!(
@@ -552,6 +550,18 @@ fn text() -> impl Strategy<Value = String> {
         Just("\u{0}".repeat(43)),
         Just("A".repeat(43)),
         (1usize..20_000).prop_map(|n| "é".repeat(n)),
+    ]
+}
+
+/// Address-shaped text: printable ASCII before the `@` (quotes, angle brackets, commas, a second
+/// `@`), quoted local parts, RFC 2047 encoded-words, Unicode.
+fn address() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[ -~]{1,30}@example\\.com",
+        "\"[ -~]{0,20}\"@example\\.com",
+        "=\\?[a-zA-Z0-9-]{1,10}\\?[qQbB]\\?[!-~]{0,20}\\?=@example\\.com",
+        "[a-z]{1,8}[<>,;:()\\[\\]\"@ ][a-z]{1,8}@[a-z]{1,8}\\.example",
+        "\\PC{1,40}@\\PC{1,40}",
     ]
 }
 
@@ -626,4 +636,63 @@ fn generated_inputs_to_the_account_mutations_get_documented_answers() {
         assert_no_errors(&app.me(&account.access_token).await);
         assert_no_errors(&app.login_raw("fuzzer@x.com", PASSWORD).await);
     });
+}
+
+/// Generated addresses where they are mailed at once (registration's verification link, an
+/// address change proven by the right password, a reset): each is refused as BAD_USER_INPUT or
+/// accepted, never an INTERNAL_SERVER_ERROR; and an address accepted is one that mail reaches
+/// as written.
+#[test]
+fn generated_addresses_are_refused_or_mailed_as_written() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let app = runtime.block_on(spawn_app());
+    let account = runtime.block_on(app.register("addresses@x.com"));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("{}/graphql", app.address);
+    let operations = [
+        "mutation($a: String!, $b: String!) { register(input: { email: $a, password: $b }) { accessToken } }",
+        "mutation($a: String!, $b: String!) { requestEmailChange(input: { newEmail: $a, password: $b }) }",
+        "mutation($a: String!) { requestPasswordReset(email: $a) }",
+    ];
+    let cases = runner().config().cases * 4;
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    })
+    .run(&(0..operations.len(), address()), |(operation, address)| {
+        runtime.block_on(async {
+            let answer = client
+                .post(&url)
+                .bearer_auth(&account.access_token)
+                .json(&json!({
+                    "query": operations[operation],
+                    "variables": { "a": address, "b": PASSWORD },
+                }))
+                .send()
+                .await
+                .map_err(|e| TestCaseError::fail(format!("no answer in time: {e}")))?;
+            let body: Value = answer
+                .json()
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if body.get("errors").is_some() {
+                let code = error_code(&body);
+                prop_assert!(
+                    ["BAD_USER_INPUT", "EMAIL_TAKEN", "USERNAME_TAKEN"].contains(&code.as_str()),
+                    "{address:?}: {body}"
+                );
+            } else if operation < 2 {
+                prop_assert!(
+                    authql::mail::smtp_address(&address).is_some(),
+                    "{address:?} accepted, but mail cannot reach it as written"
+                );
+            }
+            Ok(())
+        })
+    })
+    .unwrap();
 }
