@@ -68,6 +68,26 @@ async fn every_per_request_lookup_uses_an_index() {
         "query": { "_id": "ip:203.0.113.9", "$expr": { "$lte": ["$tat", 0_i64] } },
         "update": [{ "$set": { "tat": 1_i64 } }], "upsert": true, "hint": by_id },
         doc! { "find": "rate_limit_buckets", "filter": { "tat": { "$lt": 0_i64 } } },
+        // One-time tokens (issue 18): taken by digest, looked at by digest, a user's ended by
+        // purpose, pruned by expiry.
+        doc! { "findAndModify": "one_time_tokens",
+        "query": { "digest": "d", "purpose": { "$in": ["password_reset"] }, "used_at": null,
+        "expires_at": { "$gt": now } },
+        "update": { "$set": { "used_at": now } }, "hint": { "digest": 1 } },
+        doc! { "find": "one_time_tokens", "filter": { "digest": "d" } },
+        // (Updates and deletes as the finds of their filters: SecantusDB plans only those.)
+        doc! { "find": "one_time_tokens",
+        "filter": { "user_id": id, "purpose": "password_reset", "used_at": null },
+        "hint": { "user_id": 1, "purpose": 1 } },
+        doc! { "find": "one_time_tokens", "filter": { "expires_at": { "$lt": now } } },
+        // The outbox: due mails by `next_attempt_at`, each leased by id, sent ones deleted.
+        doc! { "find": "mail_outbox", "filter": { "next_attempt_at": { "$lte": now },
+        "$or": [{ "claimed_until": null }, { "claimed_until": { "$lt": now } }] },
+        "sort": { "next_attempt_at": 1 }, "hint": { "next_attempt_at": 1 } },
+        doc! { "findAndModify": "mail_outbox",
+        "query": { "_id": id, "$or": [{ "claimed_until": null }, { "claimed_until": { "$lt": now } }] },
+        "update": { "$set": { "claimed_until": now } }, "hint": { "_id": 1 } },
+        doc! { "find": "mail_outbox", "filter": { "_id": id } },
     ];
     for lookup in lookups {
         let plan = winning_plan(&database, lookup.clone()).await;
