@@ -244,6 +244,24 @@ async fn every_per_request_lookup_is_an_index_scan_on_postgres() {
         // Login: by email or username.
         "SELECT * FROM users WHERE email_normalized = 'a@x.com' OR username_normalized = 'a@x.com'"
             .to_owned(),
+        // One-time tokens (issue 18): taken and looked at by digest, a user's superseded by
+        // purpose, pruned by expiry; the user of a taken token, locked.
+        "UPDATE one_time_tokens SET used_at = now() WHERE digest = 'd' \
+         AND purpose IN ('password_reset') AND used_at IS NULL AND expires_at > now()"
+            .to_owned(),
+        "SELECT * FROM one_time_tokens WHERE digest = 'd'".to_owned(),
+        format!(
+            "UPDATE one_time_tokens SET used_at = now() WHERE user_id = {id} \
+             AND purpose = 'password_reset' AND used_at IS NULL"
+        ),
+        "DELETE FROM one_time_tokens WHERE expires_at < now()".to_owned(),
+        format!("SELECT * FROM users WHERE id = {id} FOR UPDATE"),
+        // The outbox: due mails claimed by `next_attempt_at`, a sent one deleted by id.
+        "SELECT id FROM mail_outbox WHERE next_attempt_at <= now() \
+         AND (claimed_until IS NULL OR claimed_until < now()) \
+         ORDER BY next_attempt_at LIMIT 32 FOR UPDATE SKIP LOCKED"
+            .to_owned(),
+        format!("DELETE FROM mail_outbox WHERE id = {id}"),
     ];
     let transaction = db.begin().await.unwrap();
     transaction
