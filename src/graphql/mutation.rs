@@ -133,7 +133,11 @@ impl MutationRoot {
         Ok(i32::try_from(ended).unwrap_or(i32::MAX))
     }
 
-    /// Changes the caller's password and ends every other session of the caller.
+    /// Changes the caller's password and ends every other session of the caller, unless a
+    /// reset, another change or a disable landed while it ran (that one wins). Errors:
+    /// INVALID_CREDENTIALS (wrong current password), BAD_USER_INPUT (`newPassword`),
+    /// UNAUTHENTICATED `REVOKED` (this session was ended meanwhile; nothing changed),
+    /// RATE_LIMITED.
     #[graphql(
         guard = "SignedIn",
         complexity = "EXPENSIVE_FIELD_COST + child_complexity"
@@ -153,7 +157,8 @@ impl MutationRoot {
     /// Deletes the caller's account and every session of it, proven by the current password;
     /// every token of it is refused from the next request on, and the email can register
     /// again. Rate-limited as `changePassword` is. Errors: INVALID_CREDENTIALS (wrong password;
-    /// nothing changed), RATE_LIMITED.
+    /// nothing changed), UNAUTHENTICATED `REVOKED` (a reset, password change or disable landed
+    /// meanwhile: the account stays), RATE_LIMITED.
     #[graphql(
         guard = "SignedIn",
         complexity = "EXPENSIVE_FIELD_COST + child_complexity"

@@ -245,7 +245,7 @@ impl Admin {
                 let user = self.user(login).await?;
                 let ended = store
                     .users
-                    .delete_user(user.id)
+                    .delete_user(user.id, None)
                     .await?
                     .ok_or_else(|| unknown(login))?;
                 self.revoked(&user, &ended).await;

@@ -680,13 +680,21 @@ impl AuthService {
             )
             .await?;
         input::password("newPassword", &new_password)?;
-        self.prove_password(caller, current_password).await?;
+        let proven = self.prove_password(caller, current_password).await?;
         let password_hash = self.inner.passwords.hash(new_password).await?;
+        // A reset, another change or a disable that landed while this one hashed wins: this
+        // session was ended by it.
         let ended = self
             .store()
             .users
-            .change_password(caller.user.id, password_hash, caller.session.id)
-            .await?;
+            .change_password(
+                caller.user.id,
+                proven.user.credential_version,
+                password_hash,
+                caller.session.id,
+            )
+            .await?
+            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
         tracing::info!(user_id = %caller.user.id, ended_sessions = ended.len(), "password changed");
         self.publish(SessionEventKind::Revoked, caller.user.id, &ended)
             .await;
@@ -743,11 +751,13 @@ impl AuthService {
                 client.ip,
             )
             .await?;
-        self.prove_password(caller, password).await?;
+        let proven = self.prove_password(caller, password).await?;
+        // A reset, password change or disable that landed meanwhile wins (this session was
+        // ended by it): the account stays.
         let ended = self
             .store()
             .users
-            .delete_user(caller.user.id)
+            .delete_user(caller.user.id, Some(proven.user.credential_version))
             .await?
             .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
         tracing::info!(event = "account_deleted", user_id = %caller.user.id, ended_sessions = ended.len(), "account deleted by its user");

@@ -325,9 +325,13 @@ impl<S: CachedInner> UserStore for CachedStore<S> {
         .await
     }
 
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
+    async fn delete_user(
+        &self,
+        user_id: Uuid,
+        proven_version: Option<i64>,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
         self.write(Forget::User(user_id), move |inner| async move {
-            inner.delete_user(user_id).await
+            inner.delete_user(user_id, proven_version).await
         })
         .await
     }
@@ -335,12 +339,13 @@ impl<S: CachedInner> UserStore for CachedStore<S> {
     async fn change_password(
         &self,
         user_id: Uuid,
+        proven_version: i64,
         password_hash: String,
         keep_session: Uuid,
-    ) -> StoreResult<Vec<Uuid>> {
+    ) -> StoreResult<Option<Vec<Uuid>>> {
         self.write(Forget::User(user_id), move |inner| async move {
             inner
-                .change_password(user_id, password_hash, keep_session)
+                .change_password(user_id, proven_version, password_hash, keep_session)
                 .await
         })
         .await

@@ -533,19 +533,29 @@ pub trait UserStore: Send + Sync + 'static {
         disabled_at: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<Vec<Uuid>>>;
 
-    /// Deletes the user and every session of it, in one transaction. Returns the ids of the
-    /// sessions ended; `None` when there is no such user.
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>>;
+    /// Deletes the user and every session of it, in one transaction, if its credential version
+    /// is still `proven_version` when that is given (the version under which the caller proved
+    /// the password: a reset, password change or disable since wins). Returns the ids of the
+    /// sessions ended; `None` when there is no such user or its version moved.
+    async fn delete_user(
+        &self,
+        user_id: Uuid,
+        proven_version: Option<i64>,
+    ) -> StoreResult<Option<Vec<Uuid>>>;
 
-    /// Sets the password hash, moves the credential version on (`keep_session` moves with it),
-    /// ends every other session of the user and makes its password-reset tokens useless, in one
-    /// transaction; returns the ids of the sessions ended.
+    /// Sets the password hash and moves the credential version on (`keep_session` moves with
+    /// it, every link of the user ends), if the version is still `proven_version` (the one
+    /// under which the caller proved the current password: a reset, another change or a disable
+    /// that landed meanwhile wins, never overwritten); ends every other session of the user.
+    /// Returns the ids of the sessions ended; `None` when there is no such user or its version
+    /// moved.
     async fn change_password(
         &self,
         user_id: Uuid,
+        proven_version: i64,
         password_hash: String,
         keep_session: Uuid,
-    ) -> StoreResult<Vec<Uuid>>;
+    ) -> StoreResult<Option<Vec<Uuid>>>;
 
     /// Replaces the user's password hash with another of the same password (a newer form or
     /// cost), if it is still `current`: the credential version does not move. `false` when

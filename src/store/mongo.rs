@@ -1205,14 +1205,15 @@ impl UserStore for MongoStore {
     async fn change_password(
         &self,
         user_id: Uuid,
+        proven_version: i64,
         password_hash: String,
         keep_session: Uuid,
-    ) -> StoreResult<Vec<Uuid>> {
+    ) -> StoreResult<Option<Vec<Uuid>>> {
         self.detached(move |store| async move {
             let changed = store
                 .users
                 .find_one_and_update(
-                    doc! { "_id": id(user_id) },
+                    doc! { "_id": id(user_id), "credential_version": proven_version },
                     doc! {
                         "$set": { "password_hash": password_hash },
                         "$inc": { "credential_version": 1 },
@@ -1222,7 +1223,7 @@ impl UserStore for MongoStore {
                 .await
                 .map_err(classify)?;
             let Some(changed) = changed else {
-                return Ok(Vec::new());
+                return Ok(None);
             };
             store
                 .sessions
@@ -1235,6 +1236,7 @@ impl UserStore for MongoStore {
             store
                 .delete_other_sessions(user_id, Some(keep_session))
                 .await
+                .map(Some)
         })
         .await
     }
@@ -1292,13 +1294,17 @@ impl UserStore for MongoStore {
     /// The user document goes first (from then on every session of it is refused: every lookup
     /// needs the user), then its sessions in batches, on a task of its own (see
     /// `change_password`).
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
+    async fn delete_user(
+        &self,
+        user_id: Uuid,
+        proven_version: Option<i64>,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
         self.detached(move |store| async move {
-            let deleted = store
-                .users
-                .delete_one(doc! { "_id": id(user_id) })
-                .await
-                .map_err(classify)?;
+            let mut filter = doc! { "_id": id(user_id) };
+            if let Some(version) = proven_version {
+                filter.insert("credential_version", version);
+            }
+            let deleted = store.users.delete_one(filter).await.map_err(classify)?;
             if deleted.deleted_count == 0 {
                 return Ok(None);
             }

@@ -846,8 +846,20 @@ impl UserStore for SeaStore {
         Ok((updated > 0).then_some(ended))
     }
 
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
+    async fn delete_user(
+        &self,
+        user_id: Uuid,
+        proven_version: Option<i64>,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
         let transaction = self.db.begin().await?;
+        let mut user = user::Entity::find_by_id(user_id).lock_exclusive();
+        if let Some(version) = proven_version {
+            user = user.filter(user::Column::CredentialVersion.eq(version));
+        }
+        if user.one(&transaction).await?.is_none() {
+            transaction.rollback().await?;
+            return Ok(None);
+        }
         // The sessions go first and explicitly: their ids are reported, and nothing relies on
         // ON DELETE CASCADE being switched on (SQLite needs a pragma for it).
         let ended = end_sessions(&transaction, user_id, None).await?;
@@ -866,9 +878,10 @@ impl UserStore for SeaStore {
     async fn change_password(
         &self,
         user_id: Uuid,
+        proven_version: i64,
         password_hash: String,
         keep_session: Uuid,
-    ) -> StoreResult<Vec<Uuid>> {
+    ) -> StoreResult<Option<Vec<Uuid>>> {
         let transaction = self.db.begin().await?;
         let updated = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
@@ -877,11 +890,12 @@ impl UserStore for SeaStore {
                 Expr::col(user::Column::CredentialVersion).add(1),
             )
             .filter(user::Column::Id.eq(user_id))
+            .filter(user::Column::CredentialVersion.eq(proven_version))
             .exec_with_returning(&transaction)
             .await?;
         let Some(version) = updated.first().map(|user| user.credential_version) else {
             transaction.rollback().await?;
-            return Ok(Vec::new());
+            return Ok(None);
         };
         session::Entity::update_many()
             .col_expr(session::Column::CredentialVersion, Expr::value(version))
@@ -891,7 +905,7 @@ impl UserStore for SeaStore {
             .await?;
         let ended = end_sessions(&transaction, user_id, Some(keep_session)).await?;
         transaction.commit().await?;
-        Ok(ended)
+        Ok(Some(ended))
     }
 
     async fn replace_password_hash(

@@ -553,6 +553,92 @@ fn text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// The outside review's lost update: an attacker's `changePassword` (with the phished password)
+/// in flight while the owner resets. Whichever writes first wins and the other is refused
+/// (the change: UNAUTHENTICATED, its session ended by the reset; the reset: USED, its link
+/// ended by the change); never both, and the password in force is the winner's. Two changes
+/// by one account at once: one wins, the other is refused, on every backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_in_flight_never_overwrites_a_reset() {
+    let Some(smtp) = SmtpServer::start().await else {
+        return;
+    };
+    let app = app_mailing_to(&smtp, |config| {
+        config.email_verification = authql::config::EmailVerification::Off;
+    })
+    .await;
+    let reset = format!("{}/reset-password#token=", app.address);
+    let change = |access: String, new_password: &'static str| {
+        let app = &app;
+        async move {
+            app.graphql(
+                "mutation($input: ChangePasswordInput!) { changePassword(input: $input) }",
+                json!({ "input": { "currentPassword": PASSWORD, "newPassword": new_password } }),
+                Some(&access),
+            )
+            .await
+        }
+    };
+    let mut winners = (0, 0);
+    for round in 0..12 {
+        let email = format!("lost-update-{round}@example.com");
+        let attacker = app.register(&email).await;
+        assert_no_errors(&request_reset(&app, &email).await);
+        let link = smtp.one_for(&email).await.token(&reset);
+        let (changed, reset_answer) = tokio::join!(
+            change(attacker.access_token.clone(), "the attacker's password"),
+            async {
+                tokio::time::sleep(Duration::from_millis(round % 4)).await;
+                reset_password(&app, &link, NEW_PASSWORD).await
+            },
+        );
+        let change_won = changed.get("errors").is_none();
+        let reset_won = reset_answer.get("errors").is_none();
+        assert!(
+            change_won != reset_won,
+            "round {round}: exactly one wins: {changed} {reset_answer}"
+        );
+        let (in_force, refused) = if reset_won {
+            assert_eq!(error_code(&changed), "UNAUTHENTICATED", "{changed}");
+            winners.0 += 1;
+            (NEW_PASSWORD, "the attacker's password")
+        } else {
+            assert_invalid_token(&reset_answer, "USED");
+            winners.1 += 1;
+            ("the attacker's password", NEW_PASSWORD)
+        };
+        assert_no_errors(&app.login_raw(&email, in_force).await);
+        assert_eq!(
+            error_code(&app.login_raw(&email, refused).await),
+            "INVALID_CREDENTIALS",
+            "round {round}"
+        );
+    }
+    eprintln!("reset won {} rounds, the change {}", winners.0, winners.1);
+
+    // Two changes from two sessions of one account at once.
+    for round in 0..4 {
+        let email = format!("two-changes-{round}@example.com");
+        let first = app.register(&email).await;
+        let second = app.login(&email).await;
+        let (a, b) = tokio::join!(
+            change(first.access_token.clone(), "the first new password"),
+            change(second.access_token.clone(), "the second new password"),
+        );
+        let won = [&a, &b]
+            .iter()
+            .filter(|answer| answer.get("errors").is_none())
+            .count();
+        assert_eq!(won, 1, "round {round}: {a} {b}");
+        let in_force = if a.get("errors").is_none() {
+            "the first new password"
+        } else {
+            "the second new password"
+        };
+        assert_no_errors(&app.login_raw(&email, in_force).await);
+    }
+}
+
 /// Address-shaped text: printable ASCII before the `@` (quotes, angle brackets, commas, a second
 /// `@`), quoted local parts, RFC 2047 encoded-words, Unicode.
 fn address() -> impl Strategy<Value = String> {

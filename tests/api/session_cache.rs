@@ -5,8 +5,8 @@
 use std::{future::Future, num::NonZeroUsize, time::Duration};
 
 use authql::store::{
-    CachedStore, NewUser, PoolSettings, Rotation, SeaStore, Session, SessionPage, SessionStore,
-    UserStore,
+    CachedStore, FIRST_CREDENTIAL_VERSION, NewUser, PoolSettings, Rotation, SeaStore, Session,
+    SessionPage, SessionStore, UserStore,
 };
 use chrono::{TimeDelta, Utc};
 use uuid::Uuid;
@@ -160,7 +160,7 @@ async fn every_write_method_leaves_the_cache_exact() {
     // change_password ends the others, and the kept one follows the new credential version.
     let fourth = create().await;
     store
-        .change_password(user_id, "y".into(), rotated.id)
+        .change_password(user_id, FIRST_CREDENTIAL_VERSION, "y".into(), rotated.id)
         .await
         .unwrap();
     assert!(!accepted(&store, &fourth).await);
@@ -208,7 +208,7 @@ async fn every_write_method_leaves_the_cache_exact() {
     assert!(!accepted(&store, &kept).await);
     store.set_user_disabled(user_id, None).await.unwrap();
     let (other_user, others) = user_with_sessions(&store, 2).await;
-    store.delete_user(other_user).await.unwrap().unwrap();
+    store.delete_user(other_user, None).await.unwrap().unwrap();
     for session in &others {
         assert!(!accepted(&store, session).await);
     }
@@ -320,7 +320,12 @@ async fn a_write_cancelled_at_any_await_leaves_cache_and_database_agreeing() {
                 }
                 "change_password" => {
                     cancel_after(
-                        store.change_password(user_id, "new".into(), first.id),
+                        store.change_password(
+                            user_id,
+                            FIRST_CREDENTIAL_VERSION,
+                            "new".into(),
+                            first.id,
+                        ),
                         polls,
                     )
                     .await
@@ -328,7 +333,13 @@ async fn a_write_cancelled_at_any_await_leaves_cache_and_database_agreeing() {
                 "set_user_disabled" => {
                     cancel_after(store.set_user_disabled(user_id, Some(Utc::now())), polls).await
                 }
-                "delete_user" => cancel_after(store.delete_user(user_id), polls).await,
+                "delete_user" => {
+                    cancel_after(
+                        store.delete_user(user_id, Some(FIRST_CREDENTIAL_VERSION)),
+                        polls,
+                    )
+                    .await
+                }
                 // With room for two: the login pushes the least recently used out.
                 "create_session" => {
                     cancel_after(
@@ -407,7 +418,12 @@ async fn a_cancelled_write_is_applied_whole_or_not_at_all_on_every_backend() {
         match polls % 3 {
             0 => {
                 cancel_after(
-                    store.change_password(user_id, "new".into(), first.id),
+                    store.change_password(
+                        user_id,
+                        FIRST_CREDENTIAL_VERSION,
+                        "new".into(),
+                        first.id,
+                    ),
                     polls,
                 )
                 .await;
@@ -438,7 +454,11 @@ async fn a_cancelled_write_is_applied_whole_or_not_at_all_on_every_backend() {
                 }
             }
             _ => {
-                cancel_after(store.delete_user(user_id), polls).await;
+                cancel_after(
+                    store.delete_user(user_id, Some(FIRST_CREDENTIAL_VERSION)),
+                    polls,
+                )
+                .await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let gone = store
                     .find_credentials_by_id(user_id)
