@@ -13,7 +13,10 @@
 //!
 //! What the user typed stays the display form; only the key is normalised.
 
-use precis_profiles::{UsernameCaseMapped, precis_core::profile::PrecisFastInvocation};
+use precis_profiles::{
+    UsernameCaseMapped, UsernameCasePreserved, precis_core::profile::PrecisFastInvocation,
+};
+use unicode_normalization::UnicodeNormalization;
 
 /// Why an identifier cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,19 @@ pub fn email_key(email: &str) -> Result<String, IdentityError> {
     Ok(format!("{local}@{domain}"))
 }
 
+/// The spelling of `email` to store, show and mail to: its local part in NFC (the same text by
+/// Unicode canonical equivalence, so `josé` typed as NFD is the `josé` its key names), when
+/// the PRECIS `UsernameCasePreserved` profile (RFC 8265 § 3.3) changes nothing else in it, that
+/// is when it differs from its key's local part by case alone. `None` for a local part holding
+/// full-width or other compatibility characters: `ｖictim@` has the key of `victim@` but is
+/// another mailbox, and `a．．b@` has a key (`a..b@`) that is not an address at all.
+pub fn email_spelling(email: &str) -> Option<String> {
+    let (local, domain) = email.trim().rsplit_once('@')?;
+    let composed: String = local.nfc().collect();
+    let form = UsernameCasePreserved::enforce(local).ok()?;
+    (form == composed).then(|| format!("{composed}@{domain}"))
+}
+
 /// The key a username is unique and looked up by (RFC 8265 `UsernameCaseMapped`).
 /// Errors: [`IdentityError::DisallowedCharacters`].
 pub fn username_key(username: &str) -> Result<String, IdentityError> {
@@ -73,6 +89,30 @@ pub fn login_key(login: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_local_part_that_is_its_key_but_for_case_is_spelled() {
+        for canonical in [
+            "victim@example.org",
+            "Victim@example.org",
+            "zoë@bücher.example",
+            "zoe\u{308}@bücher.example",
+            "a.b+c@x.com",
+        ] {
+            assert!(email_spelling(canonical).is_some(), "{canonical}");
+        }
+        assert_eq!(
+            email_spelling("Jose\u{301}@example.com").as_deref(),
+            Some("Jos\u{e9}@example.com")
+        );
+        for folded in [
+            "ｖictim@example.org",
+            "victim＠gmail.com@attacker.example",
+            "a．．b@example.com",
+        ] {
+            assert!(email_spelling(folded).is_none(), "{folded}");
+        }
+    }
 
     #[test]
     fn one_identity_has_one_key_whatever_its_spelling() {

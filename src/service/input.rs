@@ -34,7 +34,9 @@ pub struct Email {
 
 /// An email address as a user typed it into `field`: trimmed, at most 254 characters, no
 /// whitespace, control or invisible characters, a domain IDNA accepts (RFC 5891), and a local
-/// part that mail reaches exactly as written (a Dot-string: `crate::mail::is_dot_string`).
+/// part that mail reaches exactly as written (a Dot-string: `crate::mail::is_dot_string`) and
+/// that is its key's but for case (`authql_identity::email_spelling`, which also puts it in
+/// NFC: `display` is that spelling).
 /// Errors: BAD_USER_INPUT with `field`.
 pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
     let display = raw.trim();
@@ -66,16 +68,21 @@ pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
         ),
         IdentityError::MalformedEmail => invalid(),
     })?;
-    // Only what mail can reach exactly: no quoted local parts, no encoded-words (see
-    // `mail::is_dot_string`).
-    if crate::mail::smtp_address(display).is_none() {
-        return Err(AppError::bad_input(
+    // Only what mail can reach exactly, at the mailbox its key names: no quoted local parts,
+    // no encoded-words (`mail::is_dot_string`), no full-width or compatibility characters
+    // (`authql_identity::email_spelling`).
+    let refused = || {
+        AppError::bad_input(
             field,
-            "enter an email address like name@example.com: letters, digits and . _ + - ' before the @, no quotes",
-        ));
+            "enter an email address like name@example.com: letters, digits and . _ + - ' before the @, no quotes, no full-width characters",
+        )
+    };
+    let display = authql_identity::email_spelling(display).ok_or_else(refused)?;
+    if crate::mail::smtp_address(&display).is_none() {
+        return Err(refused());
     }
     Ok(Email {
-        display: display.to_owned(),
+        display,
         normalized,
     })
 }

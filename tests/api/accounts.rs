@@ -736,6 +736,17 @@ async fn an_address_mail_cannot_reach_is_refused_as_input_not_an_internal_error(
         let answer = request_reset(&app, address).await;
         assert_eq!(error_code(&answer), "BAD_USER_INPUT", "{answer}");
     }
+    // Spellings whose key names another mailbox than the one mail would go to: full-width
+    // letters, a full-width `＠` or dots that fold into a second `@` or a `..`.
+    for address in [
+        "ｌegacy@example.com",
+        "victim＠gmail.com@attacker.example",
+        "a．．b@example.com",
+    ] {
+        let answer = app.register_raw(address, PASSWORD, Some("folded")).await;
+        assert_eq!(error_code(&answer), "BAD_USER_INPUT", "{address}: {answer}");
+        assert_eq!(string_at(&answer, "/errors/0/extensions/field"), "email");
+    }
     let answer = request_email_change(
         &app,
         &account.access_token,
