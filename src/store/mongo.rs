@@ -1120,14 +1120,26 @@ impl UserStore for MongoStore {
                 }
                 let mut guard = unchanged_since(&user);
                 guard.insert("_id", token.user_id);
-                // Links sent to the old address no longer hold from here on.
                 let changed = store
                     .users
                     .find_one_and_update(guard, doc! { "$set": set })
                     .return_document(ReturnDocument::After)
                     .await;
                 return match changed {
-                    Ok(Some(changed)) => Ok(Ok(user_of(changed))),
+                    Ok(Some(changed)) => {
+                        // Links sent to the old address no longer hold from here on; they are
+                        // ended too, so that they stay dead should the address come back (a
+                        // crash before this leaves them refused while the address differs).
+                        for purpose in
+                            [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification]
+                        {
+                            store
+                                .end_tokens(user_id, purpose, now, None)
+                                .await
+                                .map_err(classify)?;
+                        }
+                        Ok(Ok(user_of(changed)))
+                    }
                     // Changed between the look and the update: the token no longer holds.
                     Ok(None) => Ok(Err(TokenRefusal::Used)),
                     Err(error) if is_duplicate_key(&error) => {

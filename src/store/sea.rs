@@ -757,8 +757,12 @@ impl UserStore for SeaStore {
                             Expr::value(token.email_normalized.clone()),
                         );
                 }
-                // Links sent to the old address no longer hold from here on.
                 let changed = change.exec_with_returning(&transaction).await?;
+                // Links sent to the old address no longer hold from here on; they are ended
+                // too, so that they stay dead should the address come back.
+                for purpose in [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification] {
+                    end_tokens(&transaction, user.id, purpose, now).await?;
+                }
                 return Ok(Ok(changed.into_iter().next().unwrap_or(user)));
             }
             Ok(Ok(verified(&transaction, user.id, now)

@@ -462,6 +462,38 @@ async fn no_link_outlives_a_change_of_what_proves_the_account() {
     }
 }
 
+/// Links sent to an address are ended when the account's address changes, and stay ended
+/// when it changes back (the second outside review revived a reset link that way).
+#[tokio::test]
+async fn links_to_an_old_address_stay_dead_when_the_address_comes_back() {
+    let Some(smtp) = SmtpServer::start().await else {
+        return;
+    };
+    let app = app_mailing_to(&smtp, |_| {}).await;
+    let verify = format!("{}/verify-email#token=", app.address);
+    let reset = format!("{}/reset-password#token=", app.address);
+    let (first, second) = ("comes-back@example.com", "away@example.com");
+    let owner = app.register(first).await;
+    assert_no_errors(&request_reset(&app, first).await);
+    let mails = smtp.wait_for(first, 2, PATIENCE).await;
+    let verification = tokens_in(&mails, &verify).remove(0);
+    let reset_link = tokens_in(&mails, &reset).remove(0);
+    for (to, mailed) in [(second, 1), (first, 4)] {
+        let answer = request_email_change(&app, &owner.access_token, to, PASSWORD).await;
+        assert_no_errors(&answer);
+        let mails = smtp.wait_for(to, mailed, PATIENCE).await;
+        let link = tokens_in(&mails, &verify).pop().unwrap();
+        assert_no_errors(&verify_email(&app, &link).await);
+    }
+    assert!(addresses_in(&app).await.contains(&first.to_owned()));
+    assert_invalid_token(
+        &reset_password(&app, &reset_link, NEW_PASSWORD).await,
+        "USED",
+    );
+    assert_invalid_token(&verify_email(&app, &verification).await, "USED");
+    assert_no_errors(&app.login_raw(first, PASSWORD).await);
+}
+
 /// The owner's reset and the attacker's change link, followed at the same moment, many times:
 /// exactly one of the two wins each time (a reset ends the change link; a change of address
 /// ends the reset link sent to the old one), on every backend.
