@@ -6,8 +6,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
-    TransactionTrait,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqlErr, Statement, TransactionTrait,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, OnConflict, Query},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -519,6 +519,29 @@ async fn take_token(
         .next())
 }
 
+/// On PostgreSQL, locks the row of the user the token of `digest` belongs to (if any) before
+/// the token is taken: every transaction that writes a user's row and its tokens then takes the
+/// user's lock first (a reset and a change link of one user followed at once would otherwise
+/// each hold what the other waits for, and deadlock). SQLite's one writer needs no order, and a
+/// read before the first write would only risk a snapshot that cannot be upgraded.
+async fn lock_user_of_token(transaction: &DatabaseTransaction, digest: &str) -> Result<(), DbErr> {
+    if transaction.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let Some(token) = one_time_token::Entity::find()
+        .filter(one_time_token::Column::Digest.eq(digest))
+        .one(transaction)
+        .await?
+    else {
+        return Ok(());
+    };
+    user::Entity::find_by_id(token.user_id)
+        .lock_exclusive()
+        .one(transaction)
+        .await?;
+    Ok(())
+}
+
 /// The user a taken token acts for, its row locked until the transaction ends (PostgreSQL's
 /// `FOR UPDATE`; SQLite's transaction holds the database's write lock already, from the token's
 /// update), and whether the token still holds for it ([`token_holds`]). `None`: no such user.
@@ -672,6 +695,7 @@ impl UserStore for SeaStore {
         let transaction = self.db.begin().await?;
         // `Err(None)`: not taken; `Err(Some(..))`: taken, but it no longer holds.
         let outcome = async {
+            lock_user_of_token(&transaction, digest).await?;
             let Some(token) = take_token(&transaction, digest, &PURPOSES, now).await? else {
                 return Ok(Err(None));
             };
@@ -730,6 +754,7 @@ impl UserStore for SeaStore {
             [TokenPurpose::EmailVerification, TokenPurpose::EmailChange];
         let transaction = self.db.begin().await?;
         let outcome = async {
+            lock_user_of_token(&transaction, digest).await?;
             let Some(token) = take_token(&transaction, digest, &PURPOSES, now).await? else {
                 return Ok::<_, DbErr>(Err(None));
             };
