@@ -87,21 +87,33 @@ pub fn email(field: &'static str, raw: &str) -> Result<Email, AppError> {
     })
 }
 
-/// Characters that show as nothing: zero-width spaces and joiners, direction marks and
-/// controls, word joiners and invisible operators, the byte-order mark, the soft hyphen, the
-/// Mongolian vowel separator (Unicode's `Default_Ignorable_Code_Point` ones that occur in
-/// spoofing). IDNA drops some of them from a domain, so a shown address could carry them
-/// unseen; they are refused anywhere in an email.
+/// Characters that show as nothing: Unicode's whole `Default_Ignorable_Code_Point` property
+/// (DerivedCoreProperties.txt, Unicode 15.1): zero-width spaces and joiners, direction marks
+/// and controls, word joiners and invisible operators, the byte-order mark, the soft hyphen,
+/// the combining grapheme joiner, variation selectors, Mongolian free variation selectors and
+/// vowel separator, Hangul fillers, Khmer inherent vowels, shorthand format controls, musical
+/// symbol formatting and tags. IDNA drops them from a domain (UTS #46 maps them to nothing),
+/// so a shown address could carry them unseen; they are refused anywhere in an email.
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{00ad}'
-            | '\u{180e}'
+            | '\u{034f}'
+            | '\u{061c}'
+            | '\u{115f}'..='\u{1160}'
+            | '\u{17b4}'..='\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
             | '\u{200b}'..='\u{200f}'
             | '\u{202a}'..='\u{202e}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
             | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fff8}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
     )
 }
 

@@ -76,9 +76,22 @@ async fn invisible_and_direction_control_characters_are_refused() {
         assert_eq!(error_code(&body), "BAD_USER_INPUT", "{username:?}: {body}");
         assert_eq!(body["errors"][0]["extensions"]["field"], "username");
     }
-    let body = register(&app, "ad\u{200b}min@example.com", None).await;
-    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
-    assert_eq!(body["errors"][0]["extensions"]["field"], "email");
+    // Anywhere in an email: IDNA would drop them from a domain and leave them unseen in the
+    // shown address (issue 18's third outside review: U+034F and the variation selectors).
+    for email in [
+        "ad\u{200b}min@example.com",
+        "admin@exa\u{34f}mple.com",
+        "admin@example.com\u{34f}",
+        "admin@exa\u{fe0f}mple.com",
+        "admin@exa\u{180b}mple.com",
+        "admin@exa\u{3164}mple.com",
+        "admin@exa\u{17b4}mple.com",
+        "admin@exa\u{e0100}mple.com",
+    ] {
+        let body = register(&app, email, None).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{email:?}: {body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "email");
+    }
     assert!(app.user_rows().await.is_empty(), "nothing was stored");
 
     // And "admin" itself is fine, found by its plain spelling only.
