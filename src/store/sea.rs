@@ -881,11 +881,19 @@ impl UserStore for SeaStore {
         proven_version: Option<i64>,
     ) -> StoreResult<Option<Vec<Uuid>>> {
         let transaction = self.db.begin().await?;
-        let mut user = user::Entity::find_by_id(user_id).lock_exclusive();
+        // The guard is a write that changes nothing, so that it takes the user's row lock
+        // (PostgreSQL) and the write lock (SQLite, where a read first could leave a snapshot
+        // that cannot become a write) before anything else.
+        let mut guard = user::Entity::update_many()
+            .col_expr(
+                user::Column::CredentialVersion,
+                Expr::col(user::Column::CredentialVersion),
+            )
+            .filter(user::Column::Id.eq(user_id));
         if let Some(version) = proven_version {
-            user = user.filter(user::Column::CredentialVersion.eq(version));
+            guard = guard.filter(user::Column::CredentialVersion.eq(version));
         }
-        if user.one(&transaction).await?.is_none() {
+        if guard.exec(&transaction).await?.rows_affected == 0 {
             transaction.rollback().await?;
             return Ok(None);
         }
