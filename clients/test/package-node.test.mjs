@@ -1,0 +1,297 @@
+// @authql/client in Node (token mode) against the authql binary: tokens taken from every
+// answer that issues them, renewal on expiry stored and rotated, one refresh for many waiting
+// operations, sign-out on REVOKED, REFRESH_TOKEN_REUSED, ACCOUNT_DISABLED and logout, and
+// sessionEvents over graphql-ws renewed after 4403 and ended by a revocation of its session.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { after, before, describe, it } from 'node:test';
+import { ApolloClient, gql, InMemoryCache } from '@apollo/client';
+import { authqlOperations, createAuthqlLink, graphqlErrorsOf } from '@authql/client';
+import WebSocket from 'ws';
+import { AUTHQL_BIN, startAuthql } from '../lib/authql-server.mjs';
+import { until } from '../lib/session-events.mjs';
+
+const ACCESS_TOKEN_SECONDS = 2;
+const password = 'correct horse battery staple';
+
+/** A fetch that records what went over the wire: each request's operation and its answer's codes. */
+function wire() {
+  const log = [];
+  const fetchImpl = async (input, init = {}) => {
+    const body = typeof init.body === 'string' ? JSON.parse(init.body) : {};
+    const response = await fetch(input, init);
+    const answer = await response.clone().json().catch(() => null);
+    log.push({
+      refresh: /\brefresh\s*\(/.test(body.query ?? ''),
+      query: body.query ?? '',
+      codes: (answer?.errors ?? []).map((e) => e.extensions?.code),
+      reasons: (answer?.errors ?? []).map((e) => e.extensions?.reason),
+    });
+    return response;
+  };
+  return { log, fetch: fetchImpl, refreshes: () => log.filter((entry) => entry.refresh) };
+}
+
+/** A Storage in memory (what localStorage is to a browser). */
+class MemoryStorage {
+  map = new Map();
+  getItem(key) {
+    return this.map.has(key) ? this.map.get(key) : null;
+  }
+  setItem(key, value) {
+    this.map.set(key, String(value));
+  }
+  removeItem(key) {
+    this.map.delete(key);
+  }
+}
+
+async function rejectsWith(promise) {
+  const error = await promise.then(
+    () => assert.fail('expected the operation to fail'),
+    (e) => e,
+  );
+  const errors = graphqlErrorsOf(error);
+  assert.ok(errors.length > 0, `expected GraphQL errors, got ${error}`);
+  return errors;
+}
+
+describe('@authql/client in Node, token mode', () => {
+  let server;
+  const made = [];
+
+  /** A signed-out app: its link, Apollo client, typed operations, wire log and sign-outs. */
+  function app({ storage = new MemoryStorage(), ws = false } = {}) {
+    const w = wire();
+    const closes = [];
+    const authql = createAuthqlLink({
+      uri: server.graphql,
+      fetch: w.fetch,
+      storage,
+      ...(ws ? { webSocketImpl: WebSocket, wsOptions: { retryAttempts: 3, retryWait: () => sleep(100), on: { closed: (e) => closes.push(e.code) } } } : {}),
+    });
+    const client = new ApolloClient({ link: authql, cache: new InMemoryCache() });
+    const signOuts = [];
+    authql.on('signedOut', (event) => signOuts.push(event));
+    const a = { authql, client, ops: authqlOperations(client), wire: w, signOuts, storage, closes };
+    made.push(a);
+    return a;
+  }
+
+  async function registered(options) {
+    const a = app(options);
+    const email = `ada-${randomUUID()}@example.com`;
+    await a.ops.register({ input: { email, password } });
+    return Object.assign(a, { email });
+  }
+
+  const untilExpired = (a) => sleep(Math.max(0, a.authql.tokens.renewAt - Date.now()) + 50);
+
+  before(async () => {
+    server = await startAuthql({
+      env: {
+        JWT_ACCESS_TOKEN_EXPIRES: String(ACCESS_TOKEN_SECONDS),
+        JWT_LEEWAY_SECONDS: '0',
+        // A refresh token presented twice is reuse at once: a client that loses a rotation fails.
+        REFRESH_REUSE_GRACE_SECONDS: '0',
+      },
+    });
+  });
+  after(async () => {
+    for (const a of made) {
+      a.client.stop();
+      a.authql.dispose();
+    }
+    await server?.stop();
+  });
+
+  it('takes the pair from register, sends it, and stores every rotation through three renewals', async () => {
+    const a = await registered();
+    const first = a.authql.tokens;
+    assert.ok(first.accessToken && first.refreshToken && first.sessionId);
+    assert.equal(JSON.parse(a.storage.getItem(`authql:${server.graphql}`)).refreshToken, first.refreshToken);
+    assert.equal((await a.ops.me()).email, a.email);
+    let previous = first;
+    for (let round = 1; round <= 3; round++) {
+      await untilExpired(a);
+      assert.equal((await a.ops.me()).email, a.email, `me after expiry ${round}`);
+      const now = a.authql.tokens;
+      assert.notEqual(now.refreshToken, previous.refreshToken, 'the rotated refresh token is kept');
+      assert.equal(now.sessionId, first.sessionId, 'the same session');
+      assert.equal(JSON.parse(a.storage.getItem(`authql:${server.graphql}`)).refreshToken, now.refreshToken);
+      previous = now;
+    }
+    assert.equal(a.wire.refreshes().length, 3, 'one refresh per expiry');
+    assert.deepEqual(a.signOuts, []);
+  });
+
+  it("takes the pair from the app's own narrow login document and renews with it", async () => {
+    const setup = await registered();
+    const a = app();
+    const { data } = await a.client.mutate({
+      mutation: gql`mutation ($input: LoginInput!) { login(input: $input) { accessToken } }`,
+      variables: { input: { emailOrUsername: setup.email, password } },
+    });
+    assert.equal(typeof data.login.accessToken, 'string');
+    assert.ok(a.authql.tokens.refreshToken, 'the link asked for the refresh token itself');
+    await untilExpired(a);
+    assert.equal((await a.ops.me()).email, setup.email);
+    await untilExpired(a);
+    assert.equal((await a.ops.me()).email, setup.email);
+    assert.equal(a.wire.refreshes().length, 2);
+  });
+
+  it('ten operations after expiry share exactly one refresh on the wire, and all succeed', async () => {
+    const a = await registered();
+    await untilExpired(a);
+    const answers = await Promise.all(Array.from({ length: 10 }, () => a.ops.me(undefined, { context: { queryDeduplication: false } })));
+    assert.ok(answers.every((me) => me.email === a.email));
+    assert.equal(a.wire.refreshes().length, 1);
+  });
+
+  it('ten operations refused with EXPIRED at once (a clock behind authql\'s) share one refresh', async () => {
+    const a = await registered();
+    await sleep(ACCESS_TOKEN_SECONDS * 1000 + 100);
+    // This machine's clock is behind: the link believes the token lives and sends it.
+    a.authql.session.current.renewAt = Date.now() + 60000;
+    const answers = await Promise.all(Array.from({ length: 10 }, () => a.ops.me(undefined, { context: { queryDeduplication: false } })));
+    assert.ok(answers.every((me) => me.email === a.email));
+    assert.equal(a.wire.refreshes().length, 1);
+    const refused = a.wire.log.filter((entry) => entry.reasons.includes('EXPIRED'));
+    assert.equal(refused.length, 10, 'all ten were sent with the expired token first');
+  });
+
+  it('signs out with REVOKED when the session was revoked elsewhere', async () => {
+    const a = await registered();
+    const other = app();
+    await other.ops.login({ input: { emailOrUsername: a.email, password } });
+    await other.ops.revokeTokens({ input: { sessionIds: [a.authql.tokens.sessionId] } });
+    const errors = await rejectsWith(a.ops.me());
+    assert.deepEqual(errors.map((e) => e.extensions.code), ['UNAUTHENTICATED']);
+    assert.deepEqual(a.signOuts, [{ reason: 'REVOKED', otherTab: false }]);
+    assert.equal(a.authql.tokens, null);
+    assert.equal(a.storage.getItem(`authql:${server.graphql}`), null);
+    assert.deepEqual(other.signOuts, []);
+  });
+
+  it('signs out with REFRESH_TOKEN_REUSED when a stolen refresh token was used first', async () => {
+    const a = await registered();
+    const stolen = a.authql.tokens.refreshToken;
+    const thief = await fetch(server.graphql, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ query: 'mutation ($t: String) { refresh(refreshToken: $t) { accessToken } }', variables: { t: stolen } }),
+    }).then((r) => r.json());
+    assert.equal(typeof thief.data.refresh.accessToken, 'string');
+    await untilExpired(a);
+    await rejectsWith(a.ops.me());
+    assert.deepEqual(a.signOuts, [{ reason: 'REFRESH_TOKEN_REUSED', otherTab: false }]);
+    assert.deepEqual(a.wire.refreshes().at(-1).reasons, ['REFRESH_TOKEN_REUSED']);
+  });
+
+  it('signs out with ACCOUNT_DISABLED when an operator disables the account', async () => {
+    const a = await registered();
+    await promisify(execFile)(AUTHQL_BIN, ['admin', 'disable-user', a.email], {
+      env: { PATH: process.env.PATH, DATABASE_URL: `sqlite://${server.dir}/authql.db` },
+      timeout: 30000,
+    });
+    await rejectsWith(a.ops.me());
+    assert.deepEqual(a.signOuts, [{ reason: 'ACCOUNT_DISABLED', otherTab: false }]);
+  });
+
+  it('signOut() ends the session at authql with the refresh token, even after the access token expired', async () => {
+    const a = await registered();
+    const { refreshToken } = a.authql.tokens;
+    await untilExpired(a);
+    assert.equal(await a.authql.signOut(), true);
+    assert.deepEqual(a.signOuts, [{ reason: 'LOGOUT', otherTab: false }]);
+    const replay = await fetch(server.graphql, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ query: 'mutation ($t: String) { refresh(refreshToken: $t) { accessToken } }', variables: { t: refreshToken } }),
+    }).then((r) => r.json());
+    assert.deepEqual(replay.errors.map((e) => e.extensions.code), ['UNAUTHENTICATED']);
+  });
+
+  it('the logout operation signs out too', async () => {
+    const a = await registered();
+    assert.equal(await a.ops.logout(), true);
+    assert.deepEqual(a.signOuts, [{ reason: 'LOGOUT', otherTab: false }]);
+    assert.equal(a.authql.tokens, null);
+  });
+
+  it('a second app on the same storage restores the session without a request', async () => {
+    const a = await registered();
+    const b = app({ storage: a.storage });
+    assert.equal(await b.authql.restore(), true);
+    assert.equal((await b.ops.me()).email, a.email);
+    assert.equal(b.wire.refreshes().length, 0);
+  });
+
+  it('keeps the session when authql cannot be reached, and renews once it can', async () => {
+    const a = await registered();
+    const realFetch = a.wire.fetch;
+    let down = true;
+    a.authql.session.options.fetch = (input, init) => (down ? Promise.reject(new TypeError('fetch failed')) : realFetch(input, init));
+    await untilExpired(a);
+    await assert.rejects(a.ops.me());
+    assert.ok(a.authql.tokens, 'the session is kept');
+    assert.deepEqual(a.signOuts, []);
+    down = false;
+    assert.equal((await a.ops.me()).email, a.email);
+  });
+
+  it('operations that issue tokens never wait for a renewal, and wrong credentials sign nobody out', async () => {
+    const a = await registered();
+    const b = app();
+    const errors = await rejectsWith(b.ops.login({ input: { emailOrUsername: a.email, password: 'wrong password!' } }));
+    assert.deepEqual(errors.map((e) => e.extensions.code), ['INVALID_CREDENTIALS']);
+    assert.equal(b.wire.refreshes().length, 0);
+    assert.deepEqual(b.signOuts, []);
+  });
+
+  describe('sessionEvents over graphql-ws', () => {
+    it('delivers events, reconnects with a renewed token after 4403, and ends on a revocation of its session', async () => {
+      const a = await registered({ ws: true });
+      const seen = [];
+      let completed = false;
+      let failed = null;
+      a.authql.sessionEvents().subscribe({
+        next: (event) => seen.push(event),
+        error: (error) => {
+          failed = error;
+        },
+        complete: () => {
+          completed = true;
+        },
+      });
+      const other = app();
+      // graphql-transport-ws does not acknowledge a subscribe: log in until an event comes.
+      for (let attempt = 0; !seen.some((e) => e.type === 'CREATED' && !e.current); attempt++) {
+        assert.ok(attempt < 50, 'the subscription saw a login');
+        await other.ops.login({ input: { emailOrUsername: a.email, password } });
+        await sleep(200);
+      }
+      // The socket's token expires: authql closes with 4403, the link renews and reconnects.
+      await sleep(ACCESS_TOKEN_SECONDS * 1000 + 1500);
+      await until(() => a.closes.includes(4403) && a.wire.refreshes().length >= 1, 'a 4403 and a renewal for the socket', 10000);
+      const before = seen.length;
+      await other.ops.logout();
+      await until(() => seen.length > before && seen.at(-1).type === 'REVOKED' && !seen.at(-1).current, 'REVOKED of the other session', 10000);
+      // Now the other app revokes this one's session.
+      const third = app();
+      await third.ops.login({ input: { emailOrUsername: a.email, password } });
+      await third.ops.revokeTokens({ input: { sessionIds: [a.authql.tokens.sessionId] } });
+      await until(() => completed, 'the subscription to complete', 10000);
+      assert.equal(failed, null);
+      const last = seen.at(-1);
+      assert.equal(last.type, 'REVOKED');
+      assert.equal(last.current, true);
+      assert.deepEqual(a.signOuts, [{ reason: 'REVOKED', otherTab: false }]);
+    });
+  });
+});
+
