@@ -472,7 +472,7 @@ async fn wait_until_writable(store: &dyn HealthStore, patience: Duration) -> any
 
 /// CORS origins, GraphiQL, persisted queries and the refresh cookie, checked at start-up.
 fn frontend_settings(config: &Config) -> anyhow::Result<FrontendSettings> {
-    let allowed_origins = config
+    let allowed_origins: Vec<HeaderValue> = config
         .cors_allowed_origins
         .iter()
         .map(|origin| origin.trim())
@@ -484,6 +484,15 @@ fn frontend_settings(config: &Config) -> anyhow::Result<FrontendSettings> {
     {
         bail!(
             "REFRESH_TOKEN_COOKIE_SAME_SITE=None needs REFRESH_TOKEN_COOKIE_SECURE=true: browsers drop SameSite=None cookies that are not Secure"
+        );
+    }
+    if config.refresh_token_cookie {
+        // Ports do not count for a site: the address still to be bound tells authql's.
+        let own = public_url(config, SocketAddr::new(config.host, config.port))?;
+        warn_of_origins_without_the_cookie(
+            &allowed_origins,
+            config.refresh_token_cookie_same_site,
+            &own,
         );
     }
     Ok(FrontendSettings {
@@ -521,6 +530,111 @@ fn parse_origin(origin: &str) -> anyhow::Result<HeaderValue> {
     }
     HeaderValue::from_str(&origin.to_ascii_lowercase())
         .map_err(|_| refuse("is not a valid header value"))
+}
+
+/// A `tracing::warn!` (`event = "refresh_cookie_cross_site"`) for each origin that
+/// [`origins_without_the_cookie`] finds: nothing else would tell the developer why every
+/// `refresh` from that page answers `MISSING`.
+fn warn_of_origins_without_the_cookie(
+    allowed_origins: &[HeaderValue],
+    policy: SameSite,
+    public_url: &str,
+) {
+    let Some(own) = url::Url::parse(public_url).ok().map(|url| url.origin()) else {
+        return;
+    };
+    let Some(authql_site) = Site::of(&own) else {
+        return;
+    };
+    for (origin, origin_site) in origins_without_the_cookie(allowed_origins, policy, &own) {
+        tracing::warn!(
+            event = "refresh_cookie_cross_site",
+            origin,
+            origin_site = %origin_site,
+            authql_site = %authql_site,
+            same_site = ?policy,
+            "REFRESH_TOKEN_COOKIE: the CORS origin {origin} is on another site than authql \
+             ({authql_site}), so browsers neither keep nor send the SameSite={policy:?} refresh \
+             cookie for its pages, and `refresh` without an argument answers MISSING there. \
+             Serve the app and authql under one site (a dev-server proxy such as Vite's \
+             server.proxy, or one host name for both), or, for a frontend really on another \
+             site, set REFRESH_TOKEN_COOKIE_SAME_SITE=None (with REFRESH_TOKEN_COOKIE_SECURE=true)"
+        );
+    }
+}
+
+/// The CORS origins whose pages never get the refresh cookie, each with its site: with
+/// `SameSite` `Strict` or `Lax` (`policy`) a browser keeps the cookie from, and sends it with,
+/// a `fetch` only when the page is on authql's own site (`own`); `None` reaches every site.
+fn origins_without_the_cookie<'a>(
+    allowed_origins: &'a [HeaderValue],
+    policy: SameSite,
+    own: &url::Origin,
+) -> Vec<(&'a str, Site)> {
+    if policy == SameSite::None {
+        return Vec::new();
+    }
+    allowed_origins
+        .iter()
+        .filter_map(|origin| origin.to_str().ok())
+        .filter_map(|origin| {
+            let parsed = url::Url::parse(origin).ok()?.origin();
+            let site = Site::of(&parsed)?;
+            (!same_site(&parsed, own)).then_some((origin, site))
+        })
+        .collect()
+}
+
+/// A site, as a browser draws the line for `SameSite` cookies (HTML Standard § 7.1.1 "Sites",
+/// "obtain a site"): a scheme and the host's registrable domain (eTLD+1 by the Public Suffix
+/// List, its private section included, as the URL Standard § 3.2 says), or the host itself when
+/// it has none (an IP address, `localhost`, a public suffix such as `github.io`). A trailing dot
+/// stays: `example.com.` is not `example.com`. Ports never count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Site {
+    scheme: String,
+    host: String,
+}
+
+impl Site {
+    /// The site of `origin`; `None` for an opaque origin, which is a site of its own.
+    fn of(origin: &url::Origin) -> Option<Self> {
+        let url::Origin::Tuple(scheme, host, _port) = origin else {
+            return None;
+        };
+        let host = match host {
+            url::Host::Domain(domain) => psl::domain(domain.as_bytes())
+                .and_then(|registrable| std::str::from_utf8(registrable.as_bytes()).ok())
+                .unwrap_or(domain)
+                .to_owned(),
+            // `[::1]` in brackets, as in a URL.
+            address => address.to_string(),
+        };
+        Some(Self {
+            scheme: scheme.clone(),
+            host,
+        })
+    }
+}
+
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)
+    }
+}
+
+/// Whether `a` and `b` are *same site* in the browser's schemeful sense (HTML Standard § 7.1.1
+/// "same site"; RFC 6265bis § 5.2, which cookies' `SameSite` follows): the same scheme and the
+/// same registrable domain ([`Site`]); ports do not count, and an IP address or `localhost` is
+/// a site of its own. So `http://localhost:5173` and `http://localhost:8000` are same site, and
+/// `http://localhost:5173` and `http://127.0.0.1:8000` are not; nor are `http://app.example.com`
+/// and `https://auth.example.com`, or `https://a.github.io` and `https://b.github.io`.
+fn same_site(a: &url::Origin, b: &url::Origin) -> bool {
+    match (Site::of(a), Site::of(b)) {
+        (Some(a), Some(b)) => a == b,
+        // An opaque origin is same site with itself only.
+        _ => a == b,
+    }
 }
 
 /// `PUBLIC_URL`, checked (an `http(s)` URL without query or fragment; no trailing `/`), or
@@ -727,6 +841,152 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    fn origin(text: &str) -> url::Origin {
+        url::Url::parse(text).expect("a URL").origin()
+    }
+
+    fn same(a: &str, b: &str) -> bool {
+        let verdict = same_site(&origin(a), &origin(b));
+        assert_eq!(
+            verdict,
+            same_site(&origin(b), &origin(a)),
+            "{a} {b}: symmetric"
+        );
+        verdict
+    }
+
+    #[test]
+    fn same_site_ignores_ports_and_subdomains_of_one_registrable_domain() {
+        assert!(same("http://localhost:5173", "http://localhost:8000"));
+        assert!(same("https://app.example.com", "https://auth.example.com"));
+        assert!(same("https://example.com:8443", "https://www.example.com"));
+        assert!(same("https://a.b.example.co.uk", "https://c.example.co.uk"));
+        assert!(same("HTTPS://App.Example.COM", "https://auth.example.com"));
+        // IDNA: the Unicode and the Punycode spelling are one host.
+        assert!(same("https://a.bücher.de", "https://b.xn--bcher-kva.de"));
+    }
+
+    #[test]
+    fn same_site_tells_hosts_ip_addresses_schemes_and_public_suffixes_apart() {
+        assert!(!same("http://localhost:5173", "http://127.0.0.1:8000"));
+        assert!(!same("http://127.0.0.1:5173", "http://127.0.0.2:8000"));
+        assert!(!same("http://app.example.com", "https://auth.example.com"));
+        assert!(!same("https://a.github.io", "https://b.github.io"));
+        assert!(!same("https://github.io", "https://a.github.io"));
+        assert!(!same("https://example.com", "https://example.org"));
+        assert!(!same("http://app.localhost", "http://api.localhost"));
+        assert!(same("http://127.0.0.1:5173", "http://127.0.0.1:8000"));
+        // One address written two ways.
+        assert!(same("http://127.1:5173", "http://127.0.0.1:8000"));
+    }
+
+    #[test]
+    fn same_site_compares_ipv6_addresses_whole() {
+        assert!(same("http://[::1]:5173", "http://[::1]:8000"));
+        assert!(same("http://[0:0:0:0:0:0:0:1]", "http://[::1]:8000"));
+        assert!(!same("http://[::1]:5173", "http://127.0.0.1:8000"));
+        assert!(!same("http://[::1]:5173", "http://localhost:8000"));
+        assert!(!same("http://[2001:db8::1]", "http://[2001:db8::2]"));
+        assert!(!same("http://[::ffff:127.0.0.1]", "http://127.0.0.1"));
+    }
+
+    #[test]
+    fn same_site_keeps_a_trailing_dot() {
+        assert!(same(
+            "https://app.example.com.",
+            "https://auth.example.com."
+        ));
+        assert!(!same("https://example.com.", "https://example.com"));
+        assert!(!same(
+            "https://app.example.com.",
+            "https://auth.example.com"
+        ));
+        assert!(!same("http://localhost.:5173", "http://localhost:8000"));
+    }
+
+    #[test]
+    fn a_site_shows_its_scheme_and_registrable_domain_or_host() {
+        let site = |text: &str| Site::of(&origin(text)).expect("a tuple origin").to_string();
+        assert_eq!(site("http://localhost:5173"), "http://localhost");
+        assert_eq!(site("http://127.0.0.1:8000"), "http://127.0.0.1");
+        assert_eq!(site("http://[::1]:8000"), "http://[::1]");
+        assert_eq!(site("https://a.b.example.co.uk"), "https://example.co.uk");
+        assert_eq!(site("https://a.github.io"), "https://a.github.io");
+        assert_eq!(site("https://github.io"), "https://github.io");
+        assert_eq!(site("https://app.example.com."), "https://example.com.");
+        assert_eq!(
+            Site::of(&url::Url::parse("data:,x").unwrap().origin()),
+            None
+        );
+    }
+
+    #[test]
+    fn an_opaque_origin_is_same_site_with_itself_only() {
+        let opaque = url::Url::parse("data:,x").unwrap().origin();
+        assert!(same_site(&opaque, &opaque));
+        assert!(!same_site(
+            &opaque,
+            &url::Url::parse("data:,x").unwrap().origin()
+        ));
+        assert!(!same_site(&opaque, &origin("http://localhost")));
+    }
+
+    #[test]
+    fn only_cors_origins_on_another_site_lose_a_strict_or_lax_cookie() {
+        let listed: Vec<HeaderValue> = [
+            "http://localhost:5173",
+            "http://127.0.0.1:5173",
+            "http://[::1]:5173",
+        ]
+        .into_iter()
+        .map(|origin| parse_origin(origin).unwrap())
+        .collect();
+        let own = origin("http://127.0.0.1:8000");
+        for policy in [SameSite::Strict, SameSite::Lax] {
+            let warned: Vec<(&str, String)> = origins_without_the_cookie(&listed, policy, &own)
+                .into_iter()
+                .map(|(origin, site)| (origin, site.to_string()))
+                .collect();
+            assert_eq!(
+                warned,
+                [
+                    ("http://localhost:5173", "http://localhost".to_owned()),
+                    ("http://[::1]:5173", "http://[::1]".to_owned()),
+                ]
+            );
+        }
+        assert!(origins_without_the_cookie(&listed, SameSite::None, &own).is_empty());
+    }
+
+    proptest::proptest! {
+        /// Ports never count; below a registrable domain every subdomain is one site; directly
+        /// below a public suffix (`github.io`) each name is a site of its own; another scheme
+        /// is another site.
+        #[test]
+        fn same_site_follows_the_registrable_domain(
+            a in "[a-z0-9]{1,12}(\\.[a-z0-9]{1,12}){0,2}",
+            b in "[a-z0-9]{1,12}",
+            ports in (1u16.., 1u16..),
+        ) {
+            let (p, q) = ports;
+            let at = |scheme: &str, host: String, port: u16| format!("{scheme}://{host}:{port}");
+            let under = |label: &str, domain: &str| format!("{label}.{domain}");
+            let a_https = at("https", under(&a, "example.com"), p);
+            let b_https = at("https", under(&b, "example.com"), q);
+            let a_http = at("http", under(&a, "example.com"), q);
+            proptest::prop_assert!(same(&a_https, &b_https));
+            proptest::prop_assert!(!same(&a_http, &a_https));
+            let local_p = at("http", "localhost".into(), p);
+            let local_q = at("http", "localhost".into(), q);
+            proptest::prop_assert!(same(&local_p, &local_q));
+            // `x.y.github.io` belongs to the site `y.github.io`.
+            let a_pages = at("https", under(&a, "github.io"), p);
+            let b_pages = at("https", under(&b, "github.io"), q);
+            let a_last = a.rsplit('.').next().unwrap_or_default();
+            proptest::prop_assert_eq!(same(&a_pages, &b_pages), a_last == b);
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_background_task_that_fails_is_started_again_after_growing_pauses() {

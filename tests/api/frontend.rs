@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::helpers::{
     AUTH_FIELDS, PASSWORD, TestApp, assert_no_errors, assert_unauthenticated, error_code, jti_of,
-    spawn_app, spawn_app_with, string_at,
+    spawn_app, spawn_app_with, start_binary, string_at,
 };
 
 const APP_ORIGIN: &str = "http://localhost:5173";
@@ -559,4 +559,75 @@ async fn without_cookie_mode_refresh_needs_its_argument() {
     // And the body still carries the refresh token.
     let body = app.refresh_raw(&account.refresh_token).await;
     assert!(body["data"]["refresh"]["refreshToken"].is_string());
+}
+
+/// The `fields` of the `refresh_cookie_cross_site` warnings that the binary, started with `env`
+/// and JSON logs, writes before it serves.
+async fn cross_site_warnings(env: &[(&str, &str)]) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = env.to_vec();
+    env.push(("LOG_FORMAT", "json"));
+    let binary = start_binary(dir.path(), &env).await;
+    let log = binary.log();
+    let objects: Vec<Value> = log
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(!objects.is_empty(), "the binary logs its start");
+    objects
+        .into_iter()
+        .filter(|object| object["fields"]["event"] == "refresh_cookie_cross_site")
+        .map(|object| {
+            assert_eq!(object["level"], "WARN", "{object}");
+            object["fields"].clone()
+        })
+        .collect()
+}
+
+/// The setup a user hit: the app's dev server on `localhost`, authql on `127.0.0.1`.
+const CROSS_SITE_SETUP: [(&str, &str); 3] = [
+    ("REFRESH_TOKEN_COOKIE", "true"),
+    (
+        "CORS_ALLOWED_ORIGINS",
+        "http://localhost:5173,http://127.0.0.1:5173",
+    ),
+    ("PUBLIC_URL", "http://127.0.0.1:8000"),
+];
+
+#[tokio::test]
+async fn cookie_mode_logs_refresh_cookie_cross_site_for_each_origin_on_another_site() {
+    let warnings = cross_site_warnings(&CROSS_SITE_SETUP).await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let warning = &warnings[0];
+    assert_eq!(warning["origin"], "http://localhost:5173");
+    assert_eq!(warning["origin_site"], "http://localhost");
+    assert_eq!(warning["authql_site"], "http://127.0.0.1");
+    assert_eq!(warning["same_site"], "Strict");
+
+    // Without PUBLIC_URL, authql's site is that of the default public URL (HOST 127.0.0.1).
+    let default_public_url: Vec<_> = CROSS_SITE_SETUP
+        .into_iter()
+        .filter(|(name, _)| *name != "PUBLIC_URL")
+        .chain([("REFRESH_TOKEN_COOKIE_SAME_SITE", "Lax")])
+        .collect();
+    let warnings = cross_site_warnings(&default_public_url).await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["origin"], "http://localhost:5173");
+    assert_eq!(warnings[0]["authql_site"], "http://127.0.0.1");
+    assert_eq!(warnings[0]["same_site"], "Lax");
+}
+
+#[tokio::test]
+async fn cookie_mode_logs_no_refresh_cookie_cross_site_with_same_site_none_or_without_cookies() {
+    let mut same_site_none = CROSS_SITE_SETUP.to_vec();
+    // Secure stays at its default, true: None needs it.
+    same_site_none.push(("REFRESH_TOKEN_COOKIE_SAME_SITE", "None"));
+    let warnings = cross_site_warnings(&same_site_none).await;
+    assert_eq!(warnings, Vec::<Value>::new());
+
+    let mut no_cookie = CROSS_SITE_SETUP.to_vec();
+    no_cookie[0] = ("REFRESH_TOKEN_COOKIE", "false");
+    let warnings = cross_site_warnings(&no_cookie).await;
+    assert_eq!(warnings, Vec::<Value>::new());
 }
