@@ -25,7 +25,8 @@ import {
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const schemaFile = resolve(root, process.env.AUTHQL_SCHEMA ?? '../../schema.graphql');
-const out = join(root, 'src', 'generated');
+// AUTHQL_CLIENT_GENERATED: another directory to write to (the generation test's).
+const out = resolve(process.env.AUTHQL_CLIENT_GENERATED ?? join(root, 'src', 'generated'));
 const schema = buildSchema(readFileSync(schemaFile, 'utf8'));
 
 /** How deep object fields are followed below a root field (AuthPayload { user { ... } }). */
