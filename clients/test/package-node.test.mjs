@@ -20,10 +20,16 @@ const password = 'correct horse battery staple';
 /** A fetch that records what went over the wire: each request's operation and its answer's codes. */
 function wire() {
   const log = [];
+  const hooks = { tamper: null, delayRefreshMs: 0, refreshesSent: 0 };
   const fetchImpl = async (input, init = {}) => {
     const body = typeof init.body === 'string' ? JSON.parse(init.body) : {};
-    const response = await fetch(input, init);
+    const isRefresh = /\brefresh\s*\(/.test(body.query ?? '');
+    if (isRefresh) hooks.refreshesSent++;
+    let response = await fetch(input, init);
+    if (isRefresh && hooks.delayRefreshMs) await sleep(hooks.delayRefreshMs);
+    if (isRefresh && hooks.tamper) response = hooks.tamper(response);
     const answer = await response.clone().json().catch(() => null);
+    void isRefresh;
     log.push({
       refresh: /\brefresh\s*\(/.test(body.query ?? ''),
       query: body.query ?? '',
@@ -32,7 +38,7 @@ function wire() {
     });
     return response;
   };
-  return { log, fetch: fetchImpl, refreshes: () => log.filter((entry) => entry.refresh) };
+  return { log, hooks, fetch: fetchImpl, refreshes: () => log.filter((entry) => entry.refresh) };
 }
 
 /** A Storage in memory (what localStorage is to a browser). */
@@ -64,11 +70,11 @@ describe('@authql/client in Node, token mode', () => {
   const made = [];
 
   /** A signed-out app: its link, Apollo client, typed operations, wire log and sign-outs. */
-  function app({ storage = new MemoryStorage(), ws = false } = {}) {
+  function app({ storage = new MemoryStorage(), ws = false, on = server } = {}) {
     const w = wire();
     const closes = [];
     const authql = createAuthqlLink({
-      uri: server.graphql,
+      uri: on.graphql,
       fetch: w.fetch,
       storage,
       ...(ws ? { webSocketImpl: WebSocket, wsOptions: { retryAttempts: 3, retryWait: () => sleep(100), on: { closed: (e) => closes.push(e.code) } } } : {}),
@@ -251,6 +257,94 @@ describe('@authql/client in Node, token mode', () => {
     assert.deepEqual(errors.map((e) => e.extensions.code), ['INVALID_CREDENTIALS']);
     assert.equal(b.wire.refreshes().length, 0);
     assert.deepEqual(b.signOuts, []);
+  });
+
+  describe('hostile conditions', () => {
+    let graceful; // authql with the default reuse grace window (a lost answer can be fetched again)
+    before(async () => {
+      graceful = await startAuthql({ env: { JWT_ACCESS_TOKEN_EXPIRES: String(ACCESS_TOKEN_SECONDS), JWT_LEEWAY_SECONDS: '0' } });
+    });
+    after(async () => {
+      await graceful?.stop();
+    });
+
+    it('an operation cancelled while its renewal is in flight still leaves the rotated pair stored', async () => {
+      const a = await registered();
+      a.wire.hooks.delayRefreshMs = 300;
+      await untilExpired(a);
+      const before = a.authql.tokens.refreshToken;
+      const subscription = a.client.watchQuery({ query: gql`{ me { id } }`, fetchPolicy: 'no-cache' }).subscribe(() => {});
+      await sleep(50);
+      subscription.unsubscribe(); // the request is gone; the refresh it started is not
+      await until(() => a.authql.tokens.refreshToken !== before, 'the rotated pair', 5000);
+      a.wire.hooks.delayRefreshMs = 0;
+      assert.equal((await a.ops.me()).email, a.email, 'no REFRESH_TOKEN_REUSED afterwards (grace window 0)');
+      assert.equal(a.wire.refreshes().length, 1);
+      assert.deepEqual(a.signOuts, []);
+    });
+
+    it('a sign-out while a renewal is in flight is not undone by its answer', async () => {
+      const a = await registered();
+      a.wire.hooks.delayRefreshMs = 500;
+      await untilExpired(a);
+      const me = a.ops.me().then(() => 'answered', () => 'refused');
+      await until(() => a.wire.hooks.refreshesSent === 1, 'the refresh to be sent', 5000);
+      await sleep(50);
+      assert.equal(a.wire.refreshes().length, 0, 'its answer has not come yet');
+      await a.authql.session.signOut('LOGOUT');
+      assert.equal(await me, 'refused');
+      await sleep(600);
+      assert.equal(a.authql.tokens, null, 'still signed out after the late answer');
+      assert.equal(a.storage.getItem(`authql:${server.graphql}`), null);
+      assert.deepEqual(a.signOuts, [{ reason: 'LOGOUT', otherTab: false }]);
+    });
+
+    for (const [name, tamper] of [
+      ['a 502 page', () => new Response('<html>bad gateway</html>', { status: 502, headers: { 'content-type': 'text/html' } })],
+      ['a cut-off body', () => new Response('{"data":{"refresh":{"accessTo', { status: 200, headers: { 'content-type': 'application/json' } })],
+      ['JSON null', () => new Response('null', { status: 200, headers: { 'content-type': 'application/json' } })],
+      ['an array', () => new Response('[1,2,3]', { status: 200, headers: { 'content-type': 'application/json' } })],
+      ['a token of the wrong type', () => new Response('{"data":{"refresh":{"accessToken":12}}}', { status: 200 })],
+      ['errors without codes', () => new Response('{"errors":[{"message":"boom"}]}', { status: 200 })],
+    ]) {
+      it(`a refresh answered with ${name} by a broken proxy keeps the session, and the next renewal works`, async () => {
+        const a = await registered({ on: graceful });
+        a.wire.hooks.tamper = tamper; // authql rotated the pair; the client never saw it
+        await untilExpired(a);
+        const outcome = await a.ops.me().then(() => 'answered', (error) => error);
+        assert.notEqual(outcome, 'answered');
+        assert.ok(a.authql.tokens, 'the session is kept');
+        assert.deepEqual(a.signOuts, []);
+        a.wire.hooks.tamper = null;
+        // Within the grace window the old refresh token gets the pair the client lost.
+        assert.equal((await a.ops.me()).email, a.email);
+        assert.deepEqual(a.signOuts, []);
+      });
+    }
+
+    it('a tampered stored pair is no session, and nothing throws', async () => {
+      for (const stored of ['not json', '{"accessToken":1}', 'null', '[]', '{"accessToken":"x.y.z","id":"1","renewAt":"soon"}']) {
+        const storage = new MemoryStorage();
+        storage.setItem(`authql:${server.graphql}`, stored);
+        const a = app({ storage });
+        const restored = await a.authql.restore();
+        const codes = await a.ops.me().then(() => [], (e) => graphqlErrorsOf(e).map((x) => x.extensions.code));
+        assert.ok(!restored || codes.includes('UNAUTHENTICATED'), `${stored}: restored ${restored}, codes ${codes}`);
+        assert.deepEqual(codes, ['UNAUTHENTICATED'], stored);
+      }
+    });
+
+    it('two hundred operations after expiry share one refresh', async () => {
+      const a = await registered();
+      await untilExpired(a);
+      const answers = await Promise.all(
+        Array.from({ length: 200 }, (_, i) =>
+          (i % 2 ? a.ops.me(undefined, { context: { queryDeduplication: false } }) : a.ops.mySessions({ first: 1 + (i % 50) })),
+        ),
+      );
+      assert.equal(answers.length, 200);
+      assert.equal(a.wire.refreshes().length, 1);
+    });
   });
 
   describe('sessionEvents over graphql-ws', () => {

@@ -118,6 +118,8 @@ export class AuthqlSession {
   private signedInHere = false;
   /** The last renewal said there is no session: do not try again until a sign-in. */
   private knownSignedOut = false;
+  /** Moved on by every sign-out: a renewal that began before one is not taken after it. */
+  private epoch = 0;
   private readonly listeners = new Map<keyof SessionEvents, Set<(value: never) => void>>();
   private readonly channel: BroadcastChannel | null;
   private readonly locks: LockManagerLike | null;
@@ -270,6 +272,7 @@ export class AuthqlSession {
     const variables = token ? { refreshToken: this.current!.refreshToken } : {};
     type Answer = { data?: { refresh?: PayloadLike } | null; errors?: AuthqlError[] } | null;
     let body: Answer = null;
+    const epoch = this.epoch;
     this.refreshesSent++;
     try {
       const response = await this.options.fetch(this.options.uri, {
@@ -282,8 +285,10 @@ export class AuthqlSession {
     } catch (cause) {
       throw new RenewalError('authql could not be reached to renew the access token', [], cause);
     }
+    // Signed out meanwhile (here or in another tab): the answer must not bring the session back.
+    if (epoch !== this.epoch) return null;
     const payload = body?.data?.refresh;
-    if (payload?.accessToken) {
+    if (typeof payload?.accessToken === 'string') {
       if (!token) this.signedInHere = false; // the cookie works
       await this.take(payload, 'renewed');
       return payload.accessToken;
@@ -327,10 +332,21 @@ export class AuthqlSession {
     }
     const tokens: Tokens = {
       accessToken: payload.accessToken,
-      refreshToken: this.options.mode === 'token' ? (payload.refreshToken ?? this.current?.refreshToken ?? null) : null,
-      accessTokenExpiresAt: payload.accessTokenExpiresAt ?? new Date(renewAt).toISOString(),
-      refreshTokenExpiresAt: payload.refreshTokenExpiresAt ?? null,
-      sessionId: payload.session?.id ?? (how === 'renewed' ? (this.current?.sessionId ?? null) : null),
+      refreshToken:
+        this.options.mode === 'token'
+          ? typeof payload.refreshToken === 'string'
+            ? payload.refreshToken
+            : (this.current?.refreshToken ?? null)
+          : null,
+      accessTokenExpiresAt:
+        typeof payload.accessTokenExpiresAt === 'string' ? payload.accessTokenExpiresAt : new Date(renewAt).toISOString(),
+      refreshTokenExpiresAt: typeof payload.refreshTokenExpiresAt === 'string' ? payload.refreshTokenExpiresAt : null,
+      sessionId:
+        typeof payload.session?.id === 'string'
+          ? payload.session.id
+          : how === 'renewed'
+            ? (this.current?.sessionId ?? null)
+            : null,
       renewAt,
       id: randomId(),
     };
@@ -352,6 +368,7 @@ export class AuthqlSession {
    */
   async signOut(reason: SignOutReason, { otherTab = false, broadcast = true } = {}): Promise<void> {
     const had = this.current !== null || this.signedInHere;
+    this.epoch++;
     this.current = null;
     this.signedInHere = false;
     this.knownSignedOut = true;
