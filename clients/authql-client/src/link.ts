@@ -178,7 +178,8 @@ export class AuthqlLink extends ApolloLink {
       options.httpLink ?? new HttpLink({ uri, fetch: fetchImpl, credentials: mode === 'cookie' ? 'include' : 'same-origin' });
     this.wsUri = options.wsUri ?? uri.replace(/^http/, 'ws');
     this.diagnostics = mode === 'cookie' && page ? cookieDiagnostics(new URL(page), new URL(uri)) : [];
-    for (const diagnostic of this.diagnostics) this.session.warn(diagnostic);
+    // After the caller could listen: `createAuthqlLink(...).on('warning', ...)` hears these too.
+    if (this.diagnostics.length) queueMicrotask(() => this.diagnostics.forEach((diagnostic) => this.session.warn(diagnostic)));
     this.session.on('signedOut', () => this.closeSocket());
   }
 

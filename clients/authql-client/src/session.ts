@@ -67,6 +67,8 @@ type PeerMessage =
 
 interface LockManagerLike {
   request<T>(name: string, callback: () => Promise<T>): Promise<T>;
+  request<T>(name: string, options: { ifAvailable: boolean }, callback: (lock: unknown) => Promise<T>): Promise<T>;
+  query?(): Promise<{ held?: { name?: string }[] }>;
 }
 
 const REFRESH = `mutation AuthqlRefresh($refreshToken: String) {
@@ -76,6 +78,8 @@ const LOGOUT = 'mutation AuthqlLogout($refreshToken: String) { logout(refreshTok
 
 /** How long a tab waits for another tab to hand over a token it announced, in milliseconds. */
 const PEER_WAIT_MS = 1000;
+/** How long the tab that renewed keeps the mark that the pair it rotated away is gone (see `markRotated`). */
+const ROTATED_MARK_MS = 10_000;
 
 const randomId = () =>
   globalThis.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
@@ -226,7 +230,7 @@ export class AuthqlSession {
   }
 
   private async renewAlone(stale: string | null): Promise<string | null> {
-    const adopted = await this.fromOtherTabs(stale);
+    const adopted = (await this.fromOtherTabs(stale)) ?? (await this.fromTabThatRotated(stale));
     if (adopted) return adopted.accessToken;
     if (this.options.mode === 'token' && !this.current?.refreshToken) return null;
     if (this.options.mode === 'cookie' && this.knownSignedOut && !this.current) return null;
@@ -267,8 +271,60 @@ export class AuthqlSession {
     return tokens && AuthqlSession.live(tokens) && tokens.accessToken !== stale ? tokens : null;
   }
 
+  /**
+   * The lock is granted without waiting for what the tab that held it wrote: Chromium keeps a
+   * copy of localStorage in each renderer process, updated after the fact, and BroadcastChannel
+   * messages are not ordered with Web Locks either. So a tab granted the lock just after another
+   * one renewed may still hold, and read, the pair that tab rotated away; sent again, its refresh
+   * token is REFRESH_TOKEN_REUSED (the session revoked) or, in cookie mode, a second refresh.
+   * The tab that renewed holds a lock named after the rotated pair (`markRotated`) before it lets
+   * the renewal lock go; the lock manager is one for the origin, so a tab granted the renewal
+   * lock after that sees the mark and waits for the new pair instead of refreshing.
+   */
+  private async fromTabThatRotated(stale: string | null): Promise<Tokens | null> {
+    const id = this.current?.id;
+    if (!id || !this.locks?.query) return null;
+    const { held = [] } = await this.locks.query();
+    if (!held.some((lock) => lock.name === this.rotatedLockName(id))) return null;
+    const deadline = Date.now() + PEER_WAIT_MS;
+    for (;;) {
+      const held = this.current;
+      // The new pair came over the channel (or the session ended there).
+      if (held?.id !== id) return held && AuthqlSession.live(held) && held.accessToken !== stale ? held : null;
+      const tokens = await this.fromOtherTabs(stale);
+      if (tokens) return tokens;
+      if (Date.now() >= deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    // Token mode never sends a refresh token another tab rotated away: try again later. The
+    // cookie, kept by the browser, is the new one: a refresh with it works.
+    if (this.options.mode === 'token') {
+      throw new RenewalError('another tab renewed the session and its tokens have not arrived yet');
+    }
+    return null;
+  }
+
+  private rotatedLockName(id: string): string {
+    return `authql:${this.options.storageKey}:rotated:${id}`;
+  }
+
+  /** Marks the pair `id` as rotated away, for `ROTATED_MARK_MS`; resolves once the mark is held. */
+  private markRotated(id: string): Promise<void> {
+    const locks = this.locks;
+    if (!locks?.query) return Promise.resolve();
+    return new Promise<void>((marked) => {
+      locks
+        .request(this.rotatedLockName(id), { ifAvailable: true }, (lock) => {
+          marked();
+          return lock ? new Promise<void>((release) => setTimeout(release, ROTATED_MARK_MS)) : Promise.resolve();
+        })
+        .catch(() => marked());
+    });
+  }
+
   private async refresh(): Promise<string | null> {
     const token = this.options.mode === 'token';
+    const rotating = this.current?.id ?? null;
     const variables = token ? { refreshToken: this.current!.refreshToken } : {};
     type Answer = { data?: { refresh?: PayloadLike } | null; errors?: AuthqlError[] } | null;
     let body: Answer = null;
@@ -291,6 +347,8 @@ export class AuthqlSession {
     if (typeof payload?.accessToken === 'string') {
       if (!token) this.signedInHere = false; // the cookie works
       await this.take(payload, 'renewed');
+      // Still holding the renewal lock: the tabs granted it next see the mark.
+      if (rotating) await this.markRotated(rotating);
       return payload.accessToken;
     }
     const errors = Array.isArray(body?.errors) ? body.errors : [];

@@ -1,0 +1,487 @@
+// @authql/client in headless Chromium against the authql binary, in both modes: `token` (the
+// pair in localStorage) and `cookie` (authql's REFRESH_TOKEN_COOKIE=true, the refresh token in
+// its HttpOnly cookie). The page (browser/package-app.mjs, bundled by esbuild) comes from a
+// static server on 127.0.0.1 listed in CORS_ALLOWED_ORIGINS, authql on 127.0.0.1 too, so the
+// two are same-site (ports do not count). The static server's proxy does not forward WebSocket
+// upgrades, hence CORS rather than a proxy.
+//
+// Refreshes are counted on the wire, from the browser context's request events (POSTs to
+// /graphql whose query has `refresh(`), never from the page's counters. Access tokens live
+// ACCESS_TOKEN_SECONDS, with no leeway and no grace for a refresh token presented twice, so a
+// lost rotation or a second refresh with the same token fails loudly (REFRESH_TOKEN_REUSED).
+// Tests assert on codes, reasons and state, never on messages.
+//
+// Per mode: renewal after expiry (three rotations kept), ten parallel operations sharing one
+// refresh, three tabs of one context sharing the session and one refresh per expiry (also with
+// the renewing tab's localStorage writes and BroadcastChannel messages arriving 300 ms late),
+// a sign-out in one tab signing out the others, a remote revocation reaching the tab over
+// sessionEvents within a second. Then cookie mode across sites (page on localhost, authql on
+// 127.0.0.1): CROSS_SITE at creation, the cookie not stored, COOKIE_NOT_STORED and a MISSING
+// sign-out at the first renewal. No request may leave loopback.
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import { startAuthql } from '../lib/authql-server.mjs';
+import { chromiumMissing, launchChromium, loopbackOnly } from '../lib/browser.mjs';
+import { bundlePackageApp, PACKAGE_PAGE } from '../lib/bundle-package.mjs';
+import { startStaticServer } from '../lib/static-server.mjs';
+
+const ACCESS_TOKEN_SECONDS = 3;
+const password = 'correct horse battery staple';
+const newEmail = (who) => `${who}-${randomUUID()}@example.com`;
+const isRefresh = (body) => /\brefresh\s*\(/.test(body ?? '');
+const kinds = (timeline, kind) => timeline.filter((entry) => entry.kind === kind);
+
+/** A GraphQL POST from Node (no browser, no cookie). */
+async function gqlPost(url, query, variables = {}, token = null) {
+  const response = await fetch(url, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      accept: 'application/graphql-response+json, application/json',
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+    },
+    body: JSON.stringify({ query, variables }),
+  });
+  return response.json();
+}
+
+/** Logs `email` in from Node: the new session's id and access token. */
+async function nodeLogin(api, email) {
+  const answer = await gqlPost(
+    api,
+    'mutation ($input: LoginInput!) { login(input: $input) { accessToken session { id } } }',
+    { input: { emailOrUsername: email, password } },
+  );
+  assert.ok(answer.data?.login, `login from Node: ${JSON.stringify(answer)}`);
+  return { id: answer.data.login.session.id, accessToken: answer.data.login.accessToken };
+}
+
+describe('@authql/client in Chromium', { skip: chromiumMissing }, () => {
+  let app; // the page's static server (127.0.0.1)
+  let browser;
+  const servers = {}; // token, cookie, crossSite
+  const contexts = [];
+
+  before(async () => {
+    const bundle = await bundlePackageApp();
+    const routes = {
+      '/': { body: PACKAGE_PAGE, type: 'text/html; charset=utf-8' },
+      '/app.js': { body: bundle, type: 'text/javascript' },
+    };
+    app = await startStaticServer({ routes });
+    const common = {
+      JWT_ACCESS_TOKEN_EXPIRES: String(ACCESS_TOKEN_SECONDS),
+      JWT_LEEWAY_SECONDS: '0',
+      REFRESH_REUSE_GRACE_SECONDS: '0',
+    };
+    [servers.token, servers.cookie, servers.crossSite, browser] = await Promise.all([
+      startAuthql({ env: { ...common, CORS_ALLOWED_ORIGINS: app.url } }),
+      startAuthql({ env: { ...common, CORS_ALLOWED_ORIGINS: app.url, REFRESH_TOKEN_COOKIE: 'true' } }),
+      // The page at http://localhost:<port>: another site than authql at 127.0.0.1.
+      startAuthql({ env: { ...common, CORS_ALLOWED_ORIGINS: `http://localhost:${app.port}`, REFRESH_TOKEN_COOKIE: 'true' } }),
+      launchChromium(),
+    ]);
+  });
+
+  after(async () => {
+    for (const context of contexts) await context.close().catch(() => {});
+    await browser?.close();
+    await app?.stop();
+    await Promise.all(Object.values(servers).map((server) => server?.stop()));
+  });
+
+  /**
+   * A fresh browser context (its own localStorage, cookies, locks and channels) whose pages
+   * load the test page from `origin` with a link to `api` in `mode`. Records every POST to
+   * `api` on the wire. `run(ctx)`, then the context is closed; nothing may have left loopback.
+   */
+  async function withContext({ mode, api, origin = app.url }, run) {
+    const context = await browser.newContext();
+    contexts.push(context);
+    const blocked = await loopbackOnly(context);
+    const pageErrors = [];
+    const names = new Map();
+    const wire = [];
+    context.on('request', (request) => {
+      if (request.method() !== 'POST' || request.url() !== api) return;
+      const body = request.postData() ?? '';
+      let operationName = null;
+      try {
+        operationName = JSON.parse(body).operationName ?? null;
+      } catch { /* not JSON */ }
+      let tab = null;
+      try {
+        tab = names.get(request.frame().page()) ?? null;
+      } catch { /* not from a page */ }
+      wire.push({
+        at: Date.now(),
+        tab,
+        refresh: isRefresh(body),
+        operationName,
+        answer: request
+          .response()
+          .then((response) => response?.json())
+          .then(
+            (json) => ({
+              data: json?.data ?? null,
+              codes: (json?.errors ?? []).map((e) => e.extensions?.code),
+              reasons: (json?.errors ?? []).map((e) => e.extensions?.reason),
+            }),
+            () => null,
+          ),
+      });
+    });
+
+    const ctx = {
+      context,
+      mode,
+      api,
+      wire,
+      refreshes: () => wire.filter((entry) => entry.refresh),
+      /** The answers of every refresh so far: each must have renewed (no error at all). */
+      async assertRefreshesRenewed() {
+        const answers = await Promise.all(ctx.refreshes().map((entry) => entry.answer));
+        for (const answer of answers) {
+          assert.ok(answer, 'a refresh got an answer');
+          assert.deepEqual(answer.codes, [], `a refresh failed on the wire: ${JSON.stringify(answer)}`);
+          assert.equal(typeof answer.data?.refresh?.accessToken, 'string');
+        }
+      },
+      /** The refresh cookie as Chromium holds it (Playwright sees HttpOnly cookies). */
+      async refreshCookie() {
+        const cookies = (await context.cookies(api)).filter((c) => c.name.endsWith('authql_refresh'));
+        assert.ok(cookies.length <= 1, `one refresh cookie at most: ${cookies.map((c) => c.name)}`);
+        return cookies[0] ?? null;
+      },
+      async newTab(name) {
+        const page = await context.newPage();
+        names.set(page, name);
+        page.on('pageerror', (error) => pageErrors.push(`${name}: ${error.message}`));
+        await page.goto(`${origin}/`, { timeout: 30000 });
+        await page.waitForFunction(() => document.title === 'authql package ready', null, { timeout: 10000 });
+        const created = await page.evaluate((options) => window.authqlTest.create(options), { uri: api, mode });
+        return tabOf(page, name, api, created);
+      },
+    };
+    try {
+      await run(ctx);
+      assert.deepEqual(blocked, [], 'requests beyond loopback');
+      assert.deepEqual(pageErrors, [], 'uncaught errors in the pages');
+    } finally {
+      await context.close();
+    }
+  }
+
+  function tabOf(page, name, api, created) {
+    const tab = {
+      page,
+      name,
+      created,
+      call: (method, ...args) => page.evaluate(([m, a]) => window.authqlTest.call(m, ...a), [method, args]),
+      /** Calls `method` in the page when the page's clock reaches `at`. */
+      callAt: (at, method, ...args) => page.evaluate(([t, m, a]) => window.authqlTest.callAt(t, m, ...a), [at, method, args]),
+      callMany: (count, method, ...args) =>
+        page.evaluate(([n, m, a]) => window.authqlTest.callMany(n, m, ...a), [count, method, args]),
+      tokens: () => page.evaluate(() => window.authqlTest.tokens()),
+      timeline: () => page.evaluate(() => window.authqlTest.timeline),
+      /** What token mode keeps in localStorage (key `authql:<absolute uri>`), parsed. */
+      stored: () =>
+        page.evaluate((key) => {
+          const text = localStorage.getItem(key);
+          return text === null ? null : JSON.parse(text);
+        }, `authql:${api}`),
+      localStorageDump: () => page.evaluate(() => JSON.stringify({ ...localStorage })),
+      /** The first timeline entry `pred` accepts, waiting for it (polled from Node). */
+      async waitFor(pred, what, timeoutMs = 5000) {
+        const deadline = Date.now() + timeoutMs;
+        for (;;) {
+          const timeline = await tab.timeline();
+          const found = timeline.find(pred);
+          if (found) return found;
+          if (Date.now() > deadline) throw new Error(`${name}: timed out waiting for ${what}; timeline: ${JSON.stringify(timeline)}`);
+          await sleep(25);
+        }
+      },
+    };
+    return tab;
+  }
+
+  /** Until every tab's access token has expired (authql's expiry and the link's renewAt), plus a margin. */
+  async function untilExpired(...tabs) {
+    const at = await expiryOf(...tabs);
+    await sleep(Math.max(0, at - Date.now()));
+  }
+  async function expiryOf(...tabs) {
+    let at = 0;
+    for (const tab of tabs) {
+      const tokens = await tab.tokens();
+      assert.ok(tokens, `${tab.name} holds tokens`);
+      at = Math.max(at, tokens.renewAt, Date.parse(tokens.accessTokenExpiresAt));
+    }
+    return at + 150;
+  }
+
+  async function register(tab, who) {
+    const email = newEmail(who);
+    const r = await tab.call('register', { input: { email, password } });
+    assert.ok(r.ok, `register: ${JSON.stringify(r)}`);
+    return { email, payload: r.value };
+  }
+
+  for (const mode of ['token', 'cookie']) {
+    describe(`mode '${mode}'`, () => {
+      const api = () => servers[mode].graphql;
+
+      it('renews after expiry, three times, keeping every rotation', async () => {
+        await withContext({ mode, api: api() }, async (ctx) => {
+          const tab = await ctx.newTab('tab');
+          assert.deepEqual(tab.created.diagnostics, [], 'page and authql are one site');
+          const { email, payload } = await register(tab, 'ada');
+          const first = await tab.tokens();
+          assert.equal(first.sessionId, payload.session.id);
+          assert.equal(first.accessToken, payload.accessToken);
+          let cookie = null;
+          if (mode === 'token') {
+            assert.equal(typeof first.refreshToken, 'string');
+            assert.equal((await tab.stored()).refreshToken, first.refreshToken);
+          } else {
+            assert.equal(payload.refreshToken, null);
+            assert.equal(first.refreshToken, null);
+            assert.equal(await tab.stored(), null, 'cookie mode keeps no pair in localStorage');
+            cookie = await ctx.refreshCookie();
+            assert.ok(cookie, 'Chromium stored the refresh cookie');
+          }
+          assert.equal((await tab.call('me')).value?.email, email);
+
+          let previous = first;
+          for (let round = 1; round <= 3; round++) {
+            await untilExpired(tab);
+            const me = await tab.call('me');
+            assert.ok(me.ok, `me after expiry ${round}: ${JSON.stringify(me)}`);
+            assert.equal(me.value.email, email);
+            assert.equal(ctx.refreshes().length, round, `one refresh per expiry (round ${round})`);
+            await ctx.assertRefreshesRenewed();
+            const now = await tab.tokens();
+            assert.notEqual(now.accessToken, previous.accessToken);
+            assert.equal(now.sessionId, first.sessionId, 'the same session');
+            if (mode === 'token') {
+              assert.notEqual(now.refreshToken, previous.refreshToken, 'the refresh token rotated');
+              const stored = await tab.stored();
+              assert.equal(stored.refreshToken, now.refreshToken, 'the rotated refresh token is in localStorage');
+              assert.equal(stored.accessToken, now.accessToken);
+            } else {
+              const rotated = await ctx.refreshCookie();
+              assert.ok(rotated, 'the cookie is still there');
+              assert.notEqual(rotated.value, cookie.value, 'the cookie holds the rotated refresh token');
+              cookie = rotated;
+              assert.equal(now.refreshToken, null);
+              assert.ok(!(await tab.localStorageDump()).includes(now.accessToken), 'no token in localStorage');
+            }
+            previous = now;
+          }
+          const timeline = await tab.timeline();
+          assert.deepEqual(kinds(timeline, 'signedIn').map((e) => e.otherTab), [false]);
+          assert.deepEqual(kinds(timeline, 'renewed').map((e) => e.otherTab), [false, false, false]);
+          assert.deepEqual(kinds(timeline, 'signedOut'), []);
+          assert.deepEqual(kinds(timeline, 'warning'), []);
+        });
+      });
+
+      it('ten parallel operations after expiry share exactly one refresh on the wire', async () => {
+        await withContext({ mode, api: api() }, async (ctx) => {
+          const tab = await ctx.newTab('tab');
+          const { email } = await register(tab, 'grace');
+          await untilExpired(tab);
+          const from = ctx.wire.length;
+          const answers = await tab.callMany(10, 'me', undefined, { context: { queryDeduplication: false } });
+          assert.ok(answers.every((a) => a.ok && a.value.email === email), JSON.stringify(answers));
+          const sent = ctx.wire.slice(from);
+          assert.equal(sent.filter((e) => e.refresh).length, 1, 'exactly one refresh');
+          const mes = sent.filter((e) => e.operationName === 'Me');
+          assert.equal(mes.length, 10, 'ten Me requests went out (no deduplication, none sent twice)');
+          const refreshAt = sent.findIndex((e) => e.refresh);
+          assert.ok(sent.findIndex((e) => e.operationName === 'Me') > refreshAt, 'no Me went with the expired token');
+          for (const me of mes) assert.deepEqual((await me.answer).codes, []);
+          await ctx.assertRefreshesRenewed();
+        });
+      });
+
+      it('three tabs share the session and one refresh per expiry', async () => {
+        await withContext({ mode, api: api() }, async (ctx) => {
+          const tab1 = await ctx.newTab('tab1');
+          const { email } = await register(tab1, 'hedy');
+          const tab2 = await ctx.newTab('tab2');
+          const tab3 = await ctx.newTab('tab3');
+          const tabs = [tab1, tab2, tab3];
+          const sentBefore = ctx.wire.length;
+          const restored = await Promise.all([tab2.call('link.restore'), tab3.call('link.restore')]);
+          assert.deepEqual(restored, [{ ok: true, value: true }, { ok: true, value: true }]);
+          assert.equal(ctx.wire.length, sentBefore, 'restored without a request (no refresh)');
+          const held = await Promise.all(tabs.map((t) => t.tokens()));
+          assert.equal(new Set(held.map((t) => t.accessToken)).size, 1, 'one access token in all tabs');
+
+          let previous = held[0].accessToken;
+          for (let round = 1; round <= 2; round++) {
+            const before = await Promise.all(tabs.map(async (t) => kinds(await t.timeline(), 'renewed').length));
+            // All three at the same moment (one clock for the pages), after the expiry.
+            const at = await expiryOf(...tabs);
+            const answers = await Promise.all(tabs.map((t) => t.callAt(at, 'me')));
+            for (const [i, a] of answers.entries()) assert.ok(a.ok && a.value.email === email, `tab${i + 1}, round ${round}: ${JSON.stringify(a)}`);
+            const spread = Math.max(...answers.map((a) => a.startedAt)) - Math.min(...answers.map((a) => a.startedAt));
+            assert.ok(spread < 100, `the three calls started within ${spread} ms`);
+            assert.equal(ctx.refreshes().length, round, `exactly one refresh between the three tabs (round ${round})`);
+            await ctx.assertRefreshesRenewed();
+            const now = await Promise.all(tabs.map((t) => t.tokens()));
+            assert.equal(new Set(now.map((t) => t.accessToken)).size, 1, 'all tabs hold the renewed token');
+            assert.notEqual(now[0].accessToken, previous);
+            previous = now[0].accessToken;
+            // Each tab heard of the renewal once: from itself (the one that refreshed) or from another tab.
+            const renewed = await Promise.all(tabs.map(async (t, i) => kinds(await t.timeline(), 'renewed').slice(before[i])));
+            assert.deepEqual(renewed.map((r) => r.length), [1, 1, 1], JSON.stringify(renewed));
+            assert.equal(renewed.filter((r) => r[0].otherTab === false).length, 1, 'one tab renewed, the others were told');
+          }
+          for (const t of tabs) assert.deepEqual(kinds(await t.timeline(), 'signedOut'), [], `${t.name} stays signed in`);
+        });
+      });
+
+      it("one refresh between tabs even when the renewing tab's news reaches the others late", async () => {
+        // Chromium grants a Web Lock without waiting for the localStorage writes and
+        // BroadcastChannel messages the previous holder sent (each renderer process has its own
+        // copy of localStorage, updated after the fact); here tab1's arrive 300 ms late, so tabs
+        // 2 and 3, granted the renewal lock after tab1, still hold the pair tab1 rotated away.
+        await withContext({ mode, api: api() }, async (ctx) => {
+          const tab1 = await ctx.newTab('tab1');
+          const { email } = await register(tab1, 'frances');
+          const tab2 = await ctx.newTab('tab2');
+          const tab3 = await ctx.newTab('tab3');
+          for (const t of [tab2, tab3]) assert.deepEqual(await t.call('link.restore'), { ok: true, value: true });
+          await tab1.page.evaluate((lateMs) => {
+            const setItem = Storage.prototype.setItem;
+            Storage.prototype.setItem = function (key, value) {
+              setTimeout(() => setItem.call(this, key, value), lateMs);
+            };
+            const postMessage = BroadcastChannel.prototype.postMessage;
+            BroadcastChannel.prototype.postMessage = function (message) {
+              setTimeout(() => postMessage.call(this, message), lateMs);
+            };
+          }, 300);
+          const at = await expiryOf(tab1, tab2, tab3);
+          // tab1 first, so that it is the one that renews.
+          const answers = await Promise.all([tab1.callAt(at, 'me'), tab2.callAt(at + 30, 'me'), tab3.callAt(at + 30, 'me')]);
+          for (const [i, a] of answers.entries()) assert.ok(a.ok && a.value.email === email, `tab${i + 1}: ${JSON.stringify(a)}`);
+          assert.deepEqual(ctx.refreshes().map((e) => e.tab), ['tab1'], 'exactly one refresh, by tab1');
+          await ctx.assertRefreshesRenewed();
+          const now = await Promise.all([tab1, tab2, tab3].map((t) => t.tokens()));
+          assert.equal(new Set(now.map((t) => t.accessToken)).size, 1, 'all tabs hold the renewed token');
+          for (const t of [tab1, tab2, tab3]) assert.deepEqual(kinds(await t.timeline(), 'signedOut'), [], `${t.name} stays signed in`);
+        });
+      });
+
+      it('signing out in one tab signs out the other two', async () => {
+        await withContext({ mode, api: api() }, async (ctx) => {
+          const tab1 = await ctx.newTab('tab1');
+          await register(tab1, 'barbara');
+          const tab2 = await ctx.newTab('tab2');
+          const tab3 = await ctx.newTab('tab3');
+          for (const t of [tab2, tab3]) assert.deepEqual(await t.call('link.restore'), { ok: true, value: true });
+          const out = await tab1.call('link.signOut');
+          assert.deepEqual(out, { ok: true, value: true }, 'authql ended the session');
+          const own = await tab1.waitFor((e) => e.kind === 'signedOut', 'signedOut');
+          assert.deepEqual({ reason: own.reason, otherTab: own.otherTab }, { reason: 'LOGOUT', otherTab: false });
+          for (const t of [tab2, tab3]) {
+            const event = await t.waitFor((e) => e.kind === 'signedOut', 'signedOut');
+            assert.deepEqual({ reason: event.reason, otherTab: event.otherTab }, { reason: 'LOGOUT', otherTab: true });
+            assert.equal(await t.tokens(), null);
+          }
+          if (mode === 'token') assert.equal(await tab1.stored(), null, 'the pair is gone from localStorage');
+          else assert.equal(await ctx.refreshCookie(), null, 'the cookie is gone');
+          const refreshesBefore = ctx.refreshes().length;
+          for (const t of [tab1, tab2, tab3]) {
+            const me = await t.call('me');
+            assert.equal(me.ok, false);
+            assert.deepEqual(me.codes, ['UNAUTHENTICATED'], `${t.name}: ${JSON.stringify(me)}`);
+          }
+          assert.equal(ctx.refreshes().length, refreshesBefore, 'no refresh after the sign-out');
+          for (const t of [tab1, tab2, tab3]) assert.equal(kinds(await t.timeline(), 'signedOut').length, 1, `${t.name}: one signedOut`);
+        });
+      });
+
+      it('a remote revocation signs the tab out within a second (sessionEvents)', async (t) => {
+        await withContext({ mode, api: api() }, async (ctx) => {
+          const tab = await ctx.newTab('tab');
+          const { email } = await register(tab, 'radia');
+          const pageSession = (await tab.tokens()).sessionId;
+          assert.ok(pageSession);
+          await tab.page.evaluate(() => window.authqlTest.subscribeSessionEvents());
+          await tab.waitFor((e) => e.kind === 'socketConnected', 'the socket to connect');
+          // graphql-transport-ws does not acknowledge a subscribe: log in until a CREATED arrives.
+          let node = null;
+          for (let attempt = 0; !node; attempt++) {
+            const login = await nodeLogin(api(), email);
+            try {
+              await tab.waitFor((e) => e.kind === 'sessionEvent' && e.event.sessionId === login.id && e.event.type === 'CREATED', 'CREATED', 500);
+              node = login;
+            } catch (error) {
+              if (attempt === 20) throw error;
+            }
+          }
+          const beforeRevoke = await tab.timeline();
+          assert.deepEqual(kinds(beforeRevoke, 'socketClosed'), [], 'the socket stayed open until the revoke');
+          const revoke = await gqlPost(
+            api(),
+            'mutation ($input: RevokeTokensInput!) { revokeTokens(input: $input) { revokedSessionIds } }',
+            { input: { sessionIds: [pageSession] } },
+            node.accessToken,
+          );
+          const answeredAt = Date.now();
+          assert.deepEqual(revoke.data?.revokeTokens?.revokedSessionIds, [pageSession], JSON.stringify(revoke));
+          const signedOut = await tab.waitFor((e) => e.kind === 'signedOut', 'signedOut', 5000);
+          assert.deepEqual({ reason: signedOut.reason, otherTab: signedOut.otherTab }, { reason: 'REVOKED', otherTab: false });
+          const latency = signedOut.at - answeredAt;
+          assert.ok(latency <= 1000, `signedOut ${latency} ms after the revoke's answer`);
+          const timeline = await tab.timeline();
+          const revoked = timeline.findIndex((e) => e.kind === 'sessionEvent' && e.event.type === 'REVOKED' && e.event.sessionId === pageSession);
+          assert.ok(revoked >= 0, 'the page saw REVOKED of its session');
+          assert.equal(timeline[revoked].event.current, true);
+          assert.ok(timeline.findIndex((e) => e.kind === 'signedOut') > revoked, 'REVOKED came first, then signedOut');
+          await tab.waitFor((e) => e.kind === 'sessionEventsComplete', 'sessionEvents to complete');
+          assert.deepEqual(kinds(await tab.timeline(), 'sessionEventsError'), []);
+          assert.equal(await tab.tokens(), null);
+          assert.equal(ctx.refreshes().length, 0, 'the page learnt it from the event, not from a refresh');
+          const me = await tab.call('me');
+          assert.deepEqual(me.codes, ['UNAUTHENTICATED']);
+          t.diagnostic(`signedOut ${latency} ms after the revoke's answer`);
+        });
+      });
+    });
+  }
+
+  it('cookie mode across sites (page on localhost, authql on 127.0.0.1) is diagnosed', async () => {
+    const api = servers.crossSite.graphql;
+    await withContext({ mode: 'cookie', api, origin: `http://localhost:${app.port}` }, async (ctx) => {
+      const tab = await ctx.newTab('tab');
+      assert.deepEqual(tab.created.diagnostics.map((d) => d.code), ['CROSS_SITE']);
+      const warnings = kinds(await tab.timeline(), 'warning');
+      assert.deepEqual(warnings.map((w) => w.code), ['CROSS_SITE'], 'a warning event at creation');
+      const { email, payload } = await register(tab, 'mary');
+      assert.equal(payload.refreshToken, null);
+      assert.equal(await ctx.refreshCookie(), null, 'Chromium did not store the SameSite=Strict cookie of another site');
+      assert.equal((await tab.call('me')).value?.email, email, 'the access token works until it expires');
+      await untilExpired(tab);
+      const me = await tab.call('me');
+      assert.equal(me.ok, false);
+      assert.deepEqual(me.codes, ['UNAUTHENTICATED']);
+      const refreshes = ctx.refreshes();
+      assert.equal(refreshes.length, 1, 'one refresh, sent without the cookie');
+      assert.deepEqual((await refreshes[0].answer).reasons, ['MISSING']);
+      const timeline = await tab.timeline();
+      assert.deepEqual(kinds(timeline, 'warning').map((w) => w.code), ['CROSS_SITE', 'COOKIE_NOT_STORED']);
+      assert.deepEqual(kinds(timeline, 'signedOut').map((e) => ({ reason: e.reason, otherTab: e.otherTab })), [
+        { reason: 'MISSING', otherTab: false },
+      ]);
+      assert.equal(await tab.tokens(), null);
+    });
+  });
+});
