@@ -237,6 +237,21 @@ describe('@authql/client in Node, token mode', () => {
     assert.equal(b.wire.refreshes().length, 0);
   });
 
+  it('an app sharing the storage learns why another one signed out (not just that it did)', async () => {
+    const a = await registered();
+    const b = app({ storage: a.storage });
+    assert.equal(await b.authql.restore(), true);
+    const other = app();
+    await other.ops.login({ input: { emailOrUsername: a.email, password } });
+    await other.ops.revokeTokens({ input: { sessionIds: [a.authql.tokens.sessionId] } });
+    await rejectsWith(a.ops.me());
+    assert.deepEqual(a.signOuts, [{ reason: 'REVOKED', otherTab: false }]);
+    await untilExpired(b);
+    await rejectsWith(b.ops.me());
+    assert.deepEqual(b.signOuts, [{ reason: 'REVOKED', otherTab: true }]);
+    assert.equal(b.wire.refreshes().length, 0, 'no refresh with a pair another app ended');
+  });
+
   it('keeps the session when authql cannot be reached, and renews once it can', async () => {
     const a = await registered();
     const realFetch = a.wire.fetch;

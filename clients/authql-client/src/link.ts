@@ -220,32 +220,18 @@ export class AuthqlLink extends ApolloLink {
   sessionEvents(): Observable<SessionEvent> {
     return new Observable<SessionEvent>((observer) => {
       const stopListening = this.session.on('signedOut', () => observer.complete());
-      let dispose: (() => void) | null = null;
-      let stopped = false;
-      this.socket().then(
-        (client) => {
-          if (stopped) return;
-          dispose = client.subscribe(
-            { query: print(SessionEventsDocument) },
-            {
-              next: (result) => {
-                const event = (result.data as SessionEventsSubscription | null | undefined)?.sessionEvents;
-                if (event) {
-                  observer.next(event);
-                  this.watchEvent(event);
-                } else if (result.errors?.length) observer.error(Object.assign(new Error('sessionEvents failed'), { errors: result.errors }));
-              },
-              error: (error) => observer.error(isCloseEvent(error) ? new SocketClosedError(error.code, error.reason) : error),
-              complete: () => observer.complete(),
-            },
-          );
+      const subscription = this.overSocket({ query: print(SessionEventsDocument) }).subscribe({
+        next: (result) => {
+          const event = (result.data as SessionEventsSubscription | null | undefined)?.sessionEvents;
+          if (event) observer.next(event);
+          else if (result.errors?.length) observer.error(Object.assign(new Error('sessionEvents failed'), { errors: result.errors }));
         },
-        (error) => observer.error(error),
-      );
+        error: (error: unknown) => observer.error(error),
+        complete: () => observer.complete(),
+      });
       return () => {
-        stopped = true;
         stopListening();
-        dispose?.();
+        subscription.unsubscribe();
       };
     });
   }
@@ -350,29 +336,36 @@ export class AuthqlLink extends ApolloLink {
   }
 
   private subscription(operation: ApolloLink.Operation): Observable<ApolloLink.Result> {
-    return new Observable<ApolloLink.Result>((observer) => {
+    const payload = { query: print(operation.query), variables: operation.variables, operationName: operation.operationName };
+    return this.overSocket(payload) as Observable<ApolloLink.Result>;
+  }
+
+  /**
+   * One subscription over the graphql-ws socket: its results (request errors as one result
+   * with `errors`, then the end), a closed socket as `SocketClosedError`; a `sessionEvents`
+   * event that ends this session signs out after it is delivered.
+   */
+  private overSocket(payload: { query: string; variables?: Record<string, unknown>; operationName?: string }): Observable<FormattedExecutionResult> {
+    return new Observable<FormattedExecutionResult>((observer) => {
       let dispose: (() => void) | null = null;
       let stopped = false;
       this.socket().then(
         (client) => {
           if (stopped) return;
-          dispose = client.subscribe(
-            { query: print(operation.query), variables: operation.variables, operationName: operation.operationName },
-            {
-              next: (result) => {
-                observer.next(result as ApolloLink.Result);
-                const event = (result.data as Partial<SessionEventsSubscription> | null | undefined)?.sessionEvents;
-                if (event) this.watchEvent(event);
-              },
-              error: (error) => {
-                if (Array.isArray(error)) {
-                  observer.next({ errors: error } as ApolloLink.Result);
-                  observer.complete();
-                } else observer.error(isCloseEvent(error) ? new SocketClosedError(error.code, error.reason) : error);
-              },
-              complete: () => observer.complete(),
+          dispose = client.subscribe(payload, {
+            next: (result) => {
+              observer.next(result);
+              const event = (result.data as Partial<SessionEventsSubscription> | null | undefined)?.sessionEvents;
+              if (event) this.watchEvent(event);
             },
-          );
+            error: (error) => {
+              if (Array.isArray(error)) {
+                observer.next({ errors: error });
+                observer.complete();
+              } else observer.error(isCloseEvent(error) ? new SocketClosedError(error.code, error.reason) : error);
+            },
+            complete: () => observer.complete(),
+          });
         },
         (error) => observer.error(error),
       );
@@ -401,10 +394,11 @@ export class AuthqlLink extends ApolloLink {
             } catch {
               token = this.session.tokens?.accessToken ?? null; // renewal failed for now: retried
             }
-            if (!token) throw new Error('signed out: no access token for the WebSocket');
             this.wsSent = token;
-            return { Authorization: `Bearer ${token}` };
+            // Signed out: no token, so authql closes with 4403, and shouldRetry ends it there.
+            return token ? { Authorization: `Bearer ${token}` } : {};
           },
+          shouldRetry: (event: unknown) => this.session.tokens !== null && isCloseEvent(event),
           ...this.options.wsOptions,
           on: {
             ...((this.options.wsOptions?.on as Record<string, unknown>) ?? {}),

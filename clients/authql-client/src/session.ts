@@ -243,8 +243,9 @@ export class AuthqlSession {
       if (!this.options.storage) return null;
       const stored = await this.load();
       if (!stored) {
-        // Another tab signed out (its message may still be on its way).
-        if (this.current) await this.signOut('LOGOUT', { otherTab: true, broadcast: false });
+        // Another tab signed out (its message may still be on its way): say why it did.
+        const why = (await this.options.storage.getItem(this.signedOutKey)) as SignOutReason | null;
+        if (this.current) await this.signOut(why ?? 'LOGOUT', { otherTab: true, broadcast: false });
         return null;
       }
       if (stored.id !== this.current?.id) {
@@ -413,6 +414,7 @@ export class AuthqlSession {
     if (how === 'signedIn' && this.options.mode === 'cookie') this.signedInHere = true;
     if (this.options.mode === 'token') {
       await this.options.storage?.setItem(this.options.storageKey, JSON.stringify(tokens));
+      await this.options.storage?.removeItem(this.signedOutKey);
     } else {
       this.writeMarker({ id: tokens.id, renewAt: tokens.renewAt });
     }
@@ -431,7 +433,10 @@ export class AuthqlSession {
     this.signedInHere = false;
     this.knownSignedOut = true;
     if (!otherTab) {
-      if (this.options.mode === 'token') await this.options.storage?.removeItem(this.options.storageKey);
+      if (this.options.mode === 'token') {
+        await this.options.storage?.removeItem(this.options.storageKey);
+        await this.options.storage?.setItem(this.signedOutKey, reason);
+      }
       else this.writeMarker(null);
     }
     if (broadcast) this.post({ type: 'signedOut', reason });
@@ -512,6 +517,11 @@ export class AuthqlSession {
     } catch {
       return null;
     }
+  }
+
+  /** Token mode: why the last sign-out happened, for tabs that find the pair gone before the message. */
+  private get signedOutKey() {
+    return `${this.options.storageKey}:signedOut`;
   }
 
   // Cookie mode: which token is the newest among the tabs (its id and when it needs renewing;
