@@ -39,6 +39,12 @@ export interface AuthqlLinkOptions {
   fetch?: typeof fetch;
   /** One renewal for all tabs of the origin, and sign-outs shared (default: where the browser has Web Locks). */
   crossTab?: boolean;
+  /**
+   * How long the link's own `refresh` and `logout` may take, in milliseconds (default 10000):
+   * past it the renewal fails for now (the operations waiting get the failure, the session is
+   * kept) and the lock the tabs share is let go.
+   */
+  requestTimeoutMs?: number;
   /** The WebSocket URL for subscriptions: default `uri` with `ws:`/`wss:`. */
   wsUri?: string;
   /** The WebSocket class, where there is no global one (Node 20: `import WebSocket from 'ws'`). */
@@ -147,6 +153,7 @@ export class AuthqlLink extends ApolloLink {
   /** The token the socket last sent, and the one authql refused with 4403. */
   private wsSent: string | null = null;
   private wsRefused: string | null = null;
+  private wsLastClose: number | null = null;
 
   constructor(private readonly options: AuthqlLinkOptions) {
     super((operation, forward) => this.handle(operation, forward));
@@ -173,6 +180,7 @@ export class AuthqlLink extends ApolloLink {
       storageKey: options.storageKey ?? `authql:${uri}`,
       fetch: fetchImpl,
       crossTab: options.crossTab ?? true,
+      requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
     });
     this.http =
       options.httpLink ?? new HttpLink({ uri, fetch: fetchImpl, credentials: mode === 'cookie' ? 'include' : 'same-origin' });
@@ -260,7 +268,8 @@ export class AuthqlLink extends ApolloLink {
         let renewing = false;
         inner = this.http.request(operation, forward).subscribe({
           next: (result) => {
-            const errors = (result.errors ?? []) as AuthqlError[];
+            // A broken proxy may answer anything: only an array of errors is read.
+            const errors = (Array.isArray(result.errors) ? result.errors : []) as AuthqlError[];
             if (renews && !retried && refusedForToken(errors) && this.session.mayRenew()) {
               renewing = true;
               this.session.renew(token).then(
@@ -276,7 +285,7 @@ export class AuthqlLink extends ApolloLink {
               );
               return;
             }
-            void this.observe(result, roots);
+            this.observe(result, roots).catch((error: unknown) => console.error('@authql/client: an answer could not be read', error));
             observer.next(result);
           },
           error: (error: unknown) => {
@@ -288,7 +297,12 @@ export class AuthqlLink extends ApolloLink {
           },
         });
       };
-      (renews ? this.session.accessToken() : this.session.ready.then(() => this.session.tokens?.accessToken ?? null)).then(
+      const token = anonymous
+        ? Promise.resolve(null)
+        : renews
+          ? this.session.accessToken()
+          : this.session.ready.then(() => this.session.tokens?.accessToken ?? null);
+      token.then(
         (token) => {
           if (!stopped) send(token, false);
         },
@@ -399,11 +413,18 @@ export class AuthqlLink extends ApolloLink {
             return token ? { Authorization: `Bearer ${token}` } : {};
           },
           shouldRetry: (event: unknown) => this.session.tokens !== null && isCloseEvent(event),
+          // After a 4403 (the token expired) reconnect at once with a renewed one, so that events
+          // are not missed for seconds; else graphql-ws's own randomised exponential backoff.
+          retryWait: async (retries: number) => {
+            if (this.wsLastClose === 4403 && retries === 0) return;
+            await new Promise((resolve) => setTimeout(resolve, 2 ** retries * 1000 + 300 + Math.random() * 2700));
+          },
           ...this.options.wsOptions,
           on: {
             ...((this.options.wsOptions?.on as Record<string, unknown>) ?? {}),
             closed: (event: unknown) => {
-              if (isCloseEvent(event) && event.code === 4403) this.wsRefused = this.wsSent;
+              this.wsLastClose = isCloseEvent(event) ? event.code : null;
+              if (this.wsLastClose === 4403) this.wsRefused = this.wsSent;
               const closed = (this.options.wsOptions?.on as { closed?: (e: unknown) => void } | undefined)?.closed;
               closed?.(event);
             },
@@ -417,7 +438,8 @@ export class AuthqlLink extends ApolloLink {
   private closeSocket(): void {
     const ws = this.ws;
     this.ws = null;
-    void ws?.then((client) => client.dispose(), () => undefined);
+    // graphql-ws 6 rejects dispose() when it was waiting to reconnect: nothing to report then.
+    ws?.then((client) => client.dispose()).catch(() => undefined);
   }
 }
 

@@ -28,21 +28,35 @@ export function authqlOperations(client: ApolloClient): AuthqlOperations {
   // Apollo's typings are generic over masked data; the documents are authql's own.
   /* eslint-disable @typescript-eslint/no-explicit-any */
   const c = client as any;
+  // authql always answers the field or an error; anything else (a broken proxy) is an error here.
+  const field_ = (data: any, field: PropertyKey) => {
+    if (data === null || typeof data !== 'object' || !(field in data)) {
+      throw new Error(`the answer has no ${String(field)}`);
+    }
+    return data[field];
+  };
   return operationsOver({
     async query(document, variables, field, options) {
       const { data } = await c.query({ query: document, variables, fetchPolicy: options?.fetchPolicy ?? 'no-cache', context: options?.context });
-      return data[field];
+      return field_(data, field);
     },
     async mutation(document, variables, field, options) {
       const { data } = await c.mutate({ mutation: document, variables, fetchPolicy: 'no-cache', context: options?.context });
-      return data[field];
+      return field_(data, field);
     },
     subscription(document, variables, field, options) {
       return new Observable((observer) => {
         const subscription = c
           .subscribe({ query: document, variables, fetchPolicy: 'no-cache', context: options?.context })
           .subscribe({
-            next: (result: any) => (result.error ? observer.error(result.error) : observer.next(result.data[field])),
+            next: (result: any) => {
+              if (result.error) return observer.error(result.error);
+              try {
+                observer.next(field_(result.data, field));
+              } catch (error) {
+                observer.error(error);
+              }
+            },
             error: (error: unknown) => observer.error(error),
             complete: () => observer.complete(),
           });

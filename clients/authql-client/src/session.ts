@@ -25,12 +25,18 @@ export interface Tokens {
   sessionId: string | null;
   /**
    * When to renew, in milliseconds since the epoch by this machine's clock: the token's
-   * lifetime (`exp - iat`) from when it arrived, less a tenth of it (at most 5 s), so that a
-   * skewed clock neither renews too early nor sends expired tokens.
+   * lifetime (`exp - iat`) from when it arrived, less a tenth of it (at most 5 s) and the second
+   * `iat` may be behind, so that a skewed clock neither renews too early nor sends expired
+   * tokens.
    */
   renewAt: number;
   /** A random id of this issue of tokens: tabs tell their copies apart by it. */
   id: string;
+  /**
+   * When this client took the pair, in milliseconds since the epoch by this machine's clock
+   * (which the tabs of an origin share): of two copies, the later one is the current pair.
+   */
+  issuedAt: number;
 }
 
 /** What an `AuthqlSession` tells the app (`on(event, listener)`). */
@@ -58,12 +64,24 @@ export interface SessionOptions {
   fetch: typeof fetch;
   /** Share renewals and sign-outs with the other tabs of this origin (Web Locks + BroadcastChannel). */
   crossTab: boolean;
+  /** How long a `refresh` or `logout` may take before it counts as failed for now, in milliseconds. */
+  requestTimeoutMs: number;
 }
 
 type PeerMessage =
   | { type: 'tokens'; tokens: Tokens; signedIn: boolean }
   | { type: 'ask'; id: string }
-  | { type: 'signedOut'; reason: SignOutReason };
+  | { type: 'signedOut'; reason: SignOutReason; sessionId: string | null; at: number };
+
+/** Non-secret facts the tabs share in `localStorage` (never a token). */
+interface Marker {
+  /** Id and renewal time of the newest pair among the tabs. */
+  id: string;
+  renewAt: number;
+  issuedAt: number;
+  /** Cookie mode: a page signed in and no refresh through the cookie has worked since. */
+  unproven: boolean;
+}
 
 interface LockManagerLike {
   request<T>(name: string, callback: () => Promise<T>): Promise<T>;
@@ -124,11 +142,18 @@ export class AuthqlSession {
   private knownSignedOut = false;
   /** Moved on by every sign-out: a renewal that began before one is not taken after it. */
   private epoch = 0;
+  /** When the last sign-out happened here: a pair issued before it never comes back. */
+  private signedOutAt = 0;
   private readonly listeners = new Map<keyof SessionEvents, Set<(value: never) => void>>();
   private readonly channel: BroadcastChannel | null;
   private readonly locks: LockManagerLike | null;
   private readonly waiting = new Map<string, (tokens: Tokens) => void>();
   private readonly warned = new Set<string>();
+  /**
+   * What the tabs coordinate on: the lock, the channel and the marker. Token mode: the stored
+   * pair (`storageKey`); cookie mode: authql's cookie, one per authql for the whole origin.
+   */
+  private readonly sharedKey: string;
   /** Resolves once the stored pair (token mode) has been read. */
   readonly ready: Promise<void>;
   /** How many `refresh` requests this tab sent (for tests and metrics). */
@@ -137,8 +162,9 @@ export class AuthqlSession {
   constructor(private readonly options: SessionOptions) {
     const locks = (globalThis as { navigator?: { locks?: LockManagerLike } }).navigator?.locks;
     const shared = options.crossTab && locks !== undefined && typeof BroadcastChannel === 'function';
+    this.sharedKey = options.mode === 'cookie' ? `authql:cookie:${options.uri}` : options.storageKey;
     this.locks = shared ? locks! : null;
-    this.channel = shared ? new BroadcastChannel(`authql:${options.storageKey}`) : null;
+    this.channel = shared ? new BroadcastChannel(`authql:${this.sharedKey}`) : null;
     if (this.channel) this.channel.onmessage = (event: MessageEvent<PeerMessage>) => this.fromPeer(event.data);
     this.ready = this.load().then(
       (stored) => {
@@ -212,21 +238,24 @@ export class AuthqlSession {
    * or another tab's, when one renewed meanwhile, else from `refresh`. One `refresh` at a
    * time in this tab, and one in every tab of the origin (a Web Lock held while it runs, the
    * result handed to the others). Resolves `null` when the session is over (`signedOut` is
-   * emitted); rejects with `RenewalError` when authql cannot renew now (unreachable,
-   * `SERVICE_UNAVAILABLE`, `RATE_LIMITED`, ...), keeping the session.
+   * emitted); rejects with `RenewalError` when authql cannot renew now (unreachable, too
+   * slow, `SERVICE_UNAVAILABLE`, `RATE_LIMITED`, ...), keeping the session.
    */
   renew(stale: string | null): Promise<string | null> {
     const held = this.current;
     if (held && AuthqlSession.live(held) && held.accessToken !== stale) return Promise.resolve(held.accessToken);
     if (!this.inflight) {
-      const run = () => this.renewAlone(stale);
-      this.inflight = (this.locks ? this.locks.request(`authql:${this.options.storageKey}`, run) : run()).finally(
-        () => {
-          this.inflight = null;
-        },
-      );
+      this.inflight = this.exclusive(() => this.renewAlone(stale)).finally(() => {
+        this.inflight = null;
+      });
     }
     return this.inflight;
+  }
+
+  /** Runs `work` holding the origin's renewal lock (or, without Web Locks, after this tab's renewal). */
+  private exclusive<T>(work: () => Promise<T>): Promise<T> {
+    if (this.locks) return this.locks.request(`authql:${this.sharedKey}`, work);
+    return work();
   }
 
   private async renewAlone(stale: string | null): Promise<string | null> {
@@ -237,27 +266,41 @@ export class AuthqlSession {
     return this.refresh();
   }
 
-  /** Token mode: the pair in storage; cookie mode: what another tab holds. */
+  /**
+   * Takes `tokens` when they are newer than the pair held and than the last sign-out (a copy
+   * from storage or another tab); token mode keeps them in this tab's storage too (a
+   * `sessionStorage` is a copy per tab). Resolves whether they were taken.
+   */
+  private adopt(tokens: Tokens, otherTab: boolean, how: 'signedIn' | 'renewed' = 'renewed'): boolean {
+    if (typeof tokens?.accessToken !== 'string' || typeof tokens.issuedAt !== 'number') return false;
+    if (tokens.issuedAt <= (this.current?.issuedAt ?? 0) || tokens.issuedAt <= this.signedOutAt) return false;
+    this.current = tokens;
+    this.knownSignedOut = false;
+    if (otherTab && this.options.mode === 'token') void this.store(tokens);
+    this.emit(how, { sessionId: tokens.sessionId, accessTokenExpiresAt: tokens.accessTokenExpiresAt, otherTab });
+    return true;
+  }
+
+  /** The newest pair among this tab, its storage and the other tabs, when it is usable for `stale`. */
   private async fromOtherTabs(stale: string | null): Promise<Tokens | null> {
-    if (this.options.mode === 'token') {
-      if (!this.options.storage) return null;
+    if (this.options.mode === 'token' && this.options.storage) {
       const stored = await this.load();
-      if (!stored) {
-        // Another tab signed out (its message may still be on its way): say why it did.
-        const why = (await this.options.storage.getItem(this.signedOutKey)) as SignOutReason | null;
-        if (this.current) await this.signOut(why ?? 'LOGOUT', { otherTab: true, broadcast: false });
-        return null;
+      if (stored) this.adopt(stored, true);
+      else if (this.current) {
+        // Another tab signed out (its message may still be on its way), if it left word of it.
+        const word = await this.signedOutWord();
+        const ours = word?.sessionId === null || word?.sessionId === this.current.sessionId;
+        if (word && ours && word.at > this.current.issuedAt) {
+          await this.signOut(word.reason, { otherTab: true, broadcast: false, sessionId: word.sessionId });
+          return null;
+        }
       }
-      if (stored.id !== this.current?.id) {
-        this.current = stored;
-        this.emit('renewed', { sessionId: stored.sessionId, accessTokenExpiresAt: stored.accessTokenExpiresAt, otherTab: true });
-      }
-      return AuthqlSession.live(stored) && stored.accessToken !== stale ? stored : null;
     }
     const held = this.current;
     if (held && AuthqlSession.live(held) && held.accessToken !== stale) return held;
     const marker = this.readMarker();
     if (!this.channel || !marker || marker.id === held?.id || marker.renewAt <= Date.now()) return null;
+    if (held && marker.issuedAt <= held.issuedAt) return null;
     const tokens = await new Promise<Tokens | null>((resolve) => {
       const timer = setTimeout(() => {
         this.waiting.delete(marker.id);
@@ -269,7 +312,8 @@ export class AuthqlSession {
       });
       this.post({ type: 'ask', id: marker.id });
     });
-    return tokens && AuthqlSession.live(tokens) && tokens.accessToken !== stale ? tokens : null;
+    const now = this.current;
+    return now && now.id === tokens?.id && AuthqlSession.live(now) && now.accessToken !== stale ? now : null;
   }
 
   /**
@@ -306,7 +350,7 @@ export class AuthqlSession {
   }
 
   private rotatedLockName(id: string): string {
-    return `authql:${this.options.storageKey}:rotated:${id}`;
+    return `authql:${this.sharedKey}:rotated:${id}`;
   }
 
   /** Marks the pair `id` as rotated away, for `ROTATED_MARK_MS`; resolves once the mark is held. */
@@ -323,63 +367,79 @@ export class AuthqlSession {
     });
   }
 
+  /** POSTs a GraphQL request to authql with credentials and a time limit; the parsed answer. */
+  private async post_(query: string, variables: Record<string, unknown>, accessToken?: string): Promise<unknown> {
+    const headers: Record<string, string> = {
+      'content-type': 'application/json',
+      accept: 'application/graphql-response+json, application/json',
+    };
+    if (accessToken) headers.authorization = `Bearer ${accessToken}`;
+    const signal = typeof AbortSignal.timeout === 'function' ? AbortSignal.timeout(this.options.requestTimeoutMs) : undefined;
+    const response = await this.options.fetch(this.options.uri, {
+      method: 'POST',
+      headers,
+      credentials: this.options.mode === 'token' ? 'same-origin' : 'include',
+      body: JSON.stringify({ query, variables }),
+      ...(signal ? { signal } : {}),
+    });
+    return response.json();
+  }
+
   private async refresh(): Promise<string | null> {
     const token = this.options.mode === 'token';
-    const rotating = this.current?.id ?? null;
-    const variables = token ? { refreshToken: this.current!.refreshToken } : {};
-    type Answer = { data?: { refresh?: PayloadLike } | null; errors?: AuthqlError[] } | null;
+    const rotating = this.current;
+    const variables = token ? { refreshToken: rotating!.refreshToken } : {};
+    type Answer = { data?: { refresh?: PayloadLike } | null; errors?: unknown } | null;
     let body: Answer = null;
     const epoch = this.epoch;
     this.refreshesSent++;
     try {
-      const response = await this.options.fetch(this.options.uri, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json' },
-        credentials: token ? 'same-origin' : 'include',
-        body: JSON.stringify({ query: REFRESH, variables }),
-      });
-      body = (await response.json()) as Answer;
+      body = (await this.post_(REFRESH, variables)) as Answer;
     } catch (cause) {
-      throw new RenewalError('authql could not be reached to renew the access token', [], cause);
+      throw new RenewalError('authql could not be reached in time to renew the access token', [], cause);
     }
     // Signed out meanwhile (here or in another tab): the answer must not bring the session back.
     if (epoch !== this.epoch) return null;
     const payload = body?.data?.refresh;
     if (typeof payload?.accessToken === 'string') {
-      if (!token) this.signedInHere = false; // the cookie works
       await this.take(payload, 'renewed');
+      if (!token) this.proveCookie();
       // Still holding the renewal lock: the tabs granted it next see the mark.
-      if (rotating) await this.markRotated(rotating);
+      if (rotating) await this.markRotated(rotating.id);
       return payload.accessToken;
     }
-    const errors = Array.isArray(body?.errors) ? body.errors : [];
+    const errors = Array.isArray(body?.errors) ? (body.errors as AuthqlError[]) : [];
     const reason = endingReason(errors);
     if (!reason) throw new RenewalError('authql did not renew the access token', errors);
-    if (reason === 'MISSING' && !token && this.signedInHere) {
+    if (reason === 'MISSING' && !token && (this.signedInHere || this.readMarker()?.unproven)) {
       this.warn({
         code: 'COOKIE_NOT_STORED',
         message:
-          'this page signed in, but the refresh that followed sent no refresh cookie: the browser ' +
+          'this app signed in, but the refresh that followed sent no refresh cookie: the browser ' +
           'did not keep it. Usually authql is on another site than the page (a dev server on ' +
           'localhost calling 127.0.0.1, or another domain): proxy /graphql through the page\'s ' +
           'own server, or use one host name for both; see the @authql/client README.',
       });
     }
     this.knownSignedOut = true;
-    await this.signOut(reason);
+    await this.signOut(reason, { sessionId: rotating?.sessionId ?? null });
     return null;
   }
 
   /**
    * Takes the token pair of an answer (`register`, `login`, `refresh`, any field answering an
    * `AuthPayload`): kept in memory, in `storage` (token mode) and handed to the other tabs.
+   * Never throws: a storage that refuses the pair is reported (`STORAGE_FAILED`) and the pair
+   * kept in memory.
    */
   async take(payload: PayloadLike, how: 'signedIn' | 'renewed'): Promise<void> {
     const lifetime = lifetimeMs(payload.accessToken);
     const arrived = Date.now();
+    // `iat` and `exp` are whole seconds: the token may have been issued up to a second before
+    // `iat` says, so it is renewed that second earlier too (never before half its lifetime).
     const renewAt =
       lifetime !== null
-        ? arrived + lifetime - Math.min(5000, lifetime / 10)
+        ? arrived + Math.max(lifetime / 2, lifetime - Math.min(5000, lifetime / 10) - 1000)
         : Date.parse(payload.accessTokenExpiresAt ?? '') || arrived;
     if (this.options.mode === 'token' && payload.refreshToken === null) {
       this.warn({
@@ -408,68 +468,101 @@ export class AuthqlSession {
             : null,
       renewAt,
       id: randomId(),
+      // Strictly after the pair held and the last sign-out, whatever the clock did.
+      issuedAt: Math.max(arrived, (this.current?.issuedAt ?? 0) + 1, this.signedOutAt + 1),
     };
     this.current = tokens;
     this.knownSignedOut = false;
+    const unproven = this.options.mode === 'cookie' && (how === 'signedIn' || Boolean(this.readMarker()?.unproven));
     if (how === 'signedIn' && this.options.mode === 'cookie') this.signedInHere = true;
-    if (this.options.mode === 'token') {
-      await this.options.storage?.setItem(this.options.storageKey, JSON.stringify(tokens));
-      await this.options.storage?.removeItem(this.signedOutKey);
-    } else {
-      this.writeMarker({ id: tokens.id, renewAt: tokens.renewAt });
-    }
+    if (this.options.mode === 'token') await this.store(tokens);
+    this.writeMarker({ id: tokens.id, renewAt: tokens.renewAt, issuedAt: tokens.issuedAt, unproven });
     this.post({ type: 'tokens', tokens, signedIn: how === 'signedIn' });
     this.emit(how, { sessionId: tokens.sessionId, accessTokenExpiresAt: tokens.accessTokenExpiresAt, otherTab: false });
   }
 
+  /** A refresh through the cookie worked: the browser keeps it. */
+  private proveCookie(): void {
+    this.signedInHere = false;
+    const marker = this.readMarker();
+    if (marker?.unproven) this.writeMarker({ ...marker, unproven: false });
+  }
+
+  /** Token mode: keeps the pair in `storage`; a storage that refuses it is reported, never thrown. */
+  private async store(tokens: Tokens): Promise<void> {
+    try {
+      await this.options.storage?.setItem(this.options.storageKey, JSON.stringify(tokens));
+      await this.options.storage?.removeItem(this.signedOutKey);
+    } catch (error) {
+      this.warn({
+        code: 'STORAGE_FAILED',
+        message: `the storage refused the session's tokens (${String(error)}): they are kept in memory only.`,
+      });
+    }
+  }
+
   /**
    * Forgets the session here and in every tab of the origin, and emits `signedOut` where one
-   * was held. Says nothing to authql: `logout` does.
+   * was held. Says nothing to authql: `logout` does. With `sessionId`, only that session ends:
+   * a tab that holds another one (a sign-in meanwhile) keeps it.
    */
-  async signOut(reason: SignOutReason, { otherTab = false, broadcast = true } = {}): Promise<void> {
-    const had = this.current !== null || this.signedInHere;
+  async signOut(
+    reason: SignOutReason,
+    { otherTab = false, broadcast = true, sessionId = null as string | null, at = Date.now() } = {},
+  ): Promise<void> {
+    const held = this.current;
+    if (sessionId && held?.sessionId && held.sessionId !== sessionId) return;
+    if (otherTab && held && at < held.issuedAt) return; // that word is older than the pair held
+    const had = held !== null || this.signedInHere;
     this.epoch++;
+    this.signedOutAt = Math.max(this.signedOutAt, at);
     this.current = null;
     this.signedInHere = false;
     this.knownSignedOut = true;
     if (!otherTab) {
       if (this.options.mode === 'token') {
-        await this.options.storage?.removeItem(this.options.storageKey);
-        await this.options.storage?.setItem(this.signedOutKey, reason);
+        try {
+          // Another tab may have stored a new sign-in meanwhile: that one stays.
+          const stored = await this.load();
+          const ended = sessionId ?? held?.sessionId ?? null;
+          if (!stored || !ended || !stored.sessionId || stored.sessionId === ended) {
+            await this.options.storage?.removeItem(this.options.storageKey);
+          }
+          await this.options.storage?.setItem(this.signedOutKey, JSON.stringify({ reason, sessionId: ended, at }));
+        } catch {
+          // the storage refuses: the other tabs hear it over the channel
+        }
       }
-      else this.writeMarker(null);
+      this.writeMarker(null);
     }
-    if (broadcast) this.post({ type: 'signedOut', reason });
+    if (broadcast) this.post({ type: 'signedOut', reason, sessionId: sessionId ?? held?.sessionId ?? null, at });
     if (had) this.emit('signedOut', { reason, otherTab });
   }
 
   /**
    * Ends the session at authql (`logout`; in token mode with the refresh token, so it works
-   * with an expired access token too) and everywhere here. Resolves whether authql ended one;
-   * the session is forgotten locally either way.
+   * with an expired access token too) and everywhere here. It waits for a renewal in flight in
+   * any tab, so that it sends the newest refresh token. Resolves whether authql ended one; the
+   * session is forgotten locally either way.
    */
   async logout(): Promise<boolean> {
     await this.ready;
-    const held = this.current;
-    let ended = false;
-    try {
-      const headers: Record<string, string> = {
-        'content-type': 'application/json',
-        accept: 'application/graphql-response+json, application/json',
-      };
-      if (held && AuthqlSession.live(held)) headers.authorization = `Bearer ${held.accessToken}`;
-      const response = await this.options.fetch(this.options.uri, {
-        method: 'POST',
-        headers,
-        credentials: this.options.mode === 'token' ? 'same-origin' : 'include',
-        body: JSON.stringify({ query: LOGOUT, variables: { refreshToken: held?.refreshToken ?? null } }),
-      });
-      const body = (await response.json()) as { data?: { logout?: boolean } | null };
-      ended = body?.data?.logout === true;
-    } finally {
-      await this.signOut('LOGOUT');
-    }
-    return ended;
+    await this.inflight?.catch(() => null);
+    return this.exclusive(async () => {
+      await this.fromOtherTabs(null).catch(() => null);
+      const held = this.current;
+      let ended = false;
+      try {
+        const live = held && AuthqlSession.live(held) ? held.accessToken : undefined;
+        const body = (await this.post_(LOGOUT, { refreshToken: held?.refreshToken ?? null }, live)) as {
+          data?: { logout?: boolean } | null;
+        } | null;
+        ended = body?.data?.logout === true;
+      } finally {
+        await this.signOut('LOGOUT', { sessionId: held?.sessionId ?? null });
+      }
+      return ended;
+    });
   }
 
   /** Stops listening to the other tabs. */
@@ -478,23 +571,22 @@ export class AuthqlSession {
   }
 
   private fromPeer(message: PeerMessage): void {
-    switch (message.type) {
+    switch (message?.type) {
       case 'tokens': {
         const tokens = message.tokens;
-        this.waiting.get(tokens.id)?.(tokens);
-        this.waiting.delete(tokens.id);
-        if (tokens.id === this.current?.id) return;
-        this.current = tokens;
-        this.knownSignedOut = false;
-        const how = message.signedIn ? 'signedIn' : 'renewed';
-        this.emit(how, { sessionId: tokens.sessionId, accessTokenExpiresAt: tokens.accessTokenExpiresAt, otherTab: true });
+        const waiting = this.waiting.get(tokens?.id);
+        this.adopt(tokens, true, message.signedIn ? 'signedIn' : 'renewed');
+        if (waiting) {
+          this.waiting.delete(tokens.id);
+          waiting(tokens);
+        }
         return;
       }
       case 'ask':
         if (this.current?.id === message.id) this.post({ type: 'tokens', tokens: this.current, signedIn: false });
         return;
       case 'signedOut':
-        void this.signOut(message.reason, { otherTab: true, broadcast: false });
+        void this.signOut(message.reason, { otherTab: true, broadcast: false, sessionId: message.sessionId, at: message.at });
         return;
     }
   }
@@ -509,38 +601,59 @@ export class AuthqlSession {
 
   private async load(): Promise<Tokens | null> {
     if (this.options.mode !== 'token' || !this.options.storage) return null;
-    const text = await this.options.storage.getItem(this.options.storageKey);
-    if (!text) return null;
     try {
-      const tokens = JSON.parse(text) as Tokens;
-      return typeof tokens?.accessToken === 'string' && typeof tokens.id === 'string' ? tokens : null;
+      const tokens = JSON.parse((await this.options.storage.getItem(this.options.storageKey)) ?? 'null') as Tokens | null;
+      return typeof tokens?.accessToken === 'string' && typeof tokens.id === 'string' && typeof tokens.issuedAt === 'number'
+        ? tokens
+        : null;
     } catch {
       return null;
     }
   }
 
-  /** Token mode: why the last sign-out happened, for tabs that find the pair gone before the message. */
+  /** Token mode: why, when and which session the last sign-out ended, for tabs that find the pair gone first. */
   private get signedOutKey() {
     return `${this.options.storageKey}:signedOut`;
   }
 
-  // Cookie mode: which token is the newest among the tabs (its id and when it needs renewing;
-  // never the token itself), so that a tab that takes the lock after another renewed knows to
-  // ask for that token instead of renewing again.
-  private get markerKey() {
-    return `authql:${this.options.storageKey}:latest`;
-  }
-
-  private readMarker(): { id: string; renewAt: number } | null {
+  private async signedOutWord(): Promise<{ reason: SignOutReason; sessionId: string | null; at: number } | null> {
     try {
-      const text = globalThis.localStorage?.getItem(this.markerKey);
-      return text ? (JSON.parse(text) as { id: string; renewAt: number }) : null;
+      const word = JSON.parse((await this.options.storage?.getItem(this.signedOutKey)) ?? 'null') as {
+        reason?: unknown;
+        sessionId?: unknown;
+        at?: unknown;
+      } | null;
+      if (typeof word?.reason !== 'string' || typeof word.at !== 'number') return null;
+      return {
+        reason: word.reason as SignOutReason,
+        sessionId: typeof word.sessionId === 'string' ? word.sessionId : null,
+        at: word.at,
+      };
     } catch {
       return null;
     }
   }
 
-  private writeMarker(marker: { id: string; renewAt: number } | null): void {
+  // Which pair is the newest among the tabs (its id, when it needs renewing, when it was taken;
+  // never the token itself), so that a tab that takes the lock after another renewed knows to
+  // ask for that pair instead of renewing again; in cookie mode also whether the cookie was
+  // ever seen to work since a sign-in (COOKIE_NOT_STORED after a reload).
+  private get markerKey() {
+    return `authql:${this.sharedKey}:latest`;
+  }
+
+  private readMarker(): Marker | null {
+    try {
+      const marker = JSON.parse(globalThis.localStorage?.getItem(this.markerKey) ?? 'null') as Marker | null;
+      return typeof marker?.id === 'string' && typeof marker.renewAt === 'number' && typeof marker.issuedAt === 'number'
+        ? marker
+        : null;
+    } catch {
+      return null;
+    }
+  }
+
+  private writeMarker(marker: Marker | null): void {
     try {
       if (marker) globalThis.localStorage?.setItem(this.markerKey, JSON.stringify(marker));
       else globalThis.localStorage?.removeItem(this.markerKey);

@@ -10,10 +10,12 @@
  * - `COOKIE_NOT_STORED`: a refresh right after this page signed in found no cookie: the
  *   browser dropped it (raised at that moment, not at start);
  * - `MODE_MISMATCH`: authql keeps the refresh token in a cookie (`REFRESH_TOKEN_COOKIE=true`)
- *   while the client is in mode `token` (raised at the first sign-in).
+ *   while the client is in mode `token` (raised at the first sign-in);
+ * - `STORAGE_FAILED`: the token-mode `storage` refused the pair (full, blocked): it is kept in
+ *   memory only, and other tabs cannot share it.
  */
 export interface Diagnostic {
-  code: 'CROSS_SITE' | 'INSECURE_CONTEXT' | 'COOKIE_NOT_STORED' | 'MODE_MISMATCH';
+  code: 'CROSS_SITE' | 'INSECURE_CONTEXT' | 'COOKIE_NOT_STORED' | 'MODE_MISMATCH' | 'STORAGE_FAILED';
   /** What is wrong and what to do, in English, for the developer's console. */
   message: string;
 }
