@@ -20,7 +20,7 @@ const password = 'correct horse battery staple';
 /** A fetch that records what went over the wire: each request's operation and its answer's codes. */
 function wire() {
   const log = [];
-  const hooks = { tamper: null, delayRefreshMs: 0, refreshesSent: 0 };
+  const hooks = { tamper: null, delayRefreshMs: 0, refreshesSent: 0, delayLogoutMs: 0, nextAnswer: null };
   const fetchImpl = async (input, init = {}) => {
     const body = typeof init.body === 'string' ? JSON.parse(init.body) : {};
     const isRefresh = /\brefresh\s*\(/.test(body.query ?? '');
@@ -28,9 +28,16 @@ function wire() {
     let response = await fetch(input, init);
     if (isRefresh && hooks.delayRefreshMs) await sleep(hooks.delayRefreshMs);
     if (isRefresh && hooks.tamper) response = hooks.tamper(response);
+    if (/\blogout\s*\(/.test(body.query ?? '') && hooks.delayLogoutMs) await sleep(hooks.delayLogoutMs);
+    if (!isRefresh && hooks.nextAnswer) {
+      response = new Response(hooks.nextAnswer, { status: 200, headers: { 'content-type': 'application/json' } });
+      hooks.nextAnswer = null;
+    }
     const answer = await response.clone().json().catch(() => null);
     void isRefresh;
+    const headers = new Headers(init.headers ?? {});
     log.push({
+      authorization: headers.get('authorization'),
       refresh: /\brefresh\s*\(/.test(body.query ?? ''),
       query: body.query ?? '',
       codes: (answer?.errors ?? []).map((e) => e.extensions?.code),
@@ -65,24 +72,52 @@ async function rejectsWith(promise) {
   return errors;
 }
 
+// Anything thrown or rejected that nobody handled fails the file: an app would crash on it.
+const unhandled = [];
+process.on('unhandledRejection', (reason) => unhandled.push(`unhandledRejection: ${reason?.stack ?? JSON.stringify(reason)}`));
+process.on('uncaughtException', (error) => unhandled.push(`uncaughtException: ${error?.stack ?? error}`));
+
+/** A storage that keeps the first pair and then refuses every write (full, blocked), maybe asynchronously. */
+class RefusingStorage extends MemoryStorage {
+  constructor(async) {
+    super();
+    this.async = async;
+    this.writes = 0;
+  }
+  setItem(key, value) {
+    if (++this.writes > 1) {
+      const error = Object.assign(new Error('QuotaExceededError'), { name: 'QuotaExceededError' });
+      if (this.async) return Promise.reject(error);
+      throw error;
+    }
+    return super.setItem(key, value);
+  }
+}
+
 describe('@authql/client in Node, token mode', () => {
   let server;
+  after(() => {
+    assert.deepEqual(unhandled, [], 'nothing went unhandled');
+  });
   const made = [];
 
   /** A signed-out app: its link, Apollo client, typed operations, wire log and sign-outs. */
-  function app({ storage = new MemoryStorage(), ws = false, on = server } = {}) {
+  function app({ storage = new MemoryStorage(), ws = false, on = server, requestTimeoutMs, wsOptions = {} } = {}) {
     const w = wire();
     const closes = [];
     const authql = createAuthqlLink({
       uri: on.graphql,
       fetch: w.fetch,
       storage,
-      ...(ws ? { webSocketImpl: WebSocket, wsOptions: { retryAttempts: 3, retryWait: () => sleep(100), on: { closed: (e) => closes.push(e.code) } } } : {}),
+      ...(requestTimeoutMs ? { requestTimeoutMs } : {}),
+      ...(ws ? { webSocketImpl: WebSocket, wsOptions: { retryAttempts: 3, retryWait: () => sleep(100), on: { closed: (e) => closes.push(e.code) }, ...wsOptions } } : {}),
     });
     const client = new ApolloClient({ link: authql, cache: new InMemoryCache() });
     const signOuts = [];
+    const warnings = [];
     authql.on('signedOut', (event) => signOuts.push(event));
-    const a = { authql, client, ops: authqlOperations(client), wire: w, signOuts, storage, closes };
+    authql.on('warning', (warning) => warnings.push(warning.code));
+    const a = { authql, client, ops: authqlOperations(client), wire: w, signOuts, warnings, storage, closes };
     made.push(a);
     return a;
   }
@@ -336,6 +371,101 @@ describe('@authql/client in Node, token mode', () => {
         assert.deepEqual(a.signOuts, []);
       });
     }
+
+    for (const async of [false, true]) {
+      it(`a storage that refuses the rotated pair (${async ? 'rejecting' : 'throwing'}) is reported, and renewals go on from memory`, async () => {
+        const a = await registered({ storage: new RefusingStorage(async) });
+        for (let round = 0; round < 3; round++) {
+          await untilExpired(a);
+          assert.equal((await a.ops.me()).email, a.email, `renewal ${round + 1}`);
+        }
+        assert.ok(a.warnings.includes('STORAGE_FAILED'));
+        assert.ok(a.wire.refreshes().every((r) => r.codes.length === 0), 'no refresh was refused (no REFRESH_TOKEN_REUSED)');
+        assert.deepEqual(a.signOuts, []);
+      });
+    }
+
+    it('a refresh that never answers fails the waiting operations in time and keeps the session', async () => {
+      const a = await registered({ on: graceful, requestTimeoutMs: 700 });
+      a.wire.hooks.delayRefreshMs = 4000; // a fetch that ignores its abort signal, too (past the limit)
+      await untilExpired(a);
+      const started = Date.now();
+      const outcome = await a.ops.me().then(() => 'answered', () => 'failed');
+      assert.equal(outcome, 'failed');
+      assert.ok(Date.now() - started < 3000, `failed after ${Date.now() - started} ms`);
+      assert.ok(a.authql.tokens, 'the session is kept');
+      a.wire.hooks.delayRefreshMs = 0;
+      assert.equal((await a.ops.me()).email, a.email, 'and renews once authql answers (grace window)');
+    });
+
+    it('an anonymous operation sends no access token', async () => {
+      const a = await registered();
+      const errors = await rejectsWith(a.ops.me(undefined, { context: { authql: { anonymous: true } } }));
+      assert.deepEqual(errors.map((e) => [e.extensions.code, e.extensions.reason]), [['UNAUTHENTICATED', 'MISSING']]);
+      assert.equal(a.wire.log.at(-1).authorization, null);
+      assert.equal(a.wire.refreshes().length, 0, 'and renews nothing');
+      assert.ok(a.wire.log.filter((e) => !e.refresh).slice(1, -1).every((e) => e.authorization?.startsWith('Bearer ')) ?? true);
+    });
+
+    for (const [name, answer] of [
+      ['errors that are not a list', '{"errors":"boom","data":null}'],
+      ['errors that are an object', '{"errors":{"0":{"extensions":{"code":"UNAUTHENTICATED"}}}}'],
+      ['data without the field', '{"data":{}}'],
+      ['null data and no errors', '{"data":null}'],
+    ]) {
+      it(`an answer with ${name} (a broken proxy) rejects the typed helper, and nothing crashes`, async () => {
+        const a = await registered();
+        a.wire.hooks.nextAnswer = answer;
+        await assert.rejects(a.ops.me());
+        assert.equal((await a.ops.me()).email, a.email, 'the next answer is read as usual');
+        assert.deepEqual(a.signOuts, []);
+      });
+    }
+
+    it('signOut() waits for the renewal in flight and ends the session with the newest refresh token', async () => {
+      const a = await registered();
+      a.wire.hooks.delayRefreshMs = 400;
+      await untilExpired(a);
+      const me = a.ops.me().then(() => 'answered', () => 'failed');
+      await until(() => a.wire.hooks.refreshesSent === 1, 'the refresh to be sent', 5000);
+      assert.equal(await a.authql.signOut(), true, 'authql ended the session');
+      assert.equal(await me, 'answered', 'the operation that started the renewal got its answer');
+      const newest = a.wire.refreshes()[0];
+      assert.deepEqual(newest.codes, []);
+      const replay = await fetch(server.graphql, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ query: 'query { me { id } }' }),
+      }).then((r) => r.json());
+      assert.deepEqual(replay.errors.map((e) => e.extensions.code), ['UNAUTHENTICATED']);
+      assert.equal(a.authql.tokens, null);
+    });
+
+    it("a sign-out ends only its own session: another app's sign-in on the same storage meanwhile stays", async () => {
+      const a = await registered();
+      const b = app({ storage: a.storage });
+      a.wire.hooks.delayLogoutMs = 400;
+      const out = a.authql.signOut();
+      await sleep(100);
+      await b.ops.login({ input: { emailOrUsername: a.email, password } }); // a new session, stored
+      assert.equal(await out, true);
+      assert.equal(a.authql.tokens, null);
+      assert.ok(b.authql.tokens, 'b keeps its new session');
+      assert.ok(a.storage.getItem(`authql:${server.graphql}`), "b's pair stays stored");
+      await untilExpired(b);
+      assert.equal((await b.ops.me()).email, a.email, 'and renews it');
+      assert.deepEqual(b.signOuts, []);
+    });
+
+    it('signOut() while graphql-ws waits to reconnect after a 4403 leaves nothing unhandled', async () => {
+      const a = await registered({ ws: true, wsOptions: { retryWait: () => sleep(1000) } });
+      let completed = false;
+      a.authql.sessionEvents().subscribe({ next: () => {}, error: () => {}, complete: () => (completed = true) });
+      await until(() => a.closes.includes(4403), 'the socket closed for expiry', 10000);
+      await a.authql.signOut(); // graphql-ws is inside its retry wait now
+      await sleep(1500);
+      assert.ok(completed, 'the subscription completed');
+    });
 
     it('a tampered stored pair is no session, and nothing throws', async () => {
       for (const stored of ['not json', '{"accessToken":1}', 'null', '[]', '{"accessToken":"x.y.z","id":"1","renewAt":"soon"}']) {

@@ -367,22 +367,40 @@ export class AuthqlSession {
     });
   }
 
-  /** POSTs a GraphQL request to authql with credentials and a time limit; the parsed answer. */
+  /**
+   * POSTs a GraphQL request to authql with credentials and a time limit (`requestTimeoutMs`,
+   * also when the `fetch` given ignores its abort signal); the parsed answer.
+   */
   private async post_(query: string, variables: Record<string, unknown>, accessToken?: string): Promise<unknown> {
     const headers: Record<string, string> = {
       'content-type': 'application/json',
       accept: 'application/graphql-response+json, application/json',
     };
     if (accessToken) headers.authorization = `Bearer ${accessToken}`;
-    const signal = typeof AbortSignal.timeout === 'function' ? AbortSignal.timeout(this.options.requestTimeoutMs) : undefined;
-    const response = await this.options.fetch(this.options.uri, {
-      method: 'POST',
-      headers,
-      credentials: this.options.mode === 'token' ? 'same-origin' : 'include',
-      body: JSON.stringify({ query, variables }),
-      ...(signal ? { signal } : {}),
+    const abort = new AbortController();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        abort.abort();
+        reject(new Error(`authql did not answer within ${this.options.requestTimeoutMs} ms`));
+      }, this.options.requestTimeoutMs);
     });
-    return response.json();
+    const answer = (async () => {
+      const response = await this.options.fetch(this.options.uri, {
+        method: 'POST',
+        headers,
+        credentials: this.options.mode === 'token' ? 'same-origin' : 'include',
+        body: JSON.stringify({ query, variables }),
+        signal: abort.signal,
+      });
+      return response.json() as Promise<unknown>;
+    })();
+    answer.catch(() => undefined); // settled by the race below; a late failure is nobody's
+    try {
+      return await Promise.race([answer, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private async refresh(): Promise<string | null> {
