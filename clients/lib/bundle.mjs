@@ -1,10 +1,13 @@
-// Bundles browser/app.mjs (Apollo Client 4 + the shared app) for the browser tests.
+// Bundles the browser entries of the tests with esbuild: browser/app.mjs (the tests' own Apollo
+// Client 4 app) and browser/package-app.mjs (@authql/client from its built dist/; build the
+// package first: `npm run build -w @authql/client`, which `npm test` does).
 import { build } from 'esbuild';
 import { fileURLToPath } from 'node:url';
 
-export async function bundleBrowserApp() {
+/** One browser entry (under ../browser/) as an IIFE script; `.graphql` files load as text. */
+async function bundle(entry) {
   const result = await build({
-    entryPoints: [fileURLToPath(new URL('../browser/app.mjs', import.meta.url))],
+    entryPoints: [fileURLToPath(new URL(`../browser/${entry}`, import.meta.url))],
     bundle: true,
     write: false,
     format: 'iife',
@@ -17,9 +20,15 @@ export async function bundleBrowserApp() {
   return result.outputFiles[0].text;
 }
 
-export const APP_PAGE = `<!doctype html>
+export const bundleBrowserApp = () => bundle('app.mjs');
+export const bundlePackageApp = () => bundle('package-app.mjs');
+
+const page = (title, text) => `<!doctype html>
 <html lang="en">
-<head><meta charset="utf-8"><title>authql app</title></head>
-<body><p>authql test app</p><script src="/app.js"></script></body>
+<head><meta charset="utf-8"><title>${title}</title></head>
+<body><p>${text}</p><script src="/app.js"></script></body>
 </html>
 `;
+
+export const APP_PAGE = page('authql app', 'authql test app');
+export const PACKAGE_PAGE = page('authql package', '@authql/client test page');
