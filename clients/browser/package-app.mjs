@@ -38,9 +38,11 @@ window.authqlTest = {
   /**
    * A link (`createAuthqlLink({ uri, mode, wsUri })`), an Apollo Client over it and the typed
    * operations. The socket's `connected`/`closed` are recorded too; `retryWaitMs` sets a fixed
-   * wait between reconnections.
+   * wait between reconnections. `storage`: `'localStorage'`, `'sessionStorage'` or `null`
+   * (memory only; left out: the link's default); `storageKey` and `requestTimeoutMs` go to the
+   * link as they are.
    */
-  create({ uri, mode, wsUri, retryAttempts = 3, retryWaitMs = 200 }) {
+  create({ uri, mode, wsUri, storage, storageKey, requestTimeoutMs, retryAttempts = 3, retryWaitMs = 200 }) {
     this.client?.stop();
     this.link?.dispose();
     this.timeline.length = 0;
@@ -48,6 +50,9 @@ window.authqlTest = {
       uri,
       mode,
       ...(wsUri ? { wsUri } : {}),
+      ...(storage !== undefined ? { storage: storage === null ? null : window[storage] } : {}),
+      ...(storageKey !== undefined ? { storageKey } : {}),
+      ...(requestTimeoutMs !== undefined ? { requestTimeoutMs } : {}),
       wsOptions: {
         retryAttempts,
         retryWait: () => new Promise((resolve) => setTimeout(resolve, retryWaitMs)),
@@ -100,10 +105,12 @@ window.authqlTest = {
     return Promise.all(Array.from({ length: count }, () => this.call(method, ...args)));
   },
 
-  /** Waits until `Date.now() >= at` (ms since the epoch), then calls. */
+  /** Waits until `Date.now() >= at` (ms since the epoch), then calls; when it started and ended. */
   async callAt(at, method, ...args) {
     await new Promise((resolve) => setTimeout(resolve, Math.max(0, at - Date.now())));
-    return { startedAt: Date.now(), ...(await this.call(method, ...args)) };
+    const startedAt = Date.now();
+    const result = await this.call(method, ...args);
+    return { startedAt, endedAt: Date.now(), ...result };
   },
 };
 

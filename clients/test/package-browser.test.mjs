@@ -17,7 +17,16 @@
 // a sign-out in one tab signing out the others, a remote revocation reaching the tab over
 // sessionEvents within a second. Then cookie mode across sites (page on localhost, authql on
 // 127.0.0.1): CROSS_SITE at creation, the cookie not stored, COOKIE_NOT_STORED and a MISSING
-// sign-out at the first renewal. No request may leave loopback.
+// sign-out at the first renewal. No request may leave loopback, no page may have an uncaught
+// error or unhandled rejection, and no answer may say REFRESH_TOKEN_REUSED.
+//
+// Then what an outside review found (each of these failed before the fix): token mode in a
+// per-tab sessionStorage (a tab opened with window.open renewing after its opener, past the
+// 10 s rotated mark) and in memory only (six tabs, one refresh per expiry); two cookie-mode
+// apps of one origin with their own storageKey sharing one refresh; COOKIE_NOT_STORED in a tab
+// that did not sign in and after a reload; a sign-in in one tab while another's signOut() is on
+// its way; a refresh that never answers (requestTimeoutMs); a sign-out while another tab's
+// renewal is in flight. Delays and stalls are made with Playwright routes on authql's URL.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -31,7 +40,21 @@ const ACCESS_TOKEN_SECONDS = 3;
 const password = 'correct horse battery staple';
 const newEmail = (who) => `${who}-${randomUUID()}@example.com`;
 const isRefresh = (body) => /\brefresh\s*\(/.test(body ?? '');
+const isLogout = (body) => /\blogout\s*\(/.test(body ?? '');
 const kinds = (timeline, kind) => timeline.filter((entry) => entry.kind === kind);
+
+/** `promise`'s value, or `null` when it has not settled within `ms` (or rejected). */
+async function settled(promise, ms = 5000) {
+  let timer;
+  const late = new Promise((resolve) => {
+    timer = setTimeout(resolve, ms, null);
+  });
+  try {
+    return await Promise.race([promise.catch(() => null), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** A GraphQL POST from Node (no browser, no cookie). */
 async function gqlPost(url, query, variables = {}, token = null) {
@@ -104,12 +127,16 @@ describe('@authql/client in Chromium', { skip: chromiumMissing }, () => {
     const pageErrors = [];
     const names = new Map();
     const wire = [];
+    // Every page of the context, popups included: an uncaught error or an unhandled rejection
+    // (Chromium reports both as `pageerror`) fails the test.
+    context.on('page', (page) => page.on('pageerror', (error) => pageErrors.push(`${names.get(page) ?? 'a page'}: ${error.message}`)));
     context.on('request', (request) => {
       if (request.method() !== 'POST' || request.url() !== api) return;
       const body = request.postData() ?? '';
       let operationName = null;
+      let variables = null;
       try {
-        operationName = JSON.parse(body).operationName ?? null;
+        ({ operationName = null, variables = null } = JSON.parse(body));
       } catch { /* not JSON */ }
       let tab = null;
       try {
@@ -119,7 +146,9 @@ describe('@authql/client in Chromium', { skip: chromiumMissing }, () => {
         at: Date.now(),
         tab,
         refresh: isRefresh(body),
+        logout: isLogout(body),
         operationName,
+        variables,
         answer: request
           .response()
           .then((response) => response?.json())
@@ -155,30 +184,75 @@ describe('@authql/client in Chromium', { skip: chromiumMissing }, () => {
         assert.ok(cookies.length <= 1, `one refresh cookie at most: ${cookies.map((c) => c.name)}`);
         return cookies[0] ?? null;
       },
-      async newTab(name) {
+      /** No answer on the wire so far says REFRESH_TOKEN_REUSED (as a code or a reason). */
+      async assertNoReuse() {
+        const answers = await Promise.all(wire.map((entry) => settled(entry.answer)));
+        const reused = answers.filter((a) => a && [...a.codes, ...a.reasons].includes('REFRESH_TOKEN_REUSED'));
+        assert.deepEqual(reused, [], 'REFRESH_TOKEN_REUSED on the wire');
+      },
+      /** The first wire entry `pred` accepts, waiting for it. */
+      async waitForWire(pred, what, timeoutMs = 5000) {
+        const deadline = Date.now() + timeoutMs;
+        for (;;) {
+          const found = wire.find(pred);
+          if (found) return found;
+          if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} on the wire`);
+          await sleep(10);
+        }
+      },
+      /**
+       * A new tab loading the test page; `options` go to `create()` (`storage`, `storageKey`,
+       * `requestTimeoutMs`) with `uri` and `mode`.
+       */
+      async newTab(name, options = {}) {
         const page = await context.newPage();
         names.set(page, name);
-        page.on('pageerror', (error) => pageErrors.push(`${name}: ${error.message}`));
         await page.goto(`${origin}/`, { timeout: 30000 });
-        await page.waitForFunction(() => document.title === 'authql package ready', null, { timeout: 10000 });
-        const created = await page.evaluate((options) => window.authqlTest.create(options), { uri: api, mode });
-        return tabOf(page, name, api, created);
+        return tabIn(page, name, options);
+      },
+      /** A tab that `opener` opens with `window.open` (Chromium copies the opener's sessionStorage into it). */
+      async openFrom(opener, name, options = {}) {
+        const [page] = await Promise.all([
+          context.waitForEvent('page'),
+          opener.page.evaluate((url) => void window.open(url), `${origin}/`),
+        ]);
+        names.set(page, name);
+        await page.waitForLoadState();
+        return tabIn(page, name, options);
       },
     };
+    async function tabIn(page, name, options) {
+      const createOptions = { uri: api, mode, ...options };
+      const tab = tabOf(page, name, api, null, createOptions);
+      await tab.load();
+      return tab;
+    }
     try {
       await run(ctx);
       assert.deepEqual(blocked, [], 'requests beyond loopback');
-      assert.deepEqual(pageErrors, [], 'uncaught errors in the pages');
+      assert.deepEqual(pageErrors, [], 'uncaught errors or unhandled rejections in the pages');
+      await ctx.assertNoReuse();
     } finally {
       await context.close();
     }
   }
 
-  function tabOf(page, name, api, created) {
+  function tabOf(page, name, api, created, createOptions) {
     const tab = {
       page,
       name,
       created,
+      /** Waits for the page's script, then creates the link (`created`: what `create()` said). */
+      async load() {
+        await page.waitForFunction(() => document.title === 'authql package ready', null, { timeout: 10000 });
+        tab.created = await page.evaluate((options) => window.authqlTest.create(options), createOptions);
+        return tab.created;
+      },
+      /** Reloads the page and creates the link again, with the same options. */
+      async reload() {
+        await page.reload({ timeout: 30000 });
+        return tab.load();
+      },
       call: (method, ...args) => page.evaluate(([m, a]) => window.authqlTest.call(m, ...a), [method, args]),
       /** Calls `method` in the page when the page's clock reaches `at`. */
       callAt: (at, method, ...args) => page.evaluate(([t, m, a]) => window.authqlTest.callAt(t, m, ...a), [at, method, args]),
@@ -193,6 +267,12 @@ describe('@authql/client in Chromium', { skip: chromiumMissing }, () => {
           return text === null ? null : JSON.parse(text);
         }, `authql:${api}`),
       localStorageDump: () => page.evaluate(() => JSON.stringify({ ...localStorage })),
+      /** What `key` holds in this tab's `area` ('localStorage' or 'sessionStorage'), parsed. */
+      storageItem: (area, key) =>
+        page.evaluate(([a, k]) => {
+          const text = window[a].getItem(k);
+          return text === null ? null : JSON.parse(text);
+        }, [area, key]),
       /** The first timeline entry `pred` accepts, waiting for it (polled from Node). */
       async waitFor(pred, what, timeoutMs = 5000) {
         const deadline = Date.now() + timeoutMs;
@@ -482,6 +562,270 @@ describe('@authql/client in Chromium', { skip: chromiumMissing }, () => {
         { reason: 'MISSING', otherTab: false },
       ]);
       assert.equal(await tab.tokens(), null);
+    });
+  });
+
+  // Regression tests for what an outside review found in the browser (each failed before the
+  // fix). Codes, reasons, state and the wire only; withContext also checks that no answer said
+  // REFRESH_TOKEN_REUSED and that no page had an uncaught error or unhandled rejection.
+  describe('found by an outside review', () => {
+    it('token mode in sessionStorage: a tab opened with window.open renews after its opener, also past the rotated mark', async () => {
+      // window.open gives the new tab a copy of the opener's sessionStorage, each tab then has its
+      // own: tab B's copy must follow A's renewal, or B sends the refresh token A rotated away.
+      // The renewing tab's "rotated" mark lasts ROTATED_MARK_MS (10 s); B renews past it.
+      const api = servers.token.graphql;
+      const options = { storage: 'sessionStorage' };
+      const key = `authql:${api}`;
+      await withContext({ mode: 'token', api }, async (ctx) => {
+        const tabA = await ctx.newTab('A', options);
+        const { email } = await register(tabA, 'ada');
+        assert.equal(await tabA.stored(), null, 'nothing in localStorage');
+        const tabB = await ctx.openFrom(tabA, 'B', options);
+        assert.equal((await tabB.storageItem('sessionStorage', key))?.refreshToken, (await tabA.tokens()).refreshToken, "B has a copy of A's sessionStorage");
+        assert.deepEqual(await tabB.call('link.restore'), { ok: true, value: true });
+        assert.equal(ctx.wire.length, 1, 'B restored without a request');
+
+        const round = async (first, second, at, expected) => {
+          const a = await first.callAt(at, 'me');
+          assert.ok(a.ok && a.value.email === email, `${first.name}: ${JSON.stringify(a)}`);
+          const b = await second.call('me');
+          assert.ok(b.ok && b.value.email === email, `${second.name}: ${JSON.stringify(b)}`);
+          assert.deepEqual(ctx.refreshes().map((e) => e.tab), expected, 'one refresh per expiry, by the tab that called first');
+          await ctx.assertRefreshesRenewed();
+          const [heldA, heldB] = [await tabA.tokens(), await tabB.tokens()];
+          assert.equal(heldA.accessToken, heldB.accessToken, 'both tabs hold the renewed pair');
+          for (const t of [tabA, tabB]) {
+            assert.equal((await t.storageItem('sessionStorage', key))?.refreshToken, heldA.refreshToken, `${t.name}'s sessionStorage holds the newest refresh token`);
+          }
+        };
+        // A renews; B is handed the new pair.
+        await round(tabA, tabB, await expiryOf(tabA, tabB), ['A']);
+        // B renews, once A's mark of the pair it rotated away is gone.
+        const markGone = ctx.refreshes()[0].at + 10_000 + 200;
+        await round(tabB, tabA, Math.max(markGone, await expiryOf(tabA, tabB)), ['A', 'B']);
+        // And A again: its own sessionStorage followed B's renewal.
+        await round(tabA, tabB, await expiryOf(tabA, tabB), ['A', 'B', 'A']);
+        for (const t of [tabA, tabB]) assert.deepEqual(kinds(await t.timeline(), 'signedOut'), [], `${t.name} stays signed in`);
+      });
+    });
+
+    it('token mode with storage null: six tabs share one refresh per expiry over the channel', async () => {
+      const api = servers.token.graphql;
+      await withContext({ mode: 'token', api }, async (ctx) => {
+        const tabs = [];
+        for (let i = 1; i <= 6; i++) tabs.push(await ctx.newTab(`tab${i}`, { storage: null }));
+        const { email } = await register(tabs[0], 'lise');
+        for (const t of tabs.slice(1)) {
+          const event = await t.waitFor((e) => e.kind === 'signedIn', 'signedIn from tab1');
+          assert.equal(event.otherTab, true);
+        }
+        const held = await Promise.all(tabs.map((t) => t.tokens()));
+        assert.equal(new Set(held.map((t) => t.refreshToken)).size, 1, 'every tab holds the pair');
+        assert.ok(!(await tabs[0].localStorageDump()).includes(held[0].refreshToken), 'no token in localStorage');
+        for (let round = 1; round <= 2; round++) {
+          const at = await expiryOf(...tabs);
+          const answers = await Promise.all(tabs.map((t) => t.callAt(at, 'me')));
+          for (const [i, a] of answers.entries()) assert.ok(a.ok && a.value.email === email, `tab${i + 1}, round ${round}: ${JSON.stringify(a)}`);
+          assert.equal(ctx.refreshes().length, round, `exactly one refresh between the six tabs (round ${round})`);
+          await ctx.assertRefreshesRenewed();
+          const now = await Promise.all(tabs.map((t) => t.tokens()));
+          assert.equal(new Set(now.map((t) => t.accessToken)).size, 1, 'all tabs hold the renewed token');
+        }
+        for (const t of tabs) assert.deepEqual(kinds(await t.timeline(), 'signedOut'), [], `${t.name} stays signed in`);
+      });
+    });
+
+    it('cookie mode, two apps of one origin with their own storageKey: one refresh per expiry', async () => {
+      // Both share authql's one cookie, so they must share the renewal too.
+      const api = servers.cookie.graphql;
+      await withContext({ mode: 'cookie', api }, async (ctx) => {
+        const shop = await ctx.newTab('shop', { storageKey: 'shop' });
+        const { email } = await register(shop, 'grete');
+        const admin = await ctx.newTab('admin', { storageKey: 'admin' });
+        assert.deepEqual(await admin.call('link.restore'), { ok: true, value: true });
+        assert.equal(ctx.refreshes().length, 0, 'admin got the session from shop, not from a refresh');
+        for (let round = 1; round <= 2; round++) {
+          const at = await expiryOf(shop, admin);
+          const answers = await Promise.all([shop.callAt(at, 'me'), admin.callAt(at, 'me')]);
+          for (const a of answers) assert.ok(a.ok && a.value.email === email, `round ${round}: ${JSON.stringify(a)}`);
+          assert.equal(ctx.refreshes().length, round, `exactly one refresh between the two apps (round ${round})`);
+          await ctx.assertRefreshesRenewed();
+          assert.equal((await shop.tokens()).accessToken, (await admin.tokens()).accessToken);
+        }
+        for (const t of [shop, admin]) assert.deepEqual(kinds(await t.timeline(), 'signedOut'), [], `${t.name} stays signed in`);
+      });
+    });
+
+    it('cookie mode across sites: COOKIE_NOT_STORED after a reload, and in a tab that did not sign in', async () => {
+      const api = servers.crossSite.graphql;
+      await withContext({ mode: 'cookie', api, origin: `http://localhost:${app.port}` }, async (ctx) => {
+        const tabA = await ctx.newTab('A');
+        await register(tabA, 'emmy');
+        assert.equal(await ctx.refreshCookie(), null, 'Chromium did not store the cookie');
+        // The developer reloads: restore() finds no session, and says why.
+        assert.deepEqual((await tabA.reload()).diagnostics.map((d) => d.code), ['CROSS_SITE']);
+        assert.deepEqual(await tabA.call('link.restore'), { ok: true, value: false });
+        assert.deepEqual(ctx.refreshes().map((e) => e.tab), ['A']);
+        assert.deepEqual((await ctx.refreshes()[0].answer).reasons, ['MISSING']);
+        assert.deepEqual(kinds(await tabA.timeline(), 'warning').map((w) => w.code), ['CROSS_SITE', 'COOKIE_NOT_STORED']);
+
+        // Signed in again in A; B, which did not sign in, is the one that renews.
+        await register(tabA, 'emmy');
+        const tabB = await ctx.newTab('B');
+        assert.deepEqual(await tabB.call('link.restore'), { ok: true, value: true });
+        assert.equal(ctx.refreshes().length, 1, 'B got the session from A, not from a refresh');
+        await untilExpired(tabB);
+        const me = await tabB.call('me');
+        assert.equal(me.ok, false);
+        assert.deepEqual(me.codes, ['UNAUTHENTICATED']);
+        assert.deepEqual(ctx.refreshes().map((e) => e.tab), ['A', 'B']);
+        assert.deepEqual((await ctx.refreshes()[1].answer).reasons, ['MISSING']);
+        const timelineB = await tabB.timeline();
+        assert.deepEqual(kinds(timelineB, 'warning').map((w) => w.code), ['CROSS_SITE', 'COOKIE_NOT_STORED']);
+        assert.deepEqual(kinds(timelineB, 'signedOut').map((e) => [e.reason, e.otherTab]), [['MISSING', false]]);
+        await tabA.waitFor((e) => e.kind === 'signedOut', "A's signedOut");
+        assert.deepEqual(kinds(await tabA.timeline(), 'signedOut').map((e) => [e.reason, e.otherTab]), [['MISSING', true]]);
+        for (const t of [tabA, tabB]) assert.equal(await t.tokens(), null);
+      });
+    });
+
+    it("a sign-in in tab B while tab A's signOut() is in flight keeps the new session", async () => {
+      const api = servers.token.graphql;
+      await withContext({ mode: 'token', api }, async (ctx) => {
+        const tabA = await ctx.newTab('A');
+        const { email: leaving } = await register(tabA, 'leaving');
+        const old = await tabA.tokens();
+        const arriving = newEmail('arriving');
+        const registered = await gqlPost(api, 'mutation ($input: RegisterInput!) { register(input: $input) { session { id } } }', { input: { email: arriving, password } });
+        assert.ok(registered.data?.register, JSON.stringify(registered));
+        const tabB = await ctx.newTab('B');
+        assert.deepEqual(await tabB.call('link.restore'), { ok: true, value: true });
+        // A's logout reaches authql a second late.
+        await tabA.page.route(api, async (route) => {
+          if (isLogout(route.request().postData())) await sleep(1000);
+          return route.fallback();
+        });
+        const signingOut = tabA.call('link.signOut');
+        signingOut.catch(() => {}); // awaited below; not unhandled when a step before fails
+        await ctx.waitForWire((e) => e.logout, "A's logout");
+        const login = await tabB.call('login', { input: { emailOrUsername: arriving, password } });
+        assert.ok(login.ok, `B's login: ${JSON.stringify(login)}`);
+        const newSession = login.value.session.id;
+        assert.deepEqual(await signingOut, { ok: true, value: true }, 'authql ended the session A held');
+        const logout = ctx.wire.find((e) => e.logout);
+        assert.equal(logout.tab, 'A');
+        assert.equal(logout.variables.refreshToken, old.refreshToken, "A's logout sent the refresh token of its own session");
+        await sleep(200); // any late word from A's sign-out reaches B
+        const heldB = await tabB.tokens();
+        assert.equal(heldB?.sessionId, newSession, 'B keeps its new session');
+        assert.equal((await tabB.call('me')).value?.email, arriving);
+        assert.deepEqual(kinds(await tabB.timeline(), 'signedOut'), [], 'B was not signed out');
+        assert.equal((await tabB.stored())?.sessionId, newSession, 'the new pair stays in localStorage');
+        // A's session is over. The tabs of an origin share one session, the newest sign-in: A
+        // was handed B's while its logout was on its way, and keeps it, as a reload would.
+        assert.equal((await tabA.tokens())?.sessionId, newSession, 'A holds the new session, not the one it signed out');
+        assert.deepEqual(kinds(await tabA.timeline(), 'signedIn').map((e) => [e.sessionId, e.otherTab]), [[old.sessionId, false], [newSession, true]]);
+        // At authql: the old session is gone, the new one lives.
+        const sessionsOf = async (email) => {
+          const { accessToken } = await nodeLogin(api, email);
+          const answer = await gqlPost(api, '{ mySessions(first: 50) { id current } }', {}, accessToken);
+          assert.ok(answer.data?.mySessions, JSON.stringify(answer));
+          return answer.data.mySessions.filter((s) => !s.current).map((s) => s.id);
+        };
+        assert.deepEqual(await sessionsOf(leaving), [], "A's session ended at authql");
+        assert.deepEqual((await sessionsOf(arriving)).sort(), [registered.data.register.session.id, newSession].sort(), "B's session is live at authql");
+      });
+    });
+
+    it('a refresh that never answers fails the waiting operations after requestTimeoutMs, and no tab stays frozen', async (t) => {
+      const api = servers.token.graphql;
+      const options = { requestTimeoutMs: 1500 };
+      await withContext({ mode: 'token', api }, async (ctx) => {
+        const tabA = await ctx.newTab('A', options);
+        const { email } = await register(tabA, 'hang');
+        const tabB = await ctx.newTab('B', options);
+        assert.deepEqual(await tabB.call('link.restore'), { ok: true, value: true });
+        // Refresh requests are held forever (a stalled proxy): they never reach authql.
+        const held = [];
+        const hold = (route) => {
+          if (isRefresh(route.request().postData())) held.push(route);
+          else return route.fallback();
+        };
+        await ctx.context.route(api, hold);
+        const at = await expiryOf(tabA, tabB);
+        const outcomes = await settled(Promise.all([tabA.callAt(at, 'me'), tabA.callAt(at, 'me'), tabB.callAt(at + 50, 'me')]), at - Date.now() + 10_000);
+        assert.ok(outcomes, 'the operations waiting for the stalled refresh still hang 10 s later');
+        const [a1, a2, b] = outcomes;
+        for (const [who, r] of [['A', a1], ['A', a2], ['B', b]]) {
+          assert.equal(r.ok, false, `${who}: ${JSON.stringify(r)}`);
+          assert.deepEqual(r.codes, [], `${who}: a failure to renew, no answer of authql`);
+        }
+        for (const r of [a1, a2]) assert.ok(r.endedAt - r.startedAt < 2500, `A's operations failed after ${r.endedAt - r.startedAt} ms`);
+        // B waited for A's renewal (the lock), then tried once itself.
+        assert.ok(b.endedAt - b.startedAt < 4500, `B's operation failed after ${b.endedAt - b.startedAt} ms`);
+        assert.ok(held.length >= 1 && held.length <= 2, `${held.length} refreshes held`);
+        t.diagnostic(`A's operations failed after ${a1.endedAt - a1.startedAt} and ${a2.endedAt - a2.startedAt} ms, B's after ${b.endedAt - b.startedAt} ms; ${held.length} refreshes held`);
+        assert.equal(ctx.refreshes()[0].tab, 'A');
+        // The stall ends: every tab works again, with one refresh.
+        await ctx.context.unroute(api, hold);
+        for (const route of held) await route.abort().catch(() => {});
+        const sent = ctx.refreshes().length;
+        for (const t of [tabA, tabB]) {
+          const me = await t.call('me');
+          assert.ok(me.ok && me.value.email === email, `${t.name} after the stall: ${JSON.stringify(me)}`);
+        }
+        const after = ctx.refreshes().slice(sent);
+        assert.equal(after.length, 1, 'one refresh once authql answers again');
+        assert.deepEqual((await after[0].answer)?.codes, []);
+        assert.equal((await tabA.tokens()).accessToken, (await tabB.tokens()).accessToken);
+        for (const t of [tabA, tabB]) assert.deepEqual(kinds(await t.timeline(), 'signedOut'), [], `${t.name} stays signed in`);
+      });
+    });
+
+    it("signOut() in tab A while tab B's renewal is in flight ends the session with B's new refresh token", async () => {
+      // authql runs with REFRESH_REUSE_GRACE_SECONDS=0: a logout with the refresh token B just
+      // rotated away would not end the session B renewed.
+      const api = servers.token.graphql;
+      await withContext({ mode: 'token', api }, async (ctx) => {
+        const tabA = await ctx.newTab('A');
+        await register(tabA, 'ida');
+        const tabB = await ctx.newTab('B');
+        assert.deepEqual(await tabB.call('link.restore'), { ok: true, value: true });
+        await untilExpired(tabA, tabB);
+        // B's refresh reaches authql at once; its answer gets back 1.5 s later.
+        await tabB.page.route(api, async (route) => {
+          if (!isRefresh(route.request().postData())) return route.fallback();
+          const response = await route.fetch();
+          await sleep(1500);
+          return route.fulfill({ response }).catch(() => {});
+        });
+        const renewing = tabB.call('me');
+        renewing.catch(() => {}); // awaited below; not unhandled when a step before fails
+        await ctx.waitForWire((e) => e.refresh, "B's refresh");
+        await sleep(200);
+        assert.deepEqual(await tabA.call('link.signOut'), { ok: true, value: true }, 'authql ended the session');
+        const me = await renewing;
+        if (!me.ok) assert.deepEqual(me.codes, ['UNAUTHENTICATED'], JSON.stringify(me));
+        const [refresh] = ctx.refreshes();
+        assert.equal(refresh.tab, 'B');
+        const renewed = await refresh.answer;
+        assert.deepEqual(renewed.codes, []);
+        const obtained = renewed.data.refresh.refreshToken;
+        assert.equal(typeof obtained, 'string');
+        const logouts = ctx.wire.filter((e) => e.logout);
+        assert.deepEqual(logouts.map((e) => e.tab), ['A']);
+        assert.equal(logouts[0].variables.refreshToken, obtained, 'the logout sent the refresh token B obtained');
+        assert.deepEqual((await logouts[0].answer).codes, []);
+        for (const t of [tabA, tabB]) {
+          await t.waitFor((e) => e.kind === 'signedOut', `${t.name}'s signedOut`);
+          assert.equal(await t.tokens(), null, `${t.name} is signed out`);
+        }
+        assert.equal(await tabA.stored(), null, 'no pair left in localStorage');
+        // The refresh token B obtained is dead at authql.
+        const again = await gqlPost(api, 'mutation ($t: String) { refresh(refreshToken: $t) { accessToken } }', { t: obtained });
+        assert.deepEqual(again.errors?.map((e) => e.extensions?.code), ['UNAUTHENTICATED'], JSON.stringify(again));
+        assert.equal(again.data?.refresh ?? null, null);
+      });
     });
   });
 });
