@@ -33,7 +33,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { startAuthql } from '../lib/authql-server.mjs';
 import { chromiumMissing, launchChromium, loopbackOnly } from '../lib/browser.mjs';
-import { bundlePackageApp, PACKAGE_PAGE } from '../lib/bundle-package.mjs';
+import { bundlePackageApp, PACKAGE_PAGE } from '../lib/bundle.mjs';
 import { startStaticServer } from '../lib/static-server.mjs';
 
 const ACCESS_TOKEN_SECONDS = 3;
@@ -689,9 +689,9 @@ describe('@authql/client in Chromium', { skip: chromiumMissing }, () => {
       });
     });
 
-    it("a sign-in in tab B while tab A's signOut() is in flight keeps the new session", async () => {
-      const api = servers.token.graphql;
-      await withContext({ mode: 'token', api }, async (ctx) => {
+    for (const mode of ['token', 'cookie']) it(`${mode} mode: a sign-in in tab B while tab A's signOut() is in flight keeps the new session`, async () => {
+      const api = servers[mode].graphql;
+      await withContext({ mode, api }, async (ctx) => {
         const tabA = await ctx.newTab('A');
         const { email: leaving } = await register(tabA, 'leaving');
         const old = await tabA.tokens();
@@ -714,13 +714,26 @@ describe('@authql/client in Chromium', { skip: chromiumMissing }, () => {
         assert.deepEqual(await signingOut, { ok: true, value: true }, 'authql ended the session A held');
         const logout = ctx.wire.find((e) => e.logout);
         assert.equal(logout.tab, 'A');
-        assert.equal(logout.variables.refreshToken, old.refreshToken, "A's logout sent the refresh token of its own session");
+        if (mode === 'token') assert.equal(logout.variables.refreshToken, old.refreshToken, "A's logout sent the refresh token of its own session");
         await sleep(200); // any late word from A's sign-out reaches B
         const heldB = await tabB.tokens();
         assert.equal(heldB?.sessionId, newSession, 'B keeps its new session');
         assert.equal((await tabB.call('me')).value?.email, arriving);
-        assert.deepEqual(kinds(await tabB.timeline(), 'signedOut'), [], 'B was not signed out');
-        assert.equal((await tabB.stored())?.sessionId, newSession, 'the new pair stays in localStorage');
+        // Token mode: B's login lands before A's logout answers. Cookie mode: B's login waits
+        // for A's sign-out (whose answer clears the cookie), which signs B out of the old session
+        // first; either way nothing signs B out of its new one.
+        const signedOutAfterLogin = (timeline) => {
+          const loggedIn = timeline.findIndex((e) => e.kind === 'signedIn' && e.sessionId === newSession);
+          assert.ok(loggedIn >= 0, 'B signed in');
+          return kinds(timeline.slice(loggedIn), 'signedOut');
+        };
+        assert.deepEqual(signedOutAfterLogin(await tabB.timeline()), [], 'B was not signed out');
+        if (mode === 'token') assert.equal((await tabB.stored())?.sessionId, newSession, 'the new pair stays in localStorage');
+        // B's session renews: in cookie mode, A's logout answer (which clears the cookie) did
+        // not land after B's login answer set the new one.
+        await untilExpired(tabB);
+        assert.equal((await tabB.call('me')).value?.email, arriving, 'B renews its new session');
+        assert.deepEqual(signedOutAfterLogin(await tabB.timeline()), [], 'B was not signed out');
         // A's session is over. The tabs of an origin share one session, the newest sign-in: A
         // was handed B's while its logout was on its way, and keeps it, as a reload would.
         assert.equal((await tabA.tokens())?.sessionId, newSession, 'A holds the new session, not the one it signed out');

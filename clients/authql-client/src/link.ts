@@ -154,6 +154,7 @@ export class AuthqlLink extends ApolloLink {
   private wsSent: string | null = null;
   private wsRefused: string | null = null;
   private wsLastClose: number | null = null;
+  private readonly requestTimeoutMs: number;
 
   constructor(private readonly options: AuthqlLinkOptions) {
     super((operation, forward) => this.handle(operation, forward));
@@ -173,6 +174,7 @@ export class AuthqlLink extends ApolloLink {
         }
       }
     }
+    this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
     this.session = new AuthqlSession({
       uri,
       mode,
@@ -180,7 +182,7 @@ export class AuthqlLink extends ApolloLink {
       storageKey: options.storageKey ?? `authql:${uri}`,
       fetch: fetchImpl,
       crossTab: options.crossTab ?? true,
-      requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
+      requestTimeoutMs: this.requestTimeoutMs,
     });
     this.http =
       options.httpLink ?? new HttpLink({ uri, fetch: fetchImpl, credentials: mode === 'cookie' ? 'include' : 'same-origin' });
@@ -257,9 +259,17 @@ export class AuthqlLink extends ApolloLink {
     const anonymous = (operation.getContext() as AuthqlContext).authql?.anonymous === true;
     // An operation that issues tokens (login, ...) never waits for a renewal.
     const renews = !anonymous && !roots.some((root) => issuesTokens(root.name));
+    // Cookie mode: a sign-in's answer sets authql's cookie; it is sent holding the tabs' lock, so
+    // that no other tab's sign-out answer (which clears the cookie) lands after it.
+    const signIn = this.session.mode === 'cookie' && roots.some((root) => issuesTokens(root.name));
     return new Observable<ApolloLink.Result>((observer) => {
       let inner: Subscription | undefined;
       let stopped = false;
+      let release: () => void = () => undefined;
+      const done = () => {
+        release();
+        release = () => undefined;
+      };
       const send = (token: string | null, retried: boolean) => {
         operation.setContext(({ headers = {} }: { headers?: Record<string, string> }) => {
           const { authorization: _, ...rest } = headers;
@@ -290,9 +300,11 @@ export class AuthqlLink extends ApolloLink {
           },
           error: (error: unknown) => {
             // authql answers request errors with 4xx and a GraphQL body; an expired token is never one.
+            done();
             if (!stopped) observer.error(error);
           },
           complete: () => {
+            done();
             if (!renewing && !stopped) observer.complete();
           },
         });
@@ -302,14 +314,18 @@ export class AuthqlLink extends ApolloLink {
         : renews
           ? this.session.accessToken()
           : this.session.ready.then(() => this.session.tokens?.accessToken ?? null);
-      token.then(
-        (token) => {
-          if (!stopped) send(token, false);
+      const held = signIn ? this.session.hold(this.requestTimeoutMs * 3) : Promise.resolve(() => undefined);
+      Promise.all([token, held]).then(
+        ([token, releaseHeld]) => {
+          release = releaseHeld;
+          if (stopped) done();
+          else send(token, false);
         },
         (error: unknown) => this.fail(observer, error, stopped),
       );
       return () => {
         stopped = true;
+        done();
         inner?.unsubscribe();
       };
     });

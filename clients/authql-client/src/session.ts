@@ -136,6 +136,8 @@ export interface PayloadLike {
 export class AuthqlSession {
   private current: Tokens | null = null;
   private inflight: Promise<string | null> | null = null;
+  /** This tab's `logout` in flight. */
+  private leaving: Promise<boolean> | null = null;
   /** A sign-in happened in this page and no cookie refresh has worked since (cookie mode). */
   private signedInHere = false;
   /** The last renewal said there is no session: do not try again until a sign-in. */
@@ -250,6 +252,27 @@ export class AuthqlSession {
       });
     }
     return this.inflight;
+  }
+
+  /**
+   * Holds the origin's renewal lock (after this tab's renewal or sign-out in flight) until the
+   * function it resolves is called, or `limitMs` at the most. Cookie mode sends sign-ins under
+   * it: a sign-out's answer clears authql's cookie, and must not land after a sign-in's answer
+   * set the new session's.
+   */
+  hold(limitMs: number): Promise<() => void> {
+    return new Promise((held) => {
+      const whileHeld = () =>
+        new Promise<void>((release) => {
+          const timer = setTimeout(release, limitMs);
+          held(() => {
+            clearTimeout(timer);
+            release();
+          });
+        });
+      const local = Promise.all([this.inflight, this.leaving]).catch(() => undefined);
+      void local.then(() => this.exclusive(whileHeld)).catch(() => held(() => undefined));
+    });
   }
 
   /** Runs `work` holding the origin's renewal lock (or, without Web Locks, after this tab's renewal). */
@@ -563,7 +586,14 @@ export class AuthqlSession {
    * any tab, so that it sends the newest refresh token. Resolves whether authql ended one; the
    * session is forgotten locally either way.
    */
-  async logout(): Promise<boolean> {
+  logout(): Promise<boolean> {
+    this.leaving ??= this.logoutAlone().finally(() => {
+      this.leaving = null;
+    });
+    return this.leaving;
+  }
+
+  private async logoutAlone(): Promise<boolean> {
     await this.ready;
     await this.inflight?.catch(() => null);
     return this.exclusive(async () => {

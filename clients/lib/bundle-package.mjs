@@ -1,2 +1,0 @@
-// The package test page's bundle and page (see bundle.mjs).
-export { bundlePackageApp, PACKAGE_PAGE } from './bundle.mjs';
