@@ -1,5 +1,5 @@
 // Browser entry for the tests of @authql/client in Chromium (bundled by esbuild, see
-// lib/bundle-package.mjs): the package's link in front of Apollo Client 4, driven from the
+// lib/bundle.mjs): the package's link in front of Apollo Client 4, driven from the
 // test through `window.authqlTest`. Everything the link tells the page (its events, and what
 // `sessionEvents()` and the socket saw) goes, with `Date.now()`, into `timeline`.
 import { ApolloClient, InMemoryCache } from '@apollo/client';
