@@ -609,6 +609,37 @@ describe('@authql/client in Chromium', { skip: chromiumMissing }, () => {
       });
     });
 
+    it('token mode in sessionStorage: a tab that was away while its opener renewed asks for the newer pair instead of sending the old one', async () => {
+      // Second outside review: B left (discarded, or navigated away) holding P1 in its own
+      // sessionStorage; A renewed P1 -> P2 and P2's renewal time and the rotated mark passed.
+      // B must not refresh with P1 (REFRESH_TOKEN_REUSED, every tab signed out).
+      const api = servers.token.graphql;
+      const options = { storage: 'sessionStorage' };
+      await withContext({ mode: 'token', api }, async (ctx) => {
+        const tabA = await ctx.newTab('A', options);
+        const { email } = await register(tabA, 'away');
+        const tabB = await ctx.openFrom(tabA, 'B', options);
+        assert.deepEqual(await tabB.call('link.restore'), { ok: true, value: true });
+        const url = tabB.page.url();
+        await tabB.page.goto('about:blank');
+        const a = await tabA.callAt(await expiryOf(tabA), 'me');
+        assert.ok(a.ok && a.value.email === email, JSON.stringify(a));
+        assert.deepEqual(ctx.refreshes().map((e) => e.tab), ['A']);
+        const markGone = ctx.refreshes()[0].at + 10_000 + 200;
+        await sleep(Math.max(0, Math.max(markGone, await expiryOf(tabA)) - Date.now()));
+        await tabB.page.goto(url);
+        await tabB.load(); // its sessionStorage still holds P1
+        const b = await tabB.call('me');
+        assert.ok(b.ok && b.value.email === email, `B: ${JSON.stringify(b)}`);
+        assert.deepEqual(ctx.refreshes().map((e) => e.tab), ['A', 'B'], 'B renewed with the newer pair A handed it');
+        await ctx.assertRefreshesRenewed();
+        const again = await tabA.call('me');
+        assert.ok(again.ok && again.value.email === email, `A: ${JSON.stringify(again)}`);
+        assert.equal(ctx.refreshes().length, 2, 'A took the pair B renewed');
+        for (const t of [tabA, tabB]) assert.deepEqual(kinds(await t.timeline(), 'signedOut'), [], `${t.name} stays signed in`);
+      });
+    });
+
     it('token mode with storage null: six tabs share one refresh per expiry over the channel', async () => {
       const api = servers.token.graphql;
       await withContext({ mode: 'token', api }, async (ctx) => {

@@ -467,6 +467,63 @@ describe('@authql/client in Node, token mode', () => {
       assert.ok(completed, 'the subscription completed');
     });
 
+    it('a storage that refused the rotated pair holds no older pair for a reload to bring back', async () => {
+      const storage = new RefusingStorage(false);
+      const a = await registered({ storage });
+      await untilExpired(a);
+      assert.equal((await a.ops.me()).email, a.email);
+      assert.ok(a.warnings.includes('STORAGE_FAILED'));
+      const reloaded = app({ storage });
+      assert.equal(await reloaded.authql.restore(), false, 'nothing stale to restore');
+      assert.equal(reloaded.wire.refreshes().length, 0);
+      assert.equal((await a.ops.me()).email, a.email, 'the first app goes on from memory');
+      assert.deepEqual(a.signOuts, []);
+    });
+
+    it('a storage that never answers fails the renewal in time and never holds the session up for good', async () => {
+      const a = await registered({ requestTimeoutMs: 600 });
+      const real = { ...a.storage };
+      a.storage.setItem = () => new Promise(() => {}); // an IndexedDB open that stays blocked
+      await untilExpired(a);
+      const started = Date.now();
+      assert.equal((await a.ops.me()).email, a.email, 'the renewal itself worked; only keeping it failed');
+      assert.ok(Date.now() - started < 3000, `settled after ${Date.now() - started} ms`);
+      assert.ok(a.warnings.includes('STORAGE_FAILED'));
+      const out = await Promise.race([a.authql.signOut().then(() => 'settled'), sleep(5000).then(() => 'hung')]);
+      assert.equal(out, 'settled');
+      void real;
+    });
+
+    it('a sign-in while a renewal is in flight is kept; the late renewal of the old session is dropped', async () => {
+      const a = await registered();
+      const other = app();
+      const email2 = `grace-${randomUUID()}@example.com`;
+      await other.ops.register({ input: { email: email2, password } });
+      a.wire.hooks.delayRefreshMs = 600;
+      await untilExpired(a);
+      const me = a.ops.me().then((m) => m.email, () => 'failed');
+      await until(() => a.wire.hooks.refreshesSent === 1, 'the refresh to be sent', 5000);
+      await a.ops.login({ input: { emailOrUsername: email2, password } }); // answered before the refresh
+      await me;
+      await sleep(100);
+      assert.equal((await a.ops.me()).email, email2, 'the account just signed in, not the one left');
+      assert.equal(JSON.parse(a.storage.getItem(`authql:${server.graphql}`)).sessionId, a.authql.tokens.sessionId);
+    });
+
+    it('signOut() resolves false when authql cannot be reached, and forgets the session all the same', async () => {
+      const a = await registered({ requestTimeoutMs: 500 });
+      a.authql.session.options.fetch = () => Promise.reject(new TypeError('fetch failed'));
+      assert.equal(await a.authql.signOut(), false);
+      assert.equal(a.authql.tokens, null);
+      const b = await registered({ requestTimeoutMs: 500 });
+      a.wire.hooks.delayLogoutMs = 0;
+      b.wire.hooks.delayLogoutMs = 3000;
+      const started = Date.now();
+      assert.equal(await b.authql.signOut(), false, 'too slow counts as not ended');
+      assert.ok(Date.now() - started < 2500);
+      assert.deepEqual(b.signOuts, [{ reason: 'LOGOUT', otherTab: false }]);
+    });
+
     it('a tampered stored pair is no session, and nothing throws', async () => {
       for (const stored of ['not json', '{"accessToken":1}', 'null', '[]', '{"accessToken":"x.y.z","id":"1","renewAt":"soon"}']) {
         const storage = new MemoryStorage();
@@ -493,6 +550,28 @@ describe('@authql/client in Node, token mode', () => {
   });
 
   describe('sessionEvents over graphql-ws', () => {
+    it('an event ending an older session of this client does not sign out the session it holds now', async () => {
+      const a = await registered({ ws: true });
+      const seen = [];
+      a.authql.sessionEvents().subscribe({ next: (e) => seen.push(e), error: () => {}, complete: () => {} });
+      const other = app();
+      for (let attempt = 0; !seen.some((e) => e.type === 'CREATED' && !e.current); attempt++) {
+        assert.ok(attempt < 50, 'the subscription saw a login');
+        await other.ops.login({ input: { emailOrUsername: a.email, password } });
+        await sleep(200);
+      }
+      const first = a.authql.tokens.sessionId;
+      await a.ops.login({ input: { emailOrUsername: a.email, password } }); // a new session for this client
+      const second = a.authql.tokens.sessionId;
+      assert.notEqual(second, first);
+      await other.ops.revokeTokens({ input: { sessionIds: [first] } }); // the socket's own (old) session
+      await until(() => seen.some((e) => e.type === 'REVOKED' && e.sessionId === first), 'REVOKED of the old session', 10000);
+      await sleep(200);
+      assert.deepEqual(a.signOuts, [], 'not signed out');
+      assert.equal(a.authql.tokens?.sessionId, second);
+      assert.equal((await a.ops.me()).email, a.email);
+    });
+
     it('delivers events, reconnects with a renewed token after 4403, and ends on a revocation of its session', async () => {
       const a = await registered({ ws: true });
       const seen = [];

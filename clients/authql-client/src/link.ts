@@ -276,6 +276,7 @@ export class AuthqlLink extends ApolloLink {
           return { headers: token ? { ...rest, authorization: `Bearer ${token}` } : rest };
         });
         let renewing = false;
+        let observed: Promise<void> = Promise.resolve();
         inner = this.http.request(operation, forward).subscribe({
           next: (result) => {
             // A broken proxy may answer anything: only an array of errors is read.
@@ -295,17 +296,26 @@ export class AuthqlLink extends ApolloLink {
               );
               return;
             }
-            this.observe(result, roots).catch((error: unknown) => console.error('@authql/client: an answer could not be read', error));
-            observer.next(result);
+            // The app sees the answer once the session took it in: after `await ops.login()`
+            // the tokens are held, after `await ops.logout()` the sign-out was heard.
+            observed = this.observe(result, roots)
+              .catch((error: unknown) => console.error('@authql/client: an answer could not be read', error))
+              .then(() => {
+                if (!stopped) observer.next(result);
+              });
           },
           error: (error: unknown) => {
             // authql answers request errors with 4xx and a GraphQL body; an expired token is never one.
-            done();
-            if (!stopped) observer.error(error);
+            void observed.then(() => {
+              done();
+              if (!stopped) observer.error(error);
+            });
           },
           complete: () => {
-            done();
-            if (!renewing && !stopped) observer.complete();
+            void observed.then(() => {
+              done();
+              if (!renewing && !stopped) observer.complete();
+            });
           },
         });
       };
@@ -314,7 +324,7 @@ export class AuthqlLink extends ApolloLink {
         : renews
           ? this.session.accessToken()
           : this.session.ready.then(() => this.session.tokens?.accessToken ?? null);
-      const held = signIn ? this.session.hold(this.requestTimeoutMs * 3) : Promise.resolve(() => undefined);
+      const held = signIn ? this.session.hold(this.requestTimeoutMs) : Promise.resolve(() => undefined);
       Promise.all([token, held]).then(
         ([token, releaseHeld]) => {
           release = releaseHeld;
@@ -361,7 +371,8 @@ export class AuthqlLink extends ApolloLink {
 
   private watchEvent(event: SessionEvent): void {
     if (event.current && (event.type === 'REVOKED' || event.type === 'EXPIRED')) {
-      void this.session.signOut(event.type);
+      // Only the session the event is about: a sign-in since then keeps the new one.
+      void this.session.signOut(event.type, { sessionId: event.sessionId });
     }
   }
 

@@ -322,8 +322,11 @@ export class AuthqlSession {
     const held = this.current;
     if (held && AuthqlSession.live(held) && held.accessToken !== stale) return held;
     const marker = this.readMarker();
-    if (!this.channel || !marker || marker.id === held?.id || marker.renewAt <= Date.now()) return null;
+    if (!this.channel || !marker || marker.id === held?.id) return null;
+    // Another tab holds a newer pair than this one: never renew with this one's (its refresh
+    // token was rotated away); ask for that pair, whether or not it still lives.
     if (held && marker.issuedAt <= held.issuedAt) return null;
+    if (!held && marker.renewAt <= Date.now()) return null; // nothing held: the cookie or a sign-in will do
     const tokens = await new Promise<Tokens | null>((resolve) => {
       const timer = setTimeout(() => {
         this.waiting.delete(marker.id);
@@ -336,7 +339,13 @@ export class AuthqlSession {
       this.post({ type: 'ask', id: marker.id });
     });
     const now = this.current;
-    return now && now.id === tokens?.id && AuthqlSession.live(now) && now.accessToken !== stale ? now : null;
+    if (now && now.id === tokens?.id) return AuthqlSession.live(now) && now.accessToken !== stale ? now : null;
+    if (held && this.options.mode === 'token' && this.current === held) {
+      // The tab holding the newer pair is gone (closed, discarded): this tab's pair is dead, and
+      // sending its refresh token would end the session in every tab (REFRESH_TOKEN_REUSED).
+      await this.signOut('REVOKED', { otherTab: true, broadcast: false });
+    }
+    return null;
   }
 
   /**
@@ -441,6 +450,11 @@ export class AuthqlSession {
     }
     // Signed out meanwhile (here or in another tab): the answer must not bring the session back.
     if (epoch !== this.epoch) return null;
+    // Signed in anew meanwhile: the new session stays, the old one's renewal is dropped.
+    const now = this.current;
+    if (rotating && now && now.sessionId !== rotating.sessionId && now.issuedAt > rotating.issuedAt) {
+      return now.accessToken;
+    }
     const payload = body?.data?.refresh;
     if (typeof payload?.accessToken === 'string') {
       await this.take(payload, 'renewed');
@@ -529,16 +543,39 @@ export class AuthqlSession {
     if (marker?.unproven) this.writeMarker({ ...marker, unproven: false });
   }
 
-  /** Token mode: keeps the pair in `storage`; a storage that refuses it is reported, never thrown. */
-  private async store(tokens: Tokens): Promise<void> {
+  /**
+   * A call of the app's `storage`, failed when it does not settle within `requestTimeoutMs`
+   * (an IndexedDB open that is blocked): the tabs' lock is never held for it without end.
+   */
+  private async bounded<T>(call: () => T | Promise<T>): Promise<T> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const limit = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('the storage did not answer in time')), this.options.requestTimeoutMs);
+    });
     try {
-      await this.options.storage?.setItem(this.options.storageKey, JSON.stringify(tokens));
-      await this.options.storage?.removeItem(this.signedOutKey);
+      return await Promise.race([Promise.resolve().then(call), limit]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Token mode: keeps the pair in `storage`. A storage that refuses it is reported, never
+   * thrown, and the older pair is taken out of it: a reload must not bring back a refresh token
+   * that was rotated away.
+   */
+  private async store(tokens: Tokens): Promise<void> {
+    const storage = this.options.storage;
+    if (!storage) return;
+    try {
+      await this.bounded(() => storage.setItem(this.options.storageKey, JSON.stringify(tokens)));
+      await this.bounded(() => storage.removeItem(this.signedOutKey));
     } catch (error) {
       this.warn({
         code: 'STORAGE_FAILED',
         message: `the storage refused the session's tokens (${String(error)}): they are kept in memory only.`,
       });
+      await this.bounded(() => storage.removeItem(this.options.storageKey)).catch(() => undefined);
     }
   }
 
@@ -564,12 +601,13 @@ export class AuthqlSession {
       if (this.options.mode === 'token') {
         try {
           // Another tab may have stored a new sign-in meanwhile: that one stays.
+          const storage = this.options.storage;
           const stored = await this.load();
           const ended = sessionId ?? held?.sessionId ?? null;
-          if (!stored || !ended || !stored.sessionId || stored.sessionId === ended) {
-            await this.options.storage?.removeItem(this.options.storageKey);
+          if (storage && (!stored || !ended || !stored.sessionId || stored.sessionId === ended)) {
+            await this.bounded(() => storage.removeItem(this.options.storageKey));
           }
-          await this.options.storage?.setItem(this.signedOutKey, JSON.stringify({ reason, sessionId: ended, at }));
+          await this.bounded(() => storage?.setItem(this.signedOutKey, JSON.stringify({ reason, sessionId: ended, at })));
         } catch {
           // the storage refuses: the other tabs hear it over the channel
         }
@@ -583,8 +621,9 @@ export class AuthqlSession {
   /**
    * Ends the session at authql (`logout`; in token mode with the refresh token, so it works
    * with an expired access token too) and everywhere here. It waits for a renewal in flight in
-   * any tab, so that it sends the newest refresh token. Resolves whether authql ended one; the
-   * session is forgotten locally either way.
+   * any tab, so that it sends the newest refresh token. Resolves whether authql ended one
+   * (`false` also when it could not be reached in time); never rejects; the session is
+   * forgotten locally either way.
    */
   logout(): Promise<boolean> {
     this.leaving ??= this.logoutAlone().finally(() => {
@@ -606,6 +645,8 @@ export class AuthqlSession {
           data?: { logout?: boolean } | null;
         } | null;
         ended = body?.data?.logout === true;
+      } catch {
+        ended = false; // unreachable or too slow: forgotten here all the same
       } finally {
         await this.signOut('LOGOUT', { sessionId: held?.sessionId ?? null });
       }
@@ -650,7 +691,9 @@ export class AuthqlSession {
   private async load(): Promise<Tokens | null> {
     if (this.options.mode !== 'token' || !this.options.storage) return null;
     try {
-      const tokens = JSON.parse((await this.options.storage.getItem(this.options.storageKey)) ?? 'null') as Tokens | null;
+      const storage = this.options.storage;
+      const text = await this.bounded(() => storage.getItem(this.options.storageKey));
+      const tokens = JSON.parse(text ?? 'null') as Tokens | null;
       return typeof tokens?.accessToken === 'string' && typeof tokens.id === 'string' && typeof tokens.issuedAt === 'number'
         ? tokens
         : null;
@@ -666,7 +709,9 @@ export class AuthqlSession {
 
   private async signedOutWord(): Promise<{ reason: SignOutReason; sessionId: string | null; at: number } | null> {
     try {
-      const word = JSON.parse((await this.options.storage?.getItem(this.signedOutKey)) ?? 'null') as {
+      const storage = this.options.storage;
+      const text = storage ? await this.bounded(() => storage.getItem(this.signedOutKey)) : null;
+      const word = JSON.parse(text ?? 'null') as {
         reason?: unknown;
         sessionId?: unknown;
         at?: unknown;
