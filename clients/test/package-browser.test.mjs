@@ -805,9 +805,10 @@ describe('@authql/client in Chromium', { skip: chromiumMissing }, () => {
           assert.deepEqual(r.codes, [], `${who}: a failure to renew, no answer of authql`);
         }
         for (const r of [a1, a2]) assert.ok(r.endedAt - r.startedAt < 2500, `A's operations failed after ${r.endedAt - r.startedAt} ms`);
-        // B waited for A's renewal (the lock), then tried once itself.
-        assert.ok(b.endedAt - b.startedAt < 4500, `B's operation failed after ${b.endedAt - b.startedAt} ms`);
-        assert.ok(held.length >= 1 && held.length <= 2, `${held.length} refreshes held`);
+        // B waited for A's renewal (the lock), and failed with it rather than try again itself
+        // (second outside review: N tabs waited N times requestTimeoutMs, each sending a refresh).
+        assert.ok(b.endedAt - b.startedAt < 2500, `B's operation failed after ${b.endedAt - b.startedAt} ms`);
+        assert.equal(held.length, 1, `${held.length} refreshes held`);
         t.diagnostic(`A's operations failed after ${a1.endedAt - a1.startedAt} and ${a2.endedAt - a2.startedAt} ms, B's after ${b.endedAt - b.startedAt} ms; ${held.length} refreshes held`);
         assert.equal(ctx.refreshes()[0].tab, 'A');
         // The stall ends: every tab works again, with one refresh.

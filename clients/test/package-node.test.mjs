@@ -572,7 +572,7 @@ describe('@authql/client in Node, token mode', () => {
       assert.equal((await a.ops.me()).email, a.email);
     });
 
-    it('delivers events, reconnects with a renewed token after 4403, and ends on a revocation of its session', async () => {
+    it('delivers events, reconnects with a renewed token after 4403, and ends on a revocation of its session', async (t) => {
       const a = await registered({ ws: true });
       const seen = [];
       let completed = false;
@@ -610,9 +610,13 @@ describe('@authql/client in Node, token mode', () => {
       await third.ops.revokeTokens({ input: { sessionIds: [a.authql.tokens.sessionId] } });
       await until(() => completed, 'the subscription to complete', 10000);
       assert.equal(failed, null);
-      const last = seen.at(-1);
-      assert.equal(last.type, 'REVOKED');
-      assert.equal(last.current, true);
+      // Delivery is at most once, and with 2 s tokens the socket reconnects every second or so:
+      // the REVOKED event may fall into a reconnection (about 1 run in 8 here). Then the renewal
+      // for the next socket finds the session revoked and signs out all the same; when the event
+      // came, it came first and was about this session.
+      const mine = seen.filter((e) => e.type === 'REVOKED' && e.current);
+      if (mine.length) assert.deepEqual(seen.at(-1), mine.at(-1), 'the event that ended the session came last');
+      else t.diagnostic('the REVOKED event fell into a reconnection; the renewal signed out');
       assert.deepEqual(a.signOuts, [{ reason: 'REVOKED', otherTab: false }]);
     });
   });

@@ -98,6 +98,8 @@ const LOGOUT = 'mutation AuthqlLogout($refreshToken: String) { logout(refreshTok
 const PEER_WAIT_MS = 1000;
 /** How long the tab that renewed keeps the mark that the pair it rotated away is gone (see `markRotated`). */
 const ROTATED_MARK_MS = 10_000;
+/** How long a failed renewal of a pair makes the other tabs' renewals of it fail at once. */
+const FAILED_MARK_MS = 2000;
 
 const randomId = () =>
   globalThis.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
@@ -247,7 +249,8 @@ export class AuthqlSession {
     const held = this.current;
     if (held && AuthqlSession.live(held) && held.accessToken !== stale) return Promise.resolve(held.accessToken);
     if (!this.inflight) {
-      this.inflight = this.exclusive(() => this.renewAlone(stale)).finally(() => {
+      const since = Date.now();
+      this.inflight = this.exclusive(() => this.renewAlone(stale, since)).finally(() => {
         this.inflight = null;
       });
     }
@@ -281,12 +284,21 @@ export class AuthqlSession {
     return work();
   }
 
-  private async renewAlone(stale: string | null): Promise<string | null> {
+  private async renewAlone(stale: string | null, since: number): Promise<string | null> {
     const adopted = (await this.fromOtherTabs(stale)) ?? (await this.fromTabThatRotated(stale));
     if (adopted) return adopted.accessToken;
     if (this.options.mode === 'token' && !this.current?.refreshToken) return null;
     if (this.options.mode === 'cookie' && this.knownSignedOut && !this.current) return null;
-    return this.refresh();
+    const rotating = this.current;
+    if (rotating && (await this.failedSince(rotating.id, since))) {
+      throw new RenewalError('another tab could not renew the session a moment ago: try again later');
+    }
+    try {
+      return await this.refresh();
+    } catch (error) {
+      if (rotating && error instanceof RenewalError) await this.markFailed(rotating.id);
+      throw error;
+    }
   }
 
   /**
@@ -379,6 +391,36 @@ export class AuthqlSession {
       throw new RenewalError('another tab renewed the session and its tokens have not arrived yet');
     }
     return null;
+  }
+
+  private failedLockPrefix(id: string): string {
+    return `authql:${this.sharedKey}:failed:${id}:`;
+  }
+
+  /**
+   * Marks that renewing the pair `id` just failed for now, for `FAILED_MARK_MS`: the tabs that
+   * were waiting for the lock to renew the same pair fail at once too, instead of each waiting
+   * out its own `requestTimeoutMs` (and, in token mode, sending the same refresh token again).
+   */
+  private markFailed(id: string): Promise<void> {
+    const locks = this.locks;
+    if (!locks?.query) return Promise.resolve();
+    return new Promise<void>((marked) => {
+      locks
+        .request(`${this.failedLockPrefix(id)}${Date.now()}`, { ifAvailable: true }, (lock) => {
+          marked();
+          return lock ? new Promise<void>((release) => setTimeout(release, FAILED_MARK_MS)) : Promise.resolve();
+        })
+        .catch(() => marked());
+    });
+  }
+
+  /** Whether a renewal of the pair `id` failed since `since` (ms), while this one waited (see `markFailed`). */
+  private async failedSince(id: string, since: number): Promise<boolean> {
+    if (!this.locks?.query) return false;
+    const prefix = this.failedLockPrefix(id);
+    const { held = [] } = await this.locks.query();
+    return held.some((lock) => lock.name?.startsWith(prefix) && Number(lock.name.slice(prefix.length)) >= since);
   }
 
   private rotatedLockName(id: string): string {
