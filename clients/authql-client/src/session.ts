@@ -372,9 +372,7 @@ export class AuthqlSession {
    */
   private async fromTabThatRotated(stale: string | null): Promise<Tokens | null> {
     const id = this.current?.id;
-    if (!id || !this.locks?.query) return null;
-    const { held = [] } = await this.locks.query();
-    if (!held.some((lock) => lock.name === this.rotatedLockName(id))) return null;
+    if (!id || !(await this.marks()).includes(this.rotatedLockName(id))) return null;
     const deadline = Date.now() + PEER_WAIT_MS;
     for (;;) {
       const held = this.current;
@@ -403,24 +401,13 @@ export class AuthqlSession {
    * out its own `requestTimeoutMs` (and, in token mode, sending the same refresh token again).
    */
   private markFailed(id: string): Promise<void> {
-    const locks = this.locks;
-    if (!locks?.query) return Promise.resolve();
-    return new Promise<void>((marked) => {
-      locks
-        .request(`${this.failedLockPrefix(id)}${Date.now()}`, { ifAvailable: true }, (lock) => {
-          marked();
-          return lock ? new Promise<void>((release) => setTimeout(release, FAILED_MARK_MS)) : Promise.resolve();
-        })
-        .catch(() => marked());
-    });
+    return this.mark(`${this.failedLockPrefix(id)}${Date.now()}`, FAILED_MARK_MS);
   }
 
   /** Whether a renewal of the pair `id` failed since `since` (ms), while this one waited (see `markFailed`). */
   private async failedSince(id: string, since: number): Promise<boolean> {
-    if (!this.locks?.query) return false;
     const prefix = this.failedLockPrefix(id);
-    const { held = [] } = await this.locks.query();
-    return held.some((lock) => lock.name?.startsWith(prefix) && Number(lock.name.slice(prefix.length)) >= since);
+    return (await this.marks()).some((name) => name.startsWith(prefix) && Number(name.slice(prefix.length)) >= since);
   }
 
   private rotatedLockName(id: string): string {
@@ -429,16 +416,31 @@ export class AuthqlSession {
 
   /** Marks the pair `id` as rotated away, for `ROTATED_MARK_MS`; resolves once the mark is held. */
   private markRotated(id: string): Promise<void> {
+    return this.mark(this.rotatedLockName(id), ROTATED_MARK_MS);
+  }
+
+  /**
+   * A mark every tab of the origin can see at once and in order with the renewal lock: a Web
+   * Lock named `name`, held for `ms` (taken only if free). Resolves once it is held.
+   */
+  private mark(name: string, ms: number): Promise<void> {
     const locks = this.locks;
     if (!locks?.query) return Promise.resolve();
     return new Promise<void>((marked) => {
       locks
-        .request(this.rotatedLockName(id), { ifAvailable: true }, (lock) => {
+        .request(name, { ifAvailable: true }, (lock) => {
           marked();
-          return lock ? new Promise<void>((release) => setTimeout(release, ROTATED_MARK_MS)) : Promise.resolve();
+          return lock ? new Promise<void>((release) => setTimeout(release, ms)) : Promise.resolve();
         })
         .catch(() => marked());
     });
+  }
+
+  /** The names of the marks (Web Locks) held in the origin now; none without Web Locks. */
+  private async marks(): Promise<string[]> {
+    if (!this.locks?.query) return [];
+    const { held = [] } = await this.locks.query();
+    return held.flatMap((lock) => (lock.name ? [lock.name] : []));
   }
 
   /**
