@@ -296,6 +296,9 @@ fn render(command: &AdminCommand, answer: &AdminAnswer) -> String {
                     format!("{who}: password-reset link queued (a running server sends it)\n")
                 }
                 AdminCommand::VerifyEmail { .. } => format!("{who}: address verified\n"),
+                AdminCommand::ResetMfa { .. } => {
+                    format!("{who}: second factors removed; {ended}\n")
+                }
             }
         }
     }

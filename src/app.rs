@@ -34,6 +34,7 @@ use crate::{
         admin::Admin,
         events::SessionEvents,
         rate_limit::{RateLimitSettings, RateLimits},
+        second_factors::SecondFactorSettings,
     },
     store::{
         DatabaseLock, HealthStore, MongoStore, PoolSettings, SESSION_CACHE_CAPACITY, SeaStore,
@@ -194,6 +195,7 @@ impl Application {
             }
             _ => None,
         };
+        let second_factors = second_factor_settings(&config, listener.local_addr()?)?;
         let service = AuthService::new(
             store,
             tokens,
@@ -202,6 +204,7 @@ impl Application {
             rate_limits,
             events.clone(),
             accounts,
+            second_factors,
         );
 
         let server = ServerSettings {
@@ -378,6 +381,12 @@ async fn prune_periodically(service: AuthService, pruning: Pruning) {
                 )
             }
             Err(_) => tracing::warn!(event = "prune_failed", "pruning tokens failed; will retry"),
+        }
+        if service.prune_expired_challenges().await.is_err() {
+            tracing::warn!(
+                event = "prune_failed",
+                "pruning expired second-factor challenges failed; will retry"
+            );
         }
         if service.prune_rate_limits().await.is_err() {
             tracing::warn!(
@@ -663,6 +672,92 @@ fn public_url(config: &Config, bound: SocketAddr) -> anyhow::Result<String> {
         bail!("PUBLIC_URL has no query or fragment: {configured:?}");
     }
     Ok(configured.trim_end_matches('/').to_owned())
+}
+
+/// The second factors' settings: `APP_NAME`, `REAUTHENTICATION_MAX_AGE`, and the WebAuthn
+/// relying party (`WEBAUTHN_RP_ID`, `WEBAUTHN_RP_NAME`, `WEBAUTHN_ORIGINS`). Where the relying
+/// party was set explicitly and cannot be (an IP address, or no origin under its id), the
+/// start stops saying why; where it was only derived from `PUBLIC_URL`, passkeys are off
+/// (PASSKEYS_NOT_CONFIGURED) and a warning says why.
+fn second_factor_settings(
+    config: &Config,
+    bound: SocketAddr,
+) -> anyhow::Result<SecondFactorSettings> {
+    let reauthentication_max_age = duration_setting(
+        config.reauthentication_max_age,
+        "REAUTHENTICATION_MAX_AGE",
+    )?;
+    let explicit = config.webauthn_rp_id.is_some() || !config.webauthn_origins.is_empty();
+    let webauthn = match relying_party(config, bound) {
+        Ok(webauthn) => Some(Arc::new(webauthn)),
+        Err(why) if explicit => bail!("WEBAUTHN_RP_ID / WEBAUTHN_ORIGINS: {why}"),
+        Err(why) => {
+            tracing::warn!(event = "passkeys_off", reason = %why, "passkeys are off: set WEBAUTHN_RP_ID (a domain) and WEBAUTHN_ORIGINS");
+            None
+        }
+    };
+    Ok(SecondFactorSettings {
+        issuer: config.app_name.clone(),
+        webauthn,
+        reauthentication_max_age,
+    })
+}
+
+/// The WebAuthn relying party (WebAuthn Level 3 § 5.1.2): its id (`WEBAUTHN_RP_ID`, else the
+/// host of `PUBLIC_URL`, else `localhost`) and the origins allowed to use it
+/// (`WEBAUTHN_ORIGINS`, else `PUBLIC_URL`'s origin and `CORS_ALLOWED_ORIGINS`, and
+/// `http://localhost:PORT` when `PUBLIC_URL` is unset).
+fn relying_party(config: &Config, bound: SocketAddr) -> Result<webauthn_rs::Webauthn, String> {
+    let public = url::Url::parse(&public_url(config, bound).map_err(|why| why.to_string())?)
+        .map_err(|why| why.to_string())?;
+    let rp_id = match config.webauthn_rp_id.as_deref().map(str::trim) {
+        Some(id) => id.to_ascii_lowercase(),
+        None if config.public_url.is_none() => "localhost".to_owned(),
+        None => match public.host() {
+            Some(url::Host::Domain(domain)) => domain.to_ascii_lowercase(),
+            _ => return Err(format!("PUBLIC_URL's host {public} is not a domain")),
+        },
+    };
+    if rp_id.parse::<std::net::IpAddr>().is_ok() || rp_id.is_empty() {
+        return Err(format!("{rp_id:?} is not a domain"));
+    }
+    let origins: Vec<String> = if config.webauthn_origins.is_empty() {
+        let mut origins = vec![public.origin().ascii_serialization()];
+        if config.public_url.is_none() {
+            origins.push(format!("http://localhost:{}", bound.port()));
+        }
+        origins.extend(config.cors_allowed_origins.iter().cloned());
+        origins
+    } else {
+        config.webauthn_origins.clone()
+    };
+    let mut parsed = Vec::new();
+    for origin in origins.iter().map(|origin| origin.trim()) {
+        let url = url::Url::parse(origin).map_err(|_| format!("{origin:?} is not an origin"))?;
+        parsed.push(url);
+    }
+    let under_rp_id = |url: &url::Url| {
+        url.domain()
+            .is_some_and(|domain| domain == rp_id || domain.ends_with(&format!(".{rp_id}")))
+    };
+    let (first, others): (Vec<_>, Vec<_>) = parsed.iter().partition(|url| under_rp_id(url));
+    let Some((first, rest)) = first.split_first() else {
+        return Err(format!("no origin is {rp_id} or under it"));
+    };
+    let rp_name = config
+        .webauthn_rp_name
+        .clone()
+        .unwrap_or_else(|| config.app_name.clone());
+    let mut builder = webauthn_rs::WebauthnBuilder::new(&rp_id, first)
+        .map_err(|why| format!("{why}"))?
+        .rp_name(&rp_name);
+    for origin in rest {
+        builder = builder.append_allowed_origin(origin);
+    }
+    for origin in others {
+        tracing::warn!(origin = %origin, rp_id = %rp_id, "an origin not under WEBAUTHN_RP_ID cannot use passkeys");
+    }
+    builder.build().map_err(|why| format!("{why}"))
 }
 
 /// Where mails go: `SMTP_URL`, or `.eml` files in `MAIL_DIR`.

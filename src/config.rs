@@ -39,6 +39,7 @@ const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
 const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 100;
 const DEFAULT_MAIL_DIR: &str = "mail";
 const DEFAULT_APP_NAME: &str = "authql";
+const DEFAULT_REAUTHENTICATION_MAX_AGE: u64 = 300;
 const DEFAULT_PASSWORD_RESET_TOKEN_EXPIRES: u64 = 3600;
 const DEFAULT_EMAIL_VERIFICATION_TOKEN_EXPIRES: u64 = 24 * 3600;
 const DEFAULT_RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR: u32 = 5;
@@ -430,6 +431,29 @@ pub struct Config {
     /// such as `127.0.0.1:9100`, kept off the public port; when unset, metrics are not served.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// The WebAuthn relying party id passkeys are bound to (WebAuthn Level 3 § 5.1.2): a
+    /// domain, e.g. `example.com`, that every origin in WEBAUTHN_ORIGINS is or is under. By
+    /// default the host of PUBLIC_URL (`localhost` when PUBLIC_URL is unset). It cannot change
+    /// once passkeys exist: they work only with the id they were made for.
+    #[arg(long, env = "WEBAUTHN_RP_ID")]
+    pub webauthn_rp_id: Option<String>,
+
+    /// The name an authenticator shows for the relying party; by default APP_NAME.
+    #[arg(long, env = "WEBAUTHN_RP_NAME")]
+    pub webauthn_rp_name: Option<String>,
+
+    /// The origins (scheme://host[:port]) whose pages may register and use passkeys,
+    /// comma-separated; by default PUBLIC_URL's origin plus CORS_ALLOWED_ORIGINS.
+    #[arg(long, env = "WEBAUTHN_ORIGINS", value_delimiter = ',')]
+    pub webauthn_origins: Vec<String>,
+
+    /// Seconds a session's last proof of identity (a login, `reauthenticate`) counts as recent
+    /// for what changes how the account is proven (second factors, passkeys); older:
+    /// REAUTHENTICATION_REQUIRED.
+    #[arg(long, env = "REAUTHENTICATION_MAX_AGE", default_value_t = DEFAULT_REAUTHENTICATION_MAX_AGE,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub reauthentication_max_age: u64,
 }
 
 /// How log lines are written.
@@ -514,6 +538,10 @@ impl Config {
             password_reset_token_expires: DEFAULT_PASSWORD_RESET_TOKEN_EXPIRES,
             email_verification_token_expires: DEFAULT_EMAIL_VERIFICATION_TOKEN_EXPIRES,
             app_name: DEFAULT_APP_NAME.into(),
+            webauthn_rp_id: None,
+            webauthn_rp_name: None,
+            webauthn_origins: Vec::new(),
+            reauthentication_max_age: DEFAULT_REAUTHENTICATION_MAX_AGE,
             rate_limit_mails_per_address_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR,
             rate_limit_mails_per_ip_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_IP_PER_HOUR,
         }

@@ -95,6 +95,25 @@ pub enum AppError {
     /// SERVICE_UNAVAILABLE with `retryAfterSeconds`: too much work is waiting (the password
     /// hashing queue is full); refused at once, nothing changed.
     Overloaded { retry_after_seconds: u64 },
+    /// MFA_REQUIRED: the password was right, and the account has a second factor: no session
+    /// yet. `mfaToken` (opaque, single use, 5 minutes) goes to `verifyMfa` or
+    /// `beginPasskeyLogin`; `methods` lists what the account has (`TOTP`, `RECOVERY_CODE`,
+    /// `PASSKEY`).
+    MfaRequired {
+        mfa_token: String,
+        methods: Vec<&'static str>,
+    },
+    /// REAUTHENTICATION_REQUIRED: the operation changes how the account is proven and the
+    /// session's last proof is older than `REAUTHENTICATION_MAX_AGE`: call `reauthenticate`
+    /// (or pass `code`, where the input has one), then the same operation again.
+    ReauthenticationRequired,
+    /// TOTP_ALREADY_ENABLED: `enrollTotp` while TOTP is on; `disableTotp` first.
+    TotpAlreadyEnabled,
+    /// TOTP_NOT_ENABLED: `regenerateRecoveryCodes` while TOTP is off.
+    TotpNotEnabled,
+    /// PASSKEYS_NOT_CONFIGURED: this server has no usable WebAuthn relying party (its
+    /// `WEBAUTHN_RP_ID` could not be derived: `PUBLIC_URL` names an IP address).
+    PasskeysNotConfigured,
     /// INTERNAL_SERVER_ERROR: something failed on our side; the cause is in the server log only.
     Internal,
 }
@@ -113,6 +132,11 @@ impl AppError {
             Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
             Self::OriginNotAllowed => "FORBIDDEN",
             Self::ServiceUnavailable | Self::Overloaded { .. } => "SERVICE_UNAVAILABLE",
+            Self::MfaRequired { .. } => "MFA_REQUIRED",
+            Self::ReauthenticationRequired => "REAUTHENTICATION_REQUIRED",
+            Self::TotpAlreadyEnabled => "TOTP_ALREADY_ENABLED",
+            Self::TotpNotEnabled => "TOTP_NOT_ENABLED",
+            Self::PasskeysNotConfigured => "PASSKEYS_NOT_CONFIGURED",
             Self::Internal => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -150,6 +174,15 @@ impl AppError {
             Self::Overloaded {
                 retry_after_seconds,
             } => format!("the service is busy; try again in {retry_after_seconds} s"),
+            Self::MfaRequired { .. } => {
+                "a second factor is needed: complete the login with verifyMfa or a passkey".into()
+            }
+            Self::ReauthenticationRequired => {
+                "confirm it is you first: call reauthenticate, then try again".into()
+            }
+            Self::TotpAlreadyEnabled => "an authenticator app is set up already".into(),
+            Self::TotpNotEnabled => "no authenticator app is set up".into(),
+            Self::PasskeysNotConfigured => "passkeys are not available on this server".into(),
             Self::Internal => "internal server error".into(),
         }
     }
@@ -198,6 +231,10 @@ impl From<AppError> for async_graphql::Error {
                 } => extensions.set("retryAfterSeconds", *retry_after_seconds),
                 AppError::OriginNotAllowed => extensions.set("reason", "ORIGIN_NOT_ALLOWED"),
                 AppError::InvalidToken(refusal) => extensions.set("reason", refusal.as_code()),
+                AppError::MfaRequired { mfa_token, methods } => {
+                    extensions.set("mfaToken", mfa_token.as_str());
+                    extensions.set("methods", methods.clone());
+                }
                 _ => {}
             }
         })

@@ -12,6 +12,7 @@ mod m20261129_000005_add_user_disabled_at;
 mod m20261201_000006_add_credential_versions;
 mod m20261201_000007_usernames_without_at_sign;
 mod m20261201_000008_add_account_recovery;
+mod m20261201_000009_add_second_factors;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_add_credential_versions::Migration),
             Box::new(m20261201_000007_usernames_without_at_sign::Migration),
             Box::new(m20261201_000008_add_account_recovery::Migration),
+            Box::new(m20261201_000009_add_second_factors::Migration),
         ]
     }
 }

@@ -70,6 +70,15 @@ pub struct Claims {
     /// `email_verified`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email_verified: Option<bool>,
+    /// Access tokens: when the user last proved who they are in this session (OpenID Connect
+    /// Core § 2 `auth_time`, seconds since the Unix epoch). Written, never read back: the
+    /// session row is what authql trusts.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+    /// Access tokens: how (RFC 8176 § 2 `amr` values: `pwd`, `otp`, `hwk`, `swk`, `user`,
+    /// `mfa`), so that other APIs can demand a second factor. Written, never read back.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub amr: Option<Vec<String>>,
 }
 
 /// Whom a token speaks for: the user, the session, the token's own id (the session holds the
@@ -83,12 +92,16 @@ pub struct Subject<'a> {
 }
 
 /// What an access token says about its user besides who it is: the `email` and
-/// `email_verified` claims (OpenID Connect Core § 5.1), so that an app's other APIs need not
-/// ask authql.
+/// `email_verified` claims (OpenID Connect Core § 5.1), and how the session was proven
+/// (`auth_time`, `amr`), so that an app's other APIs need not ask authql.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     pub email: String,
     pub email_verified: bool,
+    /// The session's `authenticated_at`, as `auth_time`.
+    pub auth_time: DateTime<Utc>,
+    /// The session's authentication methods, as `amr`.
+    pub amr: crate::store::AuthMethods,
 }
 
 /// The only header authql accepts: the three members it writes, each once. Unknown members are
@@ -176,6 +189,8 @@ impl TokenKeys {
             exp: expires_at.timestamp(),
             email: profile.map(|profile| profile.email.clone()),
             email_verified: profile.map(|profile| profile.email_verified),
+            auth_time: profile.map(|profile| profile.auth_time.timestamp()),
+            amr: profile.map(|profile| profile.amr.iter().map(str::to_owned).collect()),
         };
         jsonwebtoken::encode(&header, &claims, &signing.encoding).map_err(AppError::internal)
     }

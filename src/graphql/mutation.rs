@@ -4,13 +4,19 @@ use axum::http::header::SET_COOKIE;
 use super::EXPENSIVE_FIELD_COST;
 use super::refresh_cookie::{RefreshCookie, RequestRefreshCookie};
 use super::types::{
-    AuthPayload, ChangePasswordInput, DeleteAccountInput, LoginInput, RegisterInput,
-    RequestEmailChangeInput, ResetPasswordInput, RevokeTokensInput, RevokeTokensPayload, User,
+    AuthPayload, BeginPasskeyLoginInput, ChangePasswordInput, DeleteAccountInput,
+    FinishPasskeyLoginInput, FinishPasskeyRegistrationInput, LoginInput, Passkey,
+    PasskeyChallenge, ReauthenticateInput, RegisterInput, RequestEmailChangeInput,
+    ResetPasswordInput, RevokeTokensInput, RevokeTokensPayload, Session, TotpEnrollment, User,
+    VerifyMfaInput,
 };
 use crate::{
     auth::{SignedIn, signed_in},
     error::{AppError, UnauthenticatedReason},
-    service::{AuthService, ClientInfo, IssuedTokens, Registration},
+    service::{
+        AuthService, ClientInfo, IssuedTokens, Registration,
+        second_factors::PasskeyLoginRequest,
+    },
 };
 
 /// Changes. `register`, `login` and `refresh` are public; the others need
@@ -148,6 +154,7 @@ impl MutationRoot {
                 signed_in(ctx).await?,
                 input.current_password,
                 input.new_password,
+                input.code.as_deref(),
                 client(ctx),
             )
             .await?;
@@ -165,7 +172,12 @@ impl MutationRoot {
     )]
     async fn delete_account(&self, ctx: &Context<'_>, input: DeleteAccountInput) -> Result<bool> {
         service(ctx)?
-            .delete_account(signed_in(ctx).await?, input.password, client(ctx))
+            .delete_account(
+                signed_in(ctx).await?,
+                input.password,
+                input.code.as_deref(),
+                client(ctx),
+            )
             .await?;
         clear_cookie(ctx);
         Ok(true)
@@ -240,10 +252,185 @@ impl MutationRoot {
                 signed_in(ctx).await?,
                 &input.new_email,
                 input.password,
+                input.code.as_deref(),
                 client(ctx),
             )
             .await?;
         Ok(true)
+    }
+
+    /// Starts setting up an authenticator app: a new secret (also as an `otpauth://` URI and a
+    /// QR code) that stays off until `confirmTotp`. Needs a recent proof. Errors:
+    /// REAUTHENTICATION_REQUIRED, TOTP_ALREADY_ENABLED.
+    #[graphql(guard = "SignedIn")]
+    async fn enroll_totp(&self, ctx: &Context<'_>) -> Result<TotpEnrollment> {
+        Ok(service(ctx)?
+            .enroll_totp(signed_in(ctx).await?)
+            .await?
+            .into())
+    }
+
+    /// Turns the authenticator app on with a code it shows, and returns 10 recovery codes,
+    /// each usable once instead of a code (shown this once). Ends the caller's other sessions.
+    /// Errors: INVALID_CREDENTIALS (a wrong code, or no enrollment), RATE_LIMITED.
+    #[graphql(
+        guard = "SignedIn",
+        complexity = "EXPENSIVE_FIELD_COST + child_complexity"
+    )]
+    async fn confirm_totp(&self, ctx: &Context<'_>, code: String) -> Result<Vec<String>> {
+        Ok(service(ctx)?
+            .confirm_totp(signed_in(ctx).await?, &code, client(ctx))
+            .await?)
+    }
+
+    /// Turns the authenticator app off and deletes the recovery codes; `false` when it was
+    /// off. Needs a recent proof. Errors: REAUTHENTICATION_REQUIRED.
+    #[graphql(guard = "SignedIn")]
+    async fn disable_totp(&self, ctx: &Context<'_>) -> Result<bool> {
+        Ok(service(ctx)?.disable_totp(signed_in(ctx).await?).await?)
+    }
+
+    /// 10 new recovery codes; the old ones stop working. Needs a recent proof. Errors:
+    /// REAUTHENTICATION_REQUIRED, TOTP_NOT_ENABLED.
+    #[graphql(guard = "SignedIn")]
+    async fn regenerate_recovery_codes(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
+        Ok(service(ctx)?
+            .regenerate_recovery_codes(signed_in(ctx).await?)
+            .await?)
+    }
+
+    /// Completes a login that answered MFA_REQUIRED, with a code of the authenticator app or a
+    /// recovery code: the session, as `login` gives it. Errors: INVALID_CREDENTIALS (a wrong
+    /// or reused code), INVALID_TOKEN (`mfaToken` used, used up by 5 wrong codes, or older than
+    /// 5 minutes: log in again), RATE_LIMITED.
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn verify_mfa(&self, ctx: &Context<'_>, input: VerifyMfaInput) -> Result<AuthPayload> {
+        let issued = service(ctx)?
+            .verify_mfa(&input.mfa_token, &input.code, client(ctx))
+            .await?;
+        Ok(deliver(ctx, issued))
+    }
+
+    /// Proves the caller again (the password, or a TOTP or recovery code) so that the
+    /// operations that need a recent proof go through; returns the session with its new
+    /// `authenticatedAt`. A passkey does the same through `beginPasskeyLogin(input:
+    /// { reauthenticate: true })`. Errors: INVALID_CREDENTIALS, BAD_USER_INPUT (`password`:
+    /// neither given), RATE_LIMITED.
+    #[graphql(
+        guard = "SignedIn",
+        complexity = "EXPENSIVE_FIELD_COST + child_complexity"
+    )]
+    async fn reauthenticate(
+        &self,
+        ctx: &Context<'_>,
+        input: ReauthenticateInput,
+    ) -> Result<Session> {
+        let caller = signed_in(ctx).await?;
+        let session = service(ctx)?
+            .reauthenticate(caller, input.password, input.code, client(ctx))
+            .await?;
+        Ok(Session::new(session, caller.session.id))
+    }
+
+    /// The options for `navigator.credentials.create()`, as JSON for
+    /// `PublicKeyCredential.parseCreationOptionsFromJSON`. Needs a recent proof. Errors:
+    /// REAUTHENTICATION_REQUIRED, PASSKEYS_NOT_CONFIGURED.
+    #[graphql(guard = "SignedIn")]
+    async fn begin_passkey_registration(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<async_graphql::Json<serde_json::Value>> {
+        Ok(async_graphql::Json(
+            service(ctx)?
+                .begin_passkey_registration(signed_in(ctx).await?)
+                .await?,
+        ))
+    }
+
+    /// Stores the passkey `navigator.credentials.create()` made. Ends the caller's other
+    /// sessions. Needs a recent proof. Errors: INVALID_CREDENTIALS (it does not verify, or
+    /// its ceremony is unknown, used or expired), BAD_USER_INPUT (`credential`, `name`),
+    /// REAUTHENTICATION_REQUIRED, PASSKEYS_NOT_CONFIGURED.
+    #[graphql(guard = "SignedIn")]
+    async fn finish_passkey_registration(
+        &self,
+        ctx: &Context<'_>,
+        input: FinishPasskeyRegistrationInput,
+    ) -> Result<Passkey> {
+        Ok(service(ctx)?
+            .finish_passkey_registration(signed_in(ctx).await?, input.credential.0, input.name)
+            .await?
+            .into())
+    }
+
+    /// Renames one of the caller's passkeys. Errors: BAD_USER_INPUT (`id`, `name`).
+    #[graphql(guard = "SignedIn")]
+    async fn rename_passkey(&self, ctx: &Context<'_>, id: ID, name: String) -> Result<Passkey> {
+        Ok(service(ctx)?
+            .rename_passkey(signed_in(ctx).await?, &id, &name)
+            .await?
+            .into())
+    }
+
+    /// Deletes one of the caller's passkeys; `false` when there is no such passkey. Needs a
+    /// recent proof. Errors: REAUTHENTICATION_REQUIRED.
+    #[graphql(guard = "SignedIn")]
+    async fn delete_passkey(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        Ok(service(ctx)?
+            .delete_passkey(signed_in(ctx).await?, &id)
+            .await?)
+    }
+
+    /// A challenge for `navigator.credentials.get()`: no name needed, the browser offers the
+    /// passkeys it has for this site. With `mfaToken`, the second step of a password login;
+    /// with `reauthenticate: true` (and the access token), a step-up of the caller's session.
+    /// Errors: INVALID_TOKEN (`mfaToken`), UNAUTHENTICATED (`reauthenticate` without a token),
+    /// PASSKEYS_NOT_CONFIGURED, RATE_LIMITED.
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn begin_passkey_login(
+        &self,
+        ctx: &Context<'_>,
+        input: Option<BeginPasskeyLoginInput>,
+    ) -> Result<PasskeyChallenge> {
+        let input = input.unwrap_or_default();
+        let request = PasskeyLoginRequest {
+            email_or_username: input.email_or_username,
+            mfa_token: input.mfa_token,
+            reauthenticate: input.reauthenticate.unwrap_or(false),
+        };
+        let caller = if request.reauthenticate {
+            signed_in(ctx).await
+        } else {
+            Err(AppError::Unauthenticated(UnauthenticatedReason::Missing))
+        };
+        let (challenge_id, options) = service(ctx)?
+            .begin_passkey_login(request, caller, client(ctx))
+            .await?;
+        Ok(PasskeyChallenge {
+            challenge_id: challenge_id.into(),
+            options: async_graphql::Json(options),
+        })
+    }
+
+    /// Signs in with the passkey `navigator.credentials.get()` used: a session as `login`
+    /// gives it (for a step-up, the caller's session with a new pair). Errors:
+    /// INVALID_CREDENTIALS, INVALID_TOKEN (the challenge is unknown, used or expired),
+    /// BAD_USER_INPUT (`credential`), ACCOUNT_DISABLED, RATE_LIMITED, PASSKEYS_NOT_CONFIGURED.
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn finish_passkey_login(
+        &self,
+        ctx: &Context<'_>,
+        input: FinishPasskeyLoginInput,
+    ) -> Result<AuthPayload> {
+        let issued = service(ctx)?
+            .finish_passkey_login(
+                &input.challenge_id,
+                input.credential.0,
+                signed_in(ctx).await,
+                client(ctx),
+            )
+            .await?;
+        Ok(deliver(ctx, issued))
     }
 }
 

@@ -2,7 +2,8 @@
 //! that nothing (a password hash, a jti) reaches a client by accident.
 
 use async_graphql::{
-    ID, InputObject, InputValueError, InputValueResult, Scalar, ScalarType, SimpleObject, Value,
+    ComplexObject, Context, ID, InputObject, InputValueError, InputValueResult, Json, Result,
+    Scalar, ScalarType, SimpleObject, Value,
 };
 use chrono::{SecondsFormat, Utc};
 use uuid::Uuid;
@@ -44,7 +45,10 @@ impl From<chrono::DateTime<Utc>> for DateTime {
 
 /// An account.
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct User {
+    #[graphql(skip)]
+    pub user_id: Uuid,
     /// Stable identifier of the user.
     pub id: ID,
     /// The email as it was registered (trimmed); it is compared case-insensitively.
@@ -62,6 +66,7 @@ pub struct User {
 impl From<store::User> for User {
     fn from(user: store::User) -> Self {
         Self {
+            user_id: user.id,
             id: user.id.into(),
             email: user.email,
             username: user.username,
@@ -69,6 +74,95 @@ impl From<store::User> for User {
             email_verified: user.email_verified_at.is_some(),
         }
     }
+}
+
+/// What proves the account besides its password, read when asked for.
+#[ComplexObject]
+impl User {
+    /// Whether an authenticator app (TOTP, RFC 6238) is set up: a login then asks for one of
+    /// its codes (MFA_REQUIRED).
+    async fn totp_enabled(&self, ctx: &Context<'_>) -> Result<bool> {
+        Ok(service(ctx)?.second_factors_of(self.user_id).await?.totp)
+    }
+
+    /// How many unused recovery codes are left (0 without TOTP).
+    async fn recovery_codes_left(&self, ctx: &Context<'_>) -> Result<i32> {
+        let left = service(ctx)?
+            .second_factors_of(self.user_id)
+            .await?
+            .recovery_codes_left;
+        Ok(i32::try_from(left).unwrap_or(i32::MAX))
+    }
+
+    /// The account's passkeys, oldest first.
+    async fn passkeys(&self, ctx: &Context<'_>) -> Result<Vec<Passkey>> {
+        Ok(service(ctx)?
+            .passkeys_of(self.user_id)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+}
+
+fn service<'ctx>(ctx: &Context<'ctx>) -> Result<&'ctx crate::service::AuthService> {
+    ctx.data::<crate::service::AuthService>()
+}
+
+/// A passkey (a WebAuthn credential) of the account.
+#[derive(SimpleObject)]
+pub struct Passkey {
+    /// Pass it to `renamePasskey` and `deletePasskey`.
+    pub id: ID,
+    /// What the user called it (by default "Passkey").
+    pub name: String,
+    /// When it was registered.
+    pub created_at: DateTime,
+    /// When it last signed a login or a step-up, if ever.
+    pub last_used_at: Option<DateTime>,
+}
+
+impl From<store::StoredPasskey> for Passkey {
+    fn from(passkey: store::StoredPasskey) -> Self {
+        Self {
+            id: passkey.id.into(),
+            name: passkey.name,
+            created_at: passkey.created_at.into(),
+            last_used_at: passkey.last_used_at.map(Into::into),
+        }
+    }
+}
+
+/// A new TOTP secret for an authenticator app; nothing is on until `confirmTotp`.
+#[derive(SimpleObject)]
+pub struct TotpEnrollment {
+    /// The secret, base32 (RFC 4648, no padding), for typing into the app.
+    pub secret: String,
+    /// The same as an `otpauth://totp/...` URI (the Key Uri Format every app reads).
+    pub otpauth_uri: String,
+    /// `otpauthUri` as a QR code: an SVG document, to show as it is.
+    pub qr_code_svg: String,
+}
+
+impl From<crate::service::second_factors::TotpEnrollment> for TotpEnrollment {
+    fn from(enrollment: crate::service::second_factors::TotpEnrollment) -> Self {
+        Self {
+            secret: enrollment.secret,
+            otpauth_uri: enrollment.otpauth_uri,
+            qr_code_svg: enrollment.qr_code_svg,
+        }
+    }
+}
+
+/// A passkey login's challenge.
+#[derive(SimpleObject)]
+pub struct PasskeyChallenge {
+    /// Give it back to `finishPasskeyLogin`; single use, 5 minutes.
+    pub challenge_id: ID,
+    /// PublicKeyCredentialRequestOptions in the JSON form
+    /// `PublicKeyCredential.parseRequestOptionsFromJSON` takes, for
+    /// `navigator.credentials.get({ publicKey })`.
+    pub options: Json<serde_json::Value>,
 }
 
 /// One login of a user: it lives until it expires or is revoked, and its tokens with it.
@@ -88,6 +182,13 @@ pub struct Session {
     pub ip_address: Option<String>,
     /// Whether this is the session making the request.
     pub current: bool,
+    /// When its user last proved who they are in it: the login, or the last `reauthenticate`.
+    /// A refresh does not move it. The `auth_time` of its access tokens.
+    pub authenticated_at: DateTime,
+    /// How: RFC 8176 values (`pwd` password, `otp` a TOTP or recovery code, `hwk`/`swk` a
+    /// passkey bound to a device or synced, `user` user verification, `mfa` more than one
+    /// factor). The `amr` of its access tokens.
+    pub authentication_methods: Vec<String>,
     /// Where a page of `mySessions` that ends with this session stops: pass it as `after` for
     /// the next page. Opaque.
     pub cursor: String,
@@ -99,6 +200,12 @@ impl Session {
             cursor: crate::service::session_cursor(&session),
             id: session.id.into(),
             current: session.id == current_session,
+            authenticated_at: session.authenticated_at.into(),
+            authentication_methods: session
+                .authentication_methods
+                .iter()
+                .map(str::to_owned)
+                .collect(),
             created_at: session.created_at.into(),
             last_refreshed_at: session.last_refreshed_at.map(Into::into),
             expires_at: session.expires_at.into(),
@@ -197,6 +304,9 @@ pub struct ChangePasswordInput {
     pub current_password: String,
     /// 8 characters to 256 bytes; every byte counts.
     pub new_password: String,
+    /// A TOTP or recovery code: needed on an account with TOTP unless the session's last
+    /// proof is recent (else REAUTHENTICATION_REQUIRED).
+    pub code: Option<String>,
 }
 
 /// The proof that the account's owner, not only a holder of its token, deletes it.
@@ -204,6 +314,55 @@ pub struct ChangePasswordInput {
 pub struct DeleteAccountInput {
     /// The password in use now.
     pub password: String,
+    /// A TOTP or recovery code, as for `changePassword`.
+    pub code: Option<String>,
+}
+
+/// The second step of a login that answered MFA_REQUIRED.
+#[derive(InputObject)]
+pub struct VerifyMfaInput {
+    /// `extensions.mfaToken` of the MFA_REQUIRED error.
+    pub mfa_token: String,
+    /// A 6-digit code of the authenticator app, or a recovery code.
+    pub code: String,
+}
+
+/// One proof of who the caller is, to make the session's last proof recent again.
+#[derive(InputObject)]
+pub struct ReauthenticateInput {
+    /// The account's password.
+    pub password: Option<String>,
+    /// Or a TOTP or recovery code.
+    pub code: Option<String>,
+}
+
+/// The new credential of a passkey registration.
+#[derive(InputObject)]
+pub struct FinishPasskeyRegistrationInput {
+    /// `credential.toJSON()` of what `navigator.credentials.create()` returned.
+    pub credential: Json<serde_json::Value>,
+    /// What to call it (1 to 64 characters); "Passkey" by default.
+    pub name: Option<String>,
+}
+
+/// What a passkey login is for; all optional.
+#[derive(InputObject, Default)]
+pub struct BeginPasskeyLoginInput {
+    /// Only this account may sign in with it (the passkey is still chosen by the browser).
+    pub email_or_username: Option<String>,
+    /// The second step of a password login that answered MFA_REQUIRED.
+    pub mfa_token: Option<String>,
+    /// A step-up of the caller's own session (needs the access token): see `reauthenticate`.
+    pub reauthenticate: Option<bool>,
+}
+
+/// The assertion of a passkey login.
+#[derive(InputObject)]
+pub struct FinishPasskeyLoginInput {
+    /// `challengeId` from `beginPasskeyLogin`.
+    pub challenge_id: ID,
+    /// `credential.toJSON()` of what `navigator.credentials.get()` returned.
+    pub credential: Json<serde_json::Value>,
 }
 
 /// A new password, proven by a link from a password-reset mail.
@@ -223,6 +382,8 @@ pub struct RequestEmailChangeInput {
     pub new_email: String,
     /// The password in use now.
     pub password: String,
+    /// A TOTP or recovery code, as for `changePassword`.
+    pub code: Option<String>,
 }
 
 /// What happened to a session (`sessionEvents`).

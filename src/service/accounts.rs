@@ -472,13 +472,15 @@ impl AuthService {
     /// `requestEmailChange`: proven by the password, mails a link to the new address (which
     /// becomes the account's when it is followed) and a notice to the current one. Errors:
     /// RATE_LIMITED, BAD_USER_INPUT (`newEmail`: malformed, or the current address),
-    /// INVALID_CREDENTIALS (wrong password), EMAIL_TAKEN (another account has it),
+    /// INVALID_CREDENTIALS (wrong password or code), REAUTHENTICATION_REQUIRED (an account with
+    /// TOTP, no `code`, no recent proof), EMAIL_TAKEN (another account has it),
     /// SERVICE_UNAVAILABLE.
     pub async fn request_email_change(
         &self,
         caller: &Authenticated,
         new_email: &str,
         password: String,
+        code: Option<&str>,
         client: ClientInfo,
     ) -> Result<(), AppError> {
         let limits = &self.inner.rate_limits;
@@ -490,6 +492,7 @@ impl AuthService {
         let new_email = input::email("newEmail", new_email)?;
         let store = self.store();
         let user = self.prove_password(caller, password).await?.user;
+        self.prove_second_factor_if_on(caller, code).await?;
         if new_email.normalized == address_key(&user.email) {
             return Err(AppError::bad_input(
                 "newEmail",

@@ -1,6 +1,6 @@
 //! What an operator does in an incident (`authql admin ...`): list a user's sessions, end them,
 //! disable, enable or delete the account, mail it a password-reset link, mark its address
-//! verified. The same effects as the user's own revocation: rows
+//! verified, remove its second factors. The same effects as the user's own revocation: rows
 //! are deleted in the store, so every instance refuses the tokens on its next request.
 //!
 //! The commands and their answers are plain data (serde), so that the CLI can run them here,
@@ -67,6 +67,12 @@ pub enum AdminCommand {
     },
     /// Marks the user's address verified, as following a verification link would.
     VerifyEmail {
+        /// The user's email or username.
+        login: String,
+    },
+    /// Removes the user's second factors (TOTP, recovery codes, passkeys) and ends every
+    /// session of it: for a user who lost them. Their next login asks for the password only.
+    ResetMfa {
         /// The user's email or username.
         login: String,
     },
@@ -279,6 +285,17 @@ impl Admin {
                     .ok_or_else(|| unknown(login))?;
                 tracing::warn!(event = "admin_verify_email", user_id = %user.id, "admin marked an address verified");
                 done(Some(user), &[])
+            }
+            AdminCommand::ResetMfa { login } => {
+                let user = self.user(login).await?;
+                let ended = store
+                    .second_factors
+                    .reset_second_factors(user.id)
+                    .await?
+                    .ok_or_else(|| unknown(login))?;
+                self.revoked(&user, &ended).await;
+                tracing::warn!(event = "admin_reset_mfa", user_id = %user.id, ended_sessions = ended.len(), "admin removed every second factor of a user");
+                done(Some(user), &ended)
             }
         };
         Ok(answer)

@@ -219,6 +219,14 @@ pub fn login_key(field: &'static str, raw: &str) -> Result<String, AppError> {
     Ok(authql_identity::login_key(raw).unwrap_or_else(|| format!("\u{fffd}{}", raw.trim())))
 }
 
+/// A name a user gives to something of theirs (a passkey), as it is kept and shown: one line,
+/// its control characters (line breaks, tabs, escapes) turned into spaces.
+pub fn single_line(raw: &str) -> String {
+    raw.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod events;
 pub mod input;
 pub mod rate_limit;
+pub mod second_factors;
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -24,8 +25,8 @@ use crate::{
         rate_limit::{Operation, RateLimits},
     },
     store::{
-        FIRST_CREDENTIAL_VERSION, NewUser, Rotation, Session, SessionCursor, SessionPage, Storage,
-        StoreError, User, UserCredentials,
+        AuthMethods, FIRST_CREDENTIAL_VERSION, NewUser, Rotation, Session, SessionCursor,
+        SessionPage, Storage, StoreError, User, UserCredentials,
     },
 };
 
@@ -71,6 +72,7 @@ struct Inner {
     events: SessionEvents,
     readiness: Readiness,
     accounts: Arc<accounts::Accounts>,
+    second_factors: second_factors::SecondFactorSettings,
 }
 
 /// The last readiness probe: its answer is reused for `READINESS_MAX_AGE`, and one probe runs
@@ -114,8 +116,9 @@ pub struct Lifetimes {
 }
 
 impl AuthService {
-    /// The service over `store`, with its keys, hashing pool, lifetimes, limits, event bus and
-    /// account flows (mail).
+    /// The service over `store`, with its keys, hashing pool, lifetimes, limits, event bus,
+    /// account flows (mail) and second factors.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Storage,
         tokens: TokenKeys,
@@ -124,9 +127,11 @@ impl AuthService {
         rate_limits: RateLimits,
         events: SessionEvents,
         accounts: Arc<accounts::Accounts>,
+        second_factors: second_factors::SecondFactorSettings,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                second_factors,
                 store,
                 tokens,
                 passwords,
@@ -192,8 +197,15 @@ impl AuthService {
             None
         };
         let mailed = verification.is_some();
-        let session =
-            (!required).then(|| self.new_session(user.id, FIRST_CREDENTIAL_VERSION, client, now));
+        let session = (!required).then(|| {
+            self.new_session(
+                user.id,
+                FIRST_CREDENTIAL_VERSION,
+                AuthMethods::of(["pwd"]),
+                client,
+                now,
+            )
+        });
         let registered = self
             .store()
             .users
@@ -285,15 +297,7 @@ impl AuthService {
             }
         };
         let user = found.user;
-        // After the password: a wrong one gets INVALID_CREDENTIALS whether or not the account
-        // is disabled, so this answer reveals nothing to someone without the password.
-        if user.disabled_at.is_some() {
-            tracing::info!(event = "login_refused_disabled", user_id = %user.id, "login refused: account disabled");
-            return Err(AppError::AccountDisabled);
-        }
-        if self.verification_required() && user.email_verified_at.is_none() {
-            return Err(self.refuse_unverified(&user, &client).await);
-        }
+        self.admit(&user, &client).await?;
         if let Verification::Outdated { new_hash } = verification {
             // The same password in the current form and cost; failing to store it only means
             // trying again at the next login.
@@ -306,15 +310,48 @@ impl AuthService {
                 tracing::warn!(event = "password_rehash_failed", user_id = %user.id, "could not store the upgraded password hash");
             }
         }
+        self.ask_for_second_factor(&user, now()).await?;
+        let version = user.credential_version;
+        self.open_session(user, version, AuthMethods::of(["pwd"]), client)
+            .await
+    }
+
+    /// Whether `user`, whose proof was just accepted, may have a session. Said only after the
+    /// proof: a wrong password gets INVALID_CREDENTIALS whether or not the account is disabled,
+    /// so that this answer reveals nothing to someone without it. Errors: ACCOUNT_DISABLED,
+    /// EMAIL_NOT_VERIFIED (with `EMAIL_VERIFICATION=required`; a fresh link is mailed).
+    async fn admit(&self, user: &User, client: &ClientInfo) -> Result<(), AppError> {
+        if user.disabled_at.is_some() {
+            tracing::info!(event = "login_refused_disabled", user_id = %user.id, "login refused: account disabled");
+            return Err(AppError::AccountDisabled);
+        }
+        if self.verification_required() && user.email_verified_at.is_none() {
+            return Err(self.refuse_unverified(user, client).await);
+        }
+        Ok(())
+    }
+
+    /// Stores a new session of `user`, proven by `methods` under `credential_version` (what
+    /// the proof was checked against: a password change, reset, disable or `reset-mfa` since
+    /// wins, and nothing is stored), and issues its pair. Errors: INVALID_CREDENTIALS or
+    /// ACCOUNT_DISABLED (outraced so), SERVICE_UNAVAILABLE.
+    async fn open_session(
+        &self,
+        user: User,
+        credential_version: i64,
+        methods: AuthMethods,
+        client: ClientInfo,
+    ) -> Result<IssuedTokens, AppError> {
+        let store = self.store();
         let now = now();
-        let session = self.new_session(user.id, user.credential_version, client, now);
+        let session = self.new_session(user.id, credential_version, methods, client, now);
         let created = store
             .sessions
             .create_session(session, self.inner.lifetimes.max_sessions_per_user)
             .await?;
         let Some(created) = created else {
             // The password changed, or the account was disabled or deleted, while this login
-            // checked the password: the credentials it proved are no longer the account's.
+            // checked the proof: the credentials it proved are no longer the account's.
             let disabled = store
                 .users
                 .find_credentials_by_id(user.id)
@@ -328,7 +365,7 @@ impl AuthService {
             });
         };
         let session = created.session;
-        tracing::info!(user_id = %user.id, session_id = %session.id, "logged in");
+        tracing::info!(user_id = %user.id, session_id = %session.id, methods = session.authentication_methods.as_str(), "logged in");
         self.publish(SessionEventKind::Created, user.id, &[session.id])
             .await;
         if !created.evicted.is_empty() {
@@ -660,12 +697,16 @@ impl AuthService {
         Ok(revoked.len() as u64)
     }
 
-    /// Sets a new password and ends every other session of the caller.
+    /// Sets a new password and ends every other session of the caller. On an account with
+    /// TOTP, `code` (a TOTP or recovery code) is needed too unless the session's last proof is
+    /// recent. Errors: INVALID_CREDENTIALS, REAUTHENTICATION_REQUIRED, BAD_USER_INPUT
+    /// (`newPassword`), UNAUTHENTICATED `REVOKED`, RATE_LIMITED.
     pub async fn change_password(
         &self,
         caller: &Authenticated,
         current_password: String,
         new_password: String,
+        code: Option<&str>,
         client: ClientInfo,
     ) -> Result<(), AppError> {
         let limits = &self.inner.rate_limits;
@@ -681,6 +722,7 @@ impl AuthService {
             .await?;
         input::password("newPassword", &new_password)?;
         let proven = self.prove_password(caller, current_password).await?;
+        self.prove_second_factor_if_on(caller, code).await?;
         let password_hash = self.inner.passwords.hash(new_password).await?;
         // A reset, another change or a disable that landed while this one hashed wins: this
         // session was ended by it.
@@ -738,6 +780,7 @@ impl AuthService {
         &self,
         caller: &Authenticated,
         password: String,
+        code: Option<&str>,
         client: ClientInfo,
     ) -> Result<(), AppError> {
         let limits = &self.inner.rate_limits;
@@ -752,6 +795,7 @@ impl AuthService {
             )
             .await?;
         let proven = self.prove_password(caller, password).await?;
+        self.prove_second_factor_if_on(caller, code).await?;
         // A reset, password change or disable that landed meanwhile wins (this session was
         // ended by it): the account stays.
         let ended = self
@@ -846,11 +890,14 @@ impl AuthService {
         &self,
         user_id: Uuid,
         credential_version: i64,
+        methods: AuthMethods,
         client: ClientInfo,
         now: DateTime<Utc>,
     ) -> Session {
         Session {
             credential_version,
+            authenticated_at: now,
+            authentication_methods: methods,
             id: Uuid::new_v4(),
             user_id,
             access_jti: Uuid::new_v4(),
@@ -881,6 +928,8 @@ impl AuthService {
         let profile = Profile {
             email: user.email.clone(),
             email_verified: user.email_verified_at.is_some(),
+            auth_time: session.authenticated_at,
+            amr: session.authentication_methods.clone(),
         };
         Ok(IssuedTokens {
             access_token: tokens.issue(
@@ -932,6 +981,7 @@ fn outcome_of(error: &AppError) -> &'static str {
         AppError::InvalidCredentials => "invalid_credentials",
         AppError::AccountDisabled => "account_disabled",
         AppError::EmailNotVerified => "email_not_verified",
+        AppError::MfaRequired { .. } => "mfa_required",
         AppError::RateLimited { .. } => "rate_limited",
         AppError::ServiceUnavailable | AppError::Overloaded { .. } => "unavailable",
         AppError::Unauthenticated(_) => "invalid_token",

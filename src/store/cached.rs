@@ -38,8 +38,9 @@ use lru::LruCache;
 use uuid::Uuid;
 
 use super::{
-    CreatedSession, IssuedToken, NewSession, NewUser, Rotation, Session, SessionPage, SessionStore,
-    StoreError, StoreResult, TokenRefusal, User, UserCredentials, UserStore,
+    AuthMethods, Challenge, ChallengeKind, CreatedSession, IssuedToken, NewSession, NewUser,
+    Rotation, SecondFactorStore, SecondFactors, Session, SessionPage, SessionStore, StoredPasskey,
+    StoreError, StoreResult, TokenRefusal, TotpCredential, User, UserCredentials, UserStore,
 };
 
 /// How many sessions the cache holds at most (least recently used dropped first): about 300
@@ -165,11 +166,12 @@ fn lock(state: &Mutex<CacheState>) -> std::sync::MutexGuard<'_, CacheState> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// What the cache can wrap: a backend's users and sessions, cheap to clone (a pool handle), so
-/// that a write can run on a task of its own.
-pub trait CachedInner: UserStore + SessionStore + Clone {}
+/// What the cache can wrap: a backend's users and sessions, and its second factors (turning one
+/// on ends the user's other sessions), cheap to clone (a pool handle), so that a write can run
+/// on a task of its own.
+pub trait CachedInner: UserStore + SessionStore + SecondFactorStore + Clone {}
 
-impl<T: UserStore + SessionStore + Clone> CachedInner for T {}
+impl<T: UserStore + SessionStore + SecondFactorStore + Clone> CachedInner for T {}
 
 impl<S: CachedInner> CachedStore<S> {
     /// `inner` with a cache of at most `capacity` sessions (and as many users' epochs).
@@ -421,6 +423,21 @@ impl<S: CachedInner> SessionStore for CachedStore<S> {
         .await
     }
 
+    async fn reauthenticate_session(
+        &self,
+        session_id: Uuid,
+        access_jti: Uuid,
+        at: DateTime<Utc>,
+        methods: AuthMethods,
+    ) -> StoreResult<Option<Session>> {
+        self.write(Forget::Sessions(vec![session_id]), move |inner| async move {
+            inner
+                .reauthenticate_session(session_id, access_jti, at, methods)
+                .await
+        })
+        .await
+    }
+
     async fn delete_user_sessions(
         &self,
         user_id: Uuid,
@@ -476,6 +493,155 @@ impl<S: CachedInner> SessionStore for CachedStore<S> {
 
     async fn count_live_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.count_live_sessions(now).await
+    }
+}
+
+/// Second factors go to the backend; the writes that move a user's credential version on and
+/// end their sessions make the cache forget the user, as a password change does.
+#[async_trait]
+impl<S: CachedInner> SecondFactorStore for CachedStore<S> {
+    async fn totp(&self, user_id: Uuid) -> StoreResult<Option<TotpCredential>> {
+        self.inner.totp(user_id).await
+    }
+
+    async fn begin_totp(&self, credential: TotpCredential) -> StoreResult<bool> {
+        self.inner.begin_totp(credential).await
+    }
+
+    async fn confirm_totp(
+        &self,
+        user_id: Uuid,
+        secret: &str,
+        step: i64,
+        recovery_digests: Vec<String>,
+        keep_session: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
+        let secret = secret.to_owned();
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner
+                .confirm_totp(user_id, &secret, step, recovery_digests, keep_session, at)
+                .await
+        })
+        .await
+    }
+
+    async fn disable_totp(&self, user_id: Uuid) -> StoreResult<bool> {
+        self.inner.disable_totp(user_id).await
+    }
+
+    async fn take_totp_step(&self, user_id: Uuid, step: i64) -> StoreResult<bool> {
+        self.inner.take_totp_step(user_id, step).await
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        user_id: Uuid,
+        digests: Vec<String>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.inner.replace_recovery_codes(user_id, digests, at).await
+    }
+
+    async fn use_recovery_code(
+        &self,
+        user_id: Uuid,
+        digest: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.inner.use_recovery_code(user_id, digest, at).await
+    }
+
+    async fn second_factors(&self, user_id: Uuid) -> StoreResult<SecondFactors> {
+        self.inner.second_factors(user_id).await
+    }
+
+    async fn add_passkey(
+        &self,
+        passkey: StoredPasskey,
+        keep_session: Uuid,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
+        self.write(Forget::User(passkey.user_id), move |inner| async move {
+            inner.add_passkey(passkey, keep_session).await
+        })
+        .await
+    }
+
+    async fn passkeys(&self, user_id: Uuid) -> StoreResult<Vec<StoredPasskey>> {
+        self.inner.passkeys(user_id).await
+    }
+
+    async fn passkey_by_credential_id(
+        &self,
+        credential_id: &str,
+    ) -> StoreResult<Option<StoredPasskey>> {
+        self.inner.passkey_by_credential_id(credential_id).await
+    }
+
+    async fn rename_passkey(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        name: &str,
+    ) -> StoreResult<Option<StoredPasskey>> {
+        self.inner.rename_passkey(user_id, id, name).await
+    }
+
+    async fn delete_passkey(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool> {
+        self.inner.delete_passkey(user_id, id).await
+    }
+
+    async fn use_passkey(
+        &self,
+        id: Uuid,
+        seen_counter: i64,
+        counter: i64,
+        credential: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.inner
+            .use_passkey(id, seen_counter, counter, credential, at)
+            .await
+    }
+
+    async fn reset_second_factors(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.reset_second_factors(user_id).await
+        })
+        .await
+    }
+
+    async fn put_challenge(&self, challenge: Challenge) -> StoreResult<()> {
+        self.inner.put_challenge(challenge).await
+    }
+
+    async fn take_challenge(
+        &self,
+        digest: &str,
+        kind: ChallengeKind,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Challenge>> {
+        self.inner.take_challenge(digest, kind, now).await
+    }
+
+    async fn attempt_challenge(
+        &self,
+        digest: &str,
+        kind: ChallengeKind,
+        max_attempts: i32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Challenge>> {
+        self.inner
+            .attempt_challenge(digest, kind, max_attempts, now)
+            .await
+    }
+
+    async fn challenge_expired(&self, digest: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        self.inner.challenge_expired(digest, now).await
+    }
+
+    async fn prune_challenges(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        self.inner.prune_challenges(before).await
     }
 }
 

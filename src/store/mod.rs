@@ -1,5 +1,6 @@
 //! Every read and write goes through a capability trait: [`UserStore`], [`SessionStore`],
-//! [`SettingStore`], [`RateLimitStore`], [`EventStore`], [`HealthStore`]; a backend implements
+//! [`SettingStore`], [`RateLimitStore`], [`EventStore`], [`HealthStore`],
+//! [`SecondFactorStore`]; a backend implements
 //! each once and is a [`Store`]. The service never sees a database driver: [`SeaStore`] is the
 //! backend on SQLite and PostgreSQL, [`MongoStore`] the one on MongoDB, chosen by the scheme of
 //! `DATABASE_URL`; it works with a [`Storage`], where the session cache wraps users and sessions
@@ -132,6 +133,67 @@ pub struct Session {
     /// The user's credential version when the session was made: a session whose version is
     /// not its user's current one is dead, wherever it is looked up.
     pub credential_version: i64,
+    /// When the user last proved who they are in this session: at login, and at each
+    /// `reauthenticate`; a refresh never moves it (OIDC Core § 2 `auth_time`).
+    pub authenticated_at: DateTime<Utc>,
+    /// How: RFC 8176 `amr` values, comma-separated, e.g. `pwd,otp,mfa` ([`AuthMethods`]).
+    pub authentication_methods: AuthMethods,
+}
+
+/// A set of RFC 8176 § 2 authentication method reference values (`pwd`, `otp`, `hwk`, `swk`,
+/// `user`, `mfa`), kept as their comma-separated text: what a session stores and what the
+/// `amr` claim lists, in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthMethods(String);
+
+impl AuthMethods {
+    /// The order values are kept and shown in.
+    const ORDER: [&'static str; 6] = ["pwd", "otp", "hwk", "swk", "user", "mfa"];
+
+    /// The set stored as `text` (unknown values are dropped).
+    pub fn parse(text: &str) -> Self {
+        Self::of(text.split(','))
+    }
+
+    /// The set of `values`; `mfa` is added when they hold more than one kind of factor
+    /// (something known: `pwd`; something held: `otp`, `hwk`, `swk`) or a key proven with user
+    /// verification (`hwk`/`swk` with `user`: WebAuthn's multi-factor passkey).
+    pub fn of<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut present = [false; 6];
+        for value in values {
+            if let Some(at) = Self::ORDER.iter().position(|known| *known == value.trim()) {
+                present[at] = true;
+            }
+        }
+        let knows = present[0];
+        let holds = present[1] || present[2] || present[3];
+        let verified_key = (present[2] || present[3]) && present[4];
+        if (knows && holds) || verified_key {
+            present[5] = true;
+        }
+        Self(
+            Self::ORDER
+                .iter()
+                .zip(present)
+                .filter(|(_, on)| *on)
+                .map(|(value, _)| *value)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    }
+
+    /// These and `other`'s together.
+    pub fn union(&self, other: &Self) -> Self {
+        Self::of(self.iter().chain(other.iter()))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.split(',').filter(|value| !value.is_empty())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// A new user's credential version.
@@ -600,6 +662,17 @@ pub trait SessionStore: Send + Sync + 'static {
     /// the same refresh jti exactly one gets `Some`.
     async fn rotate_session(&self, rotation: Rotation) -> StoreResult<Option<(User, Session)>>;
 
+    /// Records a new proof in the session: `authenticated_at` becomes `at` and its methods
+    /// `methods`, if it is live at `at`, still holds `access_jti` and was made under its user's
+    /// current credentials. Returns the session as stored now; `None` when it is not.
+    async fn reauthenticate_session(
+        &self,
+        session_id: Uuid,
+        access_jti: Uuid,
+        at: DateTime<Utc>,
+        methods: AuthMethods,
+    ) -> StoreResult<Option<Session>>;
+
     /// A page of the user's live sessions made under `credential_version`, newest first (by
     /// creation, then id).
     async fn list_live_sessions(
@@ -731,6 +804,232 @@ pub trait HealthStore: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 }
 
+/// A user's TOTP credential (RFC 6238).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotpCredential {
+    pub user_id: Uuid,
+    /// Base32 (RFC 4648, no padding).
+    pub secret: String,
+    /// `None` while the enrollment waits for its first code (`confirmTotp`).
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// The time step of the last code accepted (-1 before any): a code of this step or an
+    /// earlier one is refused (RFC 6238 § 5.2).
+    pub last_step: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A WebAuthn credential of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPasskey {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// The credential id, base64url without padding.
+    pub credential_id: String,
+    pub name: String,
+    /// webauthn-rs's `Passkey`, as JSON.
+    pub credential: String,
+    /// The signature counter last accepted (WebAuthn Level 3 § 6.1.1).
+    pub counter: i64,
+    /// A credential that may be synced between devices (the BE flag, § 6.1): `swk` rather
+    /// than `hwk` in `amr`.
+    pub backup_eligible: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// What proves a user besides the password, in short: what a login must ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SecondFactors {
+    pub totp: bool,
+    pub recovery_codes_left: u64,
+    pub passkeys: u64,
+}
+
+/// What an unfinished ceremony is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// A password login waiting for its second factor (`mfaToken`).
+    Mfa,
+    /// `beginPasskeyRegistration` of a session.
+    PasskeyRegistration,
+    /// `beginPasskeyLogin`.
+    PasskeyLogin,
+}
+
+impl ChallengeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mfa => "mfa",
+            Self::PasskeyRegistration => "passkey_registration",
+            Self::PasskeyLogin => "passkey_login",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Mfa, Self::PasskeyRegistration, Self::PasskeyLogin]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+}
+
+/// The server-side half of an unfinished ceremony, found by the digest of what the client
+/// holds, single use, until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub id: Uuid,
+    /// SHA-256 (hex) of the `mfaToken` or challenge id the client holds.
+    pub digest: String,
+    pub kind: ChallengeKind,
+    /// The user it is for, when known.
+    pub user_id: Option<Uuid>,
+    /// The session it is for (registration, step-up).
+    pub session_id: Option<Uuid>,
+    /// The user's credential version when the first factor was proven (`Mfa`): the session
+    /// it leads to is made under it, so a password change since wins.
+    pub credential_version: Option<i64>,
+    /// What was proven so far.
+    pub methods: AuthMethods,
+    /// webauthn-rs's ceremony state, as JSON; for a passkey login that completes an `Mfa`
+    /// challenge, that challenge's digest is kept here too (see the service).
+    pub state: Option<String>,
+    /// Wrong codes so far.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Second factors (TOTP, recovery codes, passkeys) and the ceremonies that use them. Every
+/// write that decides a proof is one conditional statement, so that of concurrent callers
+/// exactly one wins: a TOTP step is taken once, a recovery code once, a passkey's counter moves
+/// forward only, a challenge is taken once.
+#[async_trait]
+pub trait SecondFactorStore: Send + Sync + 'static {
+    /// The user's TOTP credential, confirmed or pending.
+    async fn totp(&self, user_id: Uuid) -> StoreResult<Option<TotpCredential>>;
+
+    /// Stores a pending enrollment, replacing a pending one; `false` (nothing stored) when
+    /// the user has TOTP on already.
+    async fn begin_totp(&self, credential: TotpCredential) -> StoreResult<bool>;
+
+    /// Turns the pending secret `secret` on with its first code's `step` and replaces the
+    /// recovery codes by `recovery_digests`; then, in the same transaction, moves the user's
+    /// credential version on (`keep_session` with it) and ends their other sessions, as a
+    /// password change does. `None` when there is no such pending secret (replaced, or
+    /// confirmed meanwhile); else the ids of the sessions ended.
+    async fn confirm_totp(
+        &self,
+        user_id: Uuid,
+        secret: &str,
+        step: i64,
+        recovery_digests: Vec<String>,
+        keep_session: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<Uuid>>>;
+
+    /// Removes TOTP and the recovery codes; `false` when it was not on.
+    async fn disable_totp(&self, user_id: Uuid) -> StoreResult<bool>;
+
+    /// Takes the time step `step` for the user's confirmed TOTP: `true` only if it is later
+    /// than every step taken before (RFC 6238 § 5.2).
+    async fn take_totp_step(&self, user_id: Uuid, step: i64) -> StoreResult<bool>;
+
+    /// Replaces every recovery code of a user who has TOTP on; `false` when TOTP is off.
+    async fn replace_recovery_codes(
+        &self,
+        user_id: Uuid,
+        digests: Vec<String>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Uses the unused recovery code with this digest: `true` once.
+    async fn use_recovery_code(
+        &self,
+        user_id: Uuid,
+        digest: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// What the user has besides the password.
+    async fn second_factors(&self, user_id: Uuid) -> StoreResult<SecondFactors>;
+
+    /// Stores a passkey; then, in the same transaction, moves the user's credential version on
+    /// (`keep_session` with it) and ends their other sessions. `None` when the session is gone
+    /// or is no longer under its user's version; else the ids of the sessions ended. Errors:
+    /// `Database` for a credential id stored already (the ceremony excludes it).
+    async fn add_passkey(
+        &self,
+        passkey: StoredPasskey,
+        keep_session: Uuid,
+    ) -> StoreResult<Option<Vec<Uuid>>>;
+
+    /// The user's passkeys, oldest first.
+    async fn passkeys(&self, user_id: Uuid) -> StoreResult<Vec<StoredPasskey>>;
+
+    /// The passkey with this credential id (base64url).
+    async fn passkey_by_credential_id(
+        &self,
+        credential_id: &str,
+    ) -> StoreResult<Option<StoredPasskey>>;
+
+    /// Renames the user's passkey; `None` when they have no such passkey.
+    async fn rename_passkey(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        name: &str,
+    ) -> StoreResult<Option<StoredPasskey>>;
+
+    /// Deletes the user's passkey; `false` when they have no such passkey.
+    async fn delete_passkey(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool>;
+
+    /// Records a use of the passkey: its counter goes from `seen_counter` (what the caller
+    /// verified against) to `counter` and its credential to `credential`, if the stored counter
+    /// is still `seen_counter` (a concurrent use with the same counter, a clone, loses) and the
+    /// passkey still exists. `true` when recorded.
+    async fn use_passkey(
+        &self,
+        id: Uuid,
+        seen_counter: i64,
+        counter: i64,
+        credential: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Removes every second factor of the user and their unfinished ceremonies, moves their
+    /// credential version on and ends every session of theirs, in one transaction (an
+    /// operator's `reset-mfa`). `None` when there is no such user; else the ids of the
+    /// sessions ended.
+    async fn reset_second_factors(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>>;
+
+    /// Stores a ceremony's state.
+    async fn put_challenge(&self, challenge: Challenge) -> StoreResult<()>;
+
+    /// Takes (deletes and returns) the challenge with this digest, of this kind, if it has not
+    /// expired at `now`: of concurrent callers, one gets it.
+    async fn take_challenge(
+        &self,
+        digest: &str,
+        kind: ChallengeKind,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Challenge>>;
+
+    /// Counts one attempt at the challenge, if it has not expired and has had fewer than
+    /// `max_attempts`; returns it as it is now. `None` when it is gone, expired or used up.
+    async fn attempt_challenge(
+        &self,
+        digest: &str,
+        kind: ChallengeKind,
+        max_attempts: i32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Challenge>>;
+
+    /// Whether a challenge with this digest exists but has expired (for the refusal's reason).
+    async fn challenge_expired(&self, digest: &str, now: DateTime<Utc>) -> StoreResult<bool>;
+
+    /// Deletes challenges that expired before `before`; returns how many.
+    async fn prune_challenges(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+}
+
 /// A whole backend: every capability, each implemented once per backend (lldap's
 /// `BackendHandler`, composed of its narrow handlers). Code that needs one capability takes that
 /// trait; [`Storage`] hands each capability to the service separately, so that a decorator (the
@@ -744,6 +1043,7 @@ pub trait Store:
     + RateLimitStore
     + EventStore
     + HealthStore
+    + SecondFactorStore
 {
 }
 
@@ -756,6 +1056,7 @@ impl<T> Store for T where
         + RateLimitStore
         + EventStore
         + HealthStore
+        + SecondFactorStore
 {
 }
 
@@ -770,6 +1071,7 @@ pub struct Storage {
     pub rate_limits: Arc<dyn RateLimitStore>,
     pub events: Arc<dyn EventStore>,
     pub health: Arc<dyn HealthStore>,
+    pub second_factors: Arc<dyn SecondFactorStore>,
 }
 
 impl Storage {
@@ -783,6 +1085,7 @@ impl Storage {
             settings: backend.clone(),
             rate_limits: backend.clone(),
             events: backend.clone(),
+            second_factors: backend.clone(),
             health: backend,
         }
     }
@@ -792,7 +1095,8 @@ impl Storage {
         let cache = Arc::new(CachedStore::new(backend.clone(), capacity));
         Self {
             users: cache.clone(),
-            sessions: cache,
+            sessions: cache.clone(),
+            second_factors: cache,
             ..Self::of(Arc::new(backend))
         }
     }

@@ -20,6 +20,14 @@
 //!   `(user_id, purpose)` and `expires_at`.
 //! - `mail_outbox`: `_id`, `kind`, `envelope_from`, `envelope_to`, `message`, `created_at`,
 //!   `next_attempt_at` (indexed), `expires_at`, `attempts`, `claimed_until`.
+//! - `totp_credentials`: `_id` (the user's id), `secret`, `confirmed_at`, `last_step`,
+//!   `created_at`.
+//! - `recovery_codes`: `_id`, `user_id`, `digest`, `created_at`, `used_at`; unique by
+//!   `(user_id, digest)`.
+//! - `passkeys`: `_id`, `user_id` (indexed), `credential_id` (unique), `name`, `credential`,
+//!   `counter`, `backup_eligible`, `created_at`, `last_used_at`.
+//! - `auth_challenges`: `_id`, `digest` (unique), `kind`, `user_id`, `session_id`,
+//!   `credential_version`, `methods`, `state`, `attempts`, `created_at`, `expires_at` (indexed).
 //!
 //! Every query is shaped so that it is served by an index on any server: a read or
 //! `findAndModify` that filters on more than its index's fields names the index (`hint`), and
@@ -52,14 +60,15 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, IssuedToken, NewMail,
-    NewSession, NewUser, OutboxMail, PoolSettings, PoolStatus, Rotation, Session, SessionPage,
-    StoreError, StoreResult, TokenPurpose, TokenRefusal, User, UserCredentials,
+    AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
+    FIRST_CREDENTIAL_VERSION, IssuedToken, NewMail, NewSession, NewUser, OutboxMail, PoolSettings,
+    PoolStatus, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
+    StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
     least_recently_used, token_holds, token_state,
 };
 use super::{
-    EventStore, HealthStore, OutboxStore, RateLimitStore, SessionStore, SettingStore, TokenStore,
-    UserStore,
+    EventStore, HealthStore, OutboxStore, RateLimitStore, SecondFactorStore, SessionStore,
+    SettingStore, TokenStore, UserStore,
 };
 
 /// The database used when the URL names none.
@@ -147,6 +156,71 @@ pub struct SessionDocument {
     /// See [`Session::credential_version`].
     #[serde(default)]
     pub credential_version: i64,
+    /// See [`Session::authenticated_at`]; absent in documents from before it (then:
+    /// `created_at`).
+    #[serde(default)]
+    pub authenticated_at: Option<bson::DateTime>,
+    /// See [`Session::authentication_methods`]; absent (a password) in documents from before.
+    #[serde(default = "password_only")]
+    pub authentication_methods: String,
+}
+
+fn password_only() -> String {
+    "pwd".to_owned()
+}
+
+/// A TOTP credential in `totp_credentials`, under its user's id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TotpDocument {
+    #[serde(rename = "_id")]
+    pub user_id: bson::Uuid,
+    pub secret: String,
+    pub confirmed_at: Option<bson::DateTime>,
+    pub last_step: i64,
+    pub created_at: bson::DateTime,
+}
+
+/// A recovery code's digest in `recovery_codes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoveryCodeDocument {
+    #[serde(rename = "_id")]
+    pub id: bson::Uuid,
+    pub user_id: bson::Uuid,
+    pub digest: String,
+    pub created_at: bson::DateTime,
+    pub used_at: Option<bson::DateTime>,
+}
+
+/// A passkey in `passkeys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasskeyDocument {
+    #[serde(rename = "_id")]
+    pub id: bson::Uuid,
+    pub user_id: bson::Uuid,
+    pub credential_id: String,
+    pub name: String,
+    pub credential: String,
+    pub counter: i64,
+    pub backup_eligible: bool,
+    pub created_at: bson::DateTime,
+    pub last_used_at: Option<bson::DateTime>,
+}
+
+/// An unfinished ceremony in `auth_challenges`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeDocument {
+    #[serde(rename = "_id")]
+    pub id: bson::Uuid,
+    pub digest: String,
+    pub kind: String,
+    pub user_id: Option<bson::Uuid>,
+    pub session_id: Option<bson::Uuid>,
+    pub credential_version: Option<i64>,
+    pub methods: String,
+    pub state: Option<String>,
+    pub attempts: i32,
+    pub created_at: bson::DateTime,
+    pub expires_at: bson::DateTime,
 }
 
 /// A server-wide setting in `settings`.
@@ -190,6 +264,10 @@ pub struct MongoStore {
     outbox: Collection<MailDocument>,
     /// Session events on their way to every instance's change stream.
     events: Collection<Document>,
+    totp: Collection<TotpDocument>,
+    recovery_codes: Collection<RecoveryCodeDocument>,
+    passkeys: Collection<PasskeyDocument>,
+    challenges: Collection<ChallengeDocument>,
     /// Whether the deployment runs multi-document transactions (a replica set or a sharded
     /// cluster does, a standalone server does not).
     transactions: bool,
@@ -261,6 +339,10 @@ impl MongoStore {
             tokens: database.collection("one_time_tokens"),
             outbox: database.collection("mail_outbox"),
             events: database.collection("session_events"),
+            totp: database.collection("totp_credentials"),
+            recovery_codes: database.collection("recovery_codes"),
+            passkeys: database.collection("passkeys"),
+            challenges: database.collection("auth_challenges"),
             client,
             database,
             transactions,
@@ -314,6 +396,27 @@ impl MongoStore {
             .map_err(classify)?;
         self.outbox
             .create_index(plain(doc! { "next_attempt_at": 1 }))
+            .await
+            .map_err(classify)?;
+        self.recovery_codes
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "user_id": 1, "digest": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+            )
+            .await
+            .map_err(classify)?;
+        self.passkeys
+            .create_indexes([unique("credential_id"), plain(doc! { "user_id": 1 })])
+            .await
+            .map_err(classify)?;
+        self.challenges
+            .create_indexes([
+                unique("digest"),
+                plain(doc! { "user_id": 1 }),
+                plain(doc! { "expires_at": 1 }),
+            ])
             .await
             .map_err(classify)?;
         self.events
@@ -669,6 +772,89 @@ impl MongoStore {
             .map_err(classify)
     }
 
+    /// Deletes every second factor of the user and their unfinished ceremonies.
+    async fn delete_second_factors(&self, user_id: Uuid) -> Result<(), mongodb::error::Error> {
+        self.totp.delete_one(doc! { "_id": id(user_id) }).await?;
+        self.recovery_codes
+            .delete_many(doc! { "user_id": id(user_id) })
+            .await?;
+        self.passkeys
+            .delete_many(doc! { "user_id": id(user_id) })
+            .await?;
+        self.challenges
+            .delete_many(doc! { "user_id": id(user_id) })
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the user's recovery codes by `digests`.
+    async fn store_recovery_codes(
+        &self,
+        user_id: Uuid,
+        digests: Vec<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), mongodb::error::Error> {
+        self.recovery_codes
+            .delete_many(doc! { "user_id": id(user_id) })
+            .await?;
+        if digests.is_empty() {
+            return Ok(());
+        }
+        self.recovery_codes
+            .insert_many(digests.into_iter().map(|digest| RecoveryCodeDocument {
+                id: id(Uuid::new_v4()),
+                user_id: id(user_id),
+                digest,
+                created_at: date(at),
+                used_at: None,
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// Moves the user's credential version on (one atomic update: from then on every other
+    /// session of theirs is refused on every lookup), the session `keep` with it, then deletes
+    /// the user's other sessions. `None` when there is no such user, or `keep` is no longer
+    /// theirs under their version.
+    async fn move_credentials_on(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
+        let moved = self
+            .users
+            .find_one_and_update(
+                doc! { "_id": id(user_id) },
+                doc! { "$inc": { "credential_version": 1 } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(classify)?;
+        let Some(moved) = moved else {
+            return Ok(None);
+        };
+        if let Some(keep) = keep {
+            let kept = self
+                .sessions
+                .update_one(
+                    doc! {
+                        "_id": id(keep),
+                        "user_id": id(user_id),
+                        "credential_version": moved.credential_version - 1,
+                    },
+                    doc! { "$set": { "credential_version": moved.credential_version } },
+                )
+                .hint(by_id())
+                .await
+                .map_err(classify)?;
+            if kept.matched_count == 0 {
+                self.end_sessions(user_id, None).await.map_err(classify)?;
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.end_sessions(user_id, keep).await.map_err(classify)?))
+    }
+
     /// A new driver session to run transactions in.
     async fn transaction(&self) -> StoreResult<ClientSession> {
         self.client.start_session().await.map_err(classify)
@@ -920,6 +1106,11 @@ fn session_of(document: SessionDocument) -> Session {
         user_agent: document.user_agent,
         ip_address: document.ip_address,
         credential_version: document.credential_version,
+        authenticated_at: document
+            .authenticated_at
+            .unwrap_or(document.created_at)
+            .to_chrono(),
+        authentication_methods: AuthMethods::parse(&document.authentication_methods),
     }
 }
 
@@ -937,6 +1128,8 @@ fn session_document(session: NewSession) -> SessionDocument {
         user_agent: session.user_agent,
         ip_address: session.ip_address,
         credential_version: session.credential_version,
+        authenticated_at: Some(date(session.authenticated_at)),
+        authentication_methods: session.authentication_methods.as_str().to_owned(),
     }
 }
 
@@ -1325,6 +1518,10 @@ impl UserStore for MongoStore {
                 .delete_many(doc! { "user_id": id(user_id) })
                 .await
                 .map_err(classify)?;
+            store
+                .delete_second_factors(user_id)
+                .await
+                .map_err(classify)?;
             Ok(Some(store.delete_other_sessions(user_id, None).await?))
         })
         .await
@@ -1435,6 +1632,43 @@ impl SessionStore for MongoStore {
             Some(session) => Ok(self.with_user(session).await?.filter(|(user, session)| {
                 session.is_current_for(user) && user.disabled_at.is_none()
             })),
+            None => Ok(None),
+        }
+    }
+
+    /// One `findAndModify` conditional on the access jti and liveness; a session whose user
+    /// moved on is refused as every lookup refuses it.
+    async fn reauthenticate_session(
+        &self,
+        session_id: Uuid,
+        access_jti: Uuid,
+        at: DateTime<Utc>,
+        methods: AuthMethods,
+    ) -> StoreResult<Option<Session>> {
+        let updated = self
+            .sessions
+            .find_one_and_update(
+                and_live(
+                    doc! { "_id": id(session_id), "access_jti": id(access_jti) },
+                    at,
+                ),
+                doc! { "$set": {
+                    "authenticated_at": date(at),
+                    "authentication_methods": methods.as_str(),
+                } },
+            )
+            .return_document(ReturnDocument::After)
+            .hint(by_id())
+            .await
+            .map_err(classify)?;
+        match updated {
+            Some(session) => Ok(self
+                .with_user(session)
+                .await?
+                .filter(|(user, session)| {
+                    session.is_current_for(user) && user.disabled_at.is_none()
+                })
+                .map(|(_, session)| session)),
             None => Ok(None),
         }
     }
@@ -1853,5 +2087,460 @@ impl HealthStore for MongoStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.check_writable().await
+    }
+}
+
+fn totp_of(document: TotpDocument) -> TotpCredential {
+    TotpCredential {
+        user_id: document.user_id.into(),
+        secret: document.secret,
+        confirmed_at: document.confirmed_at.map(bson::DateTime::to_chrono),
+        last_step: document.last_step,
+        created_at: document.created_at.to_chrono(),
+    }
+}
+
+fn passkey_of(document: PasskeyDocument) -> StoredPasskey {
+    StoredPasskey {
+        id: document.id.into(),
+        user_id: document.user_id.into(),
+        credential_id: document.credential_id,
+        name: document.name,
+        credential: document.credential,
+        counter: document.counter,
+        backup_eligible: document.backup_eligible,
+        created_at: document.created_at.to_chrono(),
+        last_used_at: document.last_used_at.map(bson::DateTime::to_chrono),
+    }
+}
+
+fn challenge_of(document: ChallengeDocument) -> StoreResult<Challenge> {
+    Ok(Challenge {
+        kind: ChallengeKind::parse(&document.kind).ok_or_else(|| {
+            StoreError::Database(format!("unknown challenge kind {}", document.kind).into())
+        })?,
+        id: document.id.into(),
+        digest: document.digest,
+        user_id: document.user_id.map(Into::into),
+        session_id: document.session_id.map(Into::into),
+        credential_version: document.credential_version,
+        methods: AuthMethods::parse(&document.methods),
+        state: document.state,
+        attempts: document.attempts,
+        created_at: document.created_at.to_chrono(),
+        expires_at: document.expires_at.to_chrono(),
+    })
+}
+
+/// The `digest` index of `auth_challenges`.
+fn by_digest() -> Hint {
+    Hint::Keys(doc! { "digest": 1 })
+}
+
+/// Second factors: each deciding write is one atomic single-document update (a TOTP step, a
+/// recovery code, a passkey's counter, a challenge taken). Turning a factor on writes it first
+/// and then moves the credential version on, on a task of its own (see `change_password` for
+/// why no transaction): a login racing it sees the factor, or made its session before the
+/// version moved and loses it with the others.
+#[async_trait]
+impl SecondFactorStore for MongoStore {
+    async fn totp(&self, user_id: Uuid) -> StoreResult<Option<TotpCredential>> {
+        Ok(self
+            .totp
+            .find_one(doc! { "_id": id(user_id) })
+            .await
+            .map_err(classify)?
+            .map(totp_of))
+    }
+
+    async fn begin_totp(&self, credential: TotpCredential) -> StoreResult<bool> {
+        // Replace a pending one, or insert; a confirmed one matches neither (its insert is a
+        // duplicate key).
+        let replaced = self
+            .totp
+            .update_one(
+                doc! { "_id": id(credential.user_id), "confirmed_at": Bson::Null },
+                doc! { "$set": {
+                    "secret": &credential.secret,
+                    "last_step": -1_i64,
+                    "created_at": date(credential.created_at),
+                } },
+            )
+            .hint(by_id())
+            .await
+            .map_err(classify)?;
+        if replaced.matched_count == 1 {
+            return Ok(true);
+        }
+        match self
+            .totp
+            .insert_one(TotpDocument {
+                user_id: id(credential.user_id),
+                secret: credential.secret,
+                confirmed_at: None,
+                last_step: -1,
+                created_at: date(credential.created_at),
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) if is_duplicate_key(&error) => Ok(false),
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    async fn confirm_totp(
+        &self,
+        user_id: Uuid,
+        secret: &str,
+        step: i64,
+        recovery_digests: Vec<String>,
+        keep_session: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
+        let secret = secret.to_owned();
+        self.detached(move |store| async move {
+            let confirmed = store
+                .totp
+                .update_one(
+                    doc! { "_id": id(user_id), "secret": &secret, "confirmed_at": Bson::Null },
+                    doc! { "$set": { "confirmed_at": date(at), "last_step": step } },
+                )
+                .hint(by_id())
+                .await
+                .map_err(classify)?;
+            if confirmed.matched_count == 0 {
+                return Ok(None);
+            }
+            store
+                .store_recovery_codes(user_id, recovery_digests, at)
+                .await
+                .map_err(classify)?;
+            store.move_credentials_on(user_id, Some(keep_session)).await
+        })
+        .await
+    }
+
+    async fn disable_totp(&self, user_id: Uuid) -> StoreResult<bool> {
+        self.detached(move |store| async move {
+            let removed = store
+                .totp
+                .delete_one(doc! { "_id": id(user_id), "confirmed_at": { "$ne": Bson::Null } })
+                .hint(by_id())
+                .await
+                .map_err(classify)?;
+            store
+                .recovery_codes
+                .delete_many(doc! { "user_id": id(user_id) })
+                .await
+                .map_err(classify)?;
+            Ok(removed.deleted_count == 1)
+        })
+        .await
+    }
+
+    async fn take_totp_step(&self, user_id: Uuid, step: i64) -> StoreResult<bool> {
+        let taken = self
+            .totp
+            .update_one(
+                doc! {
+                    "_id": id(user_id),
+                    "confirmed_at": { "$ne": Bson::Null },
+                    "last_step": { "$lt": step },
+                },
+                doc! { "$set": { "last_step": step } },
+            )
+            .hint(by_id())
+            .await
+            .map_err(classify)?;
+        Ok(taken.modified_count == 1)
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        user_id: Uuid,
+        digests: Vec<String>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.detached(move |store| async move {
+            let on = store
+                .totp
+                .find_one(doc! { "_id": id(user_id), "confirmed_at": { "$ne": Bson::Null } })
+                .hint(by_id())
+                .await
+                .map_err(classify)?
+                .is_some();
+            if !on {
+                return Ok(false);
+            }
+            store
+                .store_recovery_codes(user_id, digests, at)
+                .await
+                .map_err(classify)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn use_recovery_code(
+        &self,
+        user_id: Uuid,
+        digest: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let used = self
+            .recovery_codes
+            .update_one(
+                doc! { "user_id": id(user_id), "digest": digest, "used_at": Bson::Null },
+                doc! { "$set": { "used_at": date(at) } },
+            )
+            .hint(Hint::Keys(doc! { "user_id": 1, "digest": 1 }))
+            .await
+            .map_err(classify)?;
+        Ok(used.modified_count == 1)
+    }
+
+    async fn second_factors(&self, user_id: Uuid) -> StoreResult<SecondFactors> {
+        let totp = self
+            .totp
+            .find_one(doc! { "_id": id(user_id) })
+            .await
+            .map_err(classify)?
+            .is_some_and(|totp| totp.confirmed_at.is_some());
+        let recovery_codes_left = if totp {
+            let codes: Vec<RecoveryCodeDocument> = self
+                .recovery_codes
+                .find(doc! { "user_id": id(user_id) })
+                .hint(Hint::Keys(doc! { "user_id": 1, "digest": 1 }))
+                .await
+                .map_err(classify)?
+                .try_collect()
+                .await
+                .map_err(classify)?;
+            codes.iter().filter(|code| code.used_at.is_none()).count() as u64
+        } else {
+            0
+        };
+        let passkeys = self
+            .passkeys
+            .count_documents(doc! { "user_id": id(user_id) })
+            .await
+            .map_err(classify)?;
+        Ok(SecondFactors {
+            totp,
+            recovery_codes_left,
+            passkeys,
+        })
+    }
+
+    async fn add_passkey(
+        &self,
+        passkey: StoredPasskey,
+        keep_session: Uuid,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
+        self.detached(move |store| async move {
+            let user_id = passkey.user_id;
+            store
+                .passkeys
+                .insert_one(PasskeyDocument {
+                    id: id(passkey.id),
+                    user_id: id(passkey.user_id),
+                    credential_id: passkey.credential_id,
+                    name: passkey.name,
+                    credential: passkey.credential,
+                    counter: passkey.counter,
+                    backup_eligible: passkey.backup_eligible,
+                    created_at: date(passkey.created_at),
+                    last_used_at: passkey.last_used_at.map(date),
+                })
+                .await
+                .map_err(classify)?;
+            let moved = store.move_credentials_on(user_id, Some(keep_session)).await?;
+            if moved.is_none() {
+                // The session that registered it ended meanwhile: the passkey goes with it.
+                store
+                    .passkeys
+                    .delete_one(doc! { "_id": id(passkey.id) })
+                    .await
+                    .map_err(classify)?;
+            }
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn passkeys(&self, user_id: Uuid) -> StoreResult<Vec<StoredPasskey>> {
+        let mut passkeys: Vec<StoredPasskey> = self
+            .passkeys
+            .find(doc! { "user_id": id(user_id) })
+            .await
+            .map_err(classify)?
+            .map_ok(passkey_of)
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        passkeys.sort_by_key(|passkey| (passkey.created_at, passkey.id));
+        Ok(passkeys)
+    }
+
+    async fn passkey_by_credential_id(
+        &self,
+        credential_id: &str,
+    ) -> StoreResult<Option<StoredPasskey>> {
+        Ok(self
+            .passkeys
+            .find_one(doc! { "credential_id": credential_id })
+            .await
+            .map_err(classify)?
+            .map(passkey_of))
+    }
+
+    async fn rename_passkey(
+        &self,
+        user_id: Uuid,
+        passkey_id: Uuid,
+        name: &str,
+    ) -> StoreResult<Option<StoredPasskey>> {
+        Ok(self
+            .passkeys
+            .find_one_and_update(
+                doc! { "_id": id(passkey_id), "user_id": id(user_id) },
+                doc! { "$set": { "name": name } },
+            )
+            .return_document(ReturnDocument::After)
+            .hint(by_id())
+            .await
+            .map_err(classify)?
+            .map(passkey_of))
+    }
+
+    async fn delete_passkey(&self, user_id: Uuid, passkey_id: Uuid) -> StoreResult<bool> {
+        let deleted = self
+            .passkeys
+            .delete_one(doc! { "_id": id(passkey_id), "user_id": id(user_id) })
+            .hint(by_id())
+            .await
+            .map_err(classify)?;
+        Ok(deleted.deleted_count == 1)
+    }
+
+    async fn use_passkey(
+        &self,
+        passkey_id: Uuid,
+        seen_counter: i64,
+        counter: i64,
+        credential: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let used = self
+            .passkeys
+            .update_one(
+                doc! { "_id": id(passkey_id), "counter": seen_counter },
+                doc! { "$set": {
+                    "counter": counter,
+                    "credential": credential,
+                    "last_used_at": date(at),
+                } },
+            )
+            .hint(by_id())
+            .await
+            .map_err(classify)?;
+        Ok(used.matched_count == 1)
+    }
+
+    async fn reset_second_factors(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
+        self.detached(move |store| async move {
+            // The factors go first: a login that proves one after this point finds it gone;
+            // one that proved it before made its session under the old version, which the
+            // move below ends.
+            store
+                .delete_second_factors(user_id)
+                .await
+                .map_err(classify)?;
+            store.move_credentials_on(user_id, None).await
+        })
+        .await
+    }
+
+    async fn put_challenge(&self, challenge: Challenge) -> StoreResult<()> {
+        self.challenges
+            .insert_one(ChallengeDocument {
+                id: id(challenge.id),
+                digest: challenge.digest,
+                kind: challenge.kind.as_str().to_owned(),
+                user_id: challenge.user_id.map(id),
+                session_id: challenge.session_id.map(id),
+                credential_version: challenge.credential_version,
+                methods: challenge.methods.as_str().to_owned(),
+                state: challenge.state,
+                attempts: challenge.attempts,
+                created_at: date(challenge.created_at),
+                expires_at: date(challenge.expires_at),
+            })
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn take_challenge(
+        &self,
+        digest: &str,
+        kind: ChallengeKind,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Challenge>> {
+        self.challenges
+            .find_one_and_delete(doc! {
+                "digest": digest,
+                "kind": kind.as_str(),
+                "expires_at": { "$gt": date(now) },
+            })
+            .hint(by_digest())
+            .await
+            .map_err(classify)?
+            .map(challenge_of)
+            .transpose()
+    }
+
+    async fn attempt_challenge(
+        &self,
+        digest: &str,
+        kind: ChallengeKind,
+        max_attempts: i32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Challenge>> {
+        self.challenges
+            .find_one_and_update(
+                doc! {
+                    "digest": digest,
+                    "kind": kind.as_str(),
+                    "expires_at": { "$gt": date(now) },
+                    "attempts": { "$lt": max_attempts },
+                },
+                doc! { "$inc": { "attempts": 1 } },
+            )
+            .return_document(ReturnDocument::After)
+            .hint(by_digest())
+            .await
+            .map_err(classify)?
+            .map(challenge_of)
+            .transpose()
+    }
+
+    async fn challenge_expired(&self, digest: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        Ok(self
+            .challenges
+            .find_one(doc! { "digest": digest })
+            .await
+            .map_err(classify)?
+            .is_some_and(|challenge| challenge.expires_at <= date(now)))
+    }
+
+    async fn prune_challenges(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        Ok(self
+            .challenges
+            .delete_many(doc! { "expires_at": { "$lt": date(before) } })
+            .await
+            .map_err(classify)?
+            .deleted_count)
     }
 }

@@ -14,15 +14,19 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    CreatedSession, DELETE_BATCH, EventStream, FIRST_CREDENTIAL_VERSION, IssuedToken, NewMail,
-    NewSession, NewUser, OutboxMail, PoolSettings, PoolStatus, Rotation, Session, SessionPage,
-    StoreError, StoreResult, TokenPurpose, TokenRefusal, User, UserCredentials,
-    entity::{one_time_token, outbox_mail, session, setting, user},
+    AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
+    FIRST_CREDENTIAL_VERSION, IssuedToken, NewMail, NewSession, NewUser, OutboxMail, PoolSettings,
+    PoolStatus, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
+    StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
+    entity::{
+        auth_challenge, one_time_token, outbox_mail, passkey, recovery_code, session, setting,
+        totp_credential, user,
+    },
     least_recently_used, token_holds, token_state,
 };
 use super::{
-    EventStore, HealthStore, OutboxStore, RateLimitStore, SessionStore, SettingStore, TokenStore,
-    UserStore,
+    EventStore, HealthStore, OutboxStore, RateLimitStore, SecondFactorStore, SessionStore,
+    SettingStore, TokenStore, UserStore,
 };
 
 /// The store on SeaORM: SQLite (the embedded default) or PostgreSQL, chosen by the URL.
@@ -263,6 +267,8 @@ impl From<session::Model> for Session {
             user_agent: row.user_agent,
             ip_address: row.ip_address,
             credential_version: row.credential_version,
+            authenticated_at: row.authenticated_at.unwrap_or(row.created_at),
+            authentication_methods: AuthMethods::parse(&row.authentication_methods),
         }
     }
 }
@@ -347,6 +353,8 @@ async fn insert_if_current(
             Expr::val(session.user_agent.clone()),
             Expr::val(session.ip_address.clone()),
             Expr::val(session.credential_version),
+            Expr::val(session.authenticated_at),
+            Expr::val(session.authentication_methods.as_str()),
         ])
         .from(user::Entity)
         .and_where(user::Column::Id.eq(session.user_id))
@@ -370,6 +378,8 @@ async fn insert_if_current(
             session::Column::UserAgent,
             session::Column::IpAddress,
             session::Column::CredentialVersion,
+            session::Column::AuthenticatedAt,
+            session::Column::AuthenticationMethods,
         ])
         .select_from(current_user)
         .map_err(|error| DbErr::Custom(error.to_string()))?
@@ -435,6 +445,143 @@ fn new_session_row(session: NewSession) -> session::ActiveModel {
         user_agent: Set(session.user_agent),
         ip_address: Set(session.ip_address),
         credential_version: Set(session.credential_version),
+        authenticated_at: Set(Some(session.authenticated_at)),
+        authentication_methods: Set(session.authentication_methods.as_str().to_owned()),
+    }
+}
+
+/// Moves the user's credential version on, the session `keep` with it, and ends every other
+/// session of the user, on `transaction`: what a change to how the account is proven does.
+/// `None` when there is no such user (or, with `keep`, that session is not the user's, under
+/// their current version, any more).
+async fn move_credentials_on(
+    transaction: &DatabaseTransaction,
+    user_id: Uuid,
+    keep: Option<Uuid>,
+) -> Result<Option<Vec<Uuid>>, DbErr> {
+    let updated = user::Entity::update_many()
+        .col_expr(
+            user::Column::CredentialVersion,
+            Expr::col(user::Column::CredentialVersion).add(1),
+        )
+        .filter(user::Column::Id.eq(user_id))
+        .exec_with_returning(transaction)
+        .await?;
+    let Some(version) = updated.first().map(|user| user.credential_version) else {
+        return Ok(None);
+    };
+    if let Some(keep) = keep {
+        let kept = session::Entity::update_many()
+            .col_expr(session::Column::CredentialVersion, Expr::value(version))
+            .filter(session::Column::Id.eq(keep))
+            .filter(session::Column::UserId.eq(user_id))
+            .filter(session::Column::CredentialVersion.eq(version - 1))
+            .exec(transaction)
+            .await?
+            .rows_affected;
+        if kept == 0 {
+            return Ok(None);
+        }
+    }
+    Ok(Some(end_sessions(transaction, user_id, keep).await?))
+}
+
+/// Deletes every second factor of the user and their unfinished ceremonies (nothing relies on
+/// ON DELETE CASCADE, which SQLite needs a pragma for).
+async fn delete_second_factors(connection: &impl ConnectionTrait, user_id: Uuid) -> Result<(), DbErr> {
+    totp_credential::Entity::delete_many()
+        .filter(totp_credential::Column::UserId.eq(user_id))
+        .exec(connection)
+        .await?;
+    recovery_code::Entity::delete_many()
+        .filter(recovery_code::Column::UserId.eq(user_id))
+        .exec(connection)
+        .await?;
+    passkey::Entity::delete_many()
+        .filter(passkey::Column::UserId.eq(user_id))
+        .exec(connection)
+        .await?;
+    auth_challenge::Entity::delete_many()
+        .filter(auth_challenge::Column::UserId.eq(user_id))
+        .exec(connection)
+        .await?;
+    Ok(())
+}
+
+/// Replaces the user's recovery codes by `digests`.
+async fn store_recovery_codes(
+    connection: &impl ConnectionTrait,
+    user_id: Uuid,
+    digests: Vec<String>,
+    at: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    recovery_code::Entity::delete_many()
+        .filter(recovery_code::Column::UserId.eq(user_id))
+        .exec(connection)
+        .await?;
+    if digests.is_empty() {
+        return Ok(());
+    }
+    recovery_code::Entity::insert_many(digests.into_iter().map(|digest| {
+        recovery_code::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            user_id: Set(user_id),
+            digest: Set(digest),
+            created_at: Set(at),
+            used_at: Set(None),
+        }
+    }))
+    .exec(connection)
+    .await?;
+    Ok(())
+}
+
+impl From<totp_credential::Model> for TotpCredential {
+    fn from(row: totp_credential::Model) -> Self {
+        Self {
+            user_id: row.user_id,
+            secret: row.secret,
+            confirmed_at: row.confirmed_at,
+            last_step: row.last_step,
+            created_at: row.created_at,
+        }
+    }
+}
+
+impl From<passkey::Model> for StoredPasskey {
+    fn from(row: passkey::Model) -> Self {
+        Self {
+            id: row.id,
+            user_id: row.user_id,
+            credential_id: row.credential_id,
+            name: row.name,
+            credential: row.credential,
+            counter: row.counter,
+            backup_eligible: row.backup_eligible,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+        }
+    }
+}
+
+impl TryFrom<auth_challenge::Model> for Challenge {
+    type Error = DbErr;
+
+    fn try_from(row: auth_challenge::Model) -> Result<Self, DbErr> {
+        Ok(Self {
+            kind: ChallengeKind::parse(&row.kind)
+                .ok_or_else(|| DbErr::Custom(format!("unknown challenge kind {}", row.kind)))?,
+            id: row.id,
+            digest: row.digest,
+            user_id: row.user_id,
+            session_id: row.session_id,
+            credential_version: row.credential_version,
+            methods: AuthMethods::parse(&row.methods),
+            state: row.state,
+            attempts: row.attempts,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+        })
     }
 }
 
@@ -904,6 +1051,7 @@ impl UserStore for SeaStore {
             .filter(one_time_token::Column::UserId.eq(user_id))
             .exec(&transaction)
             .await?;
+        delete_second_factors(&transaction, user_id).await?;
         let deleted = user::Entity::delete_by_id(user_id)
             .exec(&transaction)
             .await?
@@ -1069,6 +1217,28 @@ impl SessionStore for SeaStore {
             .one(&self.db)
             .await?;
         Ok(user.map(|user| (user.into(), session.into())))
+    }
+
+    async fn reauthenticate_session(
+        &self,
+        session_id: Uuid,
+        access_jti: Uuid,
+        at: DateTime<Utc>,
+        methods: AuthMethods,
+    ) -> StoreResult<Option<Session>> {
+        let updated = session::Entity::update_many()
+            .col_expr(session::Column::AuthenticatedAt, Expr::value(at))
+            .col_expr(
+                session::Column::AuthenticationMethods,
+                Expr::value(methods.as_str()),
+            )
+            .filter(session::Column::Id.eq(session_id))
+            .filter(session::Column::AccessJti.eq(access_jti))
+            .filter(live_at(at))
+            .filter(made_under_current_credentials())
+            .exec_with_returning(&self.db)
+            .await?;
+        Ok(updated.into_iter().next().map(Into::into))
     }
 
     async fn list_live_sessions(
@@ -1468,5 +1638,375 @@ impl HealthStore for SeaStore {
     async fn ping(&self) -> StoreResult<()> {
         self.db.ping().await?;
         self.check_writable().await
+    }
+}
+
+#[async_trait]
+impl SecondFactorStore for SeaStore {
+    async fn totp(&self, user_id: Uuid) -> StoreResult<Option<TotpCredential>> {
+        Ok(totp_credential::Entity::find_by_id(user_id)
+            .one(&self.db)
+            .await?
+            .map(Into::into))
+    }
+
+    async fn begin_totp(&self, credential: TotpCredential) -> StoreResult<bool> {
+        // One statement: insert, or replace a pending secret; a confirmed one stays.
+        let insert = Query::insert()
+            .into_table(totp_credential::Entity)
+            .columns([
+                totp_credential::Column::UserId,
+                totp_credential::Column::Secret,
+                totp_credential::Column::ConfirmedAt,
+                totp_credential::Column::LastStep,
+                totp_credential::Column::CreatedAt,
+            ])
+            .values_panic([
+                credential.user_id.into(),
+                credential.secret.into(),
+                Option::<DateTime<Utc>>::None.into(),
+                (-1_i64).into(),
+                credential.created_at.into(),
+            ])
+            .on_conflict(
+                OnConflict::column(totp_credential::Column::UserId)
+                    .update_columns([
+                        totp_credential::Column::Secret,
+                        totp_credential::Column::LastStep,
+                        totp_credential::Column::CreatedAt,
+                    ])
+                    .action_and_where(
+                        Expr::col((totp_credential::Entity, totp_credential::Column::ConfirmedAt))
+                            .is_null(),
+                    )
+                    .to_owned(),
+            )
+            .to_owned();
+        let backend = self.db.get_database_backend();
+        let stored = self.db.execute_raw(backend.build(&insert)).await?;
+        Ok(stored.rows_affected() == 1)
+    }
+
+    async fn confirm_totp(
+        &self,
+        user_id: Uuid,
+        secret: &str,
+        step: i64,
+        recovery_digests: Vec<String>,
+        keep_session: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
+        let transaction = self.db.begin().await?;
+        let confirmed = totp_credential::Entity::update_many()
+            .col_expr(totp_credential::Column::ConfirmedAt, Expr::value(at))
+            .col_expr(totp_credential::Column::LastStep, Expr::value(step))
+            .filter(totp_credential::Column::UserId.eq(user_id))
+            .filter(totp_credential::Column::Secret.eq(secret))
+            .filter(totp_credential::Column::ConfirmedAt.is_null())
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        if confirmed == 0 {
+            transaction.rollback().await?;
+            return Ok(None);
+        }
+        store_recovery_codes(&transaction, user_id, recovery_digests, at).await?;
+        let Some(ended) = move_credentials_on(&transaction, user_id, Some(keep_session)).await?
+        else {
+            transaction.rollback().await?;
+            return Ok(None);
+        };
+        transaction.commit().await?;
+        Ok(Some(ended))
+    }
+
+    async fn disable_totp(&self, user_id: Uuid) -> StoreResult<bool> {
+        let transaction = self.db.begin().await?;
+        let removed = totp_credential::Entity::delete_many()
+            .filter(totp_credential::Column::UserId.eq(user_id))
+            .filter(totp_credential::Column::ConfirmedAt.is_not_null())
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        recovery_code::Entity::delete_many()
+            .filter(recovery_code::Column::UserId.eq(user_id))
+            .exec(&transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(removed > 0)
+    }
+
+    async fn take_totp_step(&self, user_id: Uuid, step: i64) -> StoreResult<bool> {
+        let taken = totp_credential::Entity::update_many()
+            .col_expr(totp_credential::Column::LastStep, Expr::value(step))
+            .filter(totp_credential::Column::UserId.eq(user_id))
+            .filter(totp_credential::Column::ConfirmedAt.is_not_null())
+            .filter(totp_credential::Column::LastStep.lt(step))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(taken == 1)
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        user_id: Uuid,
+        digests: Vec<String>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let transaction = self.db.begin().await?;
+        // A write first, so that the transaction holds the row (and SQLite's write lock) while
+        // it checks that TOTP is on: a concurrent disable waits or has won.
+        let on = totp_credential::Entity::update_many()
+            .col_expr(
+                totp_credential::Column::LastStep,
+                Expr::col(totp_credential::Column::LastStep),
+            )
+            .filter(totp_credential::Column::UserId.eq(user_id))
+            .filter(totp_credential::Column::ConfirmedAt.is_not_null())
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        if on == 0 {
+            transaction.rollback().await?;
+            return Ok(false);
+        }
+        store_recovery_codes(&transaction, user_id, digests, at).await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    async fn use_recovery_code(
+        &self,
+        user_id: Uuid,
+        digest: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let used = recovery_code::Entity::update_many()
+            .col_expr(recovery_code::Column::UsedAt, Expr::value(at))
+            .filter(recovery_code::Column::UserId.eq(user_id))
+            .filter(recovery_code::Column::Digest.eq(digest))
+            .filter(recovery_code::Column::UsedAt.is_null())
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(used == 1)
+    }
+
+    async fn second_factors(&self, user_id: Uuid) -> StoreResult<SecondFactors> {
+        use sea_orm::PaginatorTrait;
+        let totp = totp_credential::Entity::find()
+            .filter(totp_credential::Column::UserId.eq(user_id))
+            .filter(totp_credential::Column::ConfirmedAt.is_not_null())
+            .count(&self.db)
+            .await?
+            > 0;
+        let recovery_codes_left = if totp {
+            recovery_code::Entity::find()
+                .filter(recovery_code::Column::UserId.eq(user_id))
+                .filter(recovery_code::Column::UsedAt.is_null())
+                .count(&self.db)
+                .await?
+        } else {
+            0
+        };
+        let passkeys = passkey::Entity::find()
+            .filter(passkey::Column::UserId.eq(user_id))
+            .count(&self.db)
+            .await?;
+        Ok(SecondFactors {
+            totp,
+            recovery_codes_left,
+            passkeys,
+        })
+    }
+
+    async fn add_passkey(
+        &self,
+        passkey: StoredPasskey,
+        keep_session: Uuid,
+    ) -> StoreResult<Option<Vec<Uuid>>> {
+        let user_id = passkey.user_id;
+        let transaction = self.db.begin().await?;
+        passkey::Entity::insert(passkey::ActiveModel {
+            id: Set(passkey.id),
+            user_id: Set(passkey.user_id),
+            credential_id: Set(passkey.credential_id),
+            name: Set(passkey.name),
+            credential: Set(passkey.credential),
+            counter: Set(passkey.counter),
+            backup_eligible: Set(passkey.backup_eligible),
+            created_at: Set(passkey.created_at),
+            last_used_at: Set(passkey.last_used_at),
+        })
+        .exec(&transaction)
+        .await?;
+        let Some(ended) = move_credentials_on(&transaction, user_id, Some(keep_session)).await?
+        else {
+            transaction.rollback().await?;
+            return Ok(None);
+        };
+        transaction.commit().await?;
+        Ok(Some(ended))
+    }
+
+    async fn passkeys(&self, user_id: Uuid) -> StoreResult<Vec<StoredPasskey>> {
+        Ok(passkey::Entity::find()
+            .filter(passkey::Column::UserId.eq(user_id))
+            .order_by_asc(passkey::Column::CreatedAt)
+            .order_by_asc(passkey::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn passkey_by_credential_id(
+        &self,
+        credential_id: &str,
+    ) -> StoreResult<Option<StoredPasskey>> {
+        Ok(passkey::Entity::find()
+            .filter(passkey::Column::CredentialId.eq(credential_id))
+            .one(&self.db)
+            .await?
+            .map(Into::into))
+    }
+
+    async fn rename_passkey(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        name: &str,
+    ) -> StoreResult<Option<StoredPasskey>> {
+        let renamed = passkey::Entity::update_many()
+            .col_expr(passkey::Column::Name, Expr::value(name))
+            .filter(passkey::Column::Id.eq(id))
+            .filter(passkey::Column::UserId.eq(user_id))
+            .exec_with_returning(&self.db)
+            .await?;
+        Ok(renamed.into_iter().next().map(Into::into))
+    }
+
+    async fn delete_passkey(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool> {
+        let deleted = passkey::Entity::delete_many()
+            .filter(passkey::Column::Id.eq(id))
+            .filter(passkey::Column::UserId.eq(user_id))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(deleted == 1)
+    }
+
+    async fn use_passkey(
+        &self,
+        id: Uuid,
+        seen_counter: i64,
+        counter: i64,
+        credential: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let used = passkey::Entity::update_many()
+            .col_expr(passkey::Column::Counter, Expr::value(counter))
+            .col_expr(passkey::Column::Credential, Expr::value(credential))
+            .col_expr(passkey::Column::LastUsedAt, Expr::value(at))
+            .filter(passkey::Column::Id.eq(id))
+            .filter(passkey::Column::Counter.eq(seen_counter))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(used == 1)
+    }
+
+    async fn reset_second_factors(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
+        let transaction = self.db.begin().await?;
+        let Some(ended) = move_credentials_on(&transaction, user_id, None).await? else {
+            transaction.rollback().await?;
+            return Ok(None);
+        };
+        delete_second_factors(&transaction, user_id).await?;
+        transaction.commit().await?;
+        Ok(Some(ended))
+    }
+
+    async fn put_challenge(&self, challenge: Challenge) -> StoreResult<()> {
+        auth_challenge::Entity::insert(auth_challenge::ActiveModel {
+            id: Set(challenge.id),
+            digest: Set(challenge.digest),
+            kind: Set(challenge.kind.as_str().to_owned()),
+            user_id: Set(challenge.user_id),
+            session_id: Set(challenge.session_id),
+            credential_version: Set(challenge.credential_version),
+            methods: Set(challenge.methods.as_str().to_owned()),
+            state: Set(challenge.state),
+            attempts: Set(challenge.attempts),
+            created_at: Set(challenge.created_at),
+            expires_at: Set(challenge.expires_at),
+        })
+        .exec(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_challenge(
+        &self,
+        digest: &str,
+        kind: ChallengeKind,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Challenge>> {
+        let taken = auth_challenge::Entity::delete_many()
+            .filter(auth_challenge::Column::Digest.eq(digest))
+            .filter(auth_challenge::Column::Kind.eq(kind.as_str()))
+            .filter(auth_challenge::Column::ExpiresAt.gt(now))
+            .exec_with_returning(&self.db)
+            .await?;
+        Ok(taken
+            .into_iter()
+            .next()
+            .map(Challenge::try_from)
+            .transpose()?)
+    }
+
+    async fn attempt_challenge(
+        &self,
+        digest: &str,
+        kind: ChallengeKind,
+        max_attempts: i32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Challenge>> {
+        let attempted = auth_challenge::Entity::update_many()
+            .col_expr(
+                auth_challenge::Column::Attempts,
+                Expr::col(auth_challenge::Column::Attempts).add(1),
+            )
+            .filter(auth_challenge::Column::Digest.eq(digest))
+            .filter(auth_challenge::Column::Kind.eq(kind.as_str()))
+            .filter(auth_challenge::Column::ExpiresAt.gt(now))
+            .filter(auth_challenge::Column::Attempts.lt(max_attempts))
+            .exec_with_returning(&self.db)
+            .await?;
+        Ok(attempted
+            .into_iter()
+            .next()
+            .map(Challenge::try_from)
+            .transpose()?)
+    }
+
+    async fn challenge_expired(&self, digest: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        use sea_orm::PaginatorTrait;
+        Ok(auth_challenge::Entity::find()
+            .filter(auth_challenge::Column::Digest.eq(digest))
+            .filter(auth_challenge::Column::ExpiresAt.lte(now))
+            .count(&self.db)
+            .await?
+            > 0)
+    }
+
+    async fn prune_challenges(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        Ok(auth_challenge::Entity::delete_many()
+            .filter(auth_challenge::Column::ExpiresAt.lt(before))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
     }
 }

@@ -765,6 +765,8 @@ async fn pruners_running_at_once_delete_each_ended_session_exactly_once_without_
             user_agent: None,
             ip_address: None,
             credential_version: 0,
+            authenticated_at: Some(started),
+            authentication_methods: "pwd".into(),
         }
     });
     insert_session_rows(&app.database_url, ended.collect()).await;

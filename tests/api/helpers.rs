@@ -425,6 +425,8 @@ pub async fn session_rows_in(database_url: &str) -> Vec<session::Model> {
             user_agent: document.user_agent,
             ip_address: document.ip_address,
             credential_version: document.credential_version,
+            authenticated_at: document.authenticated_at.map(bson::DateTime::to_chrono),
+            authentication_methods: document.authentication_methods,
         })
         .collect()
 }
@@ -695,6 +697,8 @@ pub async fn insert_session_rows(database_url: &str, rows: Vec<session::Model>) 
         user_agent: row.user_agent,
         ip_address: row.ip_address,
         credential_version: row.credential_version,
+        authenticated_at: row.authenticated_at.map(bson::DateTime::from_chrono),
+        authentication_methods: row.authentication_methods,
     });
     mongodb_database(database_url)
         .await

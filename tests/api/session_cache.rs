@@ -50,6 +50,8 @@ pub(crate) fn session(user_id: Uuid, lifetime: TimeDelta) -> Session {
         user_agent: None,
         ip_address: None,
         credential_version: 0,
+        authenticated_at: now,
+        authentication_methods: authql::store::AuthMethods::of(["pwd"]),
     }
 }
 

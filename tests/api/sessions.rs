@@ -274,6 +274,8 @@ async fn thousands_of_sessions_end_at_once_in_batches() {
             user_agent: None,
             ip_address: None,
             credential_version: 0,
+            authenticated_at: Some(now - chrono::TimeDelta::minutes(5)),
+            authentication_methods: "pwd".into(),
         })
         .collect();
     insert_session_rows(&app.database_url, rows).await;

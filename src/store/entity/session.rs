@@ -19,6 +19,11 @@ pub struct Model {
     pub ip_address: Option<String>,
     /// See `store::User::credential_version` and `store::Session::credential_version`.
     pub credential_version: i64,
+    /// When the user last proved who they are in this session (login, `reauthenticate`);
+    /// empty only in rows written before second factors (then: `created_at`).
+    pub authenticated_at: Option<DateTimeUtc>,
+    /// RFC 8176 `amr` values, comma-separated.
+    pub authentication_methods: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
