@@ -678,10 +678,18 @@ pub async fn insert_session_rows(database_url: &str, rows: Vec<session::Model>) 
         let db = Database::connect(database_url)
             .await
             .expect("the database opens");
-        session::Entity::insert_many(rows.into_iter().map(IntoActiveModel::into_active_model))
+        // In chunks: SQLite takes at most 32,766 bound values in one statement.
+        for chunk in rows.chunks(1000) {
+            session::Entity::insert_many(
+                chunk
+                    .iter()
+                    .cloned()
+                    .map(IntoActiveModel::into_active_model),
+            )
             .exec(&db)
             .await
             .expect("the sessions are stored");
+        }
         return;
     }
     let documents = rows.into_iter().map(|row| SessionDocument {

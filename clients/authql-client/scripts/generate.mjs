@@ -107,8 +107,8 @@ await generate(
       [join(out, 'types.ts')]: {
         plugins: ['typescript-operations'],
         config: {
-          // DateTime values are RFC 3339 strings on the wire.
-          scalars: { DateTime: 'string' },
+          // DateTime values are RFC 3339 strings on the wire; JSON (WebAuthn options and credentials) is any JSON value.
+          scalars: { DateTime: 'string', JSON: 'unknown' },
           strictScalars: true,
           useTypeImports: true,
           enumsAsTypes: true,
