@@ -200,3 +200,54 @@ async fn the_readme_walkthrough_runs_in_bash_and_zsh() {
         );
     }
 }
+
+/// "Second factors and passkeys": an authenticator app turned on with a code computed as the app
+/// would, then a login that answers MFA_REQUIRED and is completed with a recovery code.
+#[tokio::test]
+async fn the_readme_second_factor_flow_runs_in_bash_and_zsh() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let api_section = shell_blocks(&readme, "## The API, operation by operation");
+    let helper = &api_section[..api_section.find("\n}\n").expect("gql's definition") + 3];
+    let script = format!(
+        "{helper}{}",
+        shell_blocks(&readme, "## Second factors and passkeys")
+    );
+    let Some(shells) = shells() else {
+        return;
+    };
+    for (shell, arguments) in shells {
+        let app = spawn_app().await;
+        let directory = app.mail_dir.parent().unwrap().to_owned();
+        let answers = paste(
+            shell,
+            arguments,
+            &script,
+            format!("{}/graphql", app.address),
+            directory,
+        )
+        .await;
+        let shell = format!("{shell} {arguments:?}");
+        assert_eq!(answers.len(), 4, "{shell}: {answers:?}");
+        let codes = answers[0]["data"]["confirmTotp"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{shell}: {}", answers[0]));
+        assert_eq!(codes.len(), 10, "{shell}");
+        assert_eq!(
+            answers[1]["errors"][0]["extensions"]["code"], "MFA_REQUIRED",
+            "{shell}: {}",
+            answers[1]
+        );
+        assert_eq!(
+            answers[2]["data"]["verifyMfa"]["session"]["authenticationMethods"],
+            serde_json::json!(["pwd", "otp", "mfa"]),
+            "{shell}: {}",
+            answers[2]
+        );
+        assert_eq!(answers[3]["data"]["me"]["totpEnabled"], true, "{shell}");
+        assert_eq!(answers[3]["data"]["me"]["recoveryCodesLeft"], 9, "{shell}");
+        // The session that turned TOTP on, and the one verifyMfa made.
+        let sessions = answers[3]["data"]["mySessions"].as_array().unwrap();
+        assert_eq!(sessions.len(), 2, "{shell}: {}", answers[3]);
+    }
+}
