@@ -683,10 +683,8 @@ fn second_factor_settings(
     config: &Config,
     bound: SocketAddr,
 ) -> anyhow::Result<SecondFactorSettings> {
-    let reauthentication_max_age = duration_setting(
-        config.reauthentication_max_age,
-        "REAUTHENTICATION_MAX_AGE",
-    )?;
+    let reauthentication_max_age =
+        duration_setting(config.reauthentication_max_age, "REAUTHENTICATION_MAX_AGE")?;
     let explicit = config.webauthn_rp_id.is_some() || !config.webauthn_origins.is_empty();
     let webauthn = match relying_party(config, bound) {
         Ok(webauthn) => Some(Arc::new(webauthn)),

@@ -5,17 +5,15 @@ use super::EXPENSIVE_FIELD_COST;
 use super::refresh_cookie::{RefreshCookie, RequestRefreshCookie};
 use super::types::{
     AuthPayload, BeginPasskeyLoginInput, ChangePasswordInput, DeleteAccountInput,
-    FinishPasskeyLoginInput, FinishPasskeyRegistrationInput, LoginInput, Passkey,
-    PasskeyChallenge, ReauthenticateInput, RegisterInput, RequestEmailChangeInput,
-    ResetPasswordInput, RevokeTokensInput, RevokeTokensPayload, Session, TotpEnrollment, User,
-    VerifyMfaInput,
+    FinishPasskeyLoginInput, FinishPasskeyRegistrationInput, LoginInput, Passkey, PasskeyChallenge,
+    ReauthenticateInput, RegisterInput, RequestEmailChangeInput, ResetPasswordInput,
+    RevokeTokensInput, RevokeTokensPayload, Session, TotpEnrollment, User, VerifyMfaInput,
 };
 use crate::{
     auth::{SignedIn, signed_in},
     error::{AppError, UnauthenticatedReason},
     service::{
-        AuthService, ClientInfo, IssuedTokens, Registration,
-        second_factors::PasskeyLoginRequest,
+        AuthService, ClientInfo, IssuedTokens, Registration, second_factors::PasskeyLoginRequest,
     },
 };
 

@@ -984,7 +984,7 @@ fn outcome_of(error: &AppError) -> &'static str {
         AppError::MfaRequired { .. } => "mfa_required",
         AppError::RateLimited { .. } => "rate_limited",
         AppError::ServiceUnavailable | AppError::Overloaded { .. } => "unavailable",
-        AppError::Unauthenticated(_) => "invalid_token",
+        AppError::Unauthenticated(_) | AppError::InvalidToken(_) => "invalid_token",
         _ => "error",
     }
 }

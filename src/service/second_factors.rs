@@ -21,8 +21,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use webauthn_rs::prelude::{
-    DiscoverableAuthentication, DiscoverableKey, Passkey, PasskeyRegistration,
-    PublicKeyCredential, RegisterPublicKeyCredential, Webauthn, WebauthnError,
+    DiscoverableAuthentication, DiscoverableKey, Passkey, PasskeyRegistration, PublicKeyCredential,
+    RegisterPublicKeyCredential, Webauthn, WebauthnError,
 };
 
 use super::{AuthService, ClientInfo, IssuedTokens, input, now, rate_limit::Operation};
@@ -144,7 +144,9 @@ fn totp_step(at: DateTime<Utc>) -> i64 {
 /// The TOTP code of `secret` (base32) at time step `step`; `None` when the secret does not
 /// decode.
 fn totp_code(secret: &str, step: i64) -> Option<String> {
-    let bytes = totp_rs::Secret::Encoded(secret.to_owned()).to_bytes().ok()?;
+    let bytes = totp_rs::Secret::Encoded(secret.to_owned())
+        .to_bytes()
+        .ok()?;
     let totp = totp_rs::TOTP::new_unchecked(
         totp_rs::Algorithm::SHA1,
         TOTP_DIGITS,
@@ -258,6 +260,15 @@ fn passkey_methods(backup_eligible: bool) -> AuthMethods {
     AuthMethods::of([if backup_eligible { "swk" } else { "hwk" }, "user"])
 }
 
+/// A second step of a login, counted in `authql_logins_total` as `login` counts its first.
+fn counted(result: Result<IssuedTokens, AppError>) -> Result<IssuedTokens, AppError> {
+    crate::metrics::login(match &result {
+        Ok(_) => "success",
+        Err(error) => super::outcome_of(error),
+    });
+    result
+}
+
 impl AuthService {
     fn second_factor_settings(&self) -> &SecondFactorSettings {
         &self.inner.second_factors
@@ -286,20 +297,12 @@ impl AuthService {
 
     /// Deletes the `mfaToken`s and passkey ceremonies that expired; returns how many.
     pub async fn prune_expired_challenges(&self) -> Result<u64, AppError> {
-        Ok(self
-            .store()
-            .second_factors
-            .prune_challenges(now())
-            .await?)
+        Ok(self.store().second_factors.prune_challenges(now()).await?)
     }
 
     /// What the user has besides the password.
     pub async fn second_factors_of(&self, user_id: Uuid) -> Result<SecondFactors, AppError> {
-        Ok(self
-            .store()
-            .second_factors
-            .second_factors(user_id)
-            .await?)
+        Ok(self.store().second_factors.second_factors(user_id).await?)
     }
 
     /// The user's passkeys, oldest first.
@@ -564,6 +567,15 @@ impl AuthService {
         code: &str,
         client: ClientInfo,
     ) -> Result<IssuedTokens, AppError> {
+        counted(self.complete_with_code(mfa_token, code, client).await)
+    }
+
+    async fn complete_with_code(
+        &self,
+        mfa_token: &str,
+        code: &str,
+        client: ClientInfo,
+    ) -> Result<IssuedTokens, AppError> {
         let limits = &self.inner.rate_limits;
         limits.check_client(Operation::Login, client.ip).await?;
         let now = now();
@@ -645,7 +657,9 @@ impl AuthService {
         let mut options = options
             .get_mut("publicKey")
             .map(Value::take)
-            .ok_or_else(|| AppError::internal("webauthn-rs gave creation options without publicKey"))?;
+            .ok_or_else(|| {
+                AppError::internal("webauthn-rs gave creation options without publicKey")
+            })?;
         // A passkey must be discoverable, so that a login needs no name (WebAuthn § 5.4.6).
         if let Some(selection) = options
             .get_mut("authenticatorSelection")
@@ -657,7 +671,9 @@ impl AuthService {
         let challenge = options
             .get("challenge")
             .and_then(Value::as_str)
-            .ok_or_else(|| AppError::internal("webauthn-rs gave creation options without a challenge"))?
+            .ok_or_else(|| {
+                AppError::internal("webauthn-rs gave creation options without a challenge")
+            })?
             .to_owned();
         let now = now();
         self.store()
@@ -777,8 +793,8 @@ impl AuthService {
                 format!("a passkey's name has 1 to {PASSKEY_NAME_MAX_CHARS} characters"),
             ));
         }
-        let id = Uuid::parse_str(id.trim())
-            .map_err(|_| AppError::bad_input("id", "no such passkey"))?;
+        let id =
+            Uuid::parse_str(id.trim()).map_err(|_| AppError::bad_input("id", "no such passkey"))?;
         self.store()
             .second_factors
             .rename_passkey(caller.user.id, id, &input::single_line(name))
@@ -854,7 +870,9 @@ impl AuthService {
         let options = options
             .get_mut("publicKey")
             .map(Value::take)
-            .ok_or_else(|| AppError::internal("webauthn-rs gave request options without publicKey"))?;
+            .ok_or_else(|| {
+                AppError::internal("webauthn-rs gave request options without publicKey")
+            })?;
         let state = PasskeyLoginState {
             ceremony,
             user: state_user,
@@ -890,6 +908,19 @@ impl AuthService {
     /// BAD_USER_INPUT (`credential`), UNAUTHENTICATED (`REVOKED`: the session stepped up was
     /// ended), ACCOUNT_DISABLED, RATE_LIMITED, PASSKEYS_NOT_CONFIGURED.
     pub async fn finish_passkey_login(
+        &self,
+        challenge_id: &str,
+        credential: Value,
+        caller: Result<&Authenticated, AppError>,
+        client: ClientInfo,
+    ) -> Result<IssuedTokens, AppError> {
+        counted(
+            self.complete_with_passkey(challenge_id, credential, caller, client)
+                .await,
+        )
+    }
+
+    async fn complete_with_passkey(
         &self,
         challenge_id: &str,
         credential: Value,
@@ -954,7 +985,13 @@ impl AuthService {
         let json = serde_json::to_string(&passkey).map_err(AppError::internal)?;
         if !store
             .second_factors
-            .use_passkey(stored.id, stored.counter, counter.max(stored.counter), json, now)
+            .use_passkey(
+                stored.id,
+                stored.counter,
+                counter.max(stored.counter),
+                json,
+                now,
+            )
             .await?
         {
             tracing::warn!(event = "passkey_clone_suspected", user_id = %stored.user_id, passkey_id = %stored.id, "a passkey was used twice with one counter, or deleted meanwhile: refused");
@@ -980,7 +1017,12 @@ impl AuthService {
                 .ok_or(AppError::InvalidToken(TokenRefusal::Unknown))?;
             let user = self.user_to_admit(stored.user_id, &client).await?;
             return self
-                .open_session(user, credential_version, first.methods.union(&proven), client)
+                .open_session(
+                    user,
+                    credential_version,
+                    first.methods.union(&proven),
+                    client,
+                )
                 .await;
         }
         let user = self.user_to_admit(stored.user_id, &client).await?;
@@ -997,9 +1039,7 @@ impl AuthService {
         now: DateTime<Utc>,
     ) -> Result<IssuedTokens, AppError> {
         let revoked = AppError::Unauthenticated(UnauthenticatedReason::Revoked);
-        let session = self
-            .record_proof(caller, proven, now)
-            .await?;
+        let session = self.record_proof(caller, proven, now).await?;
         let rotation = Rotation {
             session_id: session.id,
             presented_refresh_jti: session.refresh_jti,
@@ -1127,7 +1167,9 @@ mod tests {
         assert_eq!(passkey_methods(false).as_str(), "hwk,user,mfa");
         assert_eq!(passkey_methods(true).as_str(), "swk,user,mfa");
         assert_eq!(
-            AuthMethods::parse("pwd").union(&passkey_methods(false)).as_str(),
+            AuthMethods::parse("pwd")
+                .union(&passkey_methods(false))
+                .as_str(),
             "pwd,hwk,user,mfa"
         );
         assert_eq!(AuthMethods::parse("bogus,,pwd").as_str(), "pwd");

@@ -39,8 +39,8 @@ use uuid::Uuid;
 
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, IssuedToken, NewSession, NewUser,
-    Rotation, SecondFactorStore, SecondFactors, Session, SessionPage, SessionStore, StoredPasskey,
-    StoreError, StoreResult, TokenRefusal, TotpCredential, User, UserCredentials, UserStore,
+    Rotation, SecondFactorStore, SecondFactors, Session, SessionPage, SessionStore, StoreError,
+    StoreResult, StoredPasskey, TokenRefusal, TotpCredential, User, UserCredentials, UserStore,
 };
 
 /// How many sessions the cache holds at most (least recently used dropped first): about 300
@@ -430,11 +430,14 @@ impl<S: CachedInner> SessionStore for CachedStore<S> {
         at: DateTime<Utc>,
         methods: AuthMethods,
     ) -> StoreResult<Option<Session>> {
-        self.write(Forget::Sessions(vec![session_id]), move |inner| async move {
-            inner
-                .reauthenticate_session(session_id, access_jti, at, methods)
-                .await
-        })
+        self.write(
+            Forget::Sessions(vec![session_id]),
+            move |inner| async move {
+                inner
+                    .reauthenticate_session(session_id, access_jti, at, methods)
+                    .await
+            },
+        )
         .await
     }
 
@@ -540,7 +543,9 @@ impl<S: CachedInner> SecondFactorStore for CachedStore<S> {
         digests: Vec<String>,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        self.inner.replace_recovery_codes(user_id, digests, at).await
+        self.inner
+            .replace_recovery_codes(user_id, digests, at)
+            .await
     }
 
     async fn use_recovery_code(

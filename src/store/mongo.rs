@@ -852,7 +852,9 @@ impl MongoStore {
                 return Ok(None);
             }
         }
-        Ok(Some(self.end_sessions(user_id, keep).await.map_err(classify)?))
+        Ok(Some(
+            self.end_sessions(user_id, keep).await.map_err(classify)?,
+        ))
     }
 
     /// A new driver session to run transactions in.
@@ -2355,7 +2357,9 @@ impl SecondFactorStore for MongoStore {
                 })
                 .await
                 .map_err(classify)?;
-            let moved = store.move_credentials_on(user_id, Some(keep_session)).await?;
+            let moved = store
+                .move_credentials_on(user_id, Some(keep_session))
+                .await?;
             if moved.is_none() {
                 // The session that registered it ended meanwhile: the passkey goes with it.
                 store

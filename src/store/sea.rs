@@ -488,7 +488,10 @@ async fn move_credentials_on(
 
 /// Deletes every second factor of the user and their unfinished ceremonies (nothing relies on
 /// ON DELETE CASCADE, which SQLite needs a pragma for).
-async fn delete_second_factors(connection: &impl ConnectionTrait, user_id: Uuid) -> Result<(), DbErr> {
+async fn delete_second_factors(
+    connection: &impl ConnectionTrait,
+    user_id: Uuid,
+) -> Result<(), DbErr> {
     totp_credential::Entity::delete_many()
         .filter(totp_credential::Column::UserId.eq(user_id))
         .exec(connection)
@@ -1676,8 +1679,11 @@ impl SecondFactorStore for SeaStore {
                         totp_credential::Column::CreatedAt,
                     ])
                     .action_and_where(
-                        Expr::col((totp_credential::Entity, totp_credential::Column::ConfirmedAt))
-                            .is_null(),
+                        Expr::col((
+                            totp_credential::Entity,
+                            totp_credential::Column::ConfirmedAt,
+                        ))
+                        .is_null(),
                     )
                     .to_owned(),
             )
