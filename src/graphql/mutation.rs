@@ -281,8 +281,9 @@ impl MutationRoot {
             .await?)
     }
 
-    /// Turns the authenticator app off and deletes the recovery codes; `false` when it was
-    /// off. Needs a recent proof. Errors: REAUTHENTICATION_REQUIRED.
+    /// Turns the authenticator app off, deletes the recovery codes and ends the caller's other
+    /// sessions; `false` when it was off. Needs a recent proof. Errors:
+    /// REAUTHENTICATION_REQUIRED.
     #[graphql(guard = "SignedIn")]
     async fn disable_totp(&self, ctx: &Context<'_>) -> Result<bool> {
         Ok(service(ctx)?.disable_totp(signed_in(ctx).await?).await?)
@@ -370,8 +371,9 @@ impl MutationRoot {
             .into())
     }
 
-    /// Deletes one of the caller's passkeys; `false` when there is no such passkey. Needs a
-    /// recent proof. Errors: REAUTHENTICATION_REQUIRED.
+    /// Deletes one of the caller's passkeys and ends the caller's other sessions (those it
+    /// signed among them); `false` when there is no such passkey. Needs a recent proof.
+    /// Errors: REAUTHENTICATION_REQUIRED.
     #[graphql(guard = "SignedIn")]
     async fn delete_passkey(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         Ok(service(ctx)?

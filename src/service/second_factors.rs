@@ -31,8 +31,8 @@ use crate::{
     error::{AppError, UnauthenticatedReason},
     service::events::SessionEventKind,
     store::{
-        AuthMethods, Challenge, ChallengeKind, Rotation, SecondFactors, Session, StoredPasskey,
-        TokenRefusal, TotpCredential, User,
+        AuthMethods, Challenge, ChallengeKind, FactorRemoval, Rotation, SecondFactors, Session,
+        StoredPasskey, TokenRefusal, TotpCredential, User,
     },
 };
 
@@ -118,6 +118,12 @@ struct PasskeyLoginState {
     mfa: Option<String>,
     /// The session it steps up.
     reauthenticate: Option<Uuid>,
+}
+
+/// How a registration ceremony is found: by its session and its WebAuthn challenge (from the
+/// credential's clientDataJSON), so that another session cannot even use it up.
+fn registration_digest(session_id: Uuid, challenge: &str) -> String {
+    digest(&format!("{session_id}:{challenge}"))
 }
 
 /// SHA-256 of `text`, lower-case hex: how challenges and recovery codes are stored.
@@ -492,19 +498,39 @@ impl AuthService {
         Ok(codes)
     }
 
-    /// `disableTotp`: removes TOTP and its recovery codes; `false` when it was off. Needs a
-    /// recent proof. Errors: REAUTHENTICATION_REQUIRED.
+    /// `disableTotp`: removes TOTP and its recovery codes, and ends the caller's other
+    /// sessions (a login that proved a code a moment before gets none); `false` when it was
+    /// off. Needs a recent proof. Errors: REAUTHENTICATION_REQUIRED, UNAUTHENTICATED
+    /// `REVOKED` (this session ended meanwhile).
     pub async fn disable_totp(&self, caller: &Authenticated) -> Result<bool, AppError> {
         self.require_recent_proof(caller)?;
-        let disabled = self
+        let removal = self
             .store()
             .second_factors
-            .disable_totp(caller.user.id)
+            .disable_totp(caller.user.id, caller.session.id)
             .await?;
-        if disabled {
-            tracing::info!(event = "totp_disabled", user_id = %caller.user.id, "TOTP turned off");
+        self.removed(caller, removal, "totp_disabled").await
+    }
+
+    /// The answer to a factor's removal, its log line and its session events.
+    async fn removed(
+        &self,
+        caller: &Authenticated,
+        removal: FactorRemoval,
+        event: &'static str,
+    ) -> Result<bool, AppError> {
+        match removal {
+            FactorRemoval::NotFound => Ok(false),
+            FactorRemoval::SessionEnded => {
+                Err(AppError::Unauthenticated(UnauthenticatedReason::Revoked))
+            }
+            FactorRemoval::Removed(ended) => {
+                tracing::info!(event, user_id = %caller.user.id, ended_sessions = ended.len(), "a second factor was removed");
+                self.publish(SessionEventKind::Revoked, caller.user.id, &ended)
+                    .await;
+                Ok(true)
+            }
         }
-        Ok(disabled)
     }
 
     /// `regenerateRecoveryCodes`: ten new codes; the old ones stop working. Needs a recent
@@ -680,7 +706,7 @@ impl AuthService {
             .second_factors
             .put_challenge(Challenge {
                 id: Uuid::new_v4(),
-                digest: digest(&challenge),
+                digest: registration_digest(caller.session.id, &challenge),
                 kind: ChallengeKind::PasskeyRegistration,
                 user_id: Some(caller.user.id),
                 session_id: Some(caller.session.id),
@@ -729,9 +755,12 @@ impl AuthService {
         let challenge = client_data_challenge(credential.response.client_data_json.as_ref())
             .ok_or_else(|| refused(&"no challenge in clientDataJSON"))?;
         let ceremony = store
-            .take_challenge(&digest(&challenge), ChallengeKind::PasskeyRegistration, now)
+            .take_challenge(
+                &registration_digest(caller.session.id, &challenge),
+                ChallengeKind::PasskeyRegistration,
+                now,
+            )
             .await?
-            .filter(|ceremony| ceremony.session_id == Some(caller.session.id))
             .ok_or_else(|| refused(&"no such ceremony of this session"))?;
         let state: PasskeyRegistration = ceremony
             .state
@@ -802,22 +831,20 @@ impl AuthService {
             .ok_or_else(|| AppError::bad_input("id", "no such passkey"))
     }
 
-    /// `deletePasskey`: `false` when the caller has no such passkey. Needs a recent proof.
-    /// Errors: REAUTHENTICATION_REQUIRED.
+    /// `deletePasskey`: deletes it and ends the caller's other sessions (those it signed among
+    /// them: a lost device's); `false` when the caller has no such passkey. Needs a recent
+    /// proof. Errors: REAUTHENTICATION_REQUIRED, UNAUTHENTICATED `REVOKED`.
     pub async fn delete_passkey(&self, caller: &Authenticated, id: &str) -> Result<bool, AppError> {
         self.require_recent_proof(caller)?;
         let Ok(id) = Uuid::parse_str(id.trim()) else {
             return Ok(false);
         };
-        let deleted = self
+        let removal = self
             .store()
             .second_factors
-            .delete_passkey(caller.user.id, id)
+            .delete_passkey(caller.user.id, id, caller.session.id)
             .await?;
-        if deleted {
-            tracing::info!(event = "passkey_deleted", user_id = %caller.user.id, passkey_id = %id, "passkey deleted");
-        }
-        Ok(deleted)
+        self.removed(caller, removal, "passkey_deleted").await
     }
 
     /// `beginPasskeyLogin`: a challenge for a discoverable credential (no name asked for), and
@@ -946,6 +973,22 @@ impl AuthService {
             .as_deref()
             .and_then(|state| serde_json::from_str(state).ok())
             .ok_or_else(|| AppError::internal("a stored login ceremony does not read"))?;
+        // A step-up is of the session that began it, whose access token comes with it.
+        let step_up = match state.reauthenticate {
+            Some(session_id) => {
+                let caller = caller?;
+                if caller.session.id != session_id {
+                    tracing::info!(
+                        event = "passkey_login_refused",
+                        reason = "a step-up of another session",
+                        "a passkey login was refused"
+                    );
+                    return Err(AppError::InvalidCredentials);
+                }
+                Some(caller)
+            }
+            None => None,
+        };
         let refused = |why: &dyn std::fmt::Display| {
             tracing::info!(event = "passkey_login_refused", reason = %why, "a passkey login was refused");
             AppError::InvalidCredentials
@@ -966,6 +1009,16 @@ impl AuthService {
         limits
             .check_account(Operation::Login, &stored.user_id.to_string(), client.ip)
             .await?;
+        // Read before the passkey is used: the session is made under this credential version,
+        // so that a removal of the passkey (or any other credential change) that lands after
+        // the use below leaves no session (`delete_passkey` moves the version on).
+        let user = self
+            .store()
+            .users
+            .find_credentials_by_id(stored.user_id)
+            .await?
+            .ok_or_else(|| refused(&"the passkey's user is gone"))?
+            .user;
         let mut passkey: Passkey = serde_json::from_str(&stored.credential)
             .map_err(|_| AppError::internal("a stored passkey does not read"))?;
         let result = match webauthn.finish_discoverable_authentication(
@@ -998,13 +1051,10 @@ impl AuthService {
             return Err(AppError::InvalidCredentials);
         }
         let proven = passkey_methods(stored.backup_eligible);
-        if let Some(session_id) = state.reauthenticate {
-            let caller = caller?;
-            if caller.session.id != session_id {
-                return Err(refused(&"a step-up of another session"));
-            }
+        if let Some(caller) = step_up {
             return self.step_up(caller, proven, now).await;
         }
+        self.admit(&user, &client).await?;
         if let Some(mfa) = state.mfa.as_deref() {
             let first = store
                 .second_factors
@@ -1015,7 +1065,6 @@ impl AuthService {
             let credential_version = first
                 .credential_version
                 .ok_or(AppError::InvalidToken(TokenRefusal::Unknown))?;
-            let user = self.user_to_admit(stored.user_id, &client).await?;
             return self
                 .open_session(
                     user,
@@ -1025,7 +1074,6 @@ impl AuthService {
                 )
                 .await;
         }
-        let user = self.user_to_admit(stored.user_id, &client).await?;
         let version = user.credential_version;
         self.open_session(user, version, proven, client).await
     }

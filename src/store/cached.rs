@@ -38,9 +38,10 @@ use lru::LruCache;
 use uuid::Uuid;
 
 use super::{
-    AuthMethods, Challenge, ChallengeKind, CreatedSession, IssuedToken, NewSession, NewUser,
-    Rotation, SecondFactorStore, SecondFactors, Session, SessionPage, SessionStore, StoreError,
-    StoreResult, StoredPasskey, TokenRefusal, TotpCredential, User, UserCredentials, UserStore,
+    AuthMethods, Challenge, ChallengeKind, CreatedSession, FactorRemoval, IssuedToken, NewSession,
+    NewUser, Rotation, SecondFactorStore, SecondFactors, Session, SessionPage, SessionStore,
+    StoreError, StoreResult, StoredPasskey, TokenRefusal, TotpCredential, User, UserCredentials,
+    UserStore,
 };
 
 /// How many sessions the cache holds at most (least recently used dropped first): about 300
@@ -529,8 +530,11 @@ impl<S: CachedInner> SecondFactorStore for CachedStore<S> {
         .await
     }
 
-    async fn disable_totp(&self, user_id: Uuid) -> StoreResult<bool> {
-        self.inner.disable_totp(user_id).await
+    async fn disable_totp(&self, user_id: Uuid, keep_session: Uuid) -> StoreResult<FactorRemoval> {
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.disable_totp(user_id, keep_session).await
+        })
+        .await
     }
 
     async fn take_totp_step(&self, user_id: Uuid, step: i64) -> StoreResult<bool> {
@@ -592,8 +596,16 @@ impl<S: CachedInner> SecondFactorStore for CachedStore<S> {
         self.inner.rename_passkey(user_id, id, name).await
     }
 
-    async fn delete_passkey(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool> {
-        self.inner.delete_passkey(user_id, id).await
+    async fn delete_passkey(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        keep_session: Uuid,
+    ) -> StoreResult<FactorRemoval> {
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.delete_passkey(user_id, id, keep_session).await
+        })
+        .await
     }
 
     async fn use_passkey(

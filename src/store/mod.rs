@@ -837,6 +837,18 @@ pub struct StoredPasskey {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
+/// What removing a second factor did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FactorRemoval {
+    /// The user had no such factor: nothing changed.
+    NotFound,
+    /// The session that asked was ended meanwhile: nothing changed (SQL), or the factor is gone
+    /// with every session (MongoDB, no transaction).
+    SessionEnded,
+    /// Removed; these other sessions of the user ended.
+    Removed(Vec<Uuid>),
+}
+
 /// What proves a user besides the password, in short: what a login must ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SecondFactors {
@@ -926,8 +938,10 @@ pub trait SecondFactorStore: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<Option<Vec<Uuid>>>;
 
-    /// Removes TOTP and the recovery codes; `false` when it was not on.
-    async fn disable_totp(&self, user_id: Uuid) -> StoreResult<bool>;
+    /// Removes TOTP and the recovery codes; then, in the same transaction, moves the user's
+    /// credential version on (`keep_session` with it) and ends their other sessions: a login
+    /// that proved a code before the removal and has not stored its session yet stores none.
+    async fn disable_totp(&self, user_id: Uuid, keep_session: Uuid) -> StoreResult<FactorRemoval>;
 
     /// Takes the time step `step` for the user's confirmed TOTP: `true` only if it is later
     /// than every step taken before (RFC 6238 § 5.2).
@@ -979,8 +993,14 @@ pub trait SecondFactorStore: Send + Sync + 'static {
         name: &str,
     ) -> StoreResult<Option<StoredPasskey>>;
 
-    /// Deletes the user's passkey; `false` when they have no such passkey.
-    async fn delete_passkey(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool>;
+    /// Deletes the user's passkey and, as `disable_totp` does, moves their credential version on
+    /// and ends their other sessions (those made with the passkey among them).
+    async fn delete_passkey(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        keep_session: Uuid,
+    ) -> StoreResult<FactorRemoval>;
 
     /// Records a use of the passkey: its counter goes from `seen_counter` (what the caller
     /// verified against) to `counter` and its credential to `credential`, if the stored counter

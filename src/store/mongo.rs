@@ -61,9 +61,9 @@ use uuid::Uuid;
 
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
-    FIRST_CREDENTIAL_VERSION, IssuedToken, NewMail, NewSession, NewUser, OutboxMail, PoolSettings,
-    PoolStatus, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
-    StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
+    FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, OutboxMail,
+    PoolSettings, PoolStatus, Rotation, SecondFactors, Session, SessionPage, StoreError,
+    StoreResult, StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
     least_recently_used, token_holds, token_state,
 };
 use super::{
@@ -855,6 +855,25 @@ impl MongoStore {
         Ok(Some(
             self.end_sessions(user_id, keep).await.map_err(classify)?,
         ))
+    }
+
+    /// After a factor is gone: the credential version moves on and the other sessions end (the
+    /// factor first, so that a login proving it after this point finds it gone, and one that
+    /// proved it before made its session under the old version, which this ends).
+    async fn finish_removal(
+        &self,
+        user_id: Uuid,
+        keep_session: Uuid,
+    ) -> StoreResult<FactorRemoval> {
+        Ok(
+            match self
+                .move_credentials_on(user_id, Some(keep_session))
+                .await?
+            {
+                Some(ended) => FactorRemoval::Removed(ended),
+                None => FactorRemoval::SessionEnded,
+            },
+        )
     }
 
     /// A new driver session to run transactions in.
@@ -2223,7 +2242,7 @@ impl SecondFactorStore for MongoStore {
         .await
     }
 
-    async fn disable_totp(&self, user_id: Uuid) -> StoreResult<bool> {
+    async fn disable_totp(&self, user_id: Uuid, keep_session: Uuid) -> StoreResult<FactorRemoval> {
         self.detached(move |store| async move {
             let removed = store
                 .totp
@@ -2231,12 +2250,15 @@ impl SecondFactorStore for MongoStore {
                 .hint(by_id())
                 .await
                 .map_err(classify)?;
+            if removed.deleted_count == 0 {
+                return Ok(FactorRemoval::NotFound);
+            }
             store
                 .recovery_codes
                 .delete_many(doc! { "user_id": id(user_id) })
                 .await
                 .map_err(classify)?;
-            Ok(removed.deleted_count == 1)
+            store.finish_removal(user_id, keep_session).await
         })
         .await
     }
@@ -2418,14 +2440,25 @@ impl SecondFactorStore for MongoStore {
             .map(passkey_of))
     }
 
-    async fn delete_passkey(&self, user_id: Uuid, passkey_id: Uuid) -> StoreResult<bool> {
-        let deleted = self
-            .passkeys
-            .delete_one(doc! { "_id": id(passkey_id), "user_id": id(user_id) })
-            .hint(by_id())
-            .await
-            .map_err(classify)?;
-        Ok(deleted.deleted_count == 1)
+    async fn delete_passkey(
+        &self,
+        user_id: Uuid,
+        passkey_id: Uuid,
+        keep_session: Uuid,
+    ) -> StoreResult<FactorRemoval> {
+        self.detached(move |store| async move {
+            let deleted = store
+                .passkeys
+                .delete_one(doc! { "_id": id(passkey_id), "user_id": id(user_id) })
+                .hint(by_id())
+                .await
+                .map_err(classify)?;
+            if deleted.deleted_count == 0 {
+                return Ok(FactorRemoval::NotFound);
+            }
+            store.finish_removal(user_id, keep_session).await
+        })
+        .await
     }
 
     async fn use_passkey(

@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
-    FIRST_CREDENTIAL_VERSION, IssuedToken, NewMail, NewSession, NewUser, OutboxMail, PoolSettings,
-    PoolStatus, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
-    StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
+    FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, OutboxMail,
+    PoolSettings, PoolStatus, Rotation, SecondFactors, Session, SessionPage, StoreError,
+    StoreResult, StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
     entity::{
         auth_challenge, one_time_token, outbox_mail, passkey, recovery_code, session, setting,
         totp_credential, user,
@@ -509,6 +509,25 @@ async fn delete_second_factors(
         .exec(connection)
         .await?;
     Ok(())
+}
+
+/// Ends a factor's removal begun on `transaction`: the credential version moves on, the other
+/// sessions end, and it commits; or, when `keep_session` is no longer the user's, nothing.
+async fn finish_removal(
+    transaction: DatabaseTransaction,
+    user_id: Uuid,
+    keep_session: Uuid,
+) -> StoreResult<FactorRemoval> {
+    match move_credentials_on(&transaction, user_id, Some(keep_session)).await? {
+        Some(ended) => {
+            transaction.commit().await?;
+            Ok(FactorRemoval::Removed(ended))
+        }
+        None => {
+            transaction.rollback().await?;
+            Ok(FactorRemoval::SessionEnded)
+        }
+    }
 }
 
 /// Replaces the user's recovery codes by `digests`.
@@ -1726,7 +1745,7 @@ impl SecondFactorStore for SeaStore {
         Ok(Some(ended))
     }
 
-    async fn disable_totp(&self, user_id: Uuid) -> StoreResult<bool> {
+    async fn disable_totp(&self, user_id: Uuid, keep_session: Uuid) -> StoreResult<FactorRemoval> {
         let transaction = self.db.begin().await?;
         let removed = totp_credential::Entity::delete_many()
             .filter(totp_credential::Column::UserId.eq(user_id))
@@ -1734,12 +1753,15 @@ impl SecondFactorStore for SeaStore {
             .exec(&transaction)
             .await?
             .rows_affected;
+        if removed == 0 {
+            transaction.rollback().await?;
+            return Ok(FactorRemoval::NotFound);
+        }
         recovery_code::Entity::delete_many()
             .filter(recovery_code::Column::UserId.eq(user_id))
             .exec(&transaction)
             .await?;
-        transaction.commit().await?;
-        Ok(removed > 0)
+        finish_removal(transaction, user_id, keep_session).await
     }
 
     async fn take_totp_step(&self, user_id: Uuid, step: i64) -> StoreResult<bool> {
@@ -1894,14 +1916,24 @@ impl SecondFactorStore for SeaStore {
         Ok(renamed.into_iter().next().map(Into::into))
     }
 
-    async fn delete_passkey(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool> {
+    async fn delete_passkey(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        keep_session: Uuid,
+    ) -> StoreResult<FactorRemoval> {
+        let transaction = self.db.begin().await?;
         let deleted = passkey::Entity::delete_many()
             .filter(passkey::Column::Id.eq(id))
             .filter(passkey::Column::UserId.eq(user_id))
-            .exec(&self.db)
+            .exec(&transaction)
             .await?
             .rows_affected;
-        Ok(deleted == 1)
+        if deleted == 0 {
+            transaction.rollback().await?;
+            return Ok(FactorRemoval::NotFound);
+        }
+        finish_removal(transaction, user_id, keep_session).await
     }
 
     async fn use_passkey(
