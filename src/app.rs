@@ -719,6 +719,11 @@ fn relying_party(config: &Config, bound: SocketAddr) -> Result<webauthn_rs::Weba
     if rp_id.parse::<std::net::IpAddr>().is_ok() || rp_id.is_empty() {
         return Err(format!("{rp_id:?} is not a domain"));
     }
+    // Browsers refuse an RP id that is a public suffix (WebAuthn § 5.1.3: a registrable domain
+    // suffix of the origin's effective domain).
+    if rp_id != "localhost" && psl::suffix_str(&rp_id) == Some(rp_id.as_str()) {
+        return Err(format!("{rp_id:?} is a public suffix, not a site's domain"));
+    }
     let origins: Vec<String> = if config.webauthn_origins.is_empty() {
         let mut origins = vec![public.origin().ascii_serialization()];
         if config.public_url.is_none() {
@@ -732,6 +737,19 @@ fn relying_party(config: &Config, bound: SocketAddr) -> Result<webauthn_rs::Weba
     let mut parsed = Vec::new();
     for origin in origins.iter().map(|origin| origin.trim()) {
         let url = url::Url::parse(origin).map_err(|_| format!("{origin:?} is not an origin"))?;
+        // A secure context only (WebAuthn needs one): https, or http on localhost.
+        let local = url
+            .domain()
+            .is_some_and(|host| host == "localhost" || host.ends_with(".localhost"));
+        if url.scheme() != "https" && !(url.scheme() == "http" && local) {
+            if config.webauthn_origins.is_empty() {
+                // Derived from PUBLIC_URL and CORS: such a page simply cannot use passkeys.
+                continue;
+            }
+            return Err(format!(
+                "{origin:?} is not a secure context (https, or http://localhost)"
+            ));
+        }
         parsed.push(url);
     }
     let under_rp_id = |url: &url::Url| {

@@ -111,6 +111,9 @@ pub enum AppError {
     TotpAlreadyEnabled,
     /// TOTP_NOT_ENABLED: `regenerateRecoveryCodes` while TOTP is off.
     TotpNotEnabled,
+    /// PASSKEY_LIMIT_REACHED: the account has the most passkeys it may have (20); delete one
+    /// first.
+    PasskeyLimitReached,
     /// PASSKEYS_NOT_CONFIGURED: this server has no usable WebAuthn relying party (its
     /// `WEBAUTHN_RP_ID` could not be derived: `PUBLIC_URL` names an IP address).
     PasskeysNotConfigured,
@@ -137,6 +140,7 @@ impl AppError {
             Self::TotpAlreadyEnabled => "TOTP_ALREADY_ENABLED",
             Self::TotpNotEnabled => "TOTP_NOT_ENABLED",
             Self::PasskeysNotConfigured => "PASSKEYS_NOT_CONFIGURED",
+            Self::PasskeyLimitReached => "PASSKEY_LIMIT_REACHED",
             Self::Internal => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -183,6 +187,9 @@ impl AppError {
             Self::TotpAlreadyEnabled => "an authenticator app is set up already".into(),
             Self::TotpNotEnabled => "no authenticator app is set up".into(),
             Self::PasskeysNotConfigured => "passkeys are not available on this server".into(),
+            Self::PasskeyLimitReached => {
+                "this account has as many passkeys as it may have; delete one first".into()
+            }
             Self::Internal => "internal server error".into(),
         }
     }

@@ -310,11 +310,12 @@ impl MutationRoot {
         Ok(deliver(ctx, issued))
     }
 
-    /// Proves the caller again (the password, or a TOTP or recovery code) so that the
-    /// operations that need a recent proof go through; returns the session with its new
-    /// `authenticatedAt`. A passkey does the same through `beginPasskeyLogin(input:
-    /// { reauthenticate: true })`. Errors: INVALID_CREDENTIALS, BAD_USER_INPUT (`password`:
-    /// neither given), RATE_LIMITED.
+    /// Proves the caller again so that the operations that need a recent proof go through:
+    /// the password on an account without a second factor, a TOTP or recovery code (`code`) on
+    /// one with TOTP; a passkey does the same through `beginPasskeyLogin(input:
+    /// { reauthenticate: true })`. Returns the session with its new `authenticatedAt`. Errors:
+    /// INVALID_CREDENTIALS, BAD_USER_INPUT (`password`: neither given; `code`: the account has a
+    /// second factor, the password alone is not enough), RATE_LIMITED.
     #[graphql(
         guard = "SignedIn",
         complexity = "EXPENSIVE_FIELD_COST + child_complexity"

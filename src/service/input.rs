@@ -220,10 +220,13 @@ pub fn login_key(field: &'static str, raw: &str) -> Result<String, AppError> {
 }
 
 /// A name a user gives to something of theirs (a passkey), as it is kept and shown: one line,
-/// its control characters (line breaks, tabs, escapes) turned into spaces.
+/// its control characters (line breaks, tabs, escapes) and bidirectional formatting characters
+/// (Unicode TR 9: embeddings, overrides, isolates, marks, which can make a name read as
+/// another) turned into spaces.
 pub fn single_line(raw: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
     raw.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if c.is_control() || bidi(c) { ' ' } else { c })
         .collect()
 }
 

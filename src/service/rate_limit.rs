@@ -49,6 +49,8 @@ pub enum Operation {
     SendVerificationEmail,
     VerifyEmail,
     RequestEmailChange,
+    /// A TOTP or recovery code checked, whatever operation carries it.
+    SecondFactor,
 }
 
 impl Operation {
@@ -64,6 +66,7 @@ impl Operation {
             Self::SendVerificationEmail => "sendVerificationEmail",
             Self::VerifyEmail => "verifyEmail",
             Self::RequestEmailChange => "requestEmailChange",
+            Self::SecondFactor => "secondFactor",
         }
     }
 }
@@ -130,6 +133,9 @@ impl RateLimitSettings {
             Scope::Account => self.per_account_per_minute.map(Rate::per_minute),
             Scope::Recipient => self.mails_per_recipient_per_hour.map(Rate::per_hour),
             Scope::MailSender => self.mails_per_ip_per_hour.map(Rate::per_hour),
+            // As many codes an hour as passwords a minute: a 6-digit code is far easier to
+            // guess than a password (RFC 6238 § 5.2 asks for throttling).
+            Scope::SecondFactor => self.per_account_per_minute.map(Rate::per_hour),
         }
     }
 }
@@ -145,6 +151,8 @@ pub enum Scope {
     Recipient,
     /// Mails caused by one client address.
     MailSender,
+    /// One account's second-factor codes, from every address together.
+    SecondFactor,
 }
 
 impl Scope {
@@ -155,6 +163,7 @@ impl Scope {
             Self::Account => "account",
             Self::Recipient => "recipient",
             Self::MailSender => "mail_ip",
+            Self::SecondFactor => "second_factor",
         }
     }
 }
@@ -252,6 +261,16 @@ impl RateLimits {
         self.take(Scope::Account, &key, operation).await
     }
 
+    /// Takes a token from the account's bucket of second-factor codes, shared by every client
+    /// address: `RATE_LIMIT_ACCOUNT_PER_MINUTE` codes an hour. Unlike a password's, this bucket
+    /// is not split by address: a 6-digit code must not be guessed from many addresses. To
+    /// reach it at all takes the password (an `mfaToken`) or a session.
+    pub async fn check_second_factor(&self, user_id: &str) -> Result<(), AppError> {
+        let key = format!("{}|account|{user_id}", Operation::SecondFactor.name());
+        self.take(Scope::SecondFactor, &key, Operation::SecondFactor)
+            .await
+    }
+
     /// Forgets buckets that have filled up again.
     pub async fn prune(&self) -> Result<(), AppError> {
         self.buckets.prune().await
@@ -296,6 +315,7 @@ struct MemoryBuckets {
     per_account: Option<DefaultKeyedRateLimiter<String>>,
     per_recipient: Option<DefaultKeyedRateLimiter<String>>,
     per_mail_sender: Option<DefaultKeyedRateLimiter<String>>,
+    per_second_factor: Option<DefaultKeyedRateLimiter<String>>,
 }
 
 impl MemoryBuckets {
@@ -311,15 +331,17 @@ impl MemoryBuckets {
             per_account: limiter(Scope::Account),
             per_recipient: limiter(Scope::Recipient),
             per_mail_sender: limiter(Scope::MailSender),
+            per_second_factor: limiter(Scope::SecondFactor),
         }
     }
 
-    fn limiters(&self) -> [&Option<DefaultKeyedRateLimiter<String>>; 4] {
+    fn limiters(&self) -> [&Option<DefaultKeyedRateLimiter<String>>; 5] {
         [
             &self.per_address,
             &self.per_account,
             &self.per_recipient,
             &self.per_mail_sender,
+            &self.per_second_factor,
         ]
     }
 }
@@ -337,6 +359,7 @@ impl BucketStore for MemoryBuckets {
             Scope::Account => &self.per_account,
             Scope::Recipient => &self.per_recipient,
             Scope::MailSender => &self.per_mail_sender,
+            Scope::SecondFactor => &self.per_second_factor,
         };
         let Some(limiter) = limiter else {
             return Ok(None);

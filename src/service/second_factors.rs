@@ -31,8 +31,8 @@ use crate::{
     error::{AppError, UnauthenticatedReason},
     service::events::SessionEventKind,
     store::{
-        AuthMethods, Challenge, ChallengeKind, FactorRemoval, Rotation, SecondFactors, Session,
-        StoredPasskey, TokenRefusal, TotpCredential, User,
+        AuthMethods, Challenge, ChallengeKind, FactorRemoval, PasskeyAddition, Rotation,
+        SecondFactors, Session, StoredPasskey, TokenRefusal, TotpCredential, User,
     },
 };
 
@@ -51,6 +51,9 @@ const TOTP_DIGITS: usize = 6;
 const TOTP_WINDOW: i64 = 1;
 /// A TOTP secret's bytes: 160 bits, RFC 4226 § 4's recommendation.
 const TOTP_SECRET_BYTES: usize = 20;
+/// Most passkeys one account may have: a person's devices and security keys, with room to
+/// spare; the registration options list them all (`excludeCredentials`).
+pub const MAX_PASSKEYS_PER_USER: usize = 20;
 /// Longest passkey name.
 pub const PASSKEY_NAME_MAX_CHARS: usize = 64;
 /// Longest code looked at (a recovery code with spaces and dashes is far shorter).
@@ -105,6 +108,23 @@ pub struct PasskeyLoginRequest {
     pub mfa_token: Option<String>,
     /// A step-up of the caller's session.
     pub reauthenticate: bool,
+}
+
+/// A TOTP or recovery code that checked out and is not taken yet.
+enum CodeProof {
+    /// The RFC 6238 time step of a TOTP code.
+    TotpStep(i64),
+    /// The digest of an unused recovery code.
+    RecoveryCode(String),
+}
+
+fn registered_already() -> AppError {
+    AppError::bad_input("credential", "this passkey is registered already")
+}
+
+fn code_refused(user_id: Uuid) -> AppError {
+    tracing::info!(event = "second_factor_failed", user_id = %user_id, "a TOTP or recovery code was refused");
+    AppError::InvalidCredentials
 }
 
 /// What a passkey login keeps between its two calls (the challenge row's `state`).
@@ -355,47 +375,78 @@ impl AuthService {
         Err(AppError::MfaRequired { mfa_token, methods })
     }
 
-    /// Checks a TOTP code (six digits) or a recovery code of the user, and takes it: a TOTP
-    /// step or a recovery code is accepted once. Returns what it proves (`otp`). Errors:
-    /// INVALID_CREDENTIALS (wrong, replayed, or no TOTP), SERVICE_UNAVAILABLE.
-    async fn prove_code(
+    /// Checks a TOTP code (six digits) or a recovery code of the user, without taking it: a
+    /// code of a time step later than the last one taken, or an unused recovery code. Each
+    /// check takes a token from the account's second-factor bucket (every address together).
+    /// Errors: INVALID_CREDENTIALS (wrong, replayed, or no TOTP), RATE_LIMITED,
+    /// SERVICE_UNAVAILABLE.
+    async fn check_code(
         &self,
         user_id: Uuid,
         code: &str,
         now: DateTime<Utc>,
-    ) -> Result<AuthMethods, AppError> {
+    ) -> Result<CodeProof, AppError> {
+        self.inner
+            .rate_limits
+            .check_second_factor(&user_id.to_string())
+            .await?;
         let store = &self.store().second_factors;
         let code = code.trim();
-        let refused = || {
-            tracing::info!(event = "second_factor_failed", user_id = %user_id, "a TOTP or recovery code was refused");
-            AppError::InvalidCredentials
-        };
         if code.len() > CODE_MAX_BYTES {
-            return Err(refused());
+            return Err(code_refused(user_id));
         }
         let Some(totp) = store
             .totp(user_id)
             .await?
             .filter(|totp| totp.confirmed_at.is_some())
         else {
-            return Err(refused());
+            return Err(code_refused(user_id));
         };
-        let accepted = if is_totp_code(code) {
-            match matching_step(&totp.secret, code, now) {
-                Some(step) => store.take_totp_step(user_id, step).await?,
-                None => false,
-            }
+        if is_totp_code(code) {
+            return matching_step(&totp.secret, code, now)
+                .filter(|step| *step > totp.last_step)
+                .map(CodeProof::TotpStep)
+                .ok_or_else(|| code_refused(user_id));
+        }
+        let digest = digest(&normalize_recovery_code(code));
+        if store.recovery_code_unused(user_id, &digest).await? {
+            Ok(CodeProof::RecoveryCode(digest))
         } else {
-            let code = normalize_recovery_code(code);
-            store
-                .use_recovery_code(user_id, &digest(&code), now)
-                .await?
+            Err(code_refused(user_id))
+        }
+    }
+
+    /// Takes a code that `check_code` accepted: its time step, or the recovery code, once.
+    /// Returns what it proves (`otp`). Errors: INVALID_CREDENTIALS (taken meanwhile).
+    async fn take_code(
+        &self,
+        user_id: Uuid,
+        proof: CodeProof,
+        now: DateTime<Utc>,
+    ) -> Result<AuthMethods, AppError> {
+        let store = &self.store().second_factors;
+        let taken = match proof {
+            CodeProof::TotpStep(step) => store.take_totp_step(user_id, step).await?,
+            CodeProof::RecoveryCode(digest) => {
+                store.use_recovery_code(user_id, &digest, now).await?
+            }
         };
-        if accepted {
+        if taken {
             Ok(AuthMethods::of(["otp"]))
         } else {
-            Err(refused())
+            Err(code_refused(user_id))
         }
+    }
+
+    /// `check_code`, then `take_code`.
+    async fn prove_code(
+        &self,
+        user_id: Uuid,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> Result<AuthMethods, AppError> {
+        let proof = self.check_code(user_id, code, now).await?;
+        self.take_code(user_id, proof, now).await
     }
 
     /// For an operation that carries the password (`changePassword`, `deleteAccount`,
@@ -621,8 +672,14 @@ impl AuthService {
         limits
             .check_account(Operation::Login, &user_id.to_string(), client.ip)
             .await?;
-        let proven = self.prove_code(user_id, code, now).await?;
-        // The code was right: the token is used now, by this request or a concurrent one.
+        // Nothing is taken until the code is right and this request holds the token: a code
+        // sent with a token that a credential change made useless, for a disabled account, or
+        // by a request that loses the token to a concurrent one, stays usable.
+        let user = self.user_to_admit(user_id, &client).await?;
+        if user.credential_version != credential_version {
+            return Err(AppError::InvalidToken(TokenRefusal::Used));
+        }
+        let proof = self.check_code(user_id, code, now).await?;
         if store
             .take_challenge(&token_digest, ChallengeKind::Mfa, now)
             .await?
@@ -630,7 +687,7 @@ impl AuthService {
         {
             return Err(AppError::InvalidToken(TokenRefusal::Unknown));
         }
-        let user = self.user_to_admit(user_id, &client).await?;
+        let proven = self.take_code(user_id, proof, now).await?;
         self.open_session(
             user,
             credential_version,
@@ -657,15 +714,23 @@ impl AuthService {
 
     /// `beginPasskeyRegistration`: the options for `navigator.credentials.create()`, in the JSON
     /// form `PublicKeyCredential.parseCreationOptionsFromJSON` takes (a discoverable credential,
-    /// user verification required, the user's passkeys excluded). Needs a recent proof.
-    /// Errors: REAUTHENTICATION_REQUIRED, PASSKEYS_NOT_CONFIGURED.
+    /// user verification required, the user's passkeys excluded). Needs a recent proof; rate-
+    /// limited per account. Errors: REAUTHENTICATION_REQUIRED, PASSKEY_LIMIT_REACHED (20
+    /// passkeys), RATE_LIMITED, PASSKEYS_NOT_CONFIGURED.
     pub async fn begin_passkey_registration(
         &self,
         caller: &Authenticated,
     ) -> Result<Value, AppError> {
         self.require_recent_proof(caller)?;
         let webauthn = self.webauthn()?;
+        self.inner
+            .rate_limits
+            .check_account(Operation::Login, &caller.user.id.to_string(), None)
+            .await?;
         let existing = self.passkeys_of(caller.user.id).await?;
+        if existing.len() >= MAX_PASSKEYS_PER_USER {
+            return Err(AppError::PasskeyLimitReached);
+        }
         let exclude: Vec<_> = existing
             .iter()
             .filter_map(|stored| serde_json::from_str::<Passkey>(&stored.credential).ok())
@@ -776,10 +841,7 @@ impl AuthService {
             .await?
             .is_some()
         {
-            return Err(AppError::bad_input(
-                "credential",
-                "this passkey is registered already",
-            ));
+            return Err(registered_already());
         }
         let json = serde_json::to_value(&passkey).map_err(AppError::internal)?;
         let stored = StoredPasskey {
@@ -797,10 +859,14 @@ impl AuthService {
             created_at: now,
             last_used_at: None,
         };
-        let ended = store
-            .add_passkey(stored.clone(), caller.session.id)
-            .await?
-            .ok_or(AppError::Unauthenticated(UnauthenticatedReason::Revoked))?;
+        let ended = store.add_passkey(stored.clone(), caller.session.id).await?;
+        let ended = match ended {
+            PasskeyAddition::Added(ended) => ended,
+            PasskeyAddition::SessionEnded => {
+                return Err(AppError::Unauthenticated(UnauthenticatedReason::Revoked));
+            }
+            PasskeyAddition::CredentialTaken => return Err(registered_already()),
+        };
         tracing::info!(event = "passkey_registered", user_id = %caller.user.id, passkey_id = %stored.id, ended_sessions = ended.len(), "passkey registered");
         self.publish(SessionEventKind::Revoked, caller.user.id, &ended)
             .await;
@@ -1126,10 +1192,12 @@ impl AuthService {
         Ok(session)
     }
 
-    /// `reauthenticate`: proves the caller again, by the password or a TOTP or recovery code,
-    /// and records it in the session (its `authenticatedAt`). Rate-limited as `login`. Errors:
-    /// BAD_USER_INPUT (`password`: neither given), INVALID_CREDENTIALS, RATE_LIMITED,
-    /// UNAUTHENTICATED `REVOKED` (the session ended meanwhile).
+    /// `reauthenticate`: proves the caller again and records it in the session (its
+    /// `authenticatedAt`): by the password on an account without a second factor; by a TOTP or
+    /// recovery code (and the password too, when given) on one with TOTP; an account with only
+    /// passkeys steps up with a passkey (`beginPasskeyLogin`). Rate-limited as `login`. Errors:
+    /// BAD_USER_INPUT (`password`: neither given; `code`: a second factor is needed),
+    /// INVALID_CREDENTIALS, RATE_LIMITED, UNAUTHENTICATED `REVOKED` (the session ended).
     pub async fn reauthenticate(
         &self,
         caller: &Authenticated,
@@ -1140,19 +1208,29 @@ impl AuthService {
         self.check_second_factor_limits(caller.user.id, &client)
             .await?;
         let now = now();
-        let proven = match (password, code) {
-            (Some(password), _) => {
-                self.prove_password(caller, password).await?;
-                AuthMethods::of(["pwd"])
-            }
-            (None, Some(code)) => self.prove_code(caller.user.id, &code, now).await?,
-            (None, None) => {
-                return Err(AppError::bad_input(
-                    "password",
-                    "give the password or a code from the authenticator app",
-                ));
-            }
-        };
+        // An account with a second factor proves itself again with it: the password alone
+        // would let a stolen session and a phished password turn the factor off.
+        if password.is_none() && code.is_none() {
+            return Err(AppError::bad_input(
+                "password",
+                "give the password or a code from the authenticator app",
+            ));
+        }
+        let factors = self.second_factors_of(caller.user.id).await?;
+        if (factors.totp || factors.passkeys > 0) && !(factors.totp && code.is_some()) {
+            return Err(AppError::bad_input(
+                "code",
+                "this account has a second factor: give a code from the authenticator app, or use a passkey (beginPasskeyLogin with reauthenticate: true)",
+            ));
+        }
+        let mut proven = AuthMethods::default();
+        if let Some(password) = password {
+            self.prove_password(caller, password).await?;
+            proven = proven.union(&AuthMethods::of(["pwd"]));
+        }
+        if let Some(code) = code {
+            proven = proven.union(&self.prove_code(caller.user.id, &code, now).await?);
+        }
         self.record_proof(caller, proven, now).await
     }
 }

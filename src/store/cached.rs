@@ -39,9 +39,9 @@ use uuid::Uuid;
 
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, FactorRemoval, IssuedToken, NewSession,
-    NewUser, Rotation, SecondFactorStore, SecondFactors, Session, SessionPage, SessionStore,
-    StoreError, StoreResult, StoredPasskey, TokenRefusal, TotpCredential, User, UserCredentials,
-    UserStore,
+    NewUser, PasskeyAddition, Rotation, SecondFactorStore, SecondFactors, Session, SessionPage,
+    SessionStore, StoreError, StoreResult, StoredPasskey, TokenRefusal, TotpCredential, User,
+    UserCredentials, UserStore,
 };
 
 /// How many sessions the cache holds at most (least recently used dropped first): about 300
@@ -552,6 +552,10 @@ impl<S: CachedInner> SecondFactorStore for CachedStore<S> {
             .await
     }
 
+    async fn recovery_code_unused(&self, user_id: Uuid, digest: &str) -> StoreResult<bool> {
+        self.inner.recovery_code_unused(user_id, digest).await
+    }
+
     async fn use_recovery_code(
         &self,
         user_id: Uuid,
@@ -569,7 +573,7 @@ impl<S: CachedInner> SecondFactorStore for CachedStore<S> {
         &self,
         passkey: StoredPasskey,
         keep_session: Uuid,
-    ) -> StoreResult<Option<Vec<Uuid>>> {
+    ) -> StoreResult<PasskeyAddition> {
         self.write(Forget::User(passkey.user_id), move |inner| async move {
             inner.add_passkey(passkey, keep_session).await
         })

@@ -837,6 +837,18 @@ pub struct StoredPasskey {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
+/// What storing a passkey did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasskeyAddition {
+    /// Stored; these other sessions of the user ended.
+    Added(Vec<Uuid>),
+    /// The session that registered it was ended meanwhile: nothing stored.
+    SessionEnded,
+    /// A passkey with this credential id is stored already (a concurrent registration of the
+    /// same credential won): nothing stored.
+    CredentialTaken,
+}
+
 /// What removing a second factor did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FactorRemoval {
@@ -955,6 +967,9 @@ pub trait SecondFactorStore: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
 
+    /// Whether the user has an unused recovery code with this digest (a look, nothing taken).
+    async fn recovery_code_unused(&self, user_id: Uuid, digest: &str) -> StoreResult<bool>;
+
     /// Uses the unused recovery code with this digest: `true` once.
     async fn use_recovery_code(
         &self,
@@ -967,14 +982,12 @@ pub trait SecondFactorStore: Send + Sync + 'static {
     async fn second_factors(&self, user_id: Uuid) -> StoreResult<SecondFactors>;
 
     /// Stores a passkey; then, in the same transaction, moves the user's credential version on
-    /// (`keep_session` with it) and ends their other sessions. `None` when the session is gone
-    /// or is no longer under its user's version; else the ids of the sessions ended. Errors:
-    /// `Database` for a credential id stored already (the ceremony excludes it).
+    /// (`keep_session` with it) and ends their other sessions.
     async fn add_passkey(
         &self,
         passkey: StoredPasskey,
         keep_session: Uuid,
-    ) -> StoreResult<Option<Vec<Uuid>>>;
+    ) -> StoreResult<PasskeyAddition>;
 
     /// The user's passkeys, oldest first.
     async fn passkeys(&self, user_id: Uuid) -> StoreResult<Vec<StoredPasskey>>;

@@ -62,9 +62,9 @@ use uuid::Uuid;
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
     FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, OutboxMail,
-    PoolSettings, PoolStatus, Rotation, SecondFactors, Session, SessionPage, StoreError,
-    StoreResult, StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
-    least_recently_used, token_holds, token_state,
+    PasskeyAddition, PoolSettings, PoolStatus, Rotation, SecondFactors, Session, SessionPage,
+    StoreError, StoreResult, StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User,
+    UserCredentials, least_recently_used, token_holds, token_state,
 };
 use super::{
     EventStore, HealthStore, OutboxStore, RateLimitStore, SecondFactorStore, SessionStore,
@@ -2306,6 +2306,16 @@ impl SecondFactorStore for MongoStore {
         .await
     }
 
+    async fn recovery_code_unused(&self, user_id: Uuid, digest: &str) -> StoreResult<bool> {
+        Ok(self
+            .recovery_codes
+            .find_one(doc! { "user_id": id(user_id), "digest": digest, "used_at": Bson::Null })
+            .hint(Hint::Keys(doc! { "user_id": 1, "digest": 1 }))
+            .await
+            .map_err(classify)?
+            .is_some())
+    }
+
     async fn use_recovery_code(
         &self,
         user_id: Uuid,
@@ -2361,10 +2371,10 @@ impl SecondFactorStore for MongoStore {
         &self,
         passkey: StoredPasskey,
         keep_session: Uuid,
-    ) -> StoreResult<Option<Vec<Uuid>>> {
+    ) -> StoreResult<PasskeyAddition> {
         self.detached(move |store| async move {
             let user_id = passkey.user_id;
-            store
+            let inserted = store
                 .passkeys
                 .insert_one(PasskeyDocument {
                     id: id(passkey.id),
@@ -2377,20 +2387,27 @@ impl SecondFactorStore for MongoStore {
                     created_at: date(passkey.created_at),
                     last_used_at: passkey.last_used_at.map(date),
                 })
-                .await
-                .map_err(classify)?;
-            let moved = store
+                .await;
+            match inserted {
+                Ok(_) => {}
+                Err(error) if is_duplicate_key(&error) => {
+                    return Ok(PasskeyAddition::CredentialTaken);
+                }
+                Err(error) => return Err(classify(error)),
+            }
+            let Some(ended) = store
                 .move_credentials_on(user_id, Some(keep_session))
-                .await?;
-            if moved.is_none() {
+                .await?
+            else {
                 // The session that registered it ended meanwhile: the passkey goes with it.
                 store
                     .passkeys
                     .delete_one(doc! { "_id": id(passkey.id) })
                     .await
                     .map_err(classify)?;
-            }
-            Ok(moved)
+                return Ok(PasskeyAddition::SessionEnded);
+            };
+            Ok(PasskeyAddition::Added(ended))
         })
         .await
     }

@@ -16,8 +16,9 @@ use uuid::Uuid;
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
     FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, OutboxMail,
-    PoolSettings, PoolStatus, Rotation, SecondFactors, Session, SessionPage, StoreError,
-    StoreResult, StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
+    PasskeyAddition, PoolSettings, PoolStatus, Rotation, SecondFactors, Session, SessionPage,
+    StoreError, StoreResult, StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User,
+    UserCredentials,
     entity::{
         auth_challenge, one_time_token, outbox_mail, passkey, recovery_code, session, setting,
         totp_credential, user,
@@ -1804,6 +1805,17 @@ impl SecondFactorStore for SeaStore {
         Ok(true)
     }
 
+    async fn recovery_code_unused(&self, user_id: Uuid, digest: &str) -> StoreResult<bool> {
+        use sea_orm::PaginatorTrait;
+        Ok(recovery_code::Entity::find()
+            .filter(recovery_code::Column::UserId.eq(user_id))
+            .filter(recovery_code::Column::Digest.eq(digest))
+            .filter(recovery_code::Column::UsedAt.is_null())
+            .count(&self.db)
+            .await?
+            > 0)
+    }
+
     async fn use_recovery_code(
         &self,
         user_id: Uuid,
@@ -1853,10 +1865,10 @@ impl SecondFactorStore for SeaStore {
         &self,
         passkey: StoredPasskey,
         keep_session: Uuid,
-    ) -> StoreResult<Option<Vec<Uuid>>> {
+    ) -> StoreResult<PasskeyAddition> {
         let user_id = passkey.user_id;
         let transaction = self.db.begin().await?;
-        passkey::Entity::insert(passkey::ActiveModel {
+        let inserted = passkey::Entity::insert(passkey::ActiveModel {
             id: Set(passkey.id),
             user_id: Set(passkey.user_id),
             credential_id: Set(passkey.credential_id),
@@ -1868,14 +1880,22 @@ impl SecondFactorStore for SeaStore {
             last_used_at: Set(passkey.last_used_at),
         })
         .exec(&transaction)
-        .await?;
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                transaction.rollback().await?;
+                return Ok(PasskeyAddition::CredentialTaken);
+            }
+            Err(error) => return Err(error.into()),
+        }
         let Some(ended) = move_credentials_on(&transaction, user_id, Some(keep_session)).await?
         else {
             transaction.rollback().await?;
-            return Ok(None);
+            return Ok(PasskeyAddition::SessionEnded);
         };
         transaction.commit().await?;
-        Ok(Some(ended))
+        Ok(PasskeyAddition::Added(ended))
     }
 
     async fn passkeys(&self, user_id: Uuid) -> StoreResult<Vec<StoredPasskey>> {
