@@ -31,7 +31,7 @@ describe('typed operations generated from the schema', () => {
     assert.deepEqual(Object.keys(ops).sort(), [...fields].sort());
     assert.deepEqual(Object.keys(rootFields).sort(), [...fields].sort());
     const issuing = Object.entries(rootFields).filter(([, f]) => f.issuesTokens).map(([name]) => name).sort();
-    assert.deepEqual(issuing, ['login', 'refresh', 'register']);
+    assert.deepEqual(issuing, ['finishPasskeyLogin', 'login', 'refresh', 'register', 'verifyMfa']);
   });
 
   it('a root field added to the schema gets its document, types and helper at the next generation', async () => {
@@ -39,7 +39,7 @@ describe('typed operations generated from the schema', () => {
     dirs.push(dir);
     const extended = schemaText.replace(
       'type Mutation {',
-      'input VerifyMfaInput {\n\tmfaToken: String!\n\tcode: String!\n}\n\ntype Mutation {\n\tverifyMfa(input: VerifyMfaInput!): AuthPayload!',
+      'input CompleteMagicLinkInput {\n\ttoken: String!\n}\n\ntype Mutation {\n\tcompleteMagicLink(input: CompleteMagicLinkInput!): AuthPayload!',
     );
     await writeFile(join(dir, 'schema.graphql'), extended);
     await run('node', [join(clients, 'authql-client', 'scripts', 'generate.mjs')], {
@@ -49,10 +49,10 @@ describe('typed operations generated from the schema', () => {
     });
     const operations = await readFile(join(dir, 'generated', 'operations.ts'), 'utf8');
     const types = await readFile(join(dir, 'generated', 'types.ts'), 'utf8');
-    assert.match(operations, /export const VerifyMfaDocument = parse\(/);
-    assert.match(operations, /verifyMfa: \{ operation: 'mutation', issuesTokens: true \}/);
-    assert.match(operations, /verifyMfa\(variables: T\.VerifyMfaMutationVariables, options\?: OperationOptions\): Promise<T\.VerifyMfaMutation\['verifyMfa'\]>/);
-    assert.match(types, /export type VerifyMfaMutation = /);
-    assert.match(types, /export type VerifyMfaInput = /);
+    assert.match(operations, /export const CompleteMagicLinkDocument = parse\(/);
+    assert.match(operations, /completeMagicLink: \{ operation: 'mutation', issuesTokens: true \}/);
+    assert.match(operations, /completeMagicLink\(variables: T\.CompleteMagicLinkMutationVariables, options\?: OperationOptions\): Promise<T\.CompleteMagicLinkMutation\['completeMagicLink'\]>/);
+    assert.match(types, /export type CompleteMagicLinkMutation = /);
+    assert.match(types, /export type CompleteMagicLinkInput = /);
   });
 });
