@@ -365,7 +365,7 @@ impl AuthService {
             });
         };
         let session = created.session;
-        tracing::info!(user_id = %user.id, session_id = %session.id, methods = session.authentication_methods.as_str(), "logged in");
+        tracing::info!(user_id = %user.id, session_id = %session.id, methods = %session.authentication_methods.to_text(), "logged in");
         self.publish(SessionEventKind::Created, user.id, &[session.id])
             .await;
         if !created.evicted.is_empty() {
@@ -929,7 +929,7 @@ impl AuthService {
             email: user.email.clone(),
             email_verified: user.email_verified_at.is_some(),
             auth_time: session.authenticated_at,
-            amr: session.authentication_methods.clone(),
+            amr: session.authentication_methods,
         };
         Ok(IssuedTokens {
             access_token: tokens.issue(

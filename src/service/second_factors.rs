@@ -1288,16 +1288,16 @@ mod tests {
 
     #[test]
     fn amr_adds_mfa_for_two_kinds_or_a_verified_key() {
-        assert_eq!(AuthMethods::of(["pwd"]).as_str(), "pwd");
-        assert_eq!(AuthMethods::of(["otp", "pwd"]).as_str(), "pwd,otp,mfa");
-        assert_eq!(passkey_methods(false).as_str(), "hwk,user,mfa");
-        assert_eq!(passkey_methods(true).as_str(), "swk,user,mfa");
+        assert_eq!(AuthMethods::of(["pwd"]).to_text(), "pwd");
+        assert_eq!(AuthMethods::of(["otp", "pwd"]).to_text(), "pwd,otp,mfa");
+        assert_eq!(passkey_methods(false).to_text(), "hwk,user,mfa");
+        assert_eq!(passkey_methods(true).to_text(), "swk,user,mfa");
         assert_eq!(
             AuthMethods::parse("pwd")
                 .union(&passkey_methods(false))
-                .as_str(),
+                .to_text(),
             "pwd,hwk,user,mfa"
         );
-        assert_eq!(AuthMethods::parse("bogus,,pwd").as_str(), "pwd");
+        assert_eq!(AuthMethods::parse("bogus,,pwd").to_text(), "pwd");
     }
 }

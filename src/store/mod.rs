@@ -141,14 +141,20 @@ pub struct Session {
 }
 
 /// A set of RFC 8176 § 2 authentication method reference values (`pwd`, `otp`, `hwk`, `swk`,
-/// `user`, `mfa`), kept as their comma-separated text: what a session stores and what the
-/// `amr` claim lists, in a fixed order.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AuthMethods(String);
+/// `user`, `mfa`): what a session stores (as comma-separated text, [`AuthMethods::to_text`])
+/// and what the `amr` claim lists, in a fixed order. A bit set: reading a session row costs no
+/// allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuthMethods(u8);
 
 impl AuthMethods {
-    /// The order values are kept and shown in.
+    /// The order values are kept and shown in; each one's bit is its position.
     const ORDER: [&'static str; 6] = ["pwd", "otp", "hwk", "swk", "user", "mfa"];
+    const PWD: u8 = 1;
+    const HELD: u8 = 0b1110; // otp, hwk, swk
+    const KEYS: u8 = 0b1100; // hwk, swk
+    const USER: u8 = 1 << 4;
+    const MFA: u8 = 1 << 5;
 
     /// The set stored as `text` (unknown values are dropped).
     pub fn parse(text: &str) -> Self {
@@ -159,40 +165,42 @@ impl AuthMethods {
     /// (something known: `pwd`; something held: `otp`, `hwk`, `swk`) or a key proven with user
     /// verification (`hwk`/`swk` with `user`: WebAuthn's multi-factor passkey).
     pub fn of<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut present = [false; 6];
-        for value in values {
-            if let Some(at) = Self::ORDER.iter().position(|known| *known == value.trim()) {
-                present[at] = true;
+        let bits = values.into_iter().fold(0u8, |bits, value| {
+            match Self::ORDER.iter().position(|known| *known == value.trim()) {
+                Some(at) => bits | 1 << at,
+                None => bits,
             }
+        });
+        Self::with_mfa(bits)
+    }
+
+    fn with_mfa(bits: u8) -> Self {
+        let knows_and_holds = bits & Self::PWD != 0 && bits & Self::HELD != 0;
+        let verified_key = bits & Self::KEYS != 0 && bits & Self::USER != 0;
+        if knows_and_holds || verified_key {
+            Self(bits | Self::MFA)
+        } else {
+            Self(bits)
         }
-        let knows = present[0];
-        let holds = present[1] || present[2] || present[3];
-        let verified_key = (present[2] || present[3]) && present[4];
-        if (knows && holds) || verified_key {
-            present[5] = true;
-        }
-        Self(
-            Self::ORDER
-                .iter()
-                .zip(present)
-                .filter(|(_, on)| *on)
-                .map(|(value, _)| *value)
-                .collect::<Vec<_>>()
-                .join(","),
-        )
     }
 
     /// These and `other`'s together.
     pub fn union(&self, other: &Self) -> Self {
-        Self::of(self.iter().chain(other.iter()))
+        Self::with_mfa(self.0 | other.0)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.0.split(',').filter(|value| !value.is_empty())
+    /// The values, in their fixed order.
+    pub fn iter(&self) -> impl Iterator<Item = &'static str> + '_ {
+        Self::ORDER
+            .iter()
+            .enumerate()
+            .filter(|(at, _)| self.0 & 1 << at != 0)
+            .map(|(_, value)| *value)
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The values comma-separated, as stored: `pwd,otp,mfa`.
+    pub fn to_text(&self) -> String {
+        self.iter().collect::<Vec<_>>().join(",")
     }
 }
 

@@ -1150,7 +1150,7 @@ fn session_document(session: NewSession) -> SessionDocument {
         ip_address: session.ip_address,
         credential_version: session.credential_version,
         authenticated_at: Some(date(session.authenticated_at)),
-        authentication_methods: session.authentication_methods.as_str().to_owned(),
+        authentication_methods: session.authentication_methods.to_text(),
     }
 }
 
@@ -1675,7 +1675,7 @@ impl SessionStore for MongoStore {
                 ),
                 doc! { "$set": {
                     "authenticated_at": date(at),
-                    "authentication_methods": methods.as_str(),
+                    "authentication_methods": methods.to_text(),
                 } },
             )
             .return_document(ReturnDocument::After)
@@ -2525,7 +2525,7 @@ impl SecondFactorStore for MongoStore {
                 user_id: challenge.user_id.map(id),
                 session_id: challenge.session_id.map(id),
                 credential_version: challenge.credential_version,
-                methods: challenge.methods.as_str().to_owned(),
+                methods: challenge.methods.to_text(),
                 state: challenge.state,
                 attempts: challenge.attempts,
                 created_at: date(challenge.created_at),

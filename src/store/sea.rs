@@ -355,7 +355,7 @@ async fn insert_if_current(
             Expr::val(session.ip_address.clone()),
             Expr::val(session.credential_version),
             Expr::val(session.authenticated_at),
-            Expr::val(session.authentication_methods.as_str()),
+            Expr::val(session.authentication_methods.to_text()),
         ])
         .from(user::Entity)
         .and_where(user::Column::Id.eq(session.user_id))
@@ -447,7 +447,7 @@ fn new_session_row(session: NewSession) -> session::ActiveModel {
         ip_address: Set(session.ip_address),
         credential_version: Set(session.credential_version),
         authenticated_at: Set(Some(session.authenticated_at)),
-        authentication_methods: Set(session.authentication_methods.as_str().to_owned()),
+        authentication_methods: Set(session.authentication_methods.to_text()),
     }
 }
 
@@ -1253,7 +1253,7 @@ impl SessionStore for SeaStore {
             .col_expr(session::Column::AuthenticatedAt, Expr::value(at))
             .col_expr(
                 session::Column::AuthenticationMethods,
-                Expr::value(methods.as_str()),
+                Expr::value(methods.to_text()),
             )
             .filter(session::Column::Id.eq(session_id))
             .filter(session::Column::AccessJti.eq(access_jti))
@@ -1995,7 +1995,7 @@ impl SecondFactorStore for SeaStore {
             user_id: Set(challenge.user_id),
             session_id: Set(challenge.session_id),
             credential_version: Set(challenge.credential_version),
-            methods: Set(challenge.methods.as_str().to_owned()),
+            methods: Set(challenge.methods.to_text()),
             state: Set(challenge.state),
             attempts: Set(challenge.attempts),
             created_at: Set(challenge.created_at),

@@ -5,8 +5,9 @@
 use std::{future::Future, num::NonZeroUsize, time::Duration};
 
 use authql::store::{
-    CachedStore, FIRST_CREDENTIAL_VERSION, NewUser, PoolSettings, Rotation, SeaStore, Session,
-    SessionPage, SessionStore, UserStore,
+    AuthMethods, CachedStore, FIRST_CREDENTIAL_VERSION, NewUser, PoolSettings, Rotation, SeaStore,
+    SecondFactorStore, Session, SessionPage, SessionStore, StoredPasskey, TotpCredential,
+    UserStore,
 };
 use chrono::{TimeDelta, Utc};
 use uuid::Uuid;
@@ -33,6 +34,30 @@ pub(crate) async fn stores(dir: &tempfile::TempDir) -> (CachedStore<SeaStore>, S
         CachedStore::new(store, NonZeroUsize::new(100).unwrap()),
         plain,
     )
+}
+
+fn pending_totp(user_id: Uuid) -> TotpCredential {
+    TotpCredential {
+        user_id,
+        secret: "JBSWY3DPEHPK3PXP".into(),
+        confirmed_at: None,
+        last_step: -1,
+        created_at: Utc::now(),
+    }
+}
+
+fn passkey(user_id: Uuid) -> StoredPasskey {
+    StoredPasskey {
+        id: Uuid::new_v4(),
+        user_id,
+        credential_id: Uuid::new_v4().simple().to_string(),
+        name: "key".into(),
+        credential: "{}".into(),
+        counter: 0,
+        backup_eligible: false,
+        created_at: Utc::now(),
+        last_used_at: None,
+    }
 }
 
 pub(crate) fn session(user_id: Uuid, lifetime: TimeDelta) -> Session {
@@ -290,6 +315,13 @@ async fn a_write_cancelled_at_any_await_leaves_cache_and_database_agreeing() {
         "delete_user",
         "create_session",
         "replace_password_hash",
+        // Second factors: turning one on or off ends the other sessions.
+        "confirm_totp",
+        "disable_totp",
+        "add_passkey",
+        "delete_passkey",
+        "reset_second_factors",
+        "reauthenticate_session",
     ];
     for method in methods {
         // Every count of polls up to 8, then half as many again each time: the early awaits one
@@ -353,6 +385,54 @@ async fn a_write_cancelled_at_any_await_leaves_cache_and_database_agreeing() {
                 "replace_password_hash" => {
                     cancel_after(
                         store.replace_password_hash(user_id, "x", "rehashed".into()),
+                        polls,
+                    )
+                    .await
+                }
+                "confirm_totp" => {
+                    store.begin_totp(pending_totp(user_id)).await.unwrap();
+                    cancel_after(
+                        store.confirm_totp(
+                            user_id,
+                            "JBSWY3DPEHPK3PXP",
+                            1,
+                            vec!["digest".into()],
+                            first.id,
+                            Utc::now(),
+                        ),
+                        polls,
+                    )
+                    .await
+                }
+                "disable_totp" => {
+                    // Set up through the cache, as the server would: these end sessions too.
+                    store.begin_totp(pending_totp(user_id)).await.unwrap();
+                    let confirmed = store
+                        .confirm_totp(user_id, "JBSWY3DPEHPK3PXP", 1, vec![], first.id, Utc::now())
+                        .await
+                        .unwrap();
+                    assert!(confirmed.is_some());
+                    cancel_after(store.disable_totp(user_id, first.id), polls).await
+                }
+                "add_passkey" => {
+                    cancel_after(store.add_passkey(passkey(user_id), first.id), polls).await
+                }
+                "delete_passkey" => {
+                    let stored = passkey(user_id);
+                    store.add_passkey(stored.clone(), first.id).await.unwrap();
+                    cancel_after(store.delete_passkey(user_id, stored.id, first.id), polls).await
+                }
+                "reset_second_factors" => {
+                    cancel_after(store.reset_second_factors(user_id), polls).await
+                }
+                "reauthenticate_session" => {
+                    cancel_after(
+                        store.reauthenticate_session(
+                            first.id,
+                            first.access_jti,
+                            Utc::now(),
+                            AuthMethods::of(["pwd", "otp"]),
+                        ),
                         polls,
                     )
                     .await
