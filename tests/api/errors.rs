@@ -127,7 +127,9 @@ async fn internal_failures_are_generic_and_carry_no_details() {
         app.db()
             .await
             .execute_unprepared(
-                "DROP TABLE sessions; DROP TABLE one_time_tokens; DROP TABLE users;",
+                "DROP TABLE auth_challenges; DROP TABLE passkeys; DROP TABLE recovery_codes; \
+                 DROP TABLE totp_credentials; DROP TABLE sessions; DROP TABLE one_time_tokens; \
+                 DROP TABLE users;",
             )
             .await
             .unwrap();
