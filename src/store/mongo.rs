@@ -1534,6 +1534,8 @@ impl UserStore for MongoStore {
             if deleted.deleted_count == 0 {
                 return Ok(None);
             }
+            // The sessions first: they are what a client could still present.
+            let ended = store.delete_other_sessions(user_id, None).await?;
             store
                 .tokens
                 .delete_many(doc! { "user_id": id(user_id) })
@@ -1543,7 +1545,7 @@ impl UserStore for MongoStore {
                 .delete_second_factors(user_id)
                 .await
                 .map_err(classify)?;
-            Ok(Some(store.delete_other_sessions(user_id, None).await?))
+            Ok(Some(ended))
         })
         .await
     }
