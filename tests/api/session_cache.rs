@@ -541,7 +541,7 @@ async fn a_cancelled_write_is_applied_whole_or_not_at_all_on_every_backend() {
                     polls,
                 )
                 .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 let gone = store
                     .find_credentials_by_id(user_id)
                     .await
@@ -564,7 +564,9 @@ pub(crate) async fn wait_for_user(
     store: &dyn UserStore,
     user_id: Uuid,
 ) -> Option<authql::store::User> {
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The write runs on to its end on a task of its own; 100 ms was not always enough for
+    // SecantusDB under the whole suite's load.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     store
         .find_credentials_by_id(user_id)
         .await
