@@ -23,7 +23,7 @@ use tokio_tungstenite::{
 use crate::{
     FAILURE_MARKER, PASSWORD,
     authql::Authql,
-    load::{self, Target},
+    load::{self, GRAPHQL_PATH, Target},
 };
 
 pub const SUBSCRIBERS: usize = 1000;
@@ -74,6 +74,7 @@ pub async fn revoke_latency(
         // Its CREATED event first.
         wait_for(&mut socket, "CREATED", &session).await?;
         let revoke = Target {
+            path: GRAPHQL_PATH,
             address: revoker,
             body: Bytes::from(
                 json!({
@@ -102,6 +103,7 @@ pub async fn revoke_latency(
 
 async fn register(address: SocketAddr, email: &str) -> anyhow::Result<(String, String)> {
     let answer = load::once(&Target {
+        path: GRAPHQL_PATH,
         address,
         body: Bytes::from(
             json!({
@@ -130,6 +132,7 @@ async fn register(address: SocketAddr, email: &str) -> anyhow::Result<(String, S
 /// Logs in; returns the new session's id.
 async fn login(address: SocketAddr, email: &str) -> anyhow::Result<String> {
     let answer = load::once(&Target {
+        path: GRAPHQL_PATH,
         address,
         body: Bytes::from(
             json!({

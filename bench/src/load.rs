@@ -18,10 +18,16 @@ use hyper::{Request, client::conn::http1::SendRequest, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// The GraphQL endpoint.
+pub const GRAPHQL_PATH: &str = "/graphql";
+
 /// One kind of request, sent again and again.
 #[derive(Clone)]
 pub struct Target {
     pub address: SocketAddr,
+    /// Where it is sent: a POST with `body` to [`GRAPHQL_PATH`], or a GET without one to any
+    /// other path (`/auth/verify`).
+    pub path: &'static str,
     pub body: Bytes,
     pub bearer: Option<String>,
     /// A byte string whose presence in the answer means the request failed (e.g. `"errors"`).
@@ -97,9 +103,12 @@ pub async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
     target: &Target,
 ) -> anyhow::Result<(bool, Bytes)> {
-    let mut request = Request::post("/graphql")
-        .header(header::HOST, "127.0.0.1")
-        .header(header::CONTENT_TYPE, "application/json");
+    let mut request = if target.path == GRAPHQL_PATH {
+        Request::post(GRAPHQL_PATH).header(header::CONTENT_TYPE, "application/json")
+    } else {
+        Request::get(target.path)
+    }
+    .header(header::HOST, "127.0.0.1");
     if let Some(bearer) = &target.bearer {
         request = request.header(header::AUTHORIZATION, format!("Bearer {bearer}"));
     }

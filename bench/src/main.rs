@@ -71,7 +71,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     authql::Authql,
     baseline::Baseline,
-    load::{Outcome, Shape, Target},
+    load::{GRAPHQL_PATH, Outcome, Shape, Target},
 };
 
 pub(crate) const PASSWORD: &str = "authql-bench correct horse battery staple";
@@ -187,6 +187,8 @@ async fn main() -> anyhow::Result<()> {
     // Scenario 1.
     let (me_sqlite, bare_sqlite, me_ratio_sqlite) =
         compare_with_http(&settings, &me, &bare).await?;
+    // Scenario 8: forward auth, the same check as `me` without GraphQL.
+    let verify_sqlite = compare_with_http(&settings, &verify_target(&me), &bare).await?;
     let (_, peak_rss) = authql.memory()?;
 
     // Scenario 2.
@@ -253,7 +255,9 @@ async fn main() -> anyhow::Result<()> {
             let on_postgres = Authql::start(&binary, Some(&url), &authql_settings).await?;
             let token = register(on_postgres.address, "bench@example.com").await?;
             let me = me_target(on_postgres.address, &token);
-            Some(compare_with_http(&settings, &me, &bare).await?)
+            let me_result = compare_with_http(&settings, &me, &bare).await?;
+            let verify_result = compare_with_http(&settings, &verify_target(&me), &bare).await?;
+            Some((me_result, verify_result))
         }
         None => None,
     };
@@ -349,7 +353,7 @@ async fn main() -> anyhow::Result<()> {
         met(ratio >= 0.35)
     );
     match &postgres {
-        Some((me_pg, bare_pg, ratio)) => {
+        Some(((me_pg, bare_pg, ratio), _)) => {
             println!(
                 "| 1. `me`, {} connections, PostgreSQL: req/s (p50 / p99) | {} | bare axum {} | {ratio:.2} | ≥ 0.2 | {} |",
                 settings.connections,
@@ -373,6 +377,40 @@ async fn main() -> anyhow::Result<()> {
         }
         None => println!(
             "| 1. `me` on MongoDB | skipped: no BENCH_MONGODB_URL and SecantusDB could not be installed | | | | |"
+        ),
+    }
+    let (verify, verify_bare, ratio) = &verify_sqlite;
+    println!(
+        "| 8. `/auth/verify`, {} connections, SQLite: req/s (p50 / p99); ratio = median of {} rounds | {} | bare axum {} | {ratio:.2} | ≥ 0.6 | {} |",
+        settings.connections,
+        settings.rounds,
+        throughput(verify),
+        throughput(verify_bare),
+        met(*ratio >= 0.6)
+    );
+    println!(
+        "| 8. `/auth/verify` vs `me`, SQLite: req/s | {:.0} | `me` {:.0} | {:.2} | | |",
+        verify.per_second(),
+        me_sqlite.per_second(),
+        verify.per_second() / me_sqlite.per_second()
+    );
+    match &postgres {
+        Some(((me_pg, _, _), (verify_pg, bare_pg, ratio))) => {
+            println!(
+                "| 8. `/auth/verify`, {} connections, PostgreSQL: req/s (p50 / p99) | {} | bare axum {} | {ratio:.2} | | |",
+                settings.connections,
+                throughput(verify_pg),
+                throughput(bare_pg),
+            );
+            println!(
+                "| 8. `/auth/verify` vs `me`, PostgreSQL: req/s | {:.0} | `me` {:.0} | {:.2} | | |",
+                verify_pg.per_second(),
+                me_pg.per_second(),
+                verify_pg.per_second() / me_pg.per_second()
+            );
+        }
+        None => println!(
+            "| 8. `/auth/verify` on PostgreSQL | skipped: no BENCH_DATABASE_URL and no PostgreSQL binaries | | | | |"
         ),
     }
     let ratio = storm.p99_ms() / idle.p99_ms();
@@ -613,10 +651,20 @@ fn check_no_failures(what: &str, outcome: &Outcome) -> anyhow::Result<()> {
 
 fn me_target(address: SocketAddr, token: &str) -> Target {
     Target {
+        path: GRAPHQL_PATH,
         address,
         body: Bytes::from(json!({ "query": ME_QUERY }).to_string()),
         bearer: Some(token.to_owned()),
         failure_marker: FAILURE_MARKER,
+    }
+}
+
+/// `/auth/verify` with `me`'s token: a GET without a body.
+fn verify_target(me: &Target) -> Target {
+    Target {
+        path: "/auth/verify",
+        body: Bytes::new(),
+        ..me.clone()
     }
 }
 
@@ -626,6 +674,7 @@ fn login_target(address: SocketAddr, email: &str) -> Target {
         "variables": { "i": { "emailOrUsername": email, "password": PASSWORD } },
     });
     Target {
+        path: GRAPHQL_PATH,
         address,
         body: Bytes::from(body.to_string()),
         bearer: None,
@@ -640,6 +689,7 @@ async fn register(address: SocketAddr, email: &str) -> anyhow::Result<String> {
         "variables": { "i": { "email": email, "password": PASSWORD } },
     });
     let answer = load::once(&Target {
+        path: GRAPHQL_PATH,
         address,
         body: Bytes::from(body.to_string()),
         bearer: None,

@@ -23,6 +23,7 @@ mod metrics;
 mod mongodb;
 mod operators;
 mod passwords;
+mod protecting_apis;
 mod races;
 mod readme;
 mod register_login;

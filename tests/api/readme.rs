@@ -251,3 +251,53 @@ async fn the_readme_second_factor_flow_runs_in_bash_and_zsh() {
         assert_eq!(sessions.len(), 2, "{shell}: {}", answers[3]);
     }
 }
+
+/// "Protecting your other APIs": a token checked through `/auth/verify` and introspection, then
+/// revoked and refused by both on the very next request.
+#[tokio::test]
+async fn the_readme_resource_server_walkthrough_runs_in_bash_and_zsh() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let api_section = shell_blocks(&readme, "## The API, operation by operation");
+    let helper = &api_section[..api_section.find("\n}\n").expect("gql's definition") + 3];
+    let script = format!(
+        "{helper}{}",
+        shell_blocks(&readme, "## Protecting your other APIs")
+    );
+    let Some(shells) = shells() else {
+        return;
+    };
+    for (shell, arguments) in shells {
+        let app = crate::helpers::spawn_app_with(|config| {
+            config.introspection_clients = vec![authql::config::IntrospectionClient {
+                id: "notes".into(),
+                secret: "notes-secret-0123456789".into(),
+            }];
+        })
+        .await;
+        let directory = app.mail_dir.parent().unwrap().to_owned();
+        let answers = paste(
+            shell,
+            arguments,
+            &script,
+            format!("{}/graphql", app.address),
+            directory,
+        )
+        .await;
+        let shell = format!("{shell} {arguments:?}");
+        assert_eq!(answers.len(), 5, "{shell}: {answers:?}");
+        assert_eq!(answers[0], 200, "{shell}");
+        assert_eq!(
+            answers[1],
+            serde_json::json!({"active": true, "token_type": "Bearer", "email": "lovelace@example.com", "roles": [], "amr": ["pwd"]}),
+            "{shell}"
+        );
+        assert_eq!(
+            answers[2]["data"]["revokeTokens"]["revokedCount"], 1,
+            "{shell}: {}",
+            answers[2]
+        );
+        assert_eq!(answers[3], 401, "{shell}");
+        assert_eq!(answers[4], serde_json::json!({"active": false}), "{shell}");
+    }
+}
