@@ -12,8 +12,9 @@
 //!
 //! The template is checked at start-up against sample users (no roles, several, an address
 //! with quotes, unverified and verified): it must render a JSON object that sets none of the
-//! registered claims authql owns (`iss sub aud exp nbf iat jti sid typ`, RFC 7519 § 4.1 and
-//! `sid`, `typ`); otherwise the start stops with the line and the reason.
+//! claims authql owns (`iss sub aud exp nbf iat jti sid typ`, RFC 7519 § 4.1 and `sid`, `typ`,
+//! and the ones it writes itself, `email email_verified auth_time amr roles`); otherwise the
+//! start stops with the line and the reason.
 
 use std::path::Path;
 
@@ -24,10 +25,26 @@ use uuid::Uuid;
 
 use crate::store::AuthMethods;
 
-/// The claims no template may set: RFC 7519 § 4.1's registered claims, and authql's `sid` and
-/// `typ`, on which refusing a revoked token rests.
-pub const RESERVED_CLAIMS: [&str; 9] = [
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "typ",
+/// The claims no template may set: RFC 7519 § 4.1's registered claims, authql's `sid` and
+/// `typ`, on which refusing a revoked token rests, and the profile claims authql writes into
+/// every access token itself (`email email_verified auth_time amr roles`): a template's would
+/// be a second member of the same name (RFC 7519 § 4: claim names are unique), and authql
+/// refuses its own token holding two `email`s as malformed.
+pub const RESERVED_CLAIMS: [&str; 14] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "sid",
+    "typ",
+    "email",
+    "email_verified",
+    "auth_time",
+    "amr",
+    "roles",
 ];
 
 /// Longest rendered claims object, in bytes: the whole token must stay well inside the 8 KB
@@ -257,6 +274,8 @@ mod tests {
             ("{\"a\": 1,}", Some("line 1")),
             ("[1, 2]", None),
             ("{\"sub\": \"someone else\"}", None),
+            ("{\"email\": {{ user.email }}}", None),
+            ("{\"roles\": {{ user.roles + [\"user\"] }}}", None),
             ("{\"a\": {{ user.roles[0] }}}", None),
             ("{% for i in range(100000) %}{% endfor %}{}", None),
         ] {
