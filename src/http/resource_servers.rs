@@ -202,8 +202,7 @@ impl IntrospectionClients {
     }
 }
 
-/// HTTP Basic credentials (RFC 7617), each half form-urlencoded as RFC 6749 § 2.3.1 says
-/// OAuth clients send them.
+/// HTTP Basic credentials (RFC 7617), as sent.
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = single_header(headers, header::AUTHORIZATION).ok()??;
     let (scheme, encoded) = value.to_str().ok()?.trim().split_once(' ')?;
@@ -212,12 +211,27 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     }
     let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
+    Some((id.to_owned(), secret.to_owned()))
+}
+
+/// Credentials with each half form-urlencoded, as RFC 6749 § 2.3.1 says OAuth clients send them.
+fn form_decoded(id: &str, secret: &str) -> Option<(String, String)> {
     let decode = |part: &str| {
         url::form_urlencoded::parse(format!("x={part}").as_bytes())
             .next()
             .map(|(_, value)| value.into_owned())
     };
     Some((decode(id)?, decode(secret)?))
+}
+
+/// Whether `client` is a listed one, sent as it is (`curl -u`, most HTTP clients: a secret from
+/// `openssl rand -base64` holds `+`, which form decoding would turn into a space) or form
+/// encoded (RFC 6749 § 2.3.1). Both are always compared.
+fn is_listed(clients: &IntrospectionClients, (id, secret): &(String, String)) -> bool {
+    let as_sent = clients.authenticate(id, secret);
+    let decoded =
+        form_decoded(id, secret).is_some_and(|(id, secret)| clients.authenticate(&id, &secret));
+    as_sent | decoded
 }
 
 /// `POST /oauth/introspect` (RFC 7662 § 2): 401 `invalid_client` with `WWW-Authenticate: Basic`
@@ -245,7 +259,7 @@ async fn introspection(
     let client = basic_credentials(headers);
     let authenticated = client
         .as_ref()
-        .is_some_and(|(id, secret)| state.limits.introspection_clients.authenticate(id, secret));
+        .is_some_and(|client| is_listed(&state.limits.introspection_clients, client));
     if !authenticated {
         let ip = client_info(peer, headers, &state.limits.trusted_proxies).ip;
         if client.is_some()
@@ -402,10 +416,26 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_str(&format!("Basic {encoded}")).unwrap(),
         );
+        let sent = basic_credentials(&headers).unwrap();
+        assert_eq!(sent, ("my%3Aclient".into(), "s%2Bcret+x".into()));
         assert_eq!(
-            basic_credentials(&headers),
+            form_decoded(&sent.0, &sent.1),
             Some(("my:client".into(), "s+cret x".into()))
         );
+        let clients = IntrospectionClients::new(&[IntrospectionClient {
+            id: "notes".into(),
+            secret: SecretString::from("q+Zk/9x=Rw+0pL3mT7vA"),
+        }]);
+        for sent in ["q+Zk/9x=Rw+0pL3mT7vA", "q%2BZk%2F9x%3DRw%2B0pL3mT7vA"] {
+            assert!(
+                is_listed(&clients, &("notes".into(), sent.into())),
+                "{sent}"
+            );
+        }
+        assert!(!is_listed(
+            &clients,
+            &("notes".into(), "q Zk/9x=Rw 0pL3mT7vA".into())
+        ));
         for garbage in ["Bearer abc", "Basic ???", "Basic", "Basic Zm9v"] {
             headers.insert(header::AUTHORIZATION, HeaderValue::from_static(garbage));
             assert_eq!(basic_credentials(&headers), None, "{garbage}");
