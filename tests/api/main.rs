@@ -27,6 +27,7 @@ mod protecting_apis;
 mod races;
 mod readme;
 mod register_login;
+mod resource_servers;
 mod revoke;
 mod schema;
 mod second_factors;
