@@ -184,6 +184,13 @@ async fn main() -> anyhow::Result<()> {
         ..me.clone()
     };
 
+    // For a profiler (`perf record -a -g` beside it): one phase of `/auth/verify`, then stop.
+    if std::env::var_os("BENCH_VERIFY_ONLY").is_some() {
+        let outcome = load::run(&verify_target(&me), settings.closed(settings.connections)).await?;
+        println!("/auth/verify alone, SQLite: {}", throughput(&outcome));
+        return Ok(());
+    }
+
     // Scenario 1.
     let (me_sqlite, bare_sqlite, me_ratio_sqlite) =
         compare_with_http(&settings, &me, &bare).await?;
