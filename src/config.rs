@@ -454,6 +454,18 @@ pub struct Config {
     #[arg(long, env = "REAUTHENTICATION_MAX_AGE", default_value_t = DEFAULT_REAUTHENTICATION_MAX_AGE,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub reauthentication_max_age: u64,
+
+    /// Webhook endpoints, comma-separated absolute `http(s)` URLs: each gets every event
+    /// (`user.created`, `user.deleted`, `user.email_changed`, `session.created`,
+    /// `session.revoked`), signed as Standard Webhooks says, through the outbox (retried for 3
+    /// days). Unset: no webhooks, nothing queued.
+    #[arg(long, env = "WEBHOOK_URLS", value_delimiter = ',')]
+    pub webhook_urls: Vec<String>,
+
+    /// The Standard Webhooks signing secret: `whsec_` + base64 of 24 to 64 random bytes
+    /// (`echo whsec_$(openssl rand -base64 32)`); required with WEBHOOK_URLS.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub webhook_secret: Option<SecretString>,
 }
 
 /// How log lines are written.
@@ -544,6 +556,8 @@ impl Config {
             reauthentication_max_age: DEFAULT_REAUTHENTICATION_MAX_AGE,
             rate_limit_mails_per_address_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR,
             rate_limit_mails_per_ip_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_IP_PER_HOUR,
+            webhook_urls: Vec::new(),
+            webhook_secret: None,
         }
     }
 }
