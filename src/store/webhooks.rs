@@ -6,8 +6,9 @@
 //! after it, on a task of its own: a request cancelled after the database committed (its
 //! client gone) still queues them. What is left: a crash of the process between the commit
 //! and the queueing, or the outbox refusing the rows three times in a row (the database gone
-//! right after the write), loses those events; both are logged (`webhook_events_lost`) when
-//! they can be.
+//! right after the write), loses those events; the second is logged (`webhook_events_lost`).
+//! A write whose outcome the database did not report (the connection lost during its commit)
+//! is an error, and queues nothing, though it may have landed.
 //!
 //! The events and their `data` (README, "Webhooks"):
 //!

@@ -509,3 +509,81 @@ async fn two_instances_deliver_each_event_once_per_endpoint() {
     );
     assert!(seen.values().all(|count| *count == 1), "{seen:?}");
 }
+
+/// "Webhooks" in the README: its one code block, the receiver, runs as written with
+/// `standardwebhooks` and prints what authql sent it, verified.
+#[tokio::test]
+async fn the_readme_webhook_receiver_verifies_what_authql_sends() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme
+        .find("\n## Webhooks\n")
+        .expect("the Webhooks section")..];
+    let section = &section[..section[1..]
+        .find("\n## ")
+        .map_or(section.len(), |end| end + 1)];
+    let blocks: Vec<&str> = section.split("```").skip(1).step_by(2).collect();
+    assert_eq!(blocks.len(), 1, "every block of the section runs here");
+    let code = blocks[0]
+        .strip_prefix("python file=receiver.py\n")
+        .expect("a ```python file=receiver.py block");
+    let Some(python) = python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("receiver.py"), code).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(python)
+        .arg("receiver.py")
+        .current_dir(dir.path())
+        .env("WEBHOOK_SECRET", SECRET)
+        .env("PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the README's receiver starts");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let app = spawn_app_with(|config| webhooks_to(config, &[url], SECRET)).await;
+    let account = app.register("readme@x.com").await;
+    let id = user_id(&app, &account).await;
+    app.revoke(
+        &account.access_token,
+        json!([account.session_id]),
+        json!([]),
+    )
+    .await;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while printed.len() < 3 {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("the receiver printed only {printed:?} in 20 s"))
+            .expect("its stdout")
+            .expect("a line");
+        let (event_type, data) = line.split_once(' ').expect("type and data");
+        let data: Value = serde_json::from_str(data).expect("the data as JSON");
+        printed.push((event_type.to_owned(), data));
+    }
+    printed.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(printed[0].0, "session.created");
+    assert_eq!(printed[1].0, "session.revoked");
+    assert_eq!(printed[1].1["session_id"], json!(account.session_id));
+    assert_eq!(printed[2].0, "user.created");
+    assert_eq!(printed[2].1["user_id"], json!(id));
+    assert_eq!(printed[2].1["email"], json!("readme@x.com"));
+}
