@@ -587,3 +587,85 @@ async fn the_readme_webhook_receiver_verifies_what_authql_sends() {
     assert_eq!(printed[2].1["user_id"], json!(id));
     assert_eq!(printed[2].1["email"], json!("readme@x.com"));
 }
+
+/// The other events: a login's `session.created`, `user.email_changed` when the new address's
+/// link is followed (not before), `user.deleted` with its sessions' `session.revoked`.
+#[tokio::test]
+async fn a_login_an_email_change_and_a_deletion_are_told() {
+    let Some(receiver) = Receiver::start().await else {
+        return;
+    };
+    let app = spawn_app_with(|config| webhooks_to(config, &[receiver.url("/hooks")], SECRET)).await;
+    let first = app.register("olga@example.com").await;
+    let id = user_id(&app, &first).await;
+    let patience = Duration::from_secs(20);
+    let second = app.login("olga@example.com").await;
+    receiver
+        .wait_for(
+            "/hooks",
+            "session.created",
+            ("session_id", &second.session_id),
+            patience,
+        )
+        .await;
+
+    let asked = app
+        .graphql(
+            "mutation($input: RequestEmailChangeInput!) { requestEmailChange(input: $input) }",
+            json!({ "input": { "newEmail": "olga@new.example", "password": PASSWORD } }),
+            Some(&first.access_token),
+        )
+        .await;
+    assert_no_errors(&asked);
+    let token = eml_link_token(&app.mail_dir, "email_change", 1).await;
+    assert_outbox_drains(&app.database_url).await;
+    let told = |event_type: &str| {
+        receiver
+            .deliveries()
+            .into_iter()
+            .filter(|delivery| delivery.event_type() == event_type)
+            .count()
+    };
+    assert_eq!(told("user.email_changed"), 0, "nothing changed yet");
+    let verified = app
+        .graphql(
+            "mutation($token: String!) { verifyEmail(token: $token) { email } }",
+            json!({ "token": token }),
+            None,
+        )
+        .await;
+    assert_no_errors(&verified);
+    let changed = receiver
+        .wait_for("/hooks", "user.email_changed", ("user_id", &id), patience)
+        .await;
+    assert_eq!(changed.payload["data"]["email"], json!("olga@new.example"));
+    assert_eq!(
+        changed.payload["data"]["previous_email"],
+        json!("olga@example.com")
+    );
+
+    let deleted = app
+        .graphql(
+            "mutation($input: DeleteAccountInput!) { deleteAccount(input: $input) }",
+            json!({ "input": { "password": PASSWORD } }),
+            Some(&first.access_token),
+        )
+        .await;
+    assert_no_errors(&deleted);
+    receiver
+        .wait_for("/hooks", "user.deleted", ("user_id", &id), patience)
+        .await;
+    for session in [&first.session_id, &second.session_id] {
+        receiver
+            .wait_for(
+                "/hooks",
+                "session.revoked",
+                ("session_id", session),
+                patience,
+            )
+            .await;
+    }
+    assert_outbox_drains(&app.database_url).await;
+    assert_eq!(told("user.email_changed"), 1);
+    assert_eq!(told("user.deleted"), 1);
+}
