@@ -14,7 +14,7 @@
 //! 3 the database (or the server holding the SQLite file) cannot be reached; 4 any other
 //! failure.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -126,7 +126,17 @@ async fn execute(config: &Config, command: &AdminCommand) -> Result<AdminAnswer,
         acquire_timeout: Duration::from_secs(config.database_acquire_timeout_seconds),
         busy_timeout: Duration::from_secs(config.database_busy_timeout_seconds),
     };
-    let store = store::connect(&config.database_url, pool).await?;
+    let mut store = store::connect(&config.database_url, pool).await?;
+    // What a command ends (sessions, a user) is told to the webhooks as the server would; the
+    // servers' senders deliver it.
+    match crate::app::webhook_settings(config) {
+        Ok(Some(webhooks)) => store = store.with_webhooks(webhooks.targets, Arc::new(|| {})),
+        Ok(None) => {}
+        Err(why) => {
+            eprintln!("authql admin: {why}");
+            return Err(AdminFailure::Failed);
+        }
+    }
     let events = SessionEvents::new(store.events.clone());
     Admin::new(store, events, accounts(config)?)
         .run(command)

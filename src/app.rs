@@ -58,7 +58,7 @@ pub struct Application {
     router: Router,
     service: AuthService,
     pruning: Option<Pruning>,
-    /// Delivers the outbox's mails.
+    /// Delivers the outbox's mails and webhooks.
     mail_sender: OutboxSender,
     /// SQLite: where `authql admin` hands its commands to this process; removed with it.
     _admin_socket: Option<AdminSocket>,
@@ -101,6 +101,7 @@ impl Application {
                 })
             })
             .transpose()?;
+        let webhooks = webhook_settings(&config)?;
         let lifetimes = lifetimes(&config)?;
         let retention =
             duration_setting(config.prune_retention_seconds, "PRUNE_RETENTION_SECONDS")?;
@@ -184,9 +185,19 @@ impl Application {
             .await
             .with_context(|| format!("could not listen on {address}"))?;
         let accounts = Arc::new(accounts(&config, listener.local_addr()?, templates)?);
+        let (store, webhook_client) = match webhooks {
+            Some(webhooks) => {
+                let doorbell = accounts.doorbell.clone();
+                let store =
+                    store.with_webhooks(webhooks.targets, Arc::new(move || doorbell.ring()));
+                (store, Some(Arc::new(webhooks.client)))
+            }
+            None => (store, None),
+        };
         let mail_sender = OutboxSender::new(
             store.outbox.clone(),
             Arc::new(transport),
+            webhook_client,
             accounts.doorbell.clone(),
         );
         // SQLite: `authql admin` cannot write the file behind this process's session cache,
@@ -785,6 +796,24 @@ fn relying_party(config: &Config, bound: SocketAddr) -> Result<webauthn_rs::Weba
         tracing::warn!(origin = %origin, rp_id = %rp_id, "an origin not under WEBAUTHN_RP_ID cannot use passkeys");
     }
     builder.build().map_err(|why| format!("{why}"))
+}
+
+/// `WEBHOOK_URLS` and `WEBHOOK_SECRET`, checked: `None` without URLs.
+pub(crate) fn webhook_settings(
+    config: &Config,
+) -> anyhow::Result<Option<crate::webhooks::WebhookSettings>> {
+    let settings = crate::webhooks::WebhookSettings::from_settings(
+        &config.webhook_urls,
+        config.webhook_secret.as_ref(),
+    )
+    .map_err(|why| anyhow::anyhow!(why))?;
+    if let Some(settings) = &settings {
+        tracing::info!(
+            endpoints = settings.targets.endpoints.len(),
+            "webhooks on: every event is queued for each of WEBHOOK_URLS"
+        );
+    }
+    Ok(settings)
 }
 
 /// Where mails go: `SMTP_URL`, or `.eml` files in `MAIL_DIR`.

@@ -467,6 +467,18 @@ pub struct Config {
     #[arg(long, env = "INTROSPECTION_CLIENTS", hide_env_values = true, value_delimiter = ',',
           value_parser = parse_introspection_client)]
     pub introspection_clients: Vec<IntrospectionClient>,
+
+    /// Webhook endpoints, comma-separated absolute `http(s)` URLs: each gets every event
+    /// (`user.created`, `user.deleted`, `user.email_changed`, `session.created`,
+    /// `session.revoked`), signed as Standard Webhooks says, through the outbox (retried for 3
+    /// days). Unset: no webhooks, nothing queued.
+    #[arg(long, env = "WEBHOOK_URLS", value_delimiter = ',')]
+    pub webhook_urls: Vec<String>,
+
+    /// The Standard Webhooks signing secret: `whsec_` + base64 of 24 to 64 random bytes
+    /// (`echo whsec_$(openssl rand -base64 32)`); required with WEBHOOK_URLS.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub webhook_secret: Option<SecretString>,
 }
 
 /// One `INTROSPECTION_CLIENTS` entry: a client id and its secret.
@@ -590,6 +602,8 @@ impl Config {
             introspection_clients: Vec::new(),
             rate_limit_mails_per_address_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR,
             rate_limit_mails_per_ip_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_IP_PER_HOUR,
+            webhook_urls: Vec::new(),
+            webhook_secret: None,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! | `authql_background_task_restarts_total` | counter | `task` (`session_events`, `admin_socket`, `mail_outbox`) |
 //! | `authql_mails_total` | counter | `kind`, `outcome` (`sent`, `deferred`, `rejected`, `expired`) |
 //! | `authql_mail_outbox_depth` | gauge | |
+//! | `authql_webhooks_total` | counter | `type` (the event type), `outcome` (`delivered`, `deferred`, `expired`) |
 
 use std::sync::OnceLock;
 
@@ -133,8 +134,17 @@ fn describe() {
     );
     describe_gauge!(
         "authql_mail_outbox_depth",
-        "Mails waiting in the outbox (shared by every instance on the database), counted at each scrape"
+        "Mails and webhook deliveries waiting in the outbox (shared by every instance on the database), counted at each scrape"
     );
+    describe_counter!(
+        "authql_webhooks_total",
+        "Webhook deliveries (one event to one endpoint) the outbox sender finished an attempt at, by event type and outcome (delivered: a 2xx answer; deferred: tried again later; expired: given up at the end of the retry period)"
+    );
+}
+
+/// The outbox sender finished an attempt at a webhook delivery of `event_type`.
+pub fn webhook(event_type: &'static str, outcome: &'static str) {
+    counter!("authql_webhooks_total", "type" => event_type, "outcome" => outcome).increment(1);
 }
 
 /// The outbox sender finished an attempt at a mail of `kind`.

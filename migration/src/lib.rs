@@ -14,6 +14,7 @@ mod m20261201_000007_usernames_without_at_sign;
 mod m20261201_000008_add_account_recovery;
 mod m20261201_000009_add_second_factors;
 mod m20261202_000010_add_user_roles;
+mod m20261202_000011_add_outbox_channel;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000008_add_account_recovery::Migration),
             Box::new(m20261201_000009_add_second_factors::Migration),
             Box::new(m20261202_000010_add_user_roles::Migration),
+            Box::new(m20261202_000011_add_outbox_channel::Migration),
         ]
     }
 }

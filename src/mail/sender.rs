@@ -1,11 +1,18 @@
-//! The outbox sender: claims due mails from the outbox (shared by every instance on the
-//! database: a claim is a lease, so one instance sends each mail), delivers them, and removes
-//! them, or, when the server is away or answers 4xx, tries again later with a backoff that
-//! doubles from 1 s to 5 minutes, until the mail's link expires. A 5xx answer is final.
+//! The outbox sender: claims due messages from the outbox (shared by every instance on the
+//! database: a claim is a lease, so one instance sends each message), delivers them by their
+//! channel, and removes them, or tries again later with a backoff that doubles from 1 s to 5
+//! minutes, until the message expires.
 //!
-//! Each outcome is counted in `authql_mails_total{kind,outcome}` (`sent`, `deferred`,
-//! `rejected`, `expired`) and logged by the mail's id and kind: never its address, never its
-//! contents (it holds a link as good as a password).
+//! - A mail goes through the mail transport; when the server is away or answers 4xx, it is
+//!   tried again until its link expires. A 5xx answer is final. Each outcome is counted in
+//!   `authql_mails_total{kind,outcome}` (`sent`, `deferred`, `rejected`, `expired`) and logged
+//!   by the mail's id and kind: never its address, never its contents (it holds a link as good
+//!   as a password).
+//! - A webhook delivery (one event to one endpoint) is signed and posted by the
+//!   [`WebhookClient`]; anything but a 2xx answer is tried again until the event's retry period
+//!   ends (`crate::webhooks::RETRY_PERIOD`). Each outcome is counted in
+//!   `authql_webhooks_total{type,outcome}` (`delivered`, `deferred`, `expired`) and logged by
+//!   the event's id and type, never its body.
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,7 +24,10 @@ use super::{
     MailKind,
     transport::{DELIVERY_TIMEOUT, Delivered, SendFailure, Transport},
 };
-use crate::store::{OutboxMail, OutboxStore};
+use crate::{
+    store::{OutboxMail, OutboxMessage, OutboxStore, OutboxWebhook, event_label},
+    webhooks::WebhookClient,
+};
 
 /// Most mails claimed at once.
 const BATCH: u64 = 32;
@@ -34,8 +44,9 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const LONGEST_BACKOFF: Duration = Duration::from_secs(5 * 60);
 
 const _: () = assert!(LEASE.as_secs() > 2 * DELIVERY_TIMEOUT.as_secs());
+const _: () = assert!(LEASE.as_secs() > 2 * crate::webhooks::DELIVERY_TIMEOUT.as_secs());
 
-/// Wakes the sender of this instance: a mail was queued.
+/// Wakes the sender of this instance: a mail or a webhook event was queued.
 #[derive(Clone, Default)]
 pub struct Doorbell(Arc<Notify>);
 
@@ -50,11 +61,15 @@ impl Doorbell {
     }
 }
 
-/// Delivers the outbox's mails through a transport.
+/// Delivers the outbox's mails through a transport, and its webhook deliveries through a
+/// webhook client.
 #[derive(Clone)]
 pub struct OutboxSender {
     outbox: Arc<dyn OutboxStore>,
     transport: Arc<Transport>,
+    /// `None` without `WEBHOOK_URLS`: a webhook row left from a run with them waits (deferred)
+    /// until they are set again, or expires.
+    webhooks: Option<Arc<WebhookClient>>,
     doorbell: Doorbell,
 }
 
@@ -62,11 +77,13 @@ impl OutboxSender {
     pub fn new(
         outbox: Arc<dyn OutboxStore>,
         transport: Arc<Transport>,
+        webhooks: Option<Arc<WebhookClient>>,
         doorbell: Doorbell,
     ) -> Self {
         Self {
             outbox,
             transport,
+            webhooks,
             doorbell,
         }
     }
@@ -77,12 +94,17 @@ impl OutboxSender {
         loop {
             let claimed = self
                 .outbox
-                .claim_mails(Utc::now(), LEASE, BATCH)
+                .claim_messages(Utc::now(), LEASE, BATCH)
                 .await
                 .map_err(|error| format!("the outbox cannot be read: {error}"))?;
             let full = claimed.len() as u64 == BATCH;
             futures_util::stream::iter(claimed)
-                .for_each_concurrent(CONCURRENCY, |mail| self.deliver(mail))
+                .for_each_concurrent(CONCURRENCY, |message| async move {
+                    match message {
+                        OutboxMessage::Mail(mail) => self.deliver(mail).await,
+                        OutboxMessage::Webhook(webhook) => self.post(webhook).await,
+                    }
+                })
                 .await;
             if !full {
                 tokio::select! {
@@ -131,7 +153,7 @@ impl OutboxSender {
                 }
                 crate::metrics::mail(kind, "deferred");
                 tracing::warn!(event = "mail_deferred", mail_id = %mail.id, kind, attempts = mail.attempts + 1, why = %why, retry_at = %retry_at, "mail not sent; will try again");
-                if let Err(error) = self.outbox.retry_mail(mail.id, retry_at).await {
+                if let Err(error) = self.outbox.retry_message(mail.id, retry_at).await {
                     // Its lease runs out and it is claimed again.
                     tracing::warn!(event = "mail_retry_not_recorded", mail_id = %mail.id, %error, "could not record the retry");
                 }
@@ -154,8 +176,57 @@ impl OutboxSender {
     /// Deletes a mail that is done with; should that fail, its lease runs out and it is sent
     /// again (at least once, never never).
     async fn remove(&self, mail: &OutboxMail) {
-        if let Err(error) = self.outbox.remove_mail(mail.id).await {
+        if let Err(error) = self.outbox.remove_message(mail.id).await {
             tracing::warn!(event = "mail_not_removed", mail_id = %mail.id, %error, "a mail that is done with could not be removed from the outbox");
+        }
+    }
+
+    /// Posts one claimed webhook delivery and records what became of it. Every failure is
+    /// worth another attempt until the event expires (an endpoint that answers 4xx may be
+    /// fixed: the spec, "Retry schedule", retries on any non-2xx answer).
+    async fn post(&self, webhook: OutboxWebhook) {
+        let event_type = event_label(&webhook.event_type);
+        let now = Utc::now();
+        let attempts = webhook.attempts + 1;
+        let outcome = if webhook.expires_at <= now {
+            Err("its retry period ended before it could be delivered".to_owned())
+        } else {
+            match &self.webhooks {
+                Some(client) => client.deliver(&webhook).await,
+                None => Err("WEBHOOK_URLS and WEBHOOK_SECRET are not set".to_owned()),
+            }
+        };
+        let retry_at = match outcome {
+            Ok(status) => {
+                crate::metrics::webhook(event_type, "delivered");
+                tracing::info!(event = "webhook_delivered", webhook_id = %webhook.event_id, r#type = event_type, attempts, status, "webhook delivered");
+                self.remove_webhook(&webhook).await;
+                return;
+            }
+            Err(why) => {
+                let retry_at = now + backoff(webhook.attempts);
+                if retry_at >= webhook.expires_at {
+                    crate::metrics::webhook(event_type, "expired");
+                    tracing::warn!(event = "webhook_given_up", webhook_id = %webhook.event_id, r#type = event_type, attempts, why = %why, "webhook not delivered within its retry period, and not tried again");
+                    self.remove_webhook(&webhook).await;
+                    return;
+                }
+                crate::metrics::webhook(event_type, "deferred");
+                tracing::warn!(event = "webhook_deferred", webhook_id = %webhook.event_id, r#type = event_type, attempts, why = %why, retry_at = %retry_at, "webhook not delivered; will try again");
+                retry_at
+            }
+        };
+        if let Err(error) = self.outbox.retry_message(webhook.id, retry_at).await {
+            // Its lease runs out and it is claimed again.
+            tracing::warn!(event = "webhook_retry_not_recorded", webhook_id = %webhook.event_id, %error, "could not record the retry");
+        }
+    }
+
+    /// Deletes a delivery that is done with; should that fail, its lease runs out and it is
+    /// delivered again (at least once).
+    async fn remove_webhook(&self, webhook: &OutboxWebhook) {
+        if let Err(error) = self.outbox.remove_message(webhook.id).await {
+            tracing::warn!(event = "webhook_not_removed", webhook_id = %webhook.event_id, %error, "a webhook delivery that is done with could not be removed from the outbox");
         }
     }
 }

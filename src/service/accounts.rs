@@ -464,7 +464,8 @@ impl AuthService {
             .users
             .verify_email(&digest, now())
             .await?
-            .map_err(AppError::InvalidToken)?;
+            .map_err(AppError::InvalidToken)?
+            .user;
         tracing::info!(event = "email_verified", user_id = %user.id, "address verified");
         Ok(user)
     }

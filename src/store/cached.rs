@@ -41,7 +41,7 @@ use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, FactorRemoval, IssuedToken, NewSession,
     NewUser, PasskeyAddition, RoleChange, Rotation, SecondFactorStore, SecondFactors, Session,
     SessionPage, SessionStore, StoreError, StoreResult, StoredPasskey, TokenRefusal,
-    TotpCredential, User, UserCredentials, UserStore,
+    TotpCredential, User, UserCredentials, UserStore, VerifiedEmail,
 };
 
 /// How many sessions the cache holds at most (least recently used dropped first): about 300
@@ -291,13 +291,13 @@ impl<S: CachedInner> UserStore for CachedStore<S> {
         &self,
         digest: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Result<User, TokenRefusal>> {
+    ) -> StoreResult<Result<VerifiedEmail, TokenRefusal>> {
         // The cached rows carry the user, its address included.
         let digest = digest.to_owned();
         self.write_then_forget(
             move |inner| async move { inner.verify_email(&digest, now).await },
             |result| match result {
-                Ok(Ok(user)) => Forget::User(user.id),
+                Ok(Ok(verified)) => Forget::User(verified.user.id),
                 Ok(Err(_)) => Forget::Nothing,
                 Err(_) => Forget::Everything,
             },

@@ -4,12 +4,14 @@
 //! each once and is a [`Store`]. The service never sees a database driver: [`SeaStore`] is the
 //! backend on SQLite and PostgreSQL, [`MongoStore`] the one on MongoDB, chosen by the scheme of
 //! `DATABASE_URL`; it works with a [`Storage`], where the session cache wraps users and sessions
-//! on SQLite and nothing else.
+//! on SQLite and nothing else, and the webhook queue ([`WebhookQueue`], when `WEBHOOK_URLS` is
+//! set) wraps what creates and ends users and sessions, on every backend.
 
 mod cached;
 pub mod entity;
 pub mod mongo;
 mod sea;
+mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,6 +20,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use cached::{CachedInner, CachedStore, DatabaseLock, SESSION_CACHE_CAPACITY, beside};
+pub use webhooks::{EVENT_TYPES, WebhookEvent, WebhookQueue, WebhookTargets, event_label};
 
 #[cfg(test)]
 mod least_recently_used_tests {
@@ -400,6 +403,119 @@ pub(crate) fn token_holds(purpose: TokenPurpose, token: (i64, &str), user: (i64,
         && (purpose == TokenPurpose::EmailChange || token_email == user_email)
 }
 
+/// How an outbox row is delivered (its `channel`): mail and webhooks share one outbox, its
+/// claims, leases, retries and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxChannel {
+    /// Through SMTP (or `MAIL_DIR`); every row stored before webhooks existed.
+    Mail,
+    /// An HTTP POST to one webhook endpoint.
+    Webhook,
+}
+
+impl OutboxChannel {
+    /// The name stored in the row.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mail => "mail",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+/// One webhook event for one endpoint, to queue (Standard Webhooks). Each endpoint gets a row of
+/// its own, so that the outbox's lease delivers it there once across instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWebhook {
+    /// The row's id, one per endpoint.
+    pub id: Uuid,
+    /// The event's id, the `webhook-id` header: the same for every endpoint and every attempt,
+    /// so that a receiver can drop a redelivery.
+    pub event_id: String,
+    /// `user.created`, ...: the metrics' label.
+    pub event_type: String,
+    /// An absolute http(s) URL (`WEBHOOK_URLS`).
+    pub endpoint: String,
+    /// The JSON body, exactly as it is signed and sent.
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+    /// Tried until then, then given up.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl NewWebhook {
+    /// The row as the outbox stores it: the mail columns, read as the migration
+    /// `m20261202_000011` says (kind: type, envelope_from: event id, envelope_to: endpoint,
+    /// message: payload).
+    pub(crate) fn into_row(self) -> NewMail {
+        NewMail {
+            id: self.id,
+            kind: self.event_type,
+            envelope_from: self.event_id,
+            envelope_to: self.endpoint,
+            message: self.payload,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// A webhook delivery the sender claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxWebhook {
+    pub id: Uuid,
+    pub event_id: String,
+    pub event_type: String,
+    pub endpoint: String,
+    pub payload: String,
+    /// Attempts before this one.
+    pub attempts: u32,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A claimed outbox row, by its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxMessage {
+    Mail(OutboxMail),
+    Webhook(OutboxWebhook),
+}
+
+impl OutboxMessage {
+    /// The message a stored row is: a `webhook` row as [`NewWebhook::into_row`] wrote it,
+    /// anything else (`mail`, rows from before the channel existed) a mail.
+    pub(crate) fn from_row(channel: &str, mail: OutboxMail) -> Self {
+        if channel == OutboxChannel::Webhook.as_str() {
+            Self::Webhook(OutboxWebhook {
+                id: mail.id,
+                event_id: mail.envelope_from,
+                event_type: mail.kind,
+                endpoint: mail.envelope_to,
+                payload: mail.message,
+                attempts: mail.attempts,
+                expires_at: mail.expires_at,
+            })
+        } else {
+            Self::Mail(mail)
+        }
+    }
+
+    /// The row's id.
+    pub fn id(&self) -> Uuid {
+        match self {
+            Self::Mail(mail) => mail.id,
+            Self::Webhook(webhook) => webhook.id,
+        }
+    }
+}
+
+/// What `verify_email` did: the user as it is now, and the address it had before when the token
+/// changed it (an email change; `None` for a verification of the current address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedEmail {
+    pub user: User,
+    pub previous_email: Option<String>,
+}
+
 /// A mail the sender claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMail {
@@ -617,7 +733,7 @@ pub trait UserStore: Send + Sync + 'static {
         &self,
         digest: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Result<User, TokenRefusal>>;
+    ) -> StoreResult<Result<VerifiedEmail, TokenRefusal>>;
 
     /// Marks the user's address verified as of `at` (an operator's `verify-email`); `None`
     /// when there is no such user.
@@ -788,29 +904,34 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn prune_tokens(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 }
 
-/// Mails waiting to be sent, shared by every instance on the database.
+/// Mails and webhook deliveries waiting to be sent, shared by every instance on the database
+/// (one outbox: [`OutboxChannel`]).
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
     /// Queues mails that carry no token (notices).
     async fn queue_mails(&self, mails: Vec<NewMail>) -> StoreResult<()>;
 
-    /// Claims at most `limit` mails due at `now` (their next attempt has come and no live lease
-    /// holds them), each leased until `now + lease`: of several instances claiming at once, one
-    /// gets each. Returns the claimed ones, expired ones included (the sender gives those up).
-    async fn claim_mails(
+    /// Queues webhook deliveries (one row per event and endpoint), due at once, in one write.
+    async fn queue_webhooks(&self, webhooks: Vec<NewWebhook>) -> StoreResult<()>;
+
+    /// Claims at most `limit` messages due at `now` (their next attempt has come and no live
+    /// lease holds them), each leased until `now + lease`: of several instances claiming at
+    /// once, one gets each. Returns the claimed ones, expired ones included (the sender gives
+    /// those up).
+    async fn claim_messages(
         &self,
         now: DateTime<Utc>,
         lease: std::time::Duration,
         limit: u64,
-    ) -> StoreResult<Vec<OutboxMail>>;
+    ) -> StoreResult<Vec<OutboxMessage>>;
 
-    /// Sent, or given up: gone from the outbox (it holds a link until then).
-    async fn remove_mail(&self, id: Uuid) -> StoreResult<()>;
+    /// Delivered, or given up: gone from the outbox (a mail holds a link until then).
+    async fn remove_message(&self, id: Uuid) -> StoreResult<()>;
 
-    /// Not sent this time: tried again at `retry_at`, one attempt more.
-    async fn retry_mail(&self, id: Uuid, retry_at: DateTime<Utc>) -> StoreResult<()>;
+    /// Not delivered this time: tried again at `retry_at`, one attempt more.
+    async fn retry_message(&self, id: Uuid, retry_at: DateTime<Utc>) -> StoreResult<()>;
 
-    /// How many mails wait.
+    /// How many messages (mails and webhook deliveries) wait.
     async fn outbox_depth(&self) -> StoreResult<u64>;
 }
 

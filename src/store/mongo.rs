@@ -19,7 +19,9 @@
 //!   hex), `email`, `email_normalized`, `created_at`, `expires_at`, `used_at`; indexed by
 //!   `(user_id, purpose)` and `expires_at`.
 //! - `mail_outbox`: `_id`, `kind`, `envelope_from`, `envelope_to`, `message`, `created_at`,
-//!   `next_attempt_at` (indexed), `expires_at`, `attempts`, `claimed_until`.
+//!   `next_attempt_at` (indexed), `expires_at`, `attempts`, `claimed_until`, `channel` (`mail`,
+//!   or absent in documents written before webhooks; `webhook`: the columns read as the SQL
+//!   migration `m20261202_000011` says).
 //! - `totp_credentials`: `_id` (the user's id), `secret`, `confirmed_at`, `last_step`,
 //!   `created_at`.
 //! - `recovery_codes`: `_id`, `user_id`, `digest`, `created_at`, `used_at`; unique by
@@ -61,10 +63,11 @@ use uuid::Uuid;
 
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
-    FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, OutboxMail,
-    PasskeyAddition, PoolSettings, PoolStatus, RoleChange, Rotation, SecondFactors, Session,
-    SessionPage, StoreError, StoreResult, StoredPasskey, TokenPurpose, TokenRefusal,
-    TotpCredential, User, UserCredentials, least_recently_used, token_holds, token_state,
+    FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, NewWebhook,
+    OutboxChannel, OutboxMail, OutboxMessage, PasskeyAddition, PoolSettings, PoolStatus,
+    RoleChange, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
+    StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
+    VerifiedEmail, least_recently_used, token_holds, token_state,
 };
 use super::{
     EventStore, HealthStore, OutboxStore, RateLimitStore, SecondFactorStore, SessionStore,
@@ -140,6 +143,9 @@ pub struct MailDocument {
     pub expires_at: bson::DateTime,
     pub attempts: i64,
     pub claimed_until: Option<bson::DateTime>,
+    /// `mail` or `webhook`; absent (mail) in documents written before webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// A session document in `sessions`: the fields of [`Session`], under the SQL column names.
@@ -1070,7 +1076,12 @@ fn token_document(token: super::NewToken) -> TokenDocument {
 }
 
 fn mail_document(mail: NewMail) -> MailDocument {
+    outbox_document(OutboxChannel::Mail, mail)
+}
+
+fn outbox_document(channel: OutboxChannel, mail: NewMail) -> MailDocument {
     MailDocument {
+        channel: Some(channel.as_str().to_owned()),
         id: id(mail.id),
         kind: mail.kind,
         envelope_from: mail.envelope_from,
@@ -1319,7 +1330,7 @@ impl UserStore for MongoStore {
         &self,
         digest: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Result<User, TokenRefusal>> {
+    ) -> StoreResult<Result<VerifiedEmail, TokenRefusal>> {
         const PURPOSES: [TokenPurpose; 2] =
             [TokenPurpose::EmailVerification, TokenPurpose::EmailChange];
         let digest = digest.to_owned();
@@ -1364,7 +1375,10 @@ impl UserStore for MongoStore {
                                 .await
                                 .map_err(classify)?;
                         }
-                        Ok(Ok(user_of(changed)))
+                        Ok(Ok(VerifiedEmail {
+                            user: user_of(changed),
+                            previous_email: Some(user.email.clone()),
+                        }))
                     }
                     // Changed between the look and the update: the token no longer holds.
                     Ok(None) => Ok(Err(TokenRefusal::Used)),
@@ -1388,7 +1402,10 @@ impl UserStore for MongoStore {
                     if user.email_normalized == token.email_normalized
                         && user.email_verified_at.is_some() =>
                 {
-                    Ok(Ok(user_of(user)))
+                    Ok(Ok(VerifiedEmail {
+                        user: user_of(user),
+                        previous_email: None,
+                    }))
                 }
                 Some(_) => Ok(Err(TokenRefusal::Used)),
                 None => Ok(Err(TokenRefusal::Unknown)),
@@ -1920,14 +1937,25 @@ impl OutboxStore for MongoStore {
         Ok(())
     }
 
+    async fn queue_webhooks(&self, webhooks: Vec<NewWebhook>) -> StoreResult<()> {
+        if webhooks.is_empty() {
+            return Ok(());
+        }
+        let rows = webhooks
+            .into_iter()
+            .map(|webhook| outbox_document(OutboxChannel::Webhook, webhook.into_row()));
+        self.outbox.insert_many(rows).await.map_err(classify)?;
+        Ok(())
+    }
+
     /// The due mails by the `next_attempt_at` index, then one `findAndModify` each that leases
     /// it only if no other instance did meanwhile: of instances claiming at once, one gets each.
-    async fn claim_mails(
+    async fn claim_messages(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
         limit: u64,
-    ) -> StoreResult<Vec<OutboxMail>> {
+    ) -> StoreResult<Vec<OutboxMessage>> {
         let free = || {
             vec![
                 doc! { "claimed_until": Bson::Null },
@@ -1958,7 +1986,8 @@ impl OutboxStore for MongoStore {
                 .await
                 .map_err(classify)?;
             if let Some(mail) = leased {
-                claimed.push(OutboxMail {
+                let channel = mail.channel.unwrap_or_default();
+                let row = OutboxMail {
                     id: mail.id.into(),
                     kind: mail.kind,
                     envelope_from: mail.envelope_from,
@@ -1966,13 +1995,14 @@ impl OutboxStore for MongoStore {
                     message: mail.message,
                     attempts: u32::try_from(mail.attempts).unwrap_or(0),
                     expires_at: mail.expires_at.to_chrono(),
-                });
+                };
+                claimed.push(OutboxMessage::from_row(&channel, row));
             }
         }
         Ok(claimed)
     }
 
-    async fn remove_mail(&self, mail_id: Uuid) -> StoreResult<()> {
+    async fn remove_message(&self, mail_id: Uuid) -> StoreResult<()> {
         self.outbox
             .delete_one(doc! { "_id": id(mail_id) })
             .await
@@ -1980,7 +2010,7 @@ impl OutboxStore for MongoStore {
         Ok(())
     }
 
-    async fn retry_mail(&self, mail_id: Uuid, retry_at: DateTime<Utc>) -> StoreResult<()> {
+    async fn retry_message(&self, mail_id: Uuid, retry_at: DateTime<Utc>) -> StoreResult<()> {
         self.outbox
             .update_one(
                 doc! { "_id": id(mail_id) },

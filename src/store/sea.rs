@@ -15,10 +15,11 @@ use uuid::Uuid;
 
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
-    FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, OutboxMail,
-    PasskeyAddition, PoolSettings, PoolStatus, RoleChange, Rotation, SecondFactors, Session,
-    SessionPage, StoreError, StoreResult, StoredPasskey, TokenPurpose, TokenRefusal,
-    TotpCredential, User, UserCredentials,
+    FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, NewWebhook,
+    OutboxChannel, OutboxMail, OutboxMessage, PasskeyAddition, PoolSettings, PoolStatus,
+    RoleChange, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
+    StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
+    VerifiedEmail,
     entity::{
         auth_challenge, one_time_token, outbox_mail, passkey, recovery_code, session, setting,
         totp_credential, user,
@@ -627,11 +628,15 @@ async fn issue(connection: &impl ConnectionTrait, issued: IssuedToken) -> Result
     })
     .exec_without_returning(connection)
     .await?;
-    queue(connection, issued.mails).await
+    queue(connection, OutboxChannel::Mail, issued.mails).await
 }
 
-/// Puts mails in the outbox, due at once.
-async fn queue(connection: &impl ConnectionTrait, mails: Vec<NewMail>) -> Result<(), DbErr> {
+/// Puts rows of `channel` in the outbox, due at once.
+async fn queue(
+    connection: &impl ConnectionTrait,
+    channel: OutboxChannel,
+    mails: Vec<NewMail>,
+) -> Result<(), DbErr> {
     if mails.is_empty() {
         return Ok(());
     }
@@ -646,6 +651,7 @@ async fn queue(connection: &impl ConnectionTrait, mails: Vec<NewMail>) -> Result
         expires_at: Set(mail.expires_at),
         attempts: Set(0),
         claimed_until: Set(None),
+        channel: Set(channel.as_str().to_owned()),
     });
     outbox_mail::Entity::insert_many(rows)
         .exec_without_returning(connection)
@@ -921,7 +927,7 @@ impl UserStore for SeaStore {
         &self,
         digest: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Result<User, TokenRefusal>> {
+    ) -> StoreResult<Result<VerifiedEmail, TokenRefusal>> {
         const PURPOSES: [TokenPurpose; 2] =
             [TokenPurpose::EmailVerification, TokenPurpose::EmailChange];
         let transaction = self.db.begin().await?;
@@ -960,17 +966,25 @@ impl UserStore for SeaStore {
                 for purpose in [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification] {
                     end_tokens(&transaction, user.id, purpose, now).await?;
                 }
-                return Ok(Ok(changed.into_iter().next().unwrap_or(user)));
+                let previous_email = Some(user.email.clone());
+                return Ok(Ok((
+                    changed.into_iter().next().unwrap_or(user),
+                    previous_email,
+                )));
             }
-            Ok(Ok(verified(&transaction, user.id, now)
-                .await?
-                .unwrap_or(user)))
+            Ok(Ok((
+                verified(&transaction, user.id, now).await?.unwrap_or(user),
+                None,
+            )))
         }
         .await;
         match outcome {
-            Ok(Ok(user)) => {
+            Ok(Ok((user, previous_email))) => {
                 transaction.commit().await?;
-                Ok(Ok(user.into()))
+                Ok(Ok(VerifiedEmail {
+                    user: user.into(),
+                    previous_email,
+                }))
             }
             // Taken, but useless: the token stays used.
             Ok(Err(Some(refused))) => {
@@ -1442,18 +1456,23 @@ impl TokenStore for SeaStore {
 #[async_trait]
 impl OutboxStore for SeaStore {
     async fn queue_mails(&self, mails: Vec<NewMail>) -> StoreResult<()> {
-        Ok(queue(&self.db, mails).await?)
+        Ok(queue(&self.db, OutboxChannel::Mail, mails).await?)
+    }
+
+    async fn queue_webhooks(&self, webhooks: Vec<NewWebhook>) -> StoreResult<()> {
+        let rows = webhooks.into_iter().map(NewWebhook::into_row).collect();
+        Ok(queue(&self.db, OutboxChannel::Webhook, rows).await?)
     }
 
     /// One statement: `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED) AND
     /// <still free> RETURNING ...` on PostgreSQL, so that instances claiming at once skip each
     /// other's rows; SQLite has one writer.
-    async fn claim_mails(
+    async fn claim_messages(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
         limit: u64,
-    ) -> StoreResult<Vec<OutboxMail>> {
+    ) -> StoreResult<Vec<OutboxMessage>> {
         let free = || {
             Condition::any()
                 .add(outbox_mail::Column::ClaimedUntil.is_null())
@@ -1491,24 +1510,27 @@ impl OutboxStore for SeaStore {
             .await?;
         Ok(claimed
             .into_iter()
-            .map(|row| OutboxMail {
-                id: row.id,
-                kind: row.kind,
-                envelope_from: row.envelope_from,
-                envelope_to: row.envelope_to,
-                message: row.message,
-                attempts: u32::try_from(row.attempts).unwrap_or(0),
-                expires_at: row.expires_at,
+            .map(|row| {
+                let mail = OutboxMail {
+                    id: row.id,
+                    kind: row.kind,
+                    envelope_from: row.envelope_from,
+                    envelope_to: row.envelope_to,
+                    message: row.message,
+                    attempts: u32::try_from(row.attempts).unwrap_or(0),
+                    expires_at: row.expires_at,
+                };
+                OutboxMessage::from_row(&row.channel, mail)
             })
             .collect())
     }
 
-    async fn remove_mail(&self, id: Uuid) -> StoreResult<()> {
+    async fn remove_message(&self, id: Uuid) -> StoreResult<()> {
         outbox_mail::Entity::delete_by_id(id).exec(&self.db).await?;
         Ok(())
     }
 
-    async fn retry_mail(&self, id: Uuid, retry_at: DateTime<Utc>) -> StoreResult<()> {
+    async fn retry_message(&self, id: Uuid, retry_at: DateTime<Utc>) -> StoreResult<()> {
         outbox_mail::Entity::update_many()
             .col_expr(outbox_mail::Column::NextAttemptAt, Expr::value(retry_at))
             .col_expr(

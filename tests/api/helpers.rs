@@ -614,6 +614,7 @@ pub async fn outbox_rows_in(database_url: &str) -> Vec<outbox_mail::Model> {
             expires_at: document.expires_at.to_chrono(),
             attempts: i32::try_from(document.attempts).unwrap_or(i32::MAX),
             claimed_until: document.claimed_until.map(bson::DateTime::to_chrono),
+            channel: document.channel.unwrap_or_else(|| "mail".into()),
         })
         .collect()
 }

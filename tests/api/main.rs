@@ -40,3 +40,4 @@ mod token_edges;
 mod unwritable_database;
 mod user_story;
 mod webauthn_authenticator;
+mod webhooks;

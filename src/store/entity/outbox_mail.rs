@@ -1,6 +1,7 @@
 use sea_orm::entity::prelude::*;
 
-/// A mail waiting to be sent: the whole RFC 5322 message, and its envelope.
+/// A message waiting to be delivered: a mail (the whole RFC 5322 message, and its envelope) or
+/// a webhook event for one endpoint (`channel`; see the migration `m20261202_000011`).
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "mail_outbox")]
 pub struct Model {
@@ -16,6 +17,8 @@ pub struct Model {
     pub expires_at: DateTimeUtc,
     pub attempts: i32,
     pub claimed_until: Option<DateTimeUtc>,
+    /// `mail` or `webhook`.
+    pub channel: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
