@@ -159,12 +159,7 @@ pub fn router(
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks_document))
         .route("/auth/verify", any(resource_servers::verify))
-        .route(
-            "/oauth/introspect",
-            post(resource_servers::introspect).layer(axum::extract::DefaultBodyLimit::max(
-                resource_servers::MAX_INTROSPECTION_BODY_BYTES,
-            )),
-        )
+        .route("/oauth/introspect", post(resource_servers::introspect))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(EdgeState(Arc::new(Edge {

@@ -39,6 +39,9 @@ use crate::{
 /// encoded.
 pub const MAX_INTROSPECTION_BODY_BYTES: usize = 16 * 1024;
 
+/// Longest an introspection request body may take to arrive, once its client is known.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 const USER_ID: HeaderName = HeaderName::from_static("x-auth-user-id");
 const SESSION_ID: HeaderName = HeaderName::from_static("x-auth-session-id");
 const EMAIL: HeaderName = HeaderName::from_static("x-auth-email");
@@ -242,10 +245,10 @@ pub(super) async fn introspect(
     State(state): State<EdgeState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let started = Instant::now();
-    let (response, outcome) = introspection(&state, peer, &headers, &body).await;
+    let (response, outcome) = introspection(&state, peer, &headers, body).await;
     crate::metrics::resource_request("introspect", outcome, started.elapsed().as_secs_f64());
     no_store(response)
 }
@@ -254,7 +257,7 @@ async fn introspection(
     state: &EdgeState,
     peer: SocketAddr,
     headers: &HeaderMap,
-    body: &[u8],
+    body: axum::body::Body,
 ) -> (Response, &'static str) {
     let client = basic_credentials(headers);
     let authenticated = client
@@ -289,10 +292,32 @@ async fn introspection(
                 .trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
+    // The body is read only now, once the caller is a listed client, within a bound of size
+    // and of time: nobody else can hold a connection by sending one slowly.
+    let body = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_INTROSPECTION_BODY_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return (
+                oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+                "PAYLOAD_TOO_LARGE",
+            );
+        }
+        Err(_) => {
+            return (
+                oauth_error(StatusCode::REQUEST_TIMEOUT, "invalid_request"),
+                "REQUEST_TIMEOUT",
+            );
+        }
+    };
     let mut token = None;
     let mut hint = None;
     let mut repeated = false;
-    for (name, value) in url::form_urlencoded::parse(body) {
+    for (name, value) in url::form_urlencoded::parse(&body) {
         let slot = match name.as_ref() {
             "token" => &mut token,
             "token_type_hint" => &mut hint,

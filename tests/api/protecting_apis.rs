@@ -44,7 +44,13 @@ async fn spawn_upstream() -> std::net::SocketAddr {
                 .get(name)
                 .map(|value| value.to_str().unwrap_or_default().to_owned())
         };
-        Json(json!({ "user": header("x-auth-user-id"), "roles": header("x-auth-roles") }))
+        Json(json!({
+            "user": header("x-auth-user-id"),
+            "session": header("x-auth-session-id"),
+            "email": header("x-auth-email"),
+            "roles": header("x-auth-roles"),
+            "amr": header("x-auth-amr"),
+        }))
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -115,7 +121,7 @@ async fn spawn_nginx(
 }
 
 /// Through the README's nginx block: a live token reaches the upstream with its user's id (the
-/// client's own `X-Auth-User-Id` and `X-Auth-Roles` replaced), no token and a revoked one are 401 on the very next
+/// client's own `X-Auth-*` headers all replaced), no token and a revoked one are 401 on the very next
 /// request, and a role granted shows at once.
 #[tokio::test]
 async fn the_readme_nginx_block_lets_live_tokens_through_and_refuses_revoked_ones_at_once() {
@@ -136,7 +142,10 @@ async fn the_readme_nginx_block_lets_live_tokens_through_and_refuses_revoked_one
         let mut request = client
             .get(format!("{nginx}/notes/1"))
             .header("x-auth-user-id", "forged-by-the-client")
-            .header("x-auth-roles", "admin");
+            .header("x-auth-session-id", "forged-by-the-client")
+            .header("x-auth-email", "boss@example.com")
+            .header("x-auth-roles", "admin")
+            .header("x-auth-amr", "mfa");
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -149,6 +158,9 @@ async fn the_readme_nginx_block_lets_live_tokens_through_and_refuses_revoked_one
     assert_eq!(answer.status(), 200);
     let body: Value = answer.json().await.unwrap();
     assert_eq!(body["user"], user_id.as_str(), "{body}");
+    assert_eq!(body["session"], account.session_id.as_str(), "{body}");
+    assert_eq!(body["email"], "ada@example.com", "{body}");
+    assert_eq!(body["amr"], "pwd", "{body}");
     // No roles: nginx sends no header with an empty value, and the client's own is gone.
     assert_eq!(body["roles"], Value::Null, "{body}");
 

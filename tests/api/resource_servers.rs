@@ -1317,3 +1317,48 @@ async fn a_bad_claims_template_stops_the_start() {
     .await;
     drop(binary);
 }
+
+/// Slowloris on introspection: a caller that is no client, announcing a body it never sends,
+/// is answered 401 at once (its credentials are checked before any body is read), and a client
+/// that sends its body too slowly is cut off after 5 s, not the request timeout.
+#[tokio::test]
+async fn introspection_reads_no_body_before_the_client_is_known_and_bounds_its_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(with_client).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+    for (authorization, within, status) in [
+        (String::new(), Duration::from_secs(2), "401"),
+        (
+            format!("authorization: Basic {basic}\r\n"),
+            Duration::from_secs(8),
+            "408",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /oauth/introspect HTTP/1.1\r\nhost: {address}\r\n{authorization}\
+             content-type: application/x-www-form-urlencoded\r\ncontent-length: 1000\r\n\r\ntoken="
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let mut answer = vec![0; 1024];
+        let read = tokio::time::timeout(within, stream.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("no answer within {within:?}"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer} after {:?}",
+            started.elapsed()
+        );
+    }
+    // Still answering.
+    let account = app.register("after@x.com").await;
+    assert_eq!(
+        app.me(&account.access_token).await["data"]["me"]["email"],
+        "after@x.com"
+    );
+}
