@@ -72,8 +72,11 @@ pub async fn run(config: &Config, args: &AdminArgs) -> u8 {
             }
             match failure {
                 AdminFailure::UnknownUser { .. } | AdminFailure::UnknownSession { .. } => 1,
+                AdminFailure::InvalidRole { .. } => 2,
                 AdminFailure::DatabaseUnavailable => 3,
-                AdminFailure::NoMail { .. } | AdminFailure::Failed => 4,
+                AdminFailure::NoMail { .. }
+                | AdminFailure::TooManyRoles { .. }
+                | AdminFailure::Failed => 4,
             }
         }
     }
@@ -298,6 +301,11 @@ fn render(command: &AdminCommand, answer: &AdminAnswer) -> String {
                 AdminCommand::VerifyEmail { .. } => format!("{who}: address verified\n"),
                 AdminCommand::ResetMfa { .. } => {
                     format!("{who}: second factors removed; {ended}\n")
+                }
+                AdminCommand::GrantRole { .. } | AdminCommand::RevokeRole { .. } => {
+                    let roles = user.as_ref().map(|user| user.roles.join(", "));
+                    let roles = roles.filter(|roles| !roles.is_empty());
+                    format!("{who}: roles {}\n", roles.as_deref().unwrap_or("(none)"))
                 }
             }
         }

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     admin::{self, AdminSocket},
-    auth::{KeySet, PasswordHasher, TokenKeys},
+    auth::{ClaimsTemplate, KeySet, PasswordHasher, TokenKeys},
     config::{Config, SameSite},
     graphql::{DocumentChecks, RefreshCookie, build_engine, document_limits},
     http::{
@@ -92,6 +92,15 @@ impl Application {
         let templates = Templates::load(config.mail_templates_dir.as_deref())
             .map_err(|why| anyhow::anyhow!(why))?;
         let transport = mail_transport(&config)?;
+        let claims_template = config
+            .access_token_claims_template
+            .as_deref()
+            .map(|path| {
+                ClaimsTemplate::load(path).map_err(|why| {
+                    anyhow::anyhow!("ACCESS_TOKEN_CLAIMS_TEMPLATE cannot be used: {why}")
+                })
+            })
+            .transpose()?;
         let lifetimes = lifetimes(&config)?;
         let retention =
             duration_setting(config.prune_retention_seconds, "PRUNE_RETENTION_SECONDS")?;
@@ -205,6 +214,7 @@ impl Application {
             events.clone(),
             accounts,
             second_factors,
+            claims_template,
         );
 
         let server = ServerSettings {
@@ -458,6 +468,7 @@ fn edge_limits(config: &Config) -> anyhow::Result<EdgeLimits> {
         max_body_bytes: config.max_body_bytes,
         request_timeout: Duration::from_secs(config.request_timeout_seconds),
         trusted_proxies,
+        introspection_clients: http::IntrospectionClients::new(&config.introspection_clients),
     })
 }
 

@@ -468,6 +468,50 @@ pub struct Config {
     #[arg(long, env = "REAUTHENTICATION_MAX_AGE", default_value_t = DEFAULT_REAUTHENTICATION_MAX_AGE,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub reauthentication_max_age: u64,
+
+    /// A file holding a minijinja template that renders a JSON object of claims added to every
+    /// access token (with `user`, `session`, `amr`; values written as JSON); checked at start
+    /// (README, "Roles and custom claims").
+    #[arg(long, env = "ACCESS_TOKEN_CLAIMS_TEMPLATE")]
+    pub access_token_claims_template: Option<PathBuf>,
+
+    /// The resource servers that may call `POST /oauth/introspect` (RFC 7662), as
+    /// comma-separated `client_id:client_secret` pairs, authenticated with HTTP Basic; unset:
+    /// the endpoint answers 401 to everyone.
+    #[arg(long, env = "INTROSPECTION_CLIENTS", hide_env_values = true, value_delimiter = ',',
+          value_parser = parse_introspection_client)]
+    pub introspection_clients: Vec<IntrospectionClient>,
+}
+
+/// One `INTROSPECTION_CLIENTS` entry: a client id and its secret.
+#[derive(Debug, Clone)]
+pub struct IntrospectionClient {
+    pub id: String,
+    pub secret: SecretString,
+}
+
+/// Shortest introspection client secret, in bytes: RFC 7662 § 4 asks for strong client
+/// authentication, and a secret is all there is here.
+pub const MIN_INTROSPECTION_SECRET_BYTES: usize = 16;
+
+fn parse_introspection_client(value: &str) -> Result<IntrospectionClient, String> {
+    let (id, secret) = value
+        .trim()
+        .split_once(':')
+        .ok_or("each client is id:secret")?;
+    // RFC 7617 § 2: a user-id holding a colon cannot be sent with HTTP Basic.
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("a client id is printable ASCII without spaces or colons".into());
+    }
+    if secret.len() < MIN_INTROSPECTION_SECRET_BYTES {
+        return Err(format!(
+            "the secret of client {id:?} is shorter than {MIN_INTROSPECTION_SECRET_BYTES} bytes"
+        ));
+    }
+    Ok(IntrospectionClient {
+        id: id.to_owned(),
+        secret: SecretString::from(secret),
+    })
 }
 
 /// How log lines are written.
@@ -557,6 +601,8 @@ impl Config {
             webauthn_rp_name: None,
             webauthn_origins: Vec::new(),
             reauthentication_max_age: DEFAULT_REAUTHENTICATION_MAX_AGE,
+            access_token_claims_template: None,
+            introspection_clients: Vec::new(),
             rate_limit_mails_per_address_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_ADDRESS_PER_HOUR,
             rate_limit_mails_per_ip_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_IP_PER_HOUR,
         }

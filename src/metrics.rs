@@ -91,6 +91,14 @@ fn describe() {
     );
     describe_counter!("authql_logins_total", "Logins, by outcome");
     describe_counter!(
+        "authql_resource_requests_total",
+        "/auth/verify and /oauth/introspect answers, by endpoint and outcome (OK or the error code)"
+    );
+    describe_histogram!(
+        "authql_resource_request_duration_seconds",
+        "Time to answer /auth/verify and /oauth/introspect, by endpoint and outcome"
+    );
+    describe_counter!(
         "authql_refreshes_total",
         "Refresh-token exchanges, by outcome (rotated, grace_replay, reuse_detected, expired, ...)"
     );
@@ -146,6 +154,14 @@ pub fn graphql_request(operation: &str, outcome: &str, seconds: f64) {
     ];
     counter!("authql_graphql_requests_total", &labels).increment(1);
     histogram!("authql_graphql_request_duration_seconds", &labels).record(seconds);
+}
+
+/// One `/auth/verify` or `/oauth/introspect` answer: its endpoint, its outcome (`OK` or the
+/// error's code) and how long it took.
+pub fn resource_request(endpoint: &'static str, outcome: &'static str, seconds: f64) {
+    let labels = [("endpoint", endpoint), ("outcome", outcome)];
+    counter!("authql_resource_requests_total", &labels).increment(1);
+    histogram!("authql_resource_request_duration_seconds", &labels).record(seconds);
 }
 
 pub fn login(outcome: &'static str) {

@@ -13,6 +13,7 @@ mod m20261201_000006_add_credential_versions;
 mod m20261201_000007_usernames_without_at_sign;
 mod m20261201_000008_add_account_recovery;
 mod m20261201_000009_add_second_factors;
+mod m20261202_000010_add_user_roles;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_usernames_without_at_sign::Migration),
             Box::new(m20261201_000008_add_account_recovery::Migration),
             Box::new(m20261201_000009_add_second_factors::Migration),
+            Box::new(m20261202_000010_add_user_roles::Migration),
         ]
     }
 }

@@ -21,9 +21,10 @@ use uuid::Uuid;
 use super::keys::{KeySet, SigningKey, VerifyingKey};
 use crate::error::{AppError, UnauthenticatedReason};
 
-/// Longest token looked at. Ours are about 600 bytes; anything far longer is not ours, and is
-/// refused before it costs any decoding.
-const MAX_TOKEN_BYTES: usize = 4096;
+/// Longest token looked at, or issued. Ours are about 700 bytes, or up to about 7 KB with 32
+/// roles and the most `ACCESS_TOKEN_CLAIMS_TEMPLATE` may add; anything longer is not ours, and
+/// is refused before it costs any decoding.
+const MAX_TOKEN_BYTES: usize = 8000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
@@ -79,6 +80,20 @@ pub struct Claims {
     /// `mfa`), so that other APIs can demand a second factor. Written, never read back.
     #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub amr: Option<Vec<String>>,
+    /// Access tokens: the account's roles when the token was issued (RFC 9068 § 2.2.3.1
+    /// `roles`). Written, never read back: `/auth/verify` and introspection read the store.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+}
+
+/// What is signed: the claims, and for access tokens the ones `ACCESS_TOKEN_CLAIMS_TEMPLATE`
+/// adds (none of them a reserved claim: `ClaimsTemplate` refuses those).
+#[derive(Serialize)]
+struct SignedClaims<'a> {
+    #[serde(flatten)]
+    claims: &'a Claims,
+    #[serde(flatten)]
+    custom: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Whom a token speaks for: the user, the session, the token's own id (the session holds the
@@ -102,6 +117,10 @@ pub struct Profile {
     pub auth_time: DateTime<Utc>,
     /// The session's authentication methods, as `amr`.
     pub amr: crate::store::AuthMethods,
+    /// The account's roles, as `roles`.
+    pub roles: Vec<String>,
+    /// What `ACCESS_TOKEN_CLAIMS_TEMPLATE` rendered for this token, if it is set.
+    pub custom: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The only header authql accepts: the three members it writes, each once. Unknown members are
@@ -191,8 +210,21 @@ impl TokenKeys {
             email_verified: profile.map(|profile| profile.email_verified),
             auth_time: profile.map(|profile| profile.auth_time.timestamp()),
             amr: profile.map(|profile| profile.amr.iter().map(str::to_owned).collect()),
+            roles: profile.map(|profile| profile.roles.clone()),
         };
-        jsonwebtoken::encode(&header, &claims, &signing.encoding).map_err(AppError::internal)
+        let signed = SignedClaims {
+            claims: &claims,
+            custom: profile.and_then(|profile| profile.custom.as_ref()),
+        };
+        let token = jsonwebtoken::encode(&header, &signed, &signing.encoding)
+            .map_err(AppError::internal)?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AppError::internal(format!(
+                "an access token of {} bytes would be refused (at most {MAX_TOKEN_BYTES})",
+                token.len()
+            )));
+        }
+        Ok(token)
     }
 
     /// Checks shape, header, signature, claims and kind. Says nothing yet about revocation:
@@ -252,6 +284,11 @@ impl TokenKeys {
     }
 
     /// A genuine, unexpired token of either kind.
+    /// The `iss` of every token (`JWT_ISSUER`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     pub fn verify_any(&self, token: &str) -> Option<Claims> {
         self.verify(TokenKind::Access, token)
             .or_else(|_| self.verify(TokenKind::Refresh, token))

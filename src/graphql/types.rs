@@ -61,6 +61,9 @@ pub struct User {
     /// (`verifyEmail`, `resetPassword`), or an operator said so. Accounts made before authql
     /// verified addresses start unverified.
     pub email_verified: bool,
+    /// The account's roles, sorted (granted by an operator: `authql admin grant-role`); also
+    /// in every access token's `roles` claim and in `/auth/verify`'s `X-Auth-Roles`.
+    pub roles: Vec<String>,
 }
 
 impl From<store::User> for User {
@@ -72,6 +75,7 @@ impl From<store::User> for User {
             username: user.username,
             created_at: user.created_at.into(),
             email_verified: user.email_verified_at.is_some(),
+            roles: user.roles,
         }
     }
 }

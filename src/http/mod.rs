@@ -19,6 +19,7 @@ mod client_address;
 mod graphiql;
 mod graphql_over_http;
 mod persisted_queries;
+mod resource_servers;
 pub mod server;
 pub mod websocket;
 
@@ -32,7 +33,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{any, get, post},
 };
 use ipnet::IpNet;
 use jsonwebtoken::jwk::JwkSet;
@@ -45,6 +46,7 @@ use tower_http::{
 
 pub use client_address::client_ip;
 pub use graphql_over_http::{GRAPHQL_RESPONSE_MEDIA_TYPE, HttpError, MediaType};
+pub use resource_servers::IntrospectionClients;
 
 use self::{
     graphql_over_http::{GraphQLParams, into_http_response},
@@ -75,6 +77,8 @@ pub struct EdgeLimits {
     pub request_timeout: Duration,
     /// Proxies whose `Forwarded` / `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Who may call `/oauth/introspect` (`INTROSPECTION_CLIENTS`).
+    pub introspection_clients: resource_servers::IntrospectionClients,
 }
 
 /// What the edge offers browsers, from the configuration.
@@ -141,6 +145,13 @@ pub fn router(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks_document))
+        .route("/auth/verify", any(resource_servers::verify))
+        .route(
+            "/oauth/introspect",
+            post(resource_servers::introspect).layer(axum::extract::DefaultBodyLimit::max(
+                resource_servers::MAX_INTROSPECTION_BODY_BYTES,
+            )),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(EdgeState {

@@ -20,7 +20,7 @@ use crate::{
         events::{SessionEventKind, SessionEvents},
         input,
     },
-    store::{Session, SessionPage, Storage, TokenPurpose, User},
+    store::{RoleChange, Session, SessionPage, Storage, TokenPurpose, User},
 };
 
 /// One admin command; `login` is an email or a username, matched as login matches it.
@@ -76,6 +76,22 @@ pub enum AdminCommand {
         /// The user's email or username.
         login: String,
     },
+    /// Grants the user a role: in the `roles` claim of every access token issued from now on,
+    /// and at once in `/auth/verify` and token introspection answers. Granting a held role
+    /// changes nothing.
+    GrantRole {
+        /// The user's email or username.
+        login: String,
+        /// 1 to 64 ASCII letters, digits and `_ - . : /`, starting with a letter or digit.
+        role: String,
+    },
+    /// Takes a role from the user (at once through `/auth/verify` and introspection; access
+    /// tokens already issued keep it in their claim until they expire).
+    RevokeRole {
+        /// The user's email or username.
+        login: String,
+        role: String,
+    },
 }
 
 /// What a command did.
@@ -106,6 +122,9 @@ pub struct UserSummary {
     /// When the address was verified; `None` while it is not.
     #[serde(default)]
     pub email_verified_at: Option<DateTime<Utc>>,
+    /// Its roles, sorted.
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 /// A session as an operator sees one.
@@ -134,6 +153,12 @@ pub enum AdminFailure {
         "no mail was queued for {login:?}: the account is disabled, or its address cannot receive mail"
     )]
     NoMail { login: String },
+    #[error(
+        "{role:?} is not a role name: 1 to 64 ASCII letters, digits and _ - . : /, starting with a letter or digit"
+    )]
+    InvalidRole { role: String },
+    #[error("{login:?} holds the most roles an account may hold (32)")]
+    TooManyRoles { login: String },
     #[error("the database cannot be reached; try again")]
     DatabaseUnavailable,
     #[error("the command failed; the server log says why")]
@@ -297,6 +322,27 @@ impl Admin {
                 tracing::warn!(event = "admin_reset_mfa", user_id = %user.id, ended_sessions = ended.len(), "admin removed every second factor of a user");
                 done(Some(user), &ended)
             }
+            AdminCommand::GrantRole { login, role } | AdminCommand::RevokeRole { login, role } => {
+                let grant = matches!(command, AdminCommand::GrantRole { .. });
+                let role = input::role("role", role)
+                    .map_err(|_| AdminFailure::InvalidRole { role: role.clone() })?;
+                let user = self.user(login).await?;
+                let roles = match store.users.change_user_role(user.id, &role, grant).await? {
+                    RoleChange::Roles(roles) => roles,
+                    RoleChange::UnknownUser => return Err(unknown(login)),
+                    RoleChange::TooManyRoles => {
+                        return Err(AdminFailure::TooManyRoles {
+                            login: login.clone(),
+                        });
+                    }
+                };
+                if grant {
+                    tracing::warn!(event = "admin_grant_role", user_id = %user.id, role = %role, "admin granted a role");
+                } else {
+                    tracing::warn!(event = "admin_revoke_role", user_id = %user.id, role = %role, "admin revoked a role");
+                }
+                done(Some(User { roles, ..user }), &[])
+            }
         };
         Ok(answer)
     }
@@ -345,6 +391,7 @@ impl From<User> for UserSummary {
             created_at: user.created_at,
             disabled_at: user.disabled_at,
             email_verified_at: user.email_verified_at,
+            roles: user.roles,
         }
     }
 }

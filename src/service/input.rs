@@ -219,6 +219,28 @@ pub fn login_key(field: &'static str, raw: &str) -> Result<String, AppError> {
     Ok(authql_identity::login_key(raw).unwrap_or_else(|| format!("\u{fffd}{}", raw.trim())))
 }
 
+/// Longest role name, in bytes.
+pub const ROLE_MAX_BYTES: usize = 64;
+
+/// A role name, as given (case matters: `admin` and `Admin` are two roles): 1 to 64 ASCII
+/// letters, digits and `_ - . : /`, starting with a letter or digit. Nothing else, so that a
+/// role reads the same in a JWT claim, in a comma-separated `X-Auth-Roles` header (RFC 9110
+/// § 5.6.1 lists) and in a Hasura or PostgreSQL role name. Errors: BAD_USER_INPUT.
+pub fn role(field: &'static str, raw: &str) -> Result<String, AppError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/');
+    let starts_well = raw
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if raw.len() > ROLE_MAX_BYTES || !starts_well || !raw.chars().all(allowed) {
+        return Err(AppError::bad_input(
+            field,
+            "a role has 1 to 64 ASCII letters, digits and _ - . : /, starting with a letter or digit",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
 /// A name a user gives to something of theirs (a passkey), as it is kept and shown: one line,
 /// its control characters (line breaks, tabs, escapes) and bidirectional formatting characters
 /// (Unicode TR 9: embeddings, overrides, isolates, marks, which can make a name read as

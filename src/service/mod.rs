@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod admin;
 pub mod events;
 pub mod input;
+pub mod introspection;
 pub mod rate_limit;
 pub mod second_factors;
 
@@ -15,8 +16,9 @@ use uuid::Uuid;
 
 use crate::{
     auth::{
-        Authenticated, BearerToken, PasswordHasher, Profile, Subject, TokenKeys, TokenKind,
-        Verification,
+        Authenticated, BearerToken, ClaimsTemplate, PasswordHasher, Profile, Subject, TokenKeys,
+        TokenKind, Verification,
+        claims_template::{ClaimsContext, TemplateSession, TemplateUser},
     },
     error::{AppError, UnauthenticatedReason},
     metrics,
@@ -73,6 +75,8 @@ struct Inner {
     readiness: Readiness,
     accounts: Arc<accounts::Accounts>,
     second_factors: second_factors::SecondFactorSettings,
+    /// `ACCESS_TOKEN_CLAIMS_TEMPLATE`, checked at start.
+    claims_template: Option<ClaimsTemplate>,
 }
 
 /// The last readiness probe: its answer is reused for `READINESS_MAX_AGE`, and one probe runs
@@ -128,9 +132,11 @@ impl AuthService {
         events: SessionEvents,
         accounts: Arc<accounts::Accounts>,
         second_factors: second_factors::SecondFactorSettings,
+        claims_template: Option<ClaimsTemplate>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                claims_template,
                 second_factors,
                 store,
                 tokens,
@@ -886,6 +892,16 @@ impl AuthService {
         &self.inner.store
     }
 
+    /// The rate limits every operation takes from (the edge's resource-server endpoints too).
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.inner.rate_limits
+    }
+
+    /// The `iss` of authql's tokens (`JWT_ISSUER`).
+    pub fn issuer(&self) -> &str {
+        self.inner.tokens.issuer()
+    }
+
     fn new_session(
         &self,
         user_id: Uuid,
@@ -925,11 +941,19 @@ impl AuthService {
         let access_expires_at =
             whole_seconds((now + self.inner.lifetimes.access_token).min(session.expires_at));
         let tokens = &self.inner.tokens;
+        let custom = match &self.inner.claims_template {
+            Some(template) => Some(template.render(&claims_context(&user, &session)).map_err(
+                |why| AppError::internal(format!("ACCESS_TOKEN_CLAIMS_TEMPLATE: {why}")),
+            )?),
+            None => None,
+        };
         let profile = Profile {
             email: user.email.clone(),
             email_verified: user.email_verified_at.is_some(),
             auth_time: session.authenticated_at,
             amr: session.authentication_methods,
+            roles: user.roles.clone(),
+            custom,
         };
         Ok(IssuedTokens {
             access_token: tokens.issue(
@@ -962,6 +986,26 @@ impl AuthService {
     }
 }
 
+/// What `ACCESS_TOKEN_CLAIMS_TEMPLATE` is rendered with for a token of `session`.
+fn claims_context<'a>(user: &'a User, session: &Session) -> ClaimsContext<'a> {
+    ClaimsContext {
+        user: TemplateUser {
+            id: user.id,
+            email: &user.email,
+            username: &user.username,
+            roles: &user.roles,
+            email_verified: user.email_verified_at.is_some(),
+        },
+        session: TemplateSession {
+            id: session.id,
+            created_at: session.created_at,
+            authenticated_at: session.authenticated_at,
+            expires_at: session.expires_at,
+        },
+        amr: session.authentication_methods.iter().collect(),
+    }
+}
+
 /// The user a registration is about to store, as the rest of authql sees one.
 fn pending_user(user: &NewUser) -> User {
     User {
@@ -972,6 +1016,7 @@ fn pending_user(user: &NewUser) -> User {
         disabled_at: None,
         credential_version: FIRST_CREDENTIAL_VERSION,
         email_verified_at: None,
+        roles: Vec::new(),
     }
 }
 

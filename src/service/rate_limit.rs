@@ -51,6 +51,12 @@ pub enum Operation {
     RequestEmailChange,
     /// A TOTP or recovery code checked, whatever operation carries it.
     SecondFactor,
+    /// `/auth/verify` asked about a token that is not authql's at all (malformed, or signed by
+    /// no key of ours): expired and revoked tokens, which clients send in the normal course,
+    /// are not counted.
+    ForwardAuth,
+    /// `/oauth/introspect` called with client credentials that are wrong.
+    Introspection,
 }
 
 impl Operation {
@@ -67,6 +73,8 @@ impl Operation {
             Self::VerifyEmail => "verifyEmail",
             Self::RequestEmailChange => "requestEmailChange",
             Self::SecondFactor => "secondFactor",
+            Self::ForwardAuth => "forwardAuth",
+            Self::Introspection => "introspection",
         }
     }
 }

@@ -39,9 +39,9 @@ use uuid::Uuid;
 
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, FactorRemoval, IssuedToken, NewSession,
-    NewUser, PasskeyAddition, Rotation, SecondFactorStore, SecondFactors, Session, SessionPage,
-    SessionStore, StoreError, StoreResult, StoredPasskey, TokenRefusal, TotpCredential, User,
-    UserCredentials, UserStore,
+    NewUser, PasskeyAddition, RoleChange, Rotation, SecondFactorStore, SecondFactors, Session,
+    SessionPage, SessionStore, StoreError, StoreResult, StoredPasskey, TokenRefusal,
+    TotpCredential, User, UserCredentials, UserStore,
 };
 
 /// How many sessions the cache holds at most (least recently used dropped first): about 300
@@ -324,6 +324,20 @@ impl<S: CachedInner> UserStore for CachedStore<S> {
         // The cached rows carry the user, `disabled_at` included.
         self.write(Forget::User(user_id), move |inner| async move {
             inner.set_user_disabled(user_id, disabled_at).await
+        })
+        .await
+    }
+
+    async fn change_user_role(
+        &self,
+        user_id: Uuid,
+        role: &str,
+        grant: bool,
+    ) -> StoreResult<RoleChange> {
+        // The cached rows carry the user, its roles included.
+        let role = role.to_owned();
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner.change_user_role(user_id, &role, grant).await
         })
         .await
     }

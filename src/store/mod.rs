@@ -91,6 +91,48 @@ pub struct User {
     /// When the address was proven (a link in a mail to it was followed, or an operator said
     /// so); `None` until then.
     pub email_verified_at: Option<DateTime<Utc>>,
+    /// The account's roles (`authql admin grant-role`), sorted, each once: the access token's
+    /// `roles` claim, `/auth/verify`'s `X-Auth-Roles`, introspection's `roles`.
+    pub roles: Vec<String>,
+}
+
+/// Roles as the SQL backends store them: sorted, joined by commas (a role holds none).
+pub(crate) fn joined_roles(roles: &[String]) -> String {
+    roles.join(",")
+}
+
+/// Roles as stored by [`joined_roles`]; the empty text is no roles.
+pub(crate) fn split_roles(stored: &str) -> Vec<String> {
+    if stored.is_empty() {
+        Vec::new()
+    } else {
+        stored.split(',').map(str::to_owned).collect()
+    }
+}
+
+/// Most roles one account holds.
+pub const MAX_ROLES: usize = 32;
+
+/// What a role grant or revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleChange {
+    /// No such user.
+    UnknownUser,
+    /// The user would hold more than [`MAX_ROLES`] roles: nothing changed.
+    TooManyRoles,
+    /// The user's roles now (unchanged when the role was already granted or not held).
+    Roles(Vec<String>),
+}
+
+/// `roles` with `role` added (`grant`) or removed, sorted, each once; `None` when that would
+/// be more than [`MAX_ROLES`].
+pub(crate) fn change_roles(roles: &[String], role: &str, grant: bool) -> Option<Vec<String>> {
+    let mut roles: Vec<String> = roles.iter().filter(|held| *held != role).cloned().collect();
+    if grant {
+        roles.push(role.to_owned());
+    }
+    roles.sort();
+    (roles.len() <= MAX_ROLES).then_some(roles)
 }
 
 /// Broadcast event payloads as they arrive ([`Store::listen_events`]).
@@ -619,6 +661,17 @@ pub trait UserStore: Send + Sync + 'static {
     /// that landed meanwhile wins, never overwritten); ends every other session of the user.
     /// Returns the ids of the sessions ended; `None` when there is no such user or its version
     /// moved.
+    /// Grants (`grant`) or revokes `role` (a name [`crate::service::input::role`] accepted):
+    /// one atomic change of the user's roles, so that concurrent grants all stay. Sessions are
+    /// untouched: tokens issued from now on carry the new roles, and every lookup of a session
+    /// (`/auth/verify`, introspection, `me`) reads them at once.
+    async fn change_user_role(
+        &self,
+        user_id: Uuid,
+        role: &str,
+        grant: bool,
+    ) -> StoreResult<RoleChange>;
+
     async fn change_password(
         &self,
         user_id: Uuid,

@@ -62,9 +62,9 @@ use uuid::Uuid;
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
     FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, OutboxMail,
-    PasskeyAddition, PoolSettings, PoolStatus, Rotation, SecondFactors, Session, SessionPage,
-    StoreError, StoreResult, StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User,
-    UserCredentials, least_recently_used, token_holds, token_state,
+    PasskeyAddition, PoolSettings, PoolStatus, RoleChange, Rotation, SecondFactors, Session,
+    SessionPage, StoreError, StoreResult, StoredPasskey, TokenPurpose, TokenRefusal,
+    TotpCredential, User, UserCredentials, least_recently_used, token_holds, token_state,
 };
 use super::{
     EventStore, HealthStore, OutboxStore, RateLimitStore, SecondFactorStore, SessionStore,
@@ -103,6 +103,10 @@ pub struct UserDocument {
     /// See [`User::email_verified_at`]; absent (unverified) in documents written before it.
     #[serde(default)]
     pub email_verified_at: Option<bson::DateTime>,
+    /// See [`User::roles`]; absent (none) in documents written before it. Kept as a set
+    /// (`$addToSet`), sorted when read.
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 /// A one-time token in `one_time_tokens`: the fields of [`super::NewToken`], and when it was
@@ -1102,7 +1106,14 @@ fn user_of(document: UserDocument) -> User {
         disabled_at: document.disabled_at.map(bson::DateTime::to_chrono),
         credential_version: document.credential_version,
         email_verified_at: document.email_verified_at.map(bson::DateTime::to_chrono),
+        roles: sorted_roles(document.roles),
     }
+}
+
+fn sorted_roles(mut roles: Vec<String>) -> Vec<String> {
+    roles.sort();
+    roles.dedup();
+    roles
 }
 
 fn credentials_of(document: UserDocument) -> UserCredentials {
@@ -1191,6 +1202,7 @@ impl UserStore for MongoStore {
             disabled_at: None,
             credential_version: FIRST_CREDENTIAL_VERSION,
             email_verified_at: None,
+            roles: Vec::new(),
         };
         let session = new_session.map(session_document);
         let (token, mails) = match verification {
@@ -1513,6 +1525,53 @@ impl UserStore for MongoStore {
                 return Ok(Some(Vec::new()));
             }
             Ok(Some(store.delete_other_sessions(user_id, None).await?))
+        })
+        .await
+    }
+
+    /// One update of the user document (`$addToSet` / `$pull`: atomic on the server), guarded
+    /// so that a grant never takes the document past [`super::MAX_ROLES`].
+    async fn change_user_role(
+        &self,
+        user_id: Uuid,
+        role: &str,
+        grant: bool,
+    ) -> StoreResult<RoleChange> {
+        let role = role.to_owned();
+        self.detached(move |store| async move {
+            let (filter, change) = if grant {
+                let full = format!("roles.{}", super::MAX_ROLES - 1);
+                (
+                    doc! { "_id": id(user_id), full: { "$exists": false } },
+                    doc! { "$addToSet": { "roles": &role } },
+                )
+            } else {
+                (
+                    doc! { "_id": id(user_id) },
+                    doc! { "$pull": { "roles": &role } },
+                )
+            };
+            store
+                .users
+                .update_one(filter, change)
+                .await
+                .map_err(classify)?;
+            let found = store
+                .users
+                .find_one(doc! { "_id": id(user_id) })
+                .await
+                .map_err(classify)?;
+            Ok(match found {
+                None => RoleChange::UnknownUser,
+                Some(user) => {
+                    let roles = sorted_roles(user.roles);
+                    if grant && !roles.contains(&role) {
+                        RoleChange::TooManyRoles
+                    } else {
+                        RoleChange::Roles(roles)
+                    }
+                }
+            })
         })
         .await
     }

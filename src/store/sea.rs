@@ -16,9 +16,9 @@ use uuid::Uuid;
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
     FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, OutboxMail,
-    PasskeyAddition, PoolSettings, PoolStatus, Rotation, SecondFactors, Session, SessionPage,
-    StoreError, StoreResult, StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User,
-    UserCredentials,
+    PasskeyAddition, PoolSettings, PoolStatus, RoleChange, Rotation, SecondFactors, Session,
+    SessionPage, StoreError, StoreResult, StoredPasskey, TokenPurpose, TokenRefusal,
+    TotpCredential, User, UserCredentials,
     entity::{
         auth_challenge, one_time_token, outbox_mail, passkey, recovery_code, session, setting,
         totp_credential, user,
@@ -239,6 +239,7 @@ impl From<user::Model> for User {
             disabled_at: row.disabled_at,
             credential_version: row.credential_version,
             email_verified_at: row.email_verified_at,
+            roles: super::split_roles(&row.roles),
         }
     }
 }
@@ -809,6 +810,7 @@ impl UserStore for SeaStore {
             disabled_at: Set(None),
             credential_version: Set(FIRST_CREDENTIAL_VERSION),
             email_verified_at: Set(None),
+            roles: Set(String::new()),
         };
         let transaction = self.db.begin().await?;
         let inserted = async {
@@ -1043,6 +1045,46 @@ impl UserStore for SeaStore {
         };
         transaction.commit().await?;
         Ok((updated > 0).then_some(ended))
+    }
+
+    async fn change_user_role(
+        &self,
+        user_id: Uuid,
+        role: &str,
+        grant: bool,
+    ) -> StoreResult<RoleChange> {
+        let transaction = self.db.begin().await?;
+        // A write that changes nothing first, so that the row is this transaction's (its lock on
+        // PostgreSQL, the write lock on SQLite) before it is read: concurrent changes queue and
+        // each sees the one before it.
+        let locked = user::Entity::update_many()
+            .col_expr(user::Column::Roles, Expr::col(user::Column::Roles))
+            .filter(user::Column::Id.eq(user_id))
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        if locked == 0 {
+            return Ok(RoleChange::UnknownUser);
+        }
+        let Some(row) = user::Entity::find_by_id(user_id).one(&transaction).await? else {
+            return Ok(RoleChange::UnknownUser);
+        };
+        let held = super::split_roles(&row.roles);
+        let Some(roles) = super::change_roles(&held, role, grant) else {
+            return Ok(RoleChange::TooManyRoles);
+        };
+        if roles != held {
+            user::Entity::update_many()
+                .col_expr(
+                    user::Column::Roles,
+                    Expr::value(super::joined_roles(&roles)),
+                )
+                .filter(user::Column::Id.eq(user_id))
+                .exec(&transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(RoleChange::Roles(roles))
     }
 
     async fn delete_user(

@@ -464,6 +464,11 @@ pub async fn user_rows_in(database_url: &str) -> Vec<user::Model> {
             disabled_at: document.disabled_at.map(bson::DateTime::to_chrono),
             credential_version: document.credential_version,
             email_verified_at: document.email_verified_at.map(bson::DateTime::to_chrono),
+            roles: {
+                let mut roles = document.roles;
+                roles.sort();
+                roles.join(",")
+            },
         })
         .collect()
 }

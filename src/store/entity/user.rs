@@ -19,6 +19,8 @@ pub struct Model {
     pub credential_version: i64,
     /// When the address was proven (a link of a mail to it followed); `None` until then.
     pub email_verified_at: Option<DateTimeUtc>,
+    /// The role names, sorted and joined by commas (`store::joined_roles`); empty: none.
+    pub roles: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
