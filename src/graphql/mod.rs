@@ -112,8 +112,10 @@ fn build_schema<Query: ObjectType + 'static>(
 ) -> Schema<Query, MutationRoot, SubscriptionRoot> {
     let mut schema = Schema::build(query, MutationRoot, SubscriptionRoot)
         .extension(request_metrics::RequestMetrics)
+        // One representation at least, however few aliases: a `me` without an alias is one
+        // `User` too.
         .extension(request_checks::RequestChecks::new(
-            config.graphql_max_aliases,
+            config.graphql_max_aliases.max(1),
         ))
         .extension(null_propagation::NullPropagation)
         .limit_depth(config.graphql_max_depth)

@@ -20,8 +20,8 @@
 //! resolves each representation in parallel, and the query's cost does not grow with the list
 //! (async-graphql counts the field once). The list is the request's input, so it is counted
 //! here, on every request, from the document and the variables: more than
-//! `GRAPHQL_MAX_ALIASES` representations in the operation (each costs what an alias of `me`
-//! would) is `BAD_USER_INPUT`, and nothing runs.
+//! `GRAPHQL_MAX_ALIASES` (at least 1) representations in the operation (each costs what an
+//! alias of `me` would) is `BAD_USER_INPUT`, and nothing runs.
 //!
 //! Two request errors are checked here after validation because async-graphql gets them wrong:
 //! a variable whose value does not coerce to its type (§ 6.1.2, see `coercion`; async-graphql
