@@ -9,9 +9,9 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -252,10 +252,13 @@ describe('authql as a Federation 2 subgraph behind @apollo/gateway', () => {
     it('federation.sh: print-schema --federation prints what _service { sdl } answers', async () => {
       const dir = await mkdtemp(join(tmpdir(), 'authql-readme-federation-'));
       dirs.push(dir);
+      // `authql` on the PATH is the binary under test, whatever its file is called.
+      await mkdir(join(dir, 'bin'));
+      await symlink(AUTHQL_BIN, join(dir, 'bin', 'authql'));
       const [, ...rest] = block('federation.sh').trimEnd().split('\n');
       await run('bash', ['-euo', 'pipefail', '-c', rest.join('\n')], {
         cwd: dir,
-        env: { PATH: `${dirname(AUTHQL_BIN)}:${process.env.PATH}` },
+        env: { PATH: `${join(dir, 'bin')}:${process.env.PATH}` },
         timeout: 30000,
       });
       const printed = await readFile(join(dir, 'authql.subgraph.graphql'), 'utf8');
