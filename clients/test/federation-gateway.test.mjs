@@ -1,7 +1,7 @@
 // authql as an Apollo Federation 2 subgraph behind @apollo/gateway: the gateway composes authql
 // (FEDERATION=true) and a small @apollo/subgraph "notes" service that extends User with `notes`
-// and checks every request through authql's /auth/verify (test/fixtures/notes-subgraph.mjs), and
-// forwards the client's Authorization header to both (test/fixtures/gateway.mjs). The story:
+// and checks every request through authql's /auth/verify (federation/notes-subgraph.mjs), and
+// forwards the client's Authorization header to both (federation/gateway.mjs). The story:
 // register, `{ me { email notes { text } } }` works, revokeTokens, and on the next request the
 // same query is refused by authql and the token by the notes subgraph. Then codegen against the
 // gateway's composed schema. The README's "Apollo Federation" blocks are these fixtures, run as
@@ -22,7 +22,8 @@ import { AUTHQL_BIN, startAuthql } from '../lib/authql-server.mjs';
 const run = promisify(execFile);
 const clients = fileURLToPath(new URL('..', import.meta.url));
 const repo = join(clients, '..');
-const fixtures = join(clients, 'test', 'fixtures');
+// Not under test/: `node --test test/` would run them as test files.
+const fixtures = join(clients, 'federation');
 const bin = (name) => join(clients, 'node_modules', '.bin', name);
 
 const SUPERGRAPH_QUERY = '{ me { email notes { text } } }';
@@ -245,7 +246,7 @@ describe('authql as a Federation 2 subgraph behind @apollo/gateway', () => {
 
     it('gateway.mjs and notes-subgraph.mjs are the fixtures the story ran', async () => {
       for (const file of ['gateway.mjs', 'notes-subgraph.mjs']) {
-        assert.equal(block(file), await readFile(join(fixtures, file), 'utf8'), `${file} differs from test/fixtures/${file}`);
+        assert.equal(block(file), await readFile(join(fixtures, file), 'utf8'), `${file} differs from clients/federation/${file}`);
       }
     });
 
