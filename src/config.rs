@@ -59,7 +59,12 @@ pub enum Command {
     /// Serve the GraphQL API (the default).
     Serve,
     /// Print the GraphQL schema (SDL) to stdout.
-    PrintSchema,
+    PrintSchema {
+        /// Print it as the Apollo Federation 2 subgraph that `FEDERATION=true` serves (what
+        /// `_service { sdl }` answers), e.g. for `rover supergraph compose`.
+        #[arg(long)]
+        federation: bool,
+    },
     /// Operator commands for incidents, against DATABASE_URL: list, end, disable, enable or
     /// delete a user's sessions and account.
     Admin(crate::admin::AdminArgs),
@@ -228,6 +233,15 @@ pub struct Config {
     #[arg(long, env = "GRAPHQL_INTROSPECTION", default_value = "true",
           value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub graphql_introspection: bool,
+
+    /// Serve the schema as an Apollo Federation 2 subgraph: `User @key(fields: "id")`,
+    /// `Query._entities` (which resolves only the signed-in caller's own `User`) and
+    /// `Query._service { sdl }` (the subgraph SDL with its `@link` to the federation spec, answered
+    /// even with GRAPHQL_INTROSPECTION off, as a router composes from it). Off: the schema is
+    /// exactly `authql print-schema`, with no federation fields or directives.
+    #[arg(long, env = "FEDERATION", default_value = "false",
+          value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub federation: bool,
 
     /// A request still running after this many seconds is stopped and answered 503.
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECONDS)]
@@ -560,6 +574,7 @@ impl Config {
             graphql_max_aliases: DEFAULT_GRAPHQL_MAX_ALIASES,
             graphql_max_directives: DEFAULT_GRAPHQL_MAX_DIRECTIVES,
             graphql_introspection: true,
+            federation: false,
             request_timeout_seconds: DEFAULT_REQUEST_TIMEOUT_SECONDS,
             header_read_timeout_seconds: DEFAULT_HEADER_READ_TIMEOUT_SECONDS,
             max_connections: None,

@@ -90,6 +90,10 @@ pub enum AppError {
     /// FORBIDDEN (`reason: ORIGIN_NOT_ALLOWED`): a cookie-authenticated request from an `Origin`
     /// that may not use the cookie (CSRF); nothing was changed.
     OriginNotAllowed,
+    /// FORBIDDEN (`reason: NOT_THE_CALLER`): an Apollo Federation `_entities` representation
+    /// of a `User` other than the signed-in caller (`FEDERATION=true`); a subgraph resolves
+    /// only the caller's own account, and says nothing about whether the other exists.
+    NotTheCaller,
     /// SERVICE_UNAVAILABLE: the database cannot be reached right now; retry later.
     ServiceUnavailable,
     /// SERVICE_UNAVAILABLE with `retryAfterSeconds`: too much work is waiting (the password
@@ -133,7 +137,7 @@ impl AppError {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::InvalidToken(_) => "INVALID_TOKEN",
             Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
-            Self::OriginNotAllowed => "FORBIDDEN",
+            Self::OriginNotAllowed | Self::NotTheCaller => "FORBIDDEN",
             Self::ServiceUnavailable | Self::Overloaded { .. } => "SERVICE_UNAVAILABLE",
             Self::MfaRequired { .. } => "MFA_REQUIRED",
             Self::ReauthenticationRequired => "REAUTHENTICATION_REQUIRED",
@@ -174,6 +178,7 @@ impl AppError {
             Self::OriginNotAllowed => {
                 "the refresh-token cookie may only be used from an allowed origin".into()
             }
+            Self::NotTheCaller => "only the signed-in user's own account can be read".into(),
             Self::ServiceUnavailable => "the service is unavailable for a moment; try again".into(),
             Self::Overloaded {
                 retry_after_seconds,
@@ -237,6 +242,7 @@ impl From<AppError> for async_graphql::Error {
                     retry_after_seconds,
                 } => extensions.set("retryAfterSeconds", *retry_after_seconds),
                 AppError::OriginNotAllowed => extensions.set("reason", "ORIGIN_NOT_ALLOWED"),
+                AppError::NotTheCaller => extensions.set("reason", "NOT_THE_CALLER"),
                 AppError::InvalidToken(refusal) => extensions.set("reason", refusal.as_code()),
                 AppError::MfaRequired { mfa_token, methods } => {
                     extensions.set("mfaToken", mfa_token.as_str());

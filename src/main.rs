@@ -27,8 +27,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::PrintSchema => {
-            print!("{}", graphql::schema_sdl());
+        Command::PrintSchema { federation } => {
+            if federation {
+                print!("{}", graphql::subgraph_sdl());
+            } else {
+                print!("{}", graphql::schema_sdl());
+            }
             Ok(())
         }
         Command::Admin(args) => {

@@ -1,10 +1,13 @@
 //! The GraphQL schema: roots, types, and its extensions: `request_metrics` (counts and times
 //! every request), `request_checks` (error codes, variable coercion, the validation cache) and
 //! `null_propagation`. The [`Engine`] runs it, and takes only a [`CheckedRequest`]: a document
-//! that passed the edge's checks (`checked`).
+//! that passed the edge's checks (`checked`). With `FEDERATION=true` the query root is
+//! [`FederatedQueryRoot`] instead (`federation`): the same schema as an Apollo Federation 2
+//! subgraph.
 
 mod checked;
 mod coercion;
+mod federation;
 mod mutation;
 mod null_propagation;
 mod query;
@@ -15,12 +18,13 @@ mod subscription;
 pub mod types;
 
 use async_graphql::{
-    Positioned, SDLExportOptions, Schema,
+    ObjectType, Positioned, SDLExportOptions, Schema,
     parser::types::{ExecutableDocument, OperationDefinition},
 };
-use futures_util::Stream;
+use futures_util::{Stream, future::Either};
 
 pub use checked::{CheckedRequest, DocumentChecks, DocumentLimits, Refusal};
+pub use federation::FederatedQueryRoot;
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 pub use refresh_cookie::{RefreshCookie, RequestRefreshCookie};
@@ -31,16 +35,29 @@ use crate::{config::Config, service::AuthService};
 /// authql's executable schema: queries, mutations, and `sessionEvents` over WebSocket.
 type AuthSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
+/// The same as an Apollo Federation 2 subgraph (`FEDERATION=true`): `_service`, `_entities`.
+type SubgraphSchema = Schema<FederatedQueryRoot, MutationRoot, SubscriptionRoot>;
+
 /// The schema, executable only with a [`CheckedRequest`]: the one way into it.
 #[derive(Clone)]
 pub struct Engine {
-    schema: AuthSchema,
+    schema: EngineSchema,
+}
+
+/// Which schema the engine runs, chosen once at start from `FEDERATION`.
+#[derive(Clone)]
+enum EngineSchema {
+    Plain(AuthSchema),
+    Subgraph(SubgraphSchema),
 }
 
 impl Engine {
     /// Runs a query or mutation (a subscription's first event).
     pub async fn execute(&self, request: CheckedRequest) -> async_graphql::Response {
-        self.schema.execute(request.request).await
+        match &self.schema {
+            EngineSchema::Plain(schema) => schema.execute(request.request).await,
+            EngineSchema::Subgraph(schema) => schema.execute(request.request).await,
+        }
     }
 
     /// Runs a subscription: one response per event, until the stream ends.
@@ -48,7 +65,10 @@ impl Engine {
         &self,
         request: CheckedRequest,
     ) -> impl Stream<Item = async_graphql::Response> + Send + Unpin + 'static {
-        self.schema.execute_stream(request.request)
+        match &self.schema {
+            EngineSchema::Plain(schema) => Either::Left(schema.execute_stream(request.request)),
+            EngineSchema::Subgraph(schema) => Either::Right(schema.execute_stream(request.request)),
+        }
     }
 }
 
@@ -57,15 +77,46 @@ impl Engine {
 pub const EXPENSIVE_FIELD_COST: usize = 500;
 
 /// The executable schema. `refresh_cookie` is `Some` when the refresh token travels in a cookie.
-/// Directives and aliases are limited by the edge's checks (`checked`), in every place.
+/// Directives and aliases are limited by the edge's checks (`checked`), in every place. With
+/// `FEDERATION=true` it is the Apollo Federation 2 subgraph schema (`federation`), otherwise
+/// exactly the schema `schema_sdl` prints.
 pub fn build_engine(
     service: AuthService,
     config: &Config,
     refresh_cookie: Option<RefreshCookie>,
 ) -> Engine {
-    let mut schema = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+    let schema = if config.federation {
+        EngineSchema::Subgraph(build_schema(
+            FederatedQueryRoot::default(),
+            service,
+            config,
+            refresh_cookie,
+        ))
+    } else {
+        EngineSchema::Plain(build_schema(
+            QueryRoot::default(),
+            service,
+            config,
+            refresh_cookie,
+        ))
+    };
+    Engine { schema }
+}
+
+/// The schema around `query`, with the extensions, limits and data of every request.
+fn build_schema<Query: ObjectType + 'static>(
+    query: Query,
+    service: AuthService,
+    config: &Config,
+    refresh_cookie: Option<RefreshCookie>,
+) -> Schema<Query, MutationRoot, SubscriptionRoot> {
+    let mut schema = Schema::build(query, MutationRoot, SubscriptionRoot)
         .extension(request_metrics::RequestMetrics)
-        .extension(request_checks::RequestChecks::new())
+        // One representation at least, however few aliases: a `me` without an alias is one
+        // `User` too.
+        .extension(request_checks::RequestChecks::new(
+            config.graphql_max_aliases.max(1),
+        ))
         .extension(null_propagation::NullPropagation)
         .limit_depth(config.graphql_max_depth)
         .limit_complexity(config.graphql_max_complexity)
@@ -76,9 +127,7 @@ pub fn build_engine(
     if !config.graphql_introspection {
         schema = schema.disable_introspection().disable_suggestions();
     }
-    Engine {
-        schema: schema.finish(),
-    }
+    schema.finish()
 }
 
 /// The limits of the edge's checks (`checked`), from the configuration.
@@ -92,11 +141,26 @@ pub fn document_limits(config: &Config) -> DocumentLimits {
     }
 }
 
-/// The schema in SDL, as committed in `schema.graphql`.
+/// The schema in SDL, as committed in `schema.graphql` (`authql print-schema`).
 pub fn schema_sdl() -> String {
-    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+    Schema::build(QueryRoot::default(), MutationRoot, SubscriptionRoot)
         .finish()
         .sdl_with_options(SDLExportOptions::new().include_specified_by())
+}
+
+/// The Apollo Federation 2 subgraph SDL (`authql print-schema --federation`): what
+/// `_service { sdl }` answers with `FEDERATION=true`, for composing a supergraph offline
+/// (`rover supergraph compose`). It links the federation spec (`extend schema @link(url:
+/// "https://specs.apollo.dev/federation/v2.5", import: [...])`), marks `type User @key(fields:
+/// "id")`, and leaves out `Subscription` and the federation fields themselves.
+pub fn subgraph_sdl() -> String {
+    Schema::build(
+        FederatedQueryRoot::default(),
+        MutationRoot,
+        SubscriptionRoot,
+    )
+    .finish()
+    .sdl_with_options(federation::subgraph_sdl_options())
 }
 
 /// The operation `name` picks from `document` (GraphQL spec § 6.1 "GetOperation"): the one so

@@ -1,4 +1,4 @@
-use async_graphql::{Context, Object, Result};
+use async_graphql::{Context, MergedObject, Object, Result};
 
 use super::types::{Session, User};
 use crate::{
@@ -6,11 +6,21 @@ use crate::{
     service::AuthService,
 };
 
-/// Reads; both need `Authorization: Bearer <accessToken>`.
-pub struct QueryRoot;
+// The query root: reads; both need `Authorization: Bearer <accessToken>`. (A plain comment:
+// async-graphql would print a doc comment into the schema as the type's description, and
+// `schema.graphql` has none for `Query`.)
+#[derive(MergedObject, Default)]
+#[graphql(name = "Query")]
+pub struct QueryRoot(QueryFields);
 
-#[Object(name = "Query")]
-impl QueryRoot {
+/// The fields of `Query`, in both query roots: [`QueryRoot`] and, with `FEDERATION=true`,
+/// `super::FederatedQueryRoot`. async-graphql names each root type once, so the fields live in
+/// an object of their own whose name (`QueryFields`) never reaches the schema.
+#[derive(Default)]
+pub struct QueryFields;
+
+#[Object]
+impl QueryFields {
     /// The signed-in user.
     #[graphql(guard = "SignedIn")]
     async fn me(&self, ctx: &Context<'_>) -> Result<User> {

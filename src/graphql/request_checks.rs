@@ -16,6 +16,13 @@
 //! only at arguments whose value uses a variable is coded so; anything else in the document
 //! is `GRAPHQL_VALIDATION_FAILED`.
 //!
+//! **Entity representations.** With `FEDERATION=true`, `_entities(representations: [...])`
+//! resolves each representation in parallel, and the query's cost does not grow with the list
+//! (async-graphql counts the field once). The list is the request's input, so it is counted
+//! here, on every request, from the document and the variables: more than
+//! `GRAPHQL_MAX_ALIASES` (at least 1) representations in the operation (each costs what an
+//! alias of `me` would) is `BAD_USER_INPUT`, and nothing runs.
+//!
 //! Two request errors are checked here after validation because async-graphql gets them wrong:
 //! a variable whose value does not coerce to its type (§ 6.1.2, see `coercion`; async-graphql
 //! lets `null` for `String!` through to the resolver) is `BAD_USER_INPUT`, and an `operationName`
@@ -23,7 +30,7 @@
 //! "GetOperation"), is `OPERATION_RESOLUTION_FAILURE`, the code Apollo Server uses.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     num::NonZeroUsize,
     sync::{Arc, Mutex},
 };
@@ -35,9 +42,9 @@ use async_graphql::{
         Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
         NextRequest, NextValidation,
     },
-    parser::types::{ExecutableDocument, Field, Selection, SelectionSet},
+    parser::types::{ExecutableDocument, Field, OperationDefinition, Selection, SelectionSet},
 };
-use async_graphql_value::Value as InputValue;
+use async_graphql_value::{ConstValue, Name, Value as InputValue};
 use lru::LruCache;
 
 use super::coercion::coercion_error;
@@ -57,13 +64,17 @@ pub const MAX_ERRORS: usize = 20;
 /// The extension factory: the validation cache shared by every request.
 pub struct RequestChecks {
     validated: Arc<Validated>,
+    max_representations: usize,
 }
 
 impl RequestChecks {
-    pub fn new() -> Self {
+    /// The checks, with at most `max_representations` `_entities` representations in an
+    /// operation (`GRAPHQL_MAX_ALIASES`).
+    pub fn new(max_representations: usize) -> Self {
         let capacity = NonZeroUsize::new(VALIDATION_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN);
         Self {
             validated: Arc::new(Mutex::new(LruCache::new(capacity))),
+            max_representations,
         }
     }
 }
@@ -72,6 +83,7 @@ impl ExtensionFactory for RequestChecks {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(RequestChecksExtension {
             validated: self.validated.clone(),
+            max_representations: self.max_representations,
             state: Mutex::default(),
             variable_arguments: Mutex::default(),
             operation_name: Mutex::default(),
@@ -83,6 +95,8 @@ impl ExtensionFactory for RequestChecks {
 /// One request's state, gathered as it is prepared and parsed.
 struct RequestChecksExtension {
     validated: Arc<Validated>,
+    /// Most `_entities` representations in one operation.
+    max_representations: usize,
     /// The cache key, and the cached validation result when there is one.
     state: Mutex<Option<(CacheKey, Option<ValidationResult>)>>,
     /// Positions of the arguments whose value refers to a variable.
@@ -152,6 +166,7 @@ impl Extension for RequestChecksExtension {
             &document,
             key.1.as_deref(),
             variables,
+            self.max_representations,
         ));
         *lock(&self.state) = Some((key, cached));
         Ok(document)
@@ -205,12 +220,14 @@ impl Extension for RequestChecksExtension {
 }
 
 /// The operation that runs (GraphQL spec § 6.1 "GetOperation"), and the variables it declares
-/// whose values do not coerce to their types (§ 6.1.2).
+/// whose values do not coerce to their types (§ 6.1.2), or its `_entities` representations
+/// when they are more than `max_representations`.
 fn select_operation(
     registry: &Registry,
     document: &ExecutableDocument,
     operation_name: Option<&str>,
     variables: &Variables,
+    max_representations: usize,
 ) -> Result<Vec<InvalidVariable>, ServerError> {
     let operation = super::get_operation(document, operation_name).ok_or_else(|| {
         let message = match operation_name {
@@ -221,7 +238,7 @@ fn select_operation(
         set_code_if_missing(&mut error, "OPERATION_RESOLUTION_FAILURE");
         error
     })?;
-    Ok(operation
+    let mut invalid: Vec<InvalidVariable> = operation
         .node
         .variable_definitions
         .iter()
@@ -236,7 +253,110 @@ fn select_operation(
             )
             .map(|message| (message, definition.pos))
         })
-        .collect())
+        .collect();
+    if let Some((count, position)) = entity_representations(document, &operation.node, variables)
+        && count > max_representations
+    {
+        invalid.push((
+            format!(
+                "_entities got {count} representations; at most {max_representations} \
+                 (GRAPHQL_MAX_ALIASES) are allowed in one request"
+            ),
+            position,
+        ));
+    }
+    Ok(invalid)
+}
+
+/// How many representations the `_entities` fields of `operation` hold in all (each
+/// occurrence counted, fragments expanded), and where the first such field is; `None` without
+/// one. A list literal counts its items, a variable the items of its value (or of its
+/// default); a single value counts 1, as list input coercion makes it a list of one (GraphQL
+/// spec § 3.11 "List"). `_entities` is a field of `Query` only, so only the root selection set
+/// and the fragments spread into it are walked; a fragment cycle (refused before, by the edge's
+/// checks) counts 0.
+fn entity_representations(
+    document: &ExecutableDocument,
+    operation: &OperationDefinition,
+    variables: &Variables,
+) -> Option<(usize, Pos)> {
+    struct Walk<'a> {
+        document: &'a ExecutableDocument,
+        operation: &'a OperationDefinition,
+        variables: &'a Variables,
+        /// Each fragment's count; `None` while it is being counted.
+        fragments: HashMap<&'a Name, Option<usize>>,
+        first: Option<Pos>,
+    }
+    impl<'a> Walk<'a> {
+        fn selection_set(&mut self, set: &'a SelectionSet) -> usize {
+            let mut total = 0usize;
+            for selection in &set.items {
+                let count = match &selection.node {
+                    Selection::Field(field) if field.node.name.node == "_entities" => {
+                        self.first.get_or_insert(field.pos);
+                        field
+                            .node
+                            .get_argument("representations")
+                            .map_or(0, |value| self.length(&value.node))
+                    }
+                    Selection::Field(_) => 0,
+                    Selection::InlineFragment(fragment) => {
+                        self.selection_set(&fragment.node.selection_set.node)
+                    }
+                    Selection::FragmentSpread(spread) => {
+                        self.fragment(&spread.node.fragment_name.node)
+                    }
+                };
+                total = total.saturating_add(count);
+            }
+            total
+        }
+
+        fn fragment(&mut self, name: &'a Name) -> usize {
+            if let Some(count) = self.fragments.get(name) {
+                return count.unwrap_or(0);
+            }
+            let Some(fragment) = self.document.fragments.get(name) else {
+                return 0;
+            };
+            self.fragments.insert(name, None);
+            let count = self.selection_set(&fragment.node.selection_set.node);
+            self.fragments.insert(name, Some(count));
+            count
+        }
+
+        fn length(&self, value: &InputValue) -> usize {
+            match value {
+                InputValue::List(items) => items.len(),
+                InputValue::Null => 0,
+                InputValue::Variable(name) => {
+                    let default = self
+                        .operation
+                        .variable_definitions
+                        .iter()
+                        .find(|definition| definition.node.name.node == *name)
+                        .and_then(|definition| definition.node.default_value.as_ref())
+                        .map(|value| &value.node);
+                    match self.variables.get(name).or(default) {
+                        Some(ConstValue::List(items)) => items.len(),
+                        Some(ConstValue::Null) | None => 0,
+                        Some(_) => 1,
+                    }
+                }
+                _ => 1,
+            }
+        }
+    }
+    let mut walk = Walk {
+        document,
+        operation,
+        variables,
+        fragments: HashMap::new(),
+        first: None,
+    };
+    let count = walk.selection_set(&operation.selection_set.node);
+    walk.first.map(|position| (count, position))
 }
 
 fn has_variable_definitions(document: &ExecutableDocument) -> bool {

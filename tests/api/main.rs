@@ -11,6 +11,7 @@ mod client_address;
 
 mod errors;
 mod faults;
+mod federation;
 mod frontend;
 mod fuzz;
 mod graphql_over_http;
