@@ -216,6 +216,7 @@ impl Application {
             _ => None,
         };
         let second_factors = second_factor_settings(&config, listener.local_addr()?)?;
+        let oidc = oidc_sign_in(&config, listener.local_addr()?).await?;
         let service = AuthService::new(
             store,
             tokens,
@@ -226,6 +227,7 @@ impl Application {
             accounts,
             second_factors,
             claims_template,
+            oidc,
         );
 
         let server = ServerSettings {
@@ -694,6 +696,52 @@ fn public_url(config: &Config, bound: SocketAddr) -> anyhow::Result<String> {
         bail!("PUBLIC_URL has no query or fragment: {configured:?}");
     }
     Ok(configured.trim_end_matches('/').to_owned())
+}
+
+/// How long the start waits for the OpenID Providers' first discovery; one that has not
+/// answered by then is carried on in the background.
+const OIDC_DISCOVERY_PATIENCE: Duration = Duration::from_secs(5);
+
+/// OpenID Connect sign-in, when OIDC_PROVIDERS names providers: their settings and
+/// OIDC_REDIRECT_URIS checked, each provider discovered (waiting at most
+/// [`OIDC_DISCOVERY_PATIENCE`]; one that is away is retried in the background).
+async fn oidc_sign_in(
+    config: &Config,
+    bound: SocketAddr,
+) -> anyhow::Result<Option<crate::service::oidc::OidcSignIn>> {
+    if config.oidc_provider_settings.is_empty() {
+        if !config.oidc_providers.is_empty() {
+            bail!("OIDC_PROVIDERS is set but its providers' settings were not read");
+        }
+        return Ok(None);
+    }
+    let mut redirect_uris = Vec::new();
+    for uri in config.oidc_redirect_uris.iter().map(|uri| uri.trim()) {
+        if uri.is_empty() {
+            continue;
+        }
+        let parsed = url::Url::parse(uri)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+            .with_context(|| format!("OIDC_REDIRECT_URIS: {uri:?} is not an absolute http(s) URL"))?;
+        if parsed.fragment().is_some() {
+            bail!("OIDC_REDIRECT_URIS: {uri:?} has a fragment (RFC 6749 § 3.1.2 forbids one)");
+        }
+        redirect_uris.push(uri.to_owned());
+    }
+    if redirect_uris.is_empty() {
+        bail!("OIDC_PROVIDERS needs OIDC_REDIRECT_URIS: the app pages a sign-in returns to");
+    }
+    let callback = format!("{}/auth/oidc/callback", public_url(config, bound)?);
+    let providers = Arc::new(crate::oidc::OidcProviders::new(
+        config.oidc_provider_settings.clone(),
+        &callback,
+    )?);
+    providers.start(OIDC_DISCOVERY_PATIENCE).await;
+    Ok(Some(crate::service::oidc::OidcSignIn::new(
+        providers,
+        redirect_uris,
+    )))
 }
 
 /// The second factors' settings: `APP_NAME`, `REAUTHENTICATION_MAX_AGE`, and the WebAuthn

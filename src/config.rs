@@ -493,6 +493,97 @@ pub struct Config {
     /// (`echo whsec_$(openssl rand -base64 32)`); required with WEBHOOK_URLS.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub webhook_secret: Option<SecretString>,
+
+    /// The OpenID Connect providers people may sign in with, comma-separated names (ASCII
+    /// letters, digits and `_`; `google,gitlab`). Each is set by `OIDC_<NAME>_ISSUER`,
+    /// `OIDC_<NAME>_CLIENT_ID`, `OIDC_<NAME>_CLIENT_SECRET`, `OIDC_<NAME>_SCOPES` (default
+    /// `openid email profile`) and `OIDC_<NAME>_DISPLAY_NAME` (README, "Sign in with OpenID
+    /// Connect"). authql's redirect URI at each provider is `PUBLIC_URL/auth/oidc/callback`.
+    #[arg(long, env = "OIDC_PROVIDERS", value_delimiter = ',')]
+    pub oidc_providers: Vec<String>,
+
+    /// The app's pages that an OpenID Connect sign-in may return to (`beginOidcLogin`'s
+    /// `redirectUri`), comma-separated absolute URLs, matched exactly.
+    #[arg(long, env = "OIDC_REDIRECT_URIS", value_delimiter = ',')]
+    pub oidc_redirect_uris: Vec<String>,
+
+    /// Each provider's settings, read from `OIDC_<NAME>_*` by
+    /// [`Config::read_oidc_provider_settings`] (their names depend on OIDC_PROVIDERS, so they
+    /// cannot be flags of their own). Tests set them directly.
+    #[arg(skip)]
+    pub oidc_provider_settings: Vec<OidcProviderSettings>,
+}
+
+/// One OpenID Connect provider's settings (`OIDC_<NAME>_*`).
+#[derive(Debug, Clone)]
+pub struct OidcProviderSettings {
+    /// The name in OIDC_PROVIDERS, lower-cased: what `beginOidcLogin` and
+    /// `unlinkIdentity` take.
+    pub name: String,
+    /// `OIDC_<NAME>_DISPLAY_NAME`; by default the name.
+    pub display_name: String,
+    /// `OIDC_<NAME>_ISSUER`: an `https://` URL (`http://` only on a loopback address).
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// `OIDC_<NAME>_SCOPES`, space- or comma-separated; `openid` is always asked for.
+    pub scopes: Vec<String>,
+}
+
+/// The scopes asked for when `OIDC_<NAME>_SCOPES` is unset.
+pub const DEFAULT_OIDC_SCOPES: &str = "openid email profile";
+
+impl Config {
+    /// Reads each OIDC_PROVIDERS name's `OIDC_<NAME>_*` settings through `lookup` (the
+    /// environment, after `.env`) into `oidc_provider_settings`. Errors say which setting is
+    /// missing or wrong.
+    pub fn read_oidc_provider_settings(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), String> {
+        let mut settings = Vec::new();
+        for name in self.oidc_providers.iter().map(|name| name.trim()) {
+            if name.is_empty() {
+                continue;
+            }
+            if name.len() > 32 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "OIDC_PROVIDERS: {name:?} is not 1 to 32 ASCII letters, digits or _"
+                ));
+            }
+            let prefix = format!("OIDC_{}_", name.to_ascii_uppercase());
+            let setting = |key: &str| {
+                lookup(&format!("{prefix}{key}"))
+                    .map(|value| value.trim().to_owned())
+                    .filter(|value| !value.is_empty())
+            };
+            let required = |key: &str| {
+                setting(key).ok_or_else(|| format!("{prefix}{key} must be set (OIDC_PROVIDERS names {name:?})"))
+            };
+            let name = name.to_ascii_lowercase();
+            if settings
+                .iter()
+                .any(|known: &OidcProviderSettings| known.name == name)
+            {
+                return Err(format!("OIDC_PROVIDERS names {name:?} twice"));
+            }
+            settings.push(OidcProviderSettings {
+                display_name: setting("DISPLAY_NAME").unwrap_or_else(|| name.clone()),
+                issuer: required("ISSUER")?,
+                client_id: required("CLIENT_ID")?,
+                client_secret: SecretString::from(required("CLIENT_SECRET")?),
+                scopes: setting("SCOPES")
+                    .unwrap_or_else(|| DEFAULT_OIDC_SCOPES.to_owned())
+                    .split([' ', ','])
+                    .filter(|scope| !scope.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                name,
+            });
+        }
+        self.oidc_provider_settings = settings;
+        Ok(())
+    }
 }
 
 /// One `INTROSPECTION_CLIENTS` entry: a client id and its secret.
@@ -619,6 +710,9 @@ impl Config {
             rate_limit_mails_per_ip_per_hour: DEFAULT_RATE_LIMIT_MAILS_PER_IP_PER_HOUR,
             webhook_urls: Vec::new(),
             webhook_secret: None,
+            oidc_providers: Vec::new(),
+            oidc_redirect_uris: Vec::new(),
+            oidc_provider_settings: Vec::new(),
         }
     }
 }

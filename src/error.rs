@@ -121,6 +121,20 @@ pub enum AppError {
     /// PASSKEYS_NOT_CONFIGURED: this server has no usable WebAuthn relying party (its
     /// `WEBAUTHN_RP_ID` could not be derived: `PUBLIC_URL` names an IP address).
     PasskeysNotConfigured,
+    /// ACCOUNT_EXISTS: an OpenID Connect sign-in whose identity cannot be linked to the account
+    /// that has its address (one side has not proven the address: the provider's
+    /// `email_verified`, or authql's own verification), or whose identity is another account's
+    /// (`link: true`). Sign in to that account another way, then link (README, "Sign in with
+    /// OpenID Connect").
+    AccountExists,
+    /// EMAIL_NOT_VERIFIED with `reason`: an OpenID Connect sign-in that needs a proven address
+    /// and lacks one. `PROVIDER`: the provider did not say `email_verified: true` (or gave no
+    /// address) for an identity no account has, so no account is made or linked; `ACCOUNT`:
+    /// `beginOidcLogin` with `link: true` on an account whose own address is not verified.
+    AddressNotProven { by_provider: bool },
+    /// LAST_LOGIN_METHOD: `unlinkIdentity` of the account's only way in (no password, no other
+    /// identity); nothing was changed.
+    LastLoginMethod,
     /// INTERNAL_SERVER_ERROR: something failed on our side; the cause is in the server log only.
     Internal,
 }
@@ -136,7 +150,7 @@ impl AppError {
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::InvalidToken(_) => "INVALID_TOKEN",
-            Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
+            Self::EmailNotVerified | Self::AddressNotProven { .. } => "EMAIL_NOT_VERIFIED",
             Self::OriginNotAllowed | Self::NotTheCaller => "FORBIDDEN",
             Self::ServiceUnavailable | Self::Overloaded { .. } => "SERVICE_UNAVAILABLE",
             Self::MfaRequired { .. } => "MFA_REQUIRED",
@@ -145,6 +159,8 @@ impl AppError {
             Self::TotpNotEnabled => "TOTP_NOT_ENABLED",
             Self::PasskeysNotConfigured => "PASSKEYS_NOT_CONFIGURED",
             Self::PasskeyLimitReached => "PASSKEY_LIMIT_REACHED",
+            Self::AccountExists => "ACCOUNT_EXISTS",
+            Self::LastLoginMethod => "LAST_LOGIN_METHOD",
             Self::Internal => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -195,6 +211,18 @@ impl AppError {
             Self::PasskeyLimitReached => {
                 "this account has as many passkeys as it may have; delete one first".into()
             }
+            Self::AddressNotProven { by_provider: true } => {
+                "the provider has not verified this account's email address, so it cannot be used to sign in here".into()
+            }
+            Self::AddressNotProven { by_provider: false } => {
+                "verify this account's email address before linking a provider to it".into()
+            }
+            Self::AccountExists => {
+                "an account with this address exists: sign in to it another way, then link this provider".into()
+            }
+            Self::LastLoginMethod => {
+                "this is the only way into the account: set a password or link another provider first".into()
+            }
             Self::Internal => "internal server error".into(),
         }
     }
@@ -219,6 +247,7 @@ impl From<crate::store::StoreError> for AppError {
         match error {
             StoreError::EmailTaken => Self::EmailTaken,
             StoreError::UsernameTaken => Self::UsernameTaken,
+            StoreError::IdentityTaken => Self::AccountExists,
             StoreError::Unavailable(cause) => {
                 tracing::warn!(event = "database_unavailable", error = %cause, "database unavailable");
                 Self::ServiceUnavailable
@@ -243,6 +272,10 @@ impl From<AppError> for async_graphql::Error {
                 } => extensions.set("retryAfterSeconds", *retry_after_seconds),
                 AppError::OriginNotAllowed => extensions.set("reason", "ORIGIN_NOT_ALLOWED"),
                 AppError::NotTheCaller => extensions.set("reason", "NOT_THE_CALLER"),
+                AppError::AddressNotProven { by_provider } => extensions.set(
+                    "reason",
+                    if *by_provider { "PROVIDER" } else { "ACCOUNT" },
+                ),
                 AppError::InvalidToken(refusal) => extensions.set("reason", refusal.as_code()),
                 AppError::MfaRequired { mfa_token, methods } => {
                     extensions.set("mfaToken", mfa_token.as_str());

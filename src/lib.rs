@@ -13,6 +13,7 @@ pub mod graphql;
 pub mod http;
 pub mod mail;
 pub mod metrics;
+pub mod oidc;
 pub mod service;
 pub mod store;
 pub mod telemetry;

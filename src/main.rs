@@ -42,7 +42,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             telemetry::init(cli.config.log_format, LogTarget::Stdout);
-            let app = Application::build(cli.config)
+            let mut config = cli.config;
+            if let Err(problem) = config.read_oidc_provider_settings(|name| std::env::var(name).ok())
+            {
+                eprintln!("authql: {problem}");
+                std::process::exit(2);
+            }
+            let app = Application::build(config)
                 .await
                 .context("authql could not start")?;
             app.run_until_stopped()

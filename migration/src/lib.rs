@@ -15,6 +15,7 @@ mod m20261201_000008_add_account_recovery;
 mod m20261201_000009_add_second_factors;
 mod m20261202_000010_add_user_roles;
 mod m20261202_000011_add_outbox_channel;
+mod m20261202_000012_add_user_identities;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000009_add_second_factors::Migration),
             Box::new(m20261202_000010_add_user_roles::Migration),
             Box::new(m20261202_000011_add_outbox_channel::Migration),
+            Box::new(m20261202_000012_add_user_identities::Migration),
         ]
     }
 }

@@ -221,13 +221,15 @@ impl PasswordHasher {
     }
 
     /// Checks `password` against `stored`, or against the dummy hash when there is no account
-    /// (at the same cost). An outdated match comes with the new hash to store, made on the same
+    /// or it has no password (at the same cost). An outdated match comes with the new hash to store, made on the same
     /// hashing thread. Errors: `Overloaded` (the queue is full), `Internal`.
     pub async fn verify(
         &self,
         password: String,
         stored: Option<String>,
     ) -> Result<Verification, AppError> {
+        // An account without a password (`NO_PASSWORD`) is checked as an unknown one is.
+        let stored = stored.filter(|hash| hash != crate::store::NO_PASSWORD);
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let cost = self.cost;

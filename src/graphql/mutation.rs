@@ -4,8 +4,9 @@ use axum::http::header::SET_COOKIE;
 use super::EXPENSIVE_FIELD_COST;
 use super::refresh_cookie::{RefreshCookie, RequestRefreshCookie};
 use super::types::{
-    AuthPayload, BeginPasskeyLoginInput, ChangePasswordInput, DeleteAccountInput,
-    FinishPasskeyLoginInput, FinishPasskeyRegistrationInput, LoginInput, Passkey, PasskeyChallenge,
+    AuthPayload, BeginOidcLoginInput, BeginPasskeyLoginInput, ChangePasswordInput, DeleteAccountInput,
+    FinishPasskeyLoginInput, FinishPasskeyRegistrationInput, LoginInput, OidcAuthorization, Passkey,
+    PasskeyChallenge,
     ReauthenticateInput, RegisterInput, RequestEmailChangeInput, ResetPasswordInput,
     RevokeTokensInput, RevokeTokensPayload, Session, TotpEnrollment, User, VerifyMfaInput,
 };
@@ -45,6 +46,60 @@ impl MutationRoot {
             .login(&input.email_or_username, input.password, client(ctx))
             .await?;
         Ok(deliver(ctx, issued))
+    }
+
+    /// Begins a sign-in at an OpenID Provider: send the browser to `authorizationUrl`. The
+    /// provider returns it to authql, which sends it on to `redirectUri` with a one-time `code`
+    /// (60 s) for `completeOidcLogin` and the `state` (or with `error`, RFC 6749 § 4.1.2.1).
+    /// With `link: true` (and the access token), the identity is linked to the caller's account
+    /// instead. Errors: BAD_USER_INPUT (`provider`, `redirectUri`), REAUTHENTICATION_REQUIRED
+    /// and EMAIL_NOT_VERIFIED (`link`), SERVICE_UNAVAILABLE (the provider cannot be reached),
+    /// RATE_LIMITED.
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn begin_oidc_login(
+        &self,
+        ctx: &Context<'_>,
+        input: BeginOidcLoginInput,
+    ) -> Result<OidcAuthorization> {
+        let linking = match input.link {
+            Some(true) => Some(signed_in(ctx).await?),
+            _ => None,
+        };
+        let (authorization_url, state) = service(ctx)?
+            .begin_oidc_login(&input.provider, &input.redirect_uri, linking, &client(ctx))
+            .await?;
+        Ok(OidcAuthorization {
+            authorization_url,
+            state,
+        })
+    }
+
+    /// Completes an OpenID Connect sign-in with the `code` the callback gave `redirectUri`:
+    /// a session, as `login` gives it (`amr` holds `fed`). A first sign-in makes an account
+    /// when the provider verified the address and no account has it; an account that has it is
+    /// linked only when its own address is verified too. A link (`link: true`) needs the
+    /// access token of the session that began it, and answers that session's new pair.
+    /// Errors: INVALID_TOKEN (`code` unknown, used or expired), ACCOUNT_EXISTS,
+    /// EMAIL_NOT_VERIFIED (`reason: PROVIDER`, or the account's own with
+    /// `EMAIL_VERIFICATION=required`), ACCOUNT_DISABLED, MFA_REQUIRED, RATE_LIMITED.
+    #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn complete_oidc_login(&self, ctx: &Context<'_>, code: String) -> Result<AuthPayload> {
+        let caller = signed_in(ctx).await;
+        let issued = service(ctx)?
+            .complete_oidc_login(&code, caller, client(ctx))
+            .await?;
+        Ok(deliver(ctx, issued))
+    }
+
+    /// Unlinks the caller's identity of `provider` and, as deleting a passkey does, ends the
+    /// caller's other sessions; `false` when none is linked. Needs a recent proof. Errors:
+    /// LAST_LOGIN_METHOD (it is the account's only way in: set a password with
+    /// `requestPasswordReset`, or link another provider, first), REAUTHENTICATION_REQUIRED.
+    #[graphql(guard = "SignedIn")]
+    async fn unlink_identity(&self, ctx: &Context<'_>, provider: String) -> Result<bool> {
+        Ok(service(ctx)?
+            .unlink_identity(signed_in(ctx).await?, &provider)
+            .await?)
     }
 
     /// Exchanges a refresh token for a new pair of the same session; the old pair dies at once.

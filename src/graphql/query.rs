@@ -1,12 +1,12 @@
 use async_graphql::{Context, MergedObject, Object, Result};
 
-use super::types::{Session, User};
+use super::types::{OidcProvider, Session, User};
 use crate::{
     auth::{SignedIn, signed_in},
     service::AuthService,
 };
 
-// The query root: reads; both need `Authorization: Bearer <accessToken>`. (A plain comment:
+// The query root: reads; `me` and `mySessions` need `Authorization: Bearer <accessToken>`. (A plain comment:
 // async-graphql would print a doc comment into the schema as the type's description, and
 // `schema.graphql` has none for `Query`.)
 #[derive(MergedObject, Default)]
@@ -25,6 +25,20 @@ impl QueryFields {
     #[graphql(guard = "SignedIn")]
     async fn me(&self, ctx: &Context<'_>) -> Result<User> {
         Ok(signed_in(ctx).await?.user.clone().into())
+    }
+
+    /// The OpenID Connect providers this server signs in with, for "Sign in with ..." buttons
+    /// (empty when none is configured). Needs no token.
+    async fn oidc_providers(&self, ctx: &Context<'_>) -> Result<Vec<OidcProvider>> {
+        Ok(ctx
+            .data::<AuthService>()?
+            .oidc_providers()
+            .into_iter()
+            .map(|provider| OidcProvider {
+                name: provider.name,
+                display_name: provider.display_name,
+            })
+            .collect())
     }
 
     /// The caller's live sessions, newest first: at most `first` (1 to 100, 100 by default),

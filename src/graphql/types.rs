@@ -107,6 +107,70 @@ impl User {
             .map(Into::into)
             .collect())
     }
+
+    /// The OpenID Connect identities linked to the account ("Sign in with ..."), oldest first.
+    async fn identities(&self, ctx: &Context<'_>) -> Result<Vec<Identity>> {
+        Ok(service(ctx)?
+            .identities_of(self.user_id)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+}
+
+/// An account at an OpenID Provider that signs in to this account.
+#[derive(SimpleObject)]
+pub struct Identity {
+    /// The provider's name (`oidcProviders { name }`): what `unlinkIdentity` takes.
+    pub provider: String,
+    /// The address the provider gave when the identity was linked.
+    pub email: Option<String>,
+    /// When it was linked.
+    pub linked_at: DateTime,
+}
+
+impl From<store::Identity> for Identity {
+    fn from(identity: store::Identity) -> Self {
+        Self {
+            provider: identity.provider,
+            email: identity.email,
+            linked_at: identity.linked_at.into(),
+        }
+    }
+}
+
+/// An OpenID Provider people may sign in with (`OIDC_PROVIDERS`).
+#[derive(SimpleObject)]
+pub struct OidcProvider {
+    /// What `beginOidcLogin` and `unlinkIdentity` take, e.g. `google`.
+    pub name: String,
+    /// What a "Sign in with ..." button shows, e.g. `Google`.
+    pub display_name: String,
+}
+
+/// Where to send the browser to sign in at a provider.
+#[derive(SimpleObject)]
+pub struct OidcAuthorization {
+    /// The provider's authorization endpoint with this sign-in's request; navigate to it.
+    pub authorization_url: String,
+    /// The request's `state`: the callback sends it back to `redirectUri` beside `code`.
+    /// Keep it (e.g. in `sessionStorage`) and call `completeOidcLogin` only when the two match,
+    /// so that a page cannot be made to complete someone else's sign-in (login CSRF).
+    pub state: String,
+}
+
+/// A sign-in at an OpenID Provider.
+#[derive(InputObject)]
+pub struct BeginOidcLoginInput {
+    /// A provider's `name` from `oidcProviders`.
+    pub provider: String,
+    /// The app's page the browser comes back to, with `code` and `state` (or `error` and
+    /// `state`) in its query: one of OIDC_REDIRECT_URIS, exactly.
+    pub redirect_uri: String,
+    /// Link the identity to the signed-in caller's account instead of signing in (needs the
+    /// access token, a recent proof and a verified address).
+    pub link: Option<bool>,
 }
 
 fn service<'ctx>(ctx: &Context<'ctx>) -> Result<&'ctx crate::service::AuthService> {

@@ -18,6 +18,7 @@ mod account_pages;
 mod client_address;
 mod graphiql;
 mod graphql_over_http;
+mod oidc_callback;
 mod persisted_queries;
 mod resource_servers;
 pub mod server;
@@ -160,6 +161,7 @@ pub fn router(
         .route("/.well-known/jwks.json", get(jwks_document))
         .route("/auth/verify", any(resource_servers::verify))
         .route("/oauth/introspect", post(resource_servers::introspect))
+        .route("/auth/oidc/callback", get(oidc_callback::callback))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(EdgeState(Arc::new(Edge {

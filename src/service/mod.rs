@@ -6,6 +6,7 @@ pub mod admin;
 pub mod events;
 pub mod input;
 pub mod introspection;
+pub mod oidc;
 pub mod rate_limit;
 pub mod second_factors;
 
@@ -77,6 +78,8 @@ struct Inner {
     second_factors: second_factors::SecondFactorSettings,
     /// `ACCESS_TOKEN_CLAIMS_TEMPLATE`, checked at start.
     claims_template: Option<ClaimsTemplate>,
+    /// OpenID Connect sign-in (`OIDC_PROVIDERS`); `None` when no provider is configured.
+    oidc: Option<oidc::OidcSignIn>,
 }
 
 /// The last readiness probe: its answer is reused for `READINESS_MAX_AGE`, and one probe runs
@@ -133,9 +136,11 @@ impl AuthService {
         accounts: Arc<accounts::Accounts>,
         second_factors: second_factors::SecondFactorSettings,
         claims_template: Option<ClaimsTemplate>,
+        oidc: Option<oidc::OidcSignIn>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                oidc,
                 claims_template,
                 second_factors,
                 store,
@@ -191,6 +196,8 @@ impl AuthService {
             username_normalized,
             password_hash,
             created_at: now,
+            email_verified_at: None,
+            identity: None,
         };
         // A username of its own (one that is not the address): it decides USERNAME_TAKEN.
         let own_username =
@@ -316,7 +323,8 @@ impl AuthService {
                 tracing::warn!(event = "password_rehash_failed", user_id = %user.id, "could not store the upgraded password hash");
             }
         }
-        self.ask_for_second_factor(&user, now()).await?;
+        self.ask_for_second_factor(&user, AuthMethods::of(["pwd"]), now())
+            .await?;
         let version = user.credential_version;
         self.open_session(user, version, AuthMethods::of(["pwd"]), client)
             .await

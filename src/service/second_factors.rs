@@ -147,7 +147,7 @@ fn registration_digest(session_id: Uuid, challenge: &str) -> String {
 }
 
 /// SHA-256 of `text`, lower-case hex: how challenges and recovery codes are stored.
-fn digest(text: &str) -> String {
+pub(super) fn digest(text: &str) -> String {
     let hash = Sha256::digest(text.as_bytes());
     let mut hex = String::with_capacity(64);
     for byte in hash {
@@ -156,7 +156,7 @@ fn digest(text: &str) -> String {
     hex
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(super) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     rand::rng().fill_bytes(&mut bytes);
     bytes
@@ -336,11 +336,13 @@ impl AuthService {
         Ok(self.store().second_factors.passkeys(user_id).await?)
     }
 
-    /// After a right password: MFA_REQUIRED with a new `mfaToken` when the account has a
-    /// second factor, else nothing to ask.
+    /// After a right first factor (`proven`: a password, or an OpenID Provider's sign-in):
+    /// MFA_REQUIRED with a new `mfaToken` when the account has a second factor, else nothing to
+    /// ask.
     pub(super) async fn ask_for_second_factor(
         &self,
         user: &User,
+        proven: AuthMethods,
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
         let factors = self.second_factors_of(user.id).await?;
@@ -364,14 +366,14 @@ impl AuthService {
                 user_id: Some(user.id),
                 session_id: None,
                 credential_version: Some(user.credential_version),
-                methods: AuthMethods::of(["pwd"]),
+                methods: proven,
                 state: None,
                 attempts: 0,
                 created_at: now,
                 expires_at: now + MFA_TOKEN_LIFETIME,
             })
             .await?;
-        tracing::info!(event = "mfa_required", user_id = %user.id, "password accepted; a second factor is asked for");
+        tracing::info!(event = "mfa_required", user_id = %user.id, "first factor accepted; a second factor is asked for");
         Err(AppError::MfaRequired { mfa_token, methods })
     }
 
@@ -564,7 +566,7 @@ impl AuthService {
     }
 
     /// The answer to a factor's removal, its log line and its session events.
-    async fn removed(
+    pub(super) async fn removed(
         &self,
         caller: &Authenticated,
         removal: FactorRemoval,
@@ -620,7 +622,7 @@ impl AuthService {
     /// Why an `mfaToken` or challenge that could not be taken was refused: INVALID_TOKEN
     /// `EXPIRED` when it is there but past its time, else `UNKNOWN` (used, used up, never
     /// issued).
-    async fn challenge_refusal(&self, digest: &str, now: DateTime<Utc>) -> AppError {
+    pub(super) async fn challenge_refusal(&self, digest: &str, now: DateTime<Utc>) -> AppError {
         match self
             .store()
             .second_factors
@@ -700,7 +702,7 @@ impl AuthService {
     /// The user a proof was made for, if they may have a session: enabled, and verified where
     /// `EMAIL_VERIFICATION=required`. Errors: INVALID_CREDENTIALS (gone), ACCOUNT_DISABLED,
     /// EMAIL_NOT_VERIFIED.
-    async fn user_to_admit(&self, user_id: Uuid, client: &ClientInfo) -> Result<User, AppError> {
+    pub(super) async fn user_to_admit(&self, user_id: Uuid, client: &ClientInfo) -> Result<User, AppError> {
         let user = self
             .store()
             .users
@@ -1146,7 +1148,7 @@ impl AuthService {
 
     /// A passkey step-up: the session records the proof, then its pair is rotated so that the
     /// new access token carries the new `auth_time` and `amr`.
-    async fn step_up(
+    pub(super) async fn step_up(
         &self,
         caller: &Authenticated,
         proven: AuthMethods,

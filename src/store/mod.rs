@@ -186,7 +186,7 @@ pub struct Session {
 }
 
 /// A set of RFC 8176 § 2 authentication method reference values (`pwd`, `otp`, `hwk`, `swk`,
-/// `user`, `mfa`): what a session stores (as comma-separated text, [`AuthMethods::to_text`])
+/// `user`, `mfa`, `fed`): what a session stores (as comma-separated text, [`AuthMethods::to_text`])
 /// and what the `amr` claim lists, in a fixed order. A bit set: reading a session row costs no
 /// allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,8 +194,9 @@ pub struct AuthMethods(u8);
 
 impl AuthMethods {
     /// The order values are kept and shown in; each one's bit is its position.
-    const ORDER: [&'static str; 6] = ["pwd", "otp", "hwk", "swk", "user", "mfa"];
-    const PWD: u8 = 1;
+    const ORDER: [&'static str; 7] = ["pwd", "otp", "hwk", "swk", "user", "mfa", "fed"];
+    /// Something known, or proven elsewhere (`fed`: an OpenID Provider's sign-in).
+    const FIRST: u8 = 1 | 1 << 6;
     const HELD: u8 = 0b1110; // otp, hwk, swk
     const KEYS: u8 = 0b1100; // hwk, swk
     const USER: u8 = 1 << 4;
@@ -220,7 +221,7 @@ impl AuthMethods {
     }
 
     fn with_mfa(bits: u8) -> Self {
-        let knows_and_holds = bits & Self::PWD != 0 && bits & Self::HELD != 0;
+        let knows_and_holds = bits & Self::FIRST != 0 && bits & Self::HELD != 0;
         let verified_key = bits & Self::KEYS != 0 && bits & Self::USER != 0;
         if knows_and_holds || verified_key {
             Self(bits | Self::MFA)
@@ -303,8 +304,63 @@ pub struct NewUser {
     pub email_normalized: String,
     pub username: String,
     pub username_normalized: String,
+    /// [`NO_PASSWORD`] for an account made by an OpenID Connect sign-in.
     pub password_hash: String,
     pub created_at: DateTime<Utc>,
+    /// Set when the address is proven already (an OpenID Provider said `email_verified`).
+    pub email_verified_at: Option<DateTime<Utc>>,
+    /// The OpenID Connect identity the account is made for, stored with it.
+    pub identity: Option<Identity>,
+}
+
+/// The stored password hash of an account that has no password (one an OpenID Connect sign-in
+/// made, until its user sets one through the password-reset flow). No password matches it: the
+/// hasher checks a dummy hash instead, at the same cost (`auth::password`).
+pub const NO_PASSWORD: &str = "";
+
+impl UserCredentials {
+    /// Whether the account has a password at all.
+    pub fn has_password(&self) -> bool {
+        self.password_hash != NO_PASSWORD
+    }
+}
+
+/// An OpenID Connect identity linked to an account: the provider's `iss` and `sub` (OIDC Core
+/// § 2: together, a stable identifier of the End-User, unique across all accounts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// The `OIDC_PROVIDERS` name it was linked through; an account has one identity per name.
+    pub provider: String,
+    pub issuer: String,
+    pub subject: String,
+    /// The address the provider gave when it was linked; shown, never used to log in.
+    pub email: Option<String>,
+    pub linked_at: DateTime<Utc>,
+}
+
+/// What linking an identity to an account did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Linking {
+    /// Stored.
+    Linked(Identity),
+    /// The identity belongs to an account already (this one or another).
+    IdentityTaken,
+    /// The account has an identity of this provider already.
+    ProviderTaken,
+    /// There is no such account.
+    UnknownUser,
+}
+
+/// What unlinking an identity did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlinking {
+    /// As removing a passkey: `NotFound` (no identity of this provider), `SessionEnded`, or
+    /// `Removed` with the other sessions that ended.
+    Unlinked(FactorRemoval),
+    /// It is the account's only way in (no password and no other identity): kept.
+    LastLoginMethod,
 }
 
 /// A session's row before it is stored; `last_refreshed_at` starts empty.
@@ -582,6 +638,9 @@ pub enum StoreError {
     EmailTaken,
     #[error("the username is already taken")]
     UsernameTaken,
+    /// A new account's OpenID Connect identity belongs to another account already.
+    #[error("the identity is linked to another account")]
+    IdentityTaken,
     /// The database cannot be reached (down, restarting, pool exhausted): worth retrying.
     #[error("database unavailable: {0}")]
     Unavailable(DriverError),
@@ -1060,6 +1119,11 @@ pub enum ChallengeKind {
     PasskeyRegistration,
     /// `beginPasskeyLogin`.
     PasskeyLogin,
+    /// `beginOidcLogin`: found by its `state`; holds the PKCE verifier and the `nonce`.
+    OidcAuthorization,
+    /// An OpenID Connect sign-in the callback verified: found by the one-time `code` the app
+    /// gets, for `completeOidcLogin`.
+    OidcCompletion,
 }
 
 impl ChallengeKind {
@@ -1068,11 +1132,19 @@ impl ChallengeKind {
             Self::Mfa => "mfa",
             Self::PasskeyRegistration => "passkey_registration",
             Self::PasskeyLogin => "passkey_login",
+            Self::OidcAuthorization => "oidc_authorization",
+            Self::OidcCompletion => "oidc_completion",
         }
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Mfa, Self::PasskeyRegistration, Self::PasskeyLogin]
+        [
+            Self::Mfa,
+            Self::PasskeyRegistration,
+            Self::PasskeyLogin,
+            Self::OidcAuthorization,
+            Self::OidcCompletion,
+        ]
             .into_iter()
             .find(|kind| kind.as_str() == name)
     }
@@ -1245,6 +1317,40 @@ pub trait SecondFactorStore: Send + Sync + 'static {
     async fn prune_challenges(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 }
 
+/// OpenID Connect identities: which account an identity (`iss` + `sub`) signs in to, and the
+/// links an account has. An identity made with a new account is stored by
+/// [`UserStore::register_user`] ([`NewUser::identity`]), in the same transaction.
+#[async_trait]
+pub trait IdentityStore: Send + Sync + 'static {
+    /// The identity with this issuer and subject, and its account with the account's
+    /// password hash.
+    async fn find_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<(Identity, UserCredentials)>>;
+
+    /// The account's identities, oldest link first.
+    async fn identities(&self, user_id: Uuid) -> StoreResult<Vec<Identity>>;
+
+    /// Links `identity` to its `user_id`'s account, unless the identity belongs to an account
+    /// already or the account has one of the same provider. One statement decides, so that of
+    /// concurrent links of one identity exactly one is stored.
+    async fn link_identity(&self, identity: Identity) -> StoreResult<Linking>;
+
+    /// Unlinks the account's identity of `provider`, unless it is the account's last way in
+    /// (no password, no other identity): decided under the account's lock, so that two
+    /// concurrent unlinks cannot both leave the account with none. Then, as removing a passkey
+    /// does, moves the credential version on (`keep_session` with it) and ends the other
+    /// sessions: a sign-in through the identity that is still in flight stores no session.
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        keep_session: Uuid,
+    ) -> StoreResult<Unlinking>;
+}
+
 /// A whole backend: every capability, each implemented once per backend (lldap's
 /// `BackendHandler`, composed of its narrow handlers). Code that needs one capability takes that
 /// trait; [`Storage`] hands each capability to the service separately, so that a decorator (the
@@ -1259,6 +1365,7 @@ pub trait Store:
     + EventStore
     + HealthStore
     + SecondFactorStore
+    + IdentityStore
 {
 }
 
@@ -1272,6 +1379,7 @@ impl<T> Store for T where
         + EventStore
         + HealthStore
         + SecondFactorStore
+        + IdentityStore
 {
 }
 
@@ -1287,6 +1395,7 @@ pub struct Storage {
     pub events: Arc<dyn EventStore>,
     pub health: Arc<dyn HealthStore>,
     pub second_factors: Arc<dyn SecondFactorStore>,
+    pub identities: Arc<dyn IdentityStore>,
 }
 
 impl Storage {
@@ -1301,6 +1410,7 @@ impl Storage {
             rate_limits: backend.clone(),
             events: backend.clone(),
             second_factors: backend.clone(),
+            identities: backend.clone(),
             health: backend,
         }
     }

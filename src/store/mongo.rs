@@ -30,6 +30,10 @@
 //!   `counter`, `backup_eligible`, `created_at`, `last_used_at`.
 //! - `auth_challenges`: `_id`, `digest` (unique), `kind`, `user_id`, `session_id`,
 //!   `credential_version`, `methods`, `state`, `attempts`, `created_at`, `expires_at` (indexed).
+//! - `user_identities`: `_id`, `user_id`, `provider` (unique with `user_id`), `issuer`,
+//!   `subject` (unique with `issuer`), `email`, `linked_at`. The user document counts its
+//!   identities in `identity_count`, which is what makes an unlink's check of the last way in
+//!   one atomic update on any deployment.
 //!
 //! Every query is shaped so that it is served by an index on any server: a read or
 //! `findAndModify` that filters on more than its index's fields names the index (`hint`), and
@@ -67,11 +71,11 @@ use super::{
     OutboxChannel, OutboxMail, OutboxMessage, PasskeyAddition, PoolSettings, PoolStatus,
     RoleChange, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
     StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
-    VerifiedEmail, least_recently_used, token_holds, token_state,
+    VerifiedEmail, Identity, Linking, Unlinking, least_recently_used, token_holds, token_state,
 };
 use super::{
-    EventStore, HealthStore, OutboxStore, RateLimitStore, SecondFactorStore, SessionStore,
-    SettingStore, TokenStore, UserStore,
+    EventStore, HealthStore, IdentityStore, OutboxStore, RateLimitStore, SecondFactorStore,
+    SessionStore, SettingStore, TokenStore, UserStore,
 };
 
 /// The database used when the URL names none.
@@ -110,6 +114,47 @@ pub struct UserDocument {
     /// (`$addToSet`), sorted when read.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// How many `user_identities` the account has, never more: a link stores its identity
+    /// before counting it, an unlink uncounts it before deleting it.
+    #[serde(default)]
+    pub identity_count: i64,
+}
+
+/// An OpenID Connect identity in `user_identities`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityDocument {
+    #[serde(rename = "_id")]
+    pub id: bson::Uuid,
+    pub user_id: bson::Uuid,
+    pub provider: String,
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub linked_at: bson::DateTime,
+}
+
+fn identity_document(identity: Identity) -> IdentityDocument {
+    IdentityDocument {
+        id: id(identity.id),
+        user_id: id(identity.user_id),
+        provider: identity.provider,
+        issuer: identity.issuer,
+        subject: identity.subject,
+        email: identity.email,
+        linked_at: date(identity.linked_at),
+    }
+}
+
+fn identity_of(document: IdentityDocument) -> Identity {
+    Identity {
+        id: document.id.into(),
+        user_id: document.user_id.into(),
+        provider: document.provider,
+        issuer: document.issuer,
+        subject: document.subject,
+        email: document.email,
+        linked_at: document.linked_at.to_chrono(),
+    }
 }
 
 /// A one-time token in `one_time_tokens`: the fields of [`super::NewToken`], and when it was
@@ -278,6 +323,7 @@ pub struct MongoStore {
     recovery_codes: Collection<RecoveryCodeDocument>,
     passkeys: Collection<PasskeyDocument>,
     challenges: Collection<ChallengeDocument>,
+    identities: Collection<IdentityDocument>,
     /// Whether the deployment runs multi-document transactions (a replica set or a sharded
     /// cluster does, a standalone server does not).
     transactions: bool,
@@ -353,6 +399,7 @@ impl MongoStore {
             recovery_codes: database.collection("recovery_codes"),
             passkeys: database.collection("passkeys"),
             challenges: database.collection("auth_challenges"),
+            identities: database.collection("user_identities"),
             client,
             database,
             transactions,
@@ -426,6 +473,19 @@ impl MongoStore {
                 unique("digest"),
                 plain(doc! { "user_id": 1 }),
                 plain(doc! { "expires_at": 1 }),
+            ])
+            .await
+            .map_err(classify)?;
+        self.identities
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "issuer": 1, "subject": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "user_id": 1, "provider": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
             ])
             .await
             .map_err(classify)?;
@@ -1212,9 +1272,11 @@ impl UserStore for MongoStore {
             created_at: date(new_user.created_at),
             disabled_at: None,
             credential_version: FIRST_CREDENTIAL_VERSION,
-            email_verified_at: None,
+            email_verified_at: new_user.email_verified_at.map(date),
             roles: Vec::new(),
+            identity_count: i64::from(new_user.identity.is_some()),
         };
+        let identity = new_user.identity.map(identity_document);
         let session = new_session.map(session_document);
         let (token, mails) = match verification {
             Some(issued) => (
@@ -1229,6 +1291,12 @@ impl UserStore for MongoStore {
                     .insert_one(&user)
                     .session(&mut transaction)
                     .await?;
+                if let Some(identity) = &identity {
+                    self.identities
+                        .insert_one(identity)
+                        .session(&mut transaction)
+                        .await?;
+                }
                 if let Some(session) = &session {
                     self.sessions
                         .insert_one(session)
@@ -1242,15 +1310,29 @@ impl UserStore for MongoStore {
                 Ok(())
             })
         } else {
+            // The identity first: a taken one stops the registration before anything is
+            // written, and one whose user is missing is ignored by `find_identity`.
+            if let Some(identity) = &identity {
+                match self.identities.insert_one(identity).await {
+                    Err(error) if is_duplicate_key(&error) => {
+                        return Err(StoreError::IdentityTaken);
+                    }
+                    inserted => inserted.map_err(classify)?,
+                };
+            }
             if let Some(session) = &session {
                 self.sessions.insert_one(session).await.map_err(classify)?;
             }
             let inserted = self.users.insert_one(&user).await.map(|_| ());
-            if inserted.is_err()
-                && let Some(session) = &session
-            {
-                // Best effort: if this fails too, the session is one that nothing accepts.
-                let _ = self.sessions.delete_one(doc! { "_id": session.id }).await;
+            if inserted.is_err() {
+                // Best effort: if this fails too, the session is one that nothing accepts,
+                // and the identity one whose user does not exist.
+                if let Some(session) = &session {
+                    let _ = self.sessions.delete_one(doc! { "_id": session.id }).await;
+                }
+                if let Some(identity) = &identity {
+                    let _ = self.identities.delete_one(doc! { "_id": identity.id }).await;
+                }
             }
             match (inserted, &token) {
                 (Ok(()), Some(token)) => self.write_token(token, &mails, None).await,
@@ -1260,6 +1342,16 @@ impl UserStore for MongoStore {
         match written {
             Ok(()) => Ok((user_of(user), session.map(session_of))),
             Err(error) if is_duplicate_key(&error) => {
+                if let Some(identity) = &identity
+                    && self
+                        .identities
+                        .find_one(doc! { "issuer": &identity.issuer, "subject": &identity.subject })
+                        .await
+                        .map_err(classify)?
+                        .is_some()
+                {
+                    return Err(StoreError::IdentityTaken);
+                }
                 Err(self.taken(&user.email_normalized).await?)
             }
             Err(error) => Err(classify(error)),
@@ -1619,6 +1711,11 @@ impl UserStore for MongoStore {
                 .map_err(classify)?;
             store
                 .delete_second_factors(user_id)
+                .await
+                .map_err(classify)?;
+            store
+                .identities
+                .delete_many(doc! { "user_id": id(user_id) })
                 .await
                 .map_err(classify)?;
             Ok(Some(ended))
@@ -2254,6 +2351,155 @@ fn by_digest() -> Hint {
 /// and then moves the credential version on, on a task of its own (see `change_password` for
 /// why no transaction): a login racing it sees the factor, or made its session before the
 /// version moved and loses it with the others.
+#[async_trait]
+impl IdentityStore for MongoStore {
+    async fn find_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<(Identity, UserCredentials)>> {
+        let Some(identity) = self
+            .identities
+            .find_one(doc! { "issuer": issuer, "subject": subject })
+            .await
+            .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        let user = self
+            .users
+            .find_one(doc! { "_id": identity.user_id })
+            .await
+            .map_err(classify)?;
+        Ok(user.map(|user| (identity_of(identity), credentials_of(user))))
+    }
+
+    async fn identities(&self, user_id: Uuid) -> StoreResult<Vec<Identity>> {
+        let mut found: Vec<Identity> = self
+            .identities
+            .find(doc! { "user_id": id(user_id) })
+            .await
+            .map_err(classify)?
+            .map_ok(identity_of)
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        found.sort_by_key(|identity| (identity.linked_at, identity.id));
+        Ok(found)
+    }
+
+    /// The identity is stored, then counted in its user's document; a user deleted in between
+    /// takes it with them (`delete_user` deletes by `user_id` after the user document).
+    async fn link_identity(&self, identity: Identity) -> StoreResult<Linking> {
+        self.detached(move |store| async move {
+            let user_id = id(identity.user_id);
+            let exists = store
+                .users
+                .find_one(doc! { "_id": user_id })
+                .await
+                .map_err(classify)?
+                .is_some();
+            if !exists {
+                return Ok(Linking::UnknownUser);
+            }
+            let document = identity_document(identity.clone());
+            match store.identities.insert_one(&document).await {
+                Ok(_) => {}
+                Err(error) if is_duplicate_key(&error) => {
+                    let taken = store
+                        .identities
+                        .find_one(doc! { "issuer": &document.issuer, "subject": &document.subject })
+                        .await
+                        .map_err(classify)?
+                        .is_some();
+                    return Ok(if taken {
+                        Linking::IdentityTaken
+                    } else {
+                        Linking::ProviderTaken
+                    });
+                }
+                Err(error) => return Err(classify(error)),
+            }
+            let counted = store
+                .users
+                .update_one(
+                    doc! { "_id": user_id },
+                    doc! { "$inc": { "identity_count": 1 } },
+                )
+                .await
+                .map_err(classify)?;
+            if counted.matched_count == 0 {
+                let _ = store.identities.delete_one(doc! { "_id": document.id }).await;
+                return Ok(Linking::UnknownUser);
+            }
+            Ok(Linking::Linked(identity))
+        })
+        .await
+    }
+
+    /// The identity is uncounted first, by one atomic update that requires a password or
+    /// another identity; then deleted; then the credentials move on as a passkey's removal
+    /// moves them.
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        keep_session: Uuid,
+    ) -> StoreResult<Unlinking> {
+        let provider = provider.to_owned();
+        self.detached(move |store| async move {
+            let not_linked = Unlinking::Unlinked(FactorRemoval::NotFound);
+            let user = id(user_id);
+            let Some(identity) = store
+                .identities
+                .find_one(doc! { "user_id": user, "provider": &provider })
+                .await
+                .map_err(classify)?
+            else {
+                return Ok(not_linked);
+            };
+            let uncounted = store
+                .users
+                .update_one(
+                    doc! {
+                        "_id": user,
+                        "$or": [
+                            { "password_hash": { "$ne": super::NO_PASSWORD } },
+                            { "identity_count": { "$gt": 1 } },
+                        ],
+                    },
+                    doc! { "$inc": { "identity_count": -1 } },
+                )
+                .await
+                .map_err(classify)?;
+            if uncounted.matched_count == 0 {
+                return Ok(Unlinking::LastLoginMethod);
+            }
+            let deleted = store
+                .identities
+                .delete_one(doc! { "_id": identity.id })
+                .await
+                .map_err(classify)?;
+            if deleted.deleted_count == 0 {
+                // A concurrent unlink of the same identity deleted it: count it back.
+                store
+                    .users
+                    .update_one(
+                        doc! { "_id": user },
+                        doc! { "$inc": { "identity_count": 1 } },
+                    )
+                    .await
+                    .map_err(classify)?;
+                return Ok(not_linked);
+            }
+            Ok(Unlinking::Unlinked(
+                store.finish_removal(user_id, keep_session).await?,
+            ))
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl SecondFactorStore for MongoStore {
     async fn totp(&self, user_id: Uuid) -> StoreResult<Option<TotpCredential>> {

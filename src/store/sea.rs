@@ -19,16 +19,16 @@ use super::{
     OutboxChannel, OutboxMail, OutboxMessage, PasskeyAddition, PoolSettings, PoolStatus,
     RoleChange, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
     StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
-    VerifiedEmail,
+    VerifiedEmail, Identity, Linking, Unlinking,
     entity::{
         auth_challenge, one_time_token, outbox_mail, passkey, recovery_code, session, setting,
-        totp_credential, user,
+        totp_credential, user, user_identity,
     },
     least_recently_used, token_holds, token_state,
 };
 use super::{
-    EventStore, HealthStore, OutboxStore, RateLimitStore, SecondFactorStore, SessionStore,
-    SettingStore, TokenStore, UserStore,
+    EventStore, HealthStore, IdentityStore, OutboxStore, RateLimitStore, SecondFactorStore,
+    SessionStore, SettingStore, TokenStore, UserStore,
 };
 
 /// The store on SeaORM: SQLite (the embedded default) or PostgreSQL, chosen by the URL.
@@ -253,6 +253,47 @@ impl From<user::Model> for UserCredentials {
             password_hash,
         }
     }
+}
+
+impl From<user_identity::Model> for Identity {
+    fn from(row: user_identity::Model) -> Self {
+        Identity {
+            id: row.id,
+            user_id: row.user_id,
+            provider: row.provider,
+            issuer: row.issuer,
+            subject: row.subject,
+            email: row.email,
+            linked_at: row.linked_at,
+        }
+    }
+}
+
+fn identity_row(identity: Identity) -> user_identity::ActiveModel {
+    user_identity::ActiveModel {
+        id: Set(identity.id),
+        user_id: Set(identity.user_id),
+        provider: Set(identity.provider),
+        issuer: Set(identity.issuer),
+        subject: Set(identity.subject),
+        email: Set(identity.email),
+        linked_at: Set(identity.linked_at),
+    }
+}
+
+/// Whether the identity `(issuer, subject)` is stored (after a unique violation: which value
+/// was taken).
+async fn identity_exists(
+    connection: &impl ConnectionTrait,
+    issuer: &str,
+    subject: &str,
+) -> Result<bool, DbErr> {
+    Ok(user_identity::Entity::find()
+        .filter(user_identity::Column::Issuer.eq(issuer))
+        .filter(user_identity::Column::Subject.eq(subject))
+        .one(connection)
+        .await?
+        .is_some())
 }
 
 impl From<session::Model> for Session {
@@ -805,6 +846,7 @@ impl UserStore for SeaStore {
         verification: Option<IssuedToken>,
     ) -> StoreResult<(User, Option<Session>)> {
         let email_normalized = new_user.email_normalized.clone();
+        let identity = new_user.identity;
         let row = user::ActiveModel {
             id: Set(new_user.id),
             email: Set(new_user.email),
@@ -815,14 +857,22 @@ impl UserStore for SeaStore {
             created_at: Set(new_user.created_at),
             disabled_at: Set(None),
             credential_version: Set(FIRST_CREDENTIAL_VERSION),
-            email_verified_at: Set(None),
+            email_verified_at: Set(new_user.email_verified_at),
             roles: Set(String::new()),
         };
+        let identity_key = identity
+            .as_ref()
+            .map(|identity| (identity.issuer.clone(), identity.subject.clone()));
         let transaction = self.db.begin().await?;
         let inserted = async {
             let user = user::Entity::insert(row)
                 .exec_with_returning(&transaction)
                 .await?;
+            if let Some(identity) = identity {
+                user_identity::Entity::insert(identity_row(identity))
+                    .exec_without_returning(&transaction)
+                    .await?;
+            }
             let session = match new_session {
                 Some(session) => Some(
                     session::Entity::insert(new_session_row(session))
@@ -847,6 +897,11 @@ impl UserStore for SeaStore {
                 if let Some(SqlErr::UniqueConstraintViolation(_)) = err.sql_err() {
                     // Constraint names differ between backends; asking which value is taken
                     // does not. Email wins when both are, as the username defaults to it.
+                    if let Some((issuer, subject)) = identity_key
+                        && identity_exists(&self.db, &issuer, &subject).await?
+                    {
+                        return Err(StoreError::IdentityTaken);
+                    }
                     let email_taken = user::Entity::find()
                         .filter(user::Column::EmailNormalized.eq(email_normalized))
                         .one(&self.db)
@@ -1131,6 +1186,10 @@ impl UserStore for SeaStore {
             .exec(&transaction)
             .await?;
         delete_second_factors(&transaction, user_id).await?;
+        user_identity::Entity::delete_many()
+            .filter(user_identity::Column::UserId.eq(user_id))
+            .exec(&transaction)
+            .await?;
         let deleted = user::Entity::delete_by_id(user_id)
             .exec(&transaction)
             .await?
@@ -1726,6 +1785,123 @@ impl HealthStore for SeaStore {
         self.db.ping().await?;
         self.check_writable().await
     }
+}
+
+#[async_trait]
+impl IdentityStore for SeaStore {
+    async fn find_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<(Identity, UserCredentials)>> {
+        let Some(identity) = user_identity::Entity::find()
+            .filter(user_identity::Column::Issuer.eq(issuer))
+            .filter(user_identity::Column::Subject.eq(subject))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let user = user::Entity::find_by_id(identity.user_id)
+            .one(&self.db)
+            .await?;
+        Ok(user.map(|user| (identity.into(), user.into())))
+    }
+
+    async fn identities(&self, user_id: Uuid) -> StoreResult<Vec<Identity>> {
+        Ok(user_identity::Entity::find()
+            .filter(user_identity::Column::UserId.eq(user_id))
+            .order_by_asc(user_identity::Column::LinkedAt)
+            .order_by_asc(user_identity::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn link_identity(&self, identity: Identity) -> StoreResult<Linking> {
+        let user_id = identity.user_id;
+        let (issuer, subject) = (identity.issuer.clone(), identity.subject.clone());
+        let transaction = self.db.begin().await?;
+        // The account's lock first (see `change_user_role`): a link and an unlink of one
+        // account queue, and a deleted account takes no link.
+        if lock_user(&transaction, user_id).await? == 0 {
+            transaction.rollback().await?;
+            return Ok(Linking::UnknownUser);
+        }
+        let inserted = user_identity::Entity::insert(identity_row(identity))
+            .exec_with_returning(&transaction)
+            .await;
+        match inserted {
+            Ok(row) => {
+                transaction.commit().await?;
+                Ok(Linking::Linked(row.into()))
+            }
+            Err(error) => {
+                transaction.rollback().await?;
+                if let Some(SqlErr::UniqueConstraintViolation(_)) = error.sql_err() {
+                    return Ok(if identity_exists(&self.db, &issuer, &subject).await? {
+                        Linking::IdentityTaken
+                    } else {
+                        Linking::ProviderTaken
+                    });
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        keep_session: Uuid,
+    ) -> StoreResult<Unlinking> {
+        let not_linked = Unlinking::Unlinked(FactorRemoval::NotFound);
+        let transaction = self.db.begin().await?;
+        if lock_user(&transaction, user_id).await? == 0 {
+            transaction.rollback().await?;
+            return Ok(not_linked);
+        }
+        let identities = user_identity::Entity::find()
+            .filter(user_identity::Column::UserId.eq(user_id))
+            .all(&transaction)
+            .await?;
+        let Some(unlinked) = identities.iter().find(|found| found.provider == provider) else {
+            transaction.rollback().await?;
+            return Ok(not_linked);
+        };
+        let has_password = user::Entity::find_by_id(user_id)
+            .one(&transaction)
+            .await?
+            .is_some_and(|user| user.password_hash != super::NO_PASSWORD);
+        if !has_password && identities.len() < 2 {
+            transaction.rollback().await?;
+            return Ok(Unlinking::LastLoginMethod);
+        }
+        user_identity::Entity::delete_by_id(unlinked.id)
+            .exec(&transaction)
+            .await?;
+        Ok(Unlinking::Unlinked(
+            finish_removal(transaction, user_id, keep_session).await?,
+        ))
+    }
+}
+
+/// A write to the user's row that changes nothing, so that the transaction holds the row's lock
+/// (PostgreSQL) or the write lock (SQLite) before it reads: concurrent changes of one account
+/// queue. Returns how many rows it touched (0: no such user).
+async fn lock_user(transaction: &DatabaseTransaction, user_id: Uuid) -> Result<u64, DbErr> {
+    Ok(user::Entity::update_many()
+        .col_expr(
+            user::Column::CredentialVersion,
+            Expr::col(user::Column::CredentialVersion),
+        )
+        .filter(user::Column::Id.eq(user_id))
+        .exec(transaction)
+        .await?
+        .rows_affected)
 }
 
 #[async_trait]

@@ -10,3 +10,4 @@ pub mod session;
 pub mod setting;
 pub mod totp_credential;
 pub mod user;
+pub mod user_identity;
