@@ -22,6 +22,7 @@ mod instances;
 mod mail_delivery;
 mod metrics;
 mod mongodb;
+mod oidc;
 mod operators;
 mod passwords;
 mod protecting_apis;

@@ -89,6 +89,8 @@ pub(crate) fn new_user(user_id: Uuid) -> NewUser {
         username_normalized: user_id.simple().to_string(),
         password_hash: "x".into(),
         created_at: Utc::now(),
+        email_verified_at: None,
+        identity: None,
     }
 }
 
