@@ -2470,6 +2470,7 @@ impl IdentityStore for MongoStore {
                     },
                     doc! { "$inc": { "identity_count": -1 } },
                 )
+                .hint(by_id())
                 .await
                 .map_err(classify)?;
             if uncounted.matched_count == 0 {

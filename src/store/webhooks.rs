@@ -34,6 +34,7 @@ use super::{
     NewUser, NewWebhook, OutboxStore, PasskeyAddition, RoleChange, Rotation, SecondFactorStore,
     SecondFactors, Session, SessionPage, SessionStore, Storage, StoreError, StoreResult,
     StoredPasskey, TokenRefusal, TotpCredential, User, UserCredentials, UserStore, VerifiedEmail,
+    Identity, IdentityStore, Linking, Unlinking,
 };
 
 /// Where events go and for how long they are tried (`WEBHOOK_URLS`; `crate::webhooks`).
@@ -229,6 +230,7 @@ pub struct WebhookQueue {
     users: Arc<dyn UserStore>,
     sessions: Arc<dyn SessionStore>,
     second_factors: Arc<dyn SecondFactorStore>,
+    identities: Arc<dyn IdentityStore>,
     queue: Arc<Queue>,
 }
 
@@ -244,6 +246,7 @@ impl Storage {
             users: self.users.clone(),
             sessions: self.sessions.clone(),
             second_factors: self.second_factors.clone(),
+            identities: self.identities.clone(),
             queue: Arc::new(Queue {
                 outbox: self.outbox.clone(),
                 targets,
@@ -253,7 +256,8 @@ impl Storage {
         Self {
             users: decorator.clone(),
             sessions: decorator.clone(),
-            second_factors: decorator,
+            second_factors: decorator.clone(),
+            identities: decorator,
             ..self
         }
     }
@@ -558,6 +562,47 @@ impl SessionStore for WebhookQueue {
 
     async fn prune_sessions(&self, ended_before: DateTime<Utc>, batch: u64) -> StoreResult<u64> {
         self.sessions.prune_sessions(ended_before, batch).await
+    }
+}
+
+/// Identities: an unlink ends the account's other sessions (`session.revoked`).
+#[async_trait]
+impl IdentityStore for WebhookQueue {
+    async fn find_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<(Identity, UserCredentials)>> {
+        self.identities.find_identity(issuer, subject).await
+    }
+
+    async fn identities(&self, user_id: Uuid) -> StoreResult<Vec<Identity>> {
+        self.identities.identities(user_id).await
+    }
+
+    async fn link_identity(&self, identity: Identity) -> StoreResult<Linking> {
+        self.identities.link_identity(identity).await
+    }
+
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        keep_session: Uuid,
+    ) -> StoreResult<Unlinking> {
+        let (identities, provider) = (self.identities.clone(), provider.to_owned());
+        self.write(
+            async move {
+                identities
+                    .unlink_identity(user_id, &provider, keep_session)
+                    .await
+            },
+            move |unlinking| match unlinking {
+                Unlinking::Unlinked(removal) => removal_events(user_id, removal),
+                Unlinking::LastLoginMethod => Vec::new(),
+            },
+        )
+        .await
     }
 }
 

@@ -736,3 +736,76 @@ async fn a_disabled_account_cannot_sign_in_with_its_provider() {
     let answer = sign_in(&app, &op, "mo").await;
     assert_eq!(error_code(&answer), "ACCOUNT_DISABLED");
 }
+
+/// The README's provider settings ("Sign in with OpenID Connect"), each block as authql reads
+/// it: the names it sets, each provider's settings, and the checks made at start.
+#[test]
+fn the_readmes_provider_settings_are_what_authql_accepts() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("## Sign in with OpenID Connect")
+        .expect("the section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
+    let mut blocks = 0;
+    let mut rest = section;
+    while let Some(open) = rest.find("```dotenv\n") {
+        rest = &rest[open + 10..];
+        let close = rest.find("```").expect("a closed block");
+        let block = &rest[..close];
+        rest = &rest[close..];
+        blocks += 1;
+        let settings: HashMap<String, String> = block
+            .lines()
+            .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+            .map(|line| {
+                let (name, value) = line.split_once('=').expect("NAME=value");
+                (name.to_owned(), value.to_owned())
+            })
+            .collect();
+        let mut config = Config::defaults();
+        config.oidc_providers = settings["OIDC_PROVIDERS"]
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        config
+            .read_oidc_provider_settings(|name| settings.get(name).cloned())
+            .unwrap_or_else(|why| panic!("{why}\n{block}"));
+        assert_eq!(config.oidc_provider_settings.len(), 1, "{block}");
+        let provider = &config.oidc_provider_settings[0];
+        assert!(!provider.display_name.is_empty());
+        assert!(provider.scopes.contains(&"email".to_owned()), "{block}");
+        authql::oidc::OidcProviders::new(
+            config.oidc_provider_settings.clone(),
+            "https://auth.example.com/auth/oidc/callback",
+        )
+        .unwrap_or_else(|why| panic!("{why}\n{block}"));
+        let redirect = reqwest::Url::parse(&settings["OIDC_REDIRECT_URIS"]).expect("a URL");
+        assert_eq!(redirect.scheme(), "https");
+    }
+    assert_eq!(blocks, 3, "Google, Microsoft Entra, GitLab");
+    // What the start refuses: a plain-http issuer off loopback, a provider without its settings.
+    let mut config = Config::defaults();
+    config.oidc_providers = vec!["corp".into()];
+    let insecure = HashMap::from([
+        ("OIDC_CORP_ISSUER".to_owned(), "http://sso.example.com".to_owned()),
+        ("OIDC_CORP_CLIENT_ID".to_owned(), "x".to_owned()),
+        ("OIDC_CORP_CLIENT_SECRET".to_owned(), "y".to_owned()),
+    ]);
+    config
+        .read_oidc_provider_settings(|name| insecure.get(name).cloned())
+        .unwrap();
+    assert!(
+        authql::oidc::OidcProviders::new(config.oidc_provider_settings.clone(), "https://a/cb")
+            .is_err()
+    );
+    assert!(
+        config
+            .read_oidc_provider_settings(|name| (name != "OIDC_CORP_CLIENT_SECRET")
+                .then(|| insecure.get(name).cloned())
+                .flatten())
+            .is_err()
+    );
+    config.oidc_providers = vec!["bad-name".into()];
+    assert!(config.read_oidc_provider_settings(|_| None).is_err());
+}
