@@ -34,6 +34,16 @@ function killAll() {
   }
 }
 process.on('exit', killAll);
+
+/**
+ * Another child process of a test (the OpenID Provider, ...) killed on exit with the authql
+ * servers, whatever happened to the test; returns the function that forgets it (once stopped).
+ */
+export function killOnExit(child) {
+  running.add(child);
+  return () => running.delete(child);
+}
+
 for (const signal of ['SIGINT', 'SIGTERM']) {
   process.once(signal, () => {
     killAll();

@@ -1,7 +1,7 @@
 // Bundles the browser entries of the tests with esbuild: browser/app.mjs (the tests' own Apollo
-// Client 4 app), browser/package-app.mjs and browser/passkey-app.mjs (@authql/client from its
-// built dist/; build the package first: `npm run build -w @authql/client`, which `npm test`
-// does).
+// Client 4 app), browser/package-app.mjs, browser/passkey-app.mjs and browser/oidc-app.mjs
+// (@authql/client from its built dist/; build the package first: `npm run build -w
+// @authql/client`, which `npm test` does).
 import { build } from 'esbuild';
 import { fileURLToPath } from 'node:url';
 
@@ -25,6 +25,8 @@ export const bundleBrowserApp = () => bundle('app.mjs');
 export const bundlePackageApp = () => bundle('package-app.mjs');
 /** browser/passkey-app.mjs: second factors and passkeys (Apollo Client 4 over @authql/client). */
 export const bundlePasskeyApp = () => bundle('passkey-app.mjs');
+/** browser/oidc-app.mjs: "Sign in with OpenID Connect" (Apollo Client 4 over @authql/client). */
+export const bundleOidcApp = () => bundle('oidc-app.mjs');
 
 const page = (title, text) => `<!doctype html>
 <html lang="en">
@@ -36,3 +38,4 @@ const page = (title, text) => `<!doctype html>
 export const APP_PAGE = page('authql app', 'authql test app');
 export const PACKAGE_PAGE = page('authql package', '@authql/client test page');
 export const PASSKEY_PAGE = page('authql passkeys', 'authql second factor and passkey test app');
+export const OIDC_PAGE = page('authql OpenID Connect', 'authql OpenID Connect sign-in test app');

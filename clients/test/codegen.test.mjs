@@ -31,7 +31,8 @@ async function codegenAndTsc(schemaFile) {
   for (const name of ['RegisterMutation', 'LoginMutation', 'RefreshMutation', 'LogoutMutation', 'RevokeTokensMutation',
     'RevokeOtherSessionsMutation', 'ChangePasswordMutation', 'MeQuery', 'MySessionsQuery', 'SessionEventsSubscription',
     'RequestPasswordResetMutation', 'ResetPasswordMutation', 'SendVerificationEmailMutation', 'VerifyEmailMutation',
-    'RequestEmailChangeMutation']) {
+    'RequestEmailChangeMutation', 'OidcProvidersQuery', 'BeginOidcLoginMutation', 'CompleteOidcLoginMutation',
+    'UnlinkIdentityMutation']) {
     assert.match(generated, new RegExp(`export type ${name} = `), `${name} is generated`);
   }
   await copyFile(join(clients, 'test', 'fixtures', 'typed-usage.ts'), join(out, 'typed-usage.ts'));

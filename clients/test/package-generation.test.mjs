@@ -31,7 +31,7 @@ describe('typed operations generated from the schema', () => {
     assert.deepEqual(Object.keys(ops).sort(), [...fields].sort());
     assert.deepEqual(Object.keys(rootFields).sort(), [...fields].sort());
     const issuing = Object.entries(rootFields).filter(([, f]) => f.issuesTokens).map(([name]) => name).sort();
-    assert.deepEqual(issuing, ['finishPasskeyLogin', 'login', 'refresh', 'register', 'verifyMfa']);
+    assert.deepEqual(issuing, ['completeOidcLogin', 'finishPasskeyLogin', 'login', 'refresh', 'register', 'verifyMfa']);
   });
 
   it('a root field added to the schema gets its document, types and helper at the next generation', async () => {

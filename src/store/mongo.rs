@@ -78,6 +78,10 @@ use super::{
     SessionStore, SettingStore, TokenStore, UserStore,
 };
 
+/// How old an identity without its user must be to be taken for the remains of a registration
+/// that stopped half-way (`find_identity`).
+const ORPHAN_AGE: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
 /// The database used when the URL names none.
 const DEFAULT_DATABASE: &str = "authql";
 /// MongoDB's error codes (error_codes.yml) that authql answers on its own.
@@ -993,6 +997,109 @@ impl MongoStore {
         }
     }
 
+    /// [`UserStore::register_user`]'s writes.
+    async fn insert_registration(
+        &self,
+        new_user: NewUser,
+        new_session: Option<NewSession>,
+        verification: Option<IssuedToken>,
+    ) -> StoreResult<(User, Option<Session>)> {
+        let user = UserDocument {
+            id: id(new_user.id),
+            email: new_user.email,
+            email_normalized: new_user.email_normalized,
+            username: new_user.username,
+            username_normalized: new_user.username_normalized,
+            password_hash: new_user.password_hash,
+            created_at: date(new_user.created_at),
+            disabled_at: None,
+            credential_version: FIRST_CREDENTIAL_VERSION,
+            email_verified_at: new_user.email_verified_at.map(date),
+            roles: Vec::new(),
+            identity_count: i64::from(new_user.identity.is_some()),
+        };
+        let identity = new_user.identity.map(identity_document);
+        let session = new_session.map(session_document);
+        let (token, mails) = match verification {
+            Some(issued) => (
+                Some(token_document(issued.token)),
+                issued.mails.into_iter().map(mail_document).collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        let written = if self.transactions {
+            in_transaction!(self, transaction, {
+                self.users
+                    .insert_one(&user)
+                    .session(&mut transaction)
+                    .await?;
+                if let Some(identity) = &identity {
+                    self.identities
+                        .insert_one(identity)
+                        .session(&mut transaction)
+                        .await?;
+                }
+                if let Some(session) = &session {
+                    self.sessions
+                        .insert_one(session)
+                        .session(&mut transaction)
+                        .await?;
+                }
+                if let Some(token) = &token {
+                    self.write_token(token, &mails, Some(&mut transaction))
+                        .await?;
+                }
+                Ok(())
+            })
+        } else {
+            // The identity first: a taken one stops the registration before anything is
+            // written, and one whose user is missing is ignored by `find_identity`.
+            if let Some(identity) = &identity {
+                match self.identities.insert_one(identity).await {
+                    Err(error) if is_duplicate_key(&error) => {
+                        return Err(StoreError::IdentityTaken);
+                    }
+                    inserted => inserted.map_err(classify)?,
+                };
+            }
+            if let Some(session) = &session {
+                self.sessions.insert_one(session).await.map_err(classify)?;
+            }
+            let inserted = self.users.insert_one(&user).await.map(|_| ());
+            if inserted.is_err() {
+                // Best effort: if this fails too, the session is one that nothing accepts,
+                // and the identity one whose user does not exist.
+                if let Some(session) = &session {
+                    let _ = self.sessions.delete_one(doc! { "_id": session.id }).await;
+                }
+                if let Some(identity) = &identity {
+                    let _ = self.identities.delete_one(doc! { "_id": identity.id }).await;
+                }
+            }
+            match (inserted, &token) {
+                (Ok(()), Some(token)) => self.write_token(token, &mails, None).await,
+                (inserted, _) => inserted,
+            }
+        };
+        match written {
+            Ok(()) => Ok((user_of(user), session.map(session_of))),
+            Err(error) if is_duplicate_key(&error) => {
+                if let Some(identity) = &identity
+                    && self
+                        .identities
+                        .find_one(doc! { "issuer": &identity.issuer, "subject": &identity.subject })
+                        .await
+                        .map_err(classify)?
+                        .is_some()
+                {
+                    return Err(StoreError::IdentityTaken);
+                }
+                Err(self.taken(&user.email_normalized).await?)
+            }
+            Err(error) => Err(classify(error)),
+        }
+    }
+
     /// Runs `write` on a task of its own, to its end, whatever happens to the caller.
     async fn detached<T, F>(
         &self,
@@ -1256,106 +1363,20 @@ impl UserStore for MongoStore {
     /// at once when the second write is refused, else pruned when it expires. The verification
     /// token and its mails come last: a failure there leaves an account without a link, which
     /// `sendVerificationEmail` (or a login, where verification is required) mails again.
+    /// On a task of its own (`detached`): without transactions its writes are several, and a
+    /// caller that goes away between them must not leave an identity without its account.
     async fn register_user(
         &self,
         new_user: NewUser,
         new_session: Option<NewSession>,
         verification: Option<IssuedToken>,
     ) -> StoreResult<(User, Option<Session>)> {
-        let user = UserDocument {
-            id: id(new_user.id),
-            email: new_user.email,
-            email_normalized: new_user.email_normalized,
-            username: new_user.username,
-            username_normalized: new_user.username_normalized,
-            password_hash: new_user.password_hash,
-            created_at: date(new_user.created_at),
-            disabled_at: None,
-            credential_version: FIRST_CREDENTIAL_VERSION,
-            email_verified_at: new_user.email_verified_at.map(date),
-            roles: Vec::new(),
-            identity_count: i64::from(new_user.identity.is_some()),
-        };
-        let identity = new_user.identity.map(identity_document);
-        let session = new_session.map(session_document);
-        let (token, mails) = match verification {
-            Some(issued) => (
-                Some(token_document(issued.token)),
-                issued.mails.into_iter().map(mail_document).collect(),
-            ),
-            None => (None, Vec::new()),
-        };
-        let written = if self.transactions {
-            in_transaction!(self, transaction, {
-                self.users
-                    .insert_one(&user)
-                    .session(&mut transaction)
-                    .await?;
-                if let Some(identity) = &identity {
-                    self.identities
-                        .insert_one(identity)
-                        .session(&mut transaction)
-                        .await?;
-                }
-                if let Some(session) = &session {
-                    self.sessions
-                        .insert_one(session)
-                        .session(&mut transaction)
-                        .await?;
-                }
-                if let Some(token) = &token {
-                    self.write_token(token, &mails, Some(&mut transaction))
-                        .await?;
-                }
-                Ok(())
-            })
-        } else {
-            // The identity first: a taken one stops the registration before anything is
-            // written, and one whose user is missing is ignored by `find_identity`.
-            if let Some(identity) = &identity {
-                match self.identities.insert_one(identity).await {
-                    Err(error) if is_duplicate_key(&error) => {
-                        return Err(StoreError::IdentityTaken);
-                    }
-                    inserted => inserted.map_err(classify)?,
-                };
-            }
-            if let Some(session) = &session {
-                self.sessions.insert_one(session).await.map_err(classify)?;
-            }
-            let inserted = self.users.insert_one(&user).await.map(|_| ());
-            if inserted.is_err() {
-                // Best effort: if this fails too, the session is one that nothing accepts,
-                // and the identity one whose user does not exist.
-                if let Some(session) = &session {
-                    let _ = self.sessions.delete_one(doc! { "_id": session.id }).await;
-                }
-                if let Some(identity) = &identity {
-                    let _ = self.identities.delete_one(doc! { "_id": identity.id }).await;
-                }
-            }
-            match (inserted, &token) {
-                (Ok(()), Some(token)) => self.write_token(token, &mails, None).await,
-                (inserted, _) => inserted,
-            }
-        };
-        match written {
-            Ok(()) => Ok((user_of(user), session.map(session_of))),
-            Err(error) if is_duplicate_key(&error) => {
-                if let Some(identity) = &identity
-                    && self
-                        .identities
-                        .find_one(doc! { "issuer": &identity.issuer, "subject": &identity.subject })
-                        .await
-                        .map_err(classify)?
-                        .is_some()
-                {
-                    return Err(StoreError::IdentityTaken);
-                }
-                Err(self.taken(&user.email_normalized).await?)
-            }
-            Err(error) => Err(classify(error)),
-        }
+        self.detached(move |store| async move {
+            store
+                .insert_registration(new_user, new_session, verification)
+                .await
+        })
+        .await
     }
 
     /// The token is taken first (one `findAndModify`: of concurrent callers one wins); if it
@@ -2371,6 +2392,15 @@ impl IdentityStore for MongoStore {
             .find_one(doc! { "_id": identity.user_id })
             .await
             .map_err(classify)?;
+        if user.is_none() && identity.linked_at.to_chrono() < Utc::now() - ORPHAN_AGE {
+            // Without transactions a registration stores its identity before its user; one
+            // whose user never came (the process stopped in between) would keep its identity
+            // from ever signing in. A registration in flight is younger than this.
+            self.identities
+                .delete_one(doc! { "_id": identity.id })
+                .await
+                .map_err(classify)?;
+        }
         Ok(user.map(|user| (identity_of(identity), credentials_of(user))))
     }
 

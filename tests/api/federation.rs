@@ -107,7 +107,7 @@ async fn without_federation_the_schema_has_no_federation_fields_types_or_directi
     assert_no_errors(&body);
     assert_eq!(
         body["data"]["__schema"]["queryType"]["fields"],
-        json!([{ "name": "me" }, { "name": "mySessions" }])
+        json!([{ "name": "me" }, { "name": "oidcProviders" }, { "name": "mySessions" }])
     );
     assert_eq!(body["data"]["a"], Value::Null);
     assert_eq!(body["data"]["b"], Value::Null);

@@ -809,3 +809,92 @@ fn the_readmes_provider_settings_are_what_authql_accepts() {
     config.oidc_providers = vec!["bad-name".into()];
     assert!(config.read_oidc_provider_settings(|_| None).is_err());
 }
+
+#[tokio::test]
+async fn a_second_factor_is_still_asked_for_after_the_provider() {
+    let op = OpenIdProvider::start(0, json!([])).await;
+    op.add_account("ola", "ola@example.com", true).await;
+    let app = app_with(&op, |_| {}).await;
+    let first = sign_in(&app, &op, "ola").await;
+    let access = string_at(&first, "/data/completeOidcLogin/accessToken");
+    let (_, recovery_codes) = crate::second_factors::enable_totp(&app, &access).await;
+
+    let answer = sign_in(&app, &op, "ola").await;
+    let (mfa_token, methods) = crate::second_factors::mfa_required(&answer);
+    assert!(methods.contains(&"RECOVERY_CODE".to_owned()), "{methods:?}");
+    let verified = crate::second_factors::verify_mfa(&app, &mfa_token, &recovery_codes[0]).await;
+    assert_no_errors(&verified);
+    let token = string_at(&verified, "/data/verifyMfa/accessToken");
+    assert_eq!(claims_of(&token)["amr"], json!(["otp", "mfa", "fed"]));
+}
+
+/// Two identities of two providers (one provider's issuer with two clients, so that each
+/// identity has a `sub` of its own): unlinking both at once leaves one.
+#[tokio::test]
+async fn concurrent_unlinks_cannot_leave_an_account_without_a_way_in() {
+    let op = OpenIdProvider::start(0, json!([])).await;
+    op.add_account("pia", "pia@example.com", true).await;
+    op.add_account("pia-work", "pia@work.example", true).await;
+    let second = provider_settings("second", &op, "authql-second");
+    let app = app_with(&op, |config| config.oidc_provider_settings.push(second)).await;
+    op.register_client("authql-second", &app).await;
+
+    let first = sign_in(&app, &op, "pia").await;
+    let access = string_at(&first, "/data/completeOidcLogin/accessToken");
+    let begun = begin_as(&app, "second", &access).await;
+    let at_callback = op.sign_in(&begun, "pia-work").await;
+    let location = callback(&app, &at_callback).await.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let linked = complete(&app, &param(&location, "code").unwrap(), Some(&access)).await;
+    assert_no_errors(&linked);
+    let access = string_at(&linked, "/data/completeOidcLogin/accessToken");
+    assert_eq!(identities(&app, &access).await.as_array().map(Vec::len), Some(2));
+
+    let unlink = |provider: &'static str| {
+        let (app, access) = (&app, access.clone());
+        async move {
+            app.graphql(
+                "mutation($p: String!) { unlinkIdentity(provider: $p) }",
+                json!({ "p": provider }),
+                Some(&access),
+            )
+            .await
+        }
+    };
+    let (a, b) = tokio::join!(unlink(PROVIDER), unlink("second"));
+    let outcomes = [&a, &b].map(|answer| {
+        if answer["data"]["unlinkIdentity"] == true {
+            "UNLINKED".to_owned()
+        } else {
+            error_code(answer)
+        }
+    });
+    let mut sorted = outcomes.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["LAST_LOGIN_METHOD", "UNLINKED"], "{a} {b}");
+    assert_eq!(identities(&app, &access).await.as_array().map(Vec::len), Some(1));
+}
+
+/// `beginOidcLogin` with `link: true` at `provider`: the authorization URL.
+async fn begin_as(app: &TestApp, provider: &str, token: &str) -> String {
+    let begun = begin(app, provider, APP_PAGE, Some(token)).await;
+    assert_no_errors(&begun);
+    string_at(&begun, "/data/beginOidcLogin/authorizationUrl")
+}
+
+#[tokio::test]
+async fn linking_needs_a_recent_proof_and_a_verified_address() {
+    let op = OpenIdProvider::start(0, json!([])).await;
+    let app = app_with(&op, |config| config.reauthentication_max_age = 1).await;
+    let unverified = app.register("quinn@example.com").await;
+    let answer = begin(&app, PROVIDER, APP_PAGE, Some(&unverified.access_token)).await;
+    assert_eq!(error_code(&answer), "EMAIL_NOT_VERIFIED", "{answer}");
+    assert_eq!(reason(&answer), "ACCOUNT");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let answer = begin(&app, PROVIDER, APP_PAGE, Some(&unverified.access_token)).await;
+    assert_eq!(error_code(&answer), "REAUTHENTICATION_REQUIRED", "{answer}");
+    let answer = begin(&app, PROVIDER, APP_PAGE, Some("not-a-token")).await;
+    assert_eq!(error_code(&answer), "UNAUTHENTICATED", "{answer}");
+}

@@ -71,7 +71,7 @@ fn totp_code(secret: &str, unix_seconds: u64) -> String {
 }
 
 /// An authenticator app holding one account's secret.
-struct Totp {
+pub(crate) struct Totp {
     secret: String,
     /// The newest time step this app handed out: the server refuses it and every older one.
     last_step: u64,
@@ -150,7 +150,7 @@ async fn confirm_totp(app: &TestApp, access_token: &str, code: &str) -> Value {
 }
 
 /// Enrolls and confirms TOTP: the app holding the secret, and the 10 recovery codes.
-async fn enable_totp(app: &TestApp, access_token: &str) -> (Totp, Vec<String>) {
+pub(crate) async fn enable_totp(app: &TestApp, access_token: &str) -> (Totp, Vec<String>) {
     let enrollment = enroll_totp(app, access_token).await;
     let mut totp = Totp::new(&string_at(&enrollment, "/secret"));
     let code = totp.next_code().await;
@@ -173,7 +173,7 @@ fn strings(value: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 
 /// The `mfaToken` of a login that answered MFA_REQUIRED, and its `methods`.
-fn mfa_required(body: &Value) -> (String, Vec<String>) {
+pub(crate) fn mfa_required(body: &Value) -> (String, Vec<String>) {
     assert_eq!(error_code(body), "MFA_REQUIRED", "{body}");
     assert!(
         body["data"].is_null() || body["data"]["login"].is_null(),
@@ -190,7 +190,7 @@ async fn mfa_token_for(app: &TestApp, email: &str) -> String {
     mfa_required(&app.login_raw(email, PASSWORD).await).0
 }
 
-async fn verify_mfa(app: &TestApp, mfa_token: &str, code: &str) -> Value {
+pub(crate) async fn verify_mfa(app: &TestApp, mfa_token: &str, code: &str) -> Value {
     app.graphql(
         &verify_mfa_query(),
         json!({ "input": { "mfaToken": mfa_token, "code": code } }),
