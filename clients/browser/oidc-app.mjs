@@ -15,6 +15,9 @@
 // `extensions.reason`, or the page's own: STATE_MISMATCH, OIDC_ERROR with the callback's `error`
 // as the reason), `userEmail`, `userId`, `sessionId`, `amr`; `#providers button[data-provider]`,
 // `#identities li[data-provider]`; and `window.oidcApp`.
+// The code between the `README` marks is the README's block `oidc.js` in "Sign in with OpenID
+// Connect", character for character (the test checks it).
+// README: begin
 import { ApolloClient, InMemoryCache, gql } from '@apollo/client';
 import { createAuthqlLink, graphqlErrorsOf } from '@authql/client';
 
@@ -94,6 +97,7 @@ async function completeSignIn() {
   const { data } = await client.mutate({ mutation: COMPLETE_OIDC_LOGIN, variables: { code: returned.code } });
   return data.completeOidcLogin;
 }
+// README: end
 
 // The page: what the functions above are wired to.
 document.body.innerHTML = `

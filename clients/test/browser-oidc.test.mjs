@@ -29,6 +29,7 @@
 // may leave loopback and no page may have an uncaught error.
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { startAuthql } from '../lib/authql-server.mjs';
 import { chromiumMissing, launchChromium, loopbackOnly } from '../lib/browser.mjs';
@@ -487,4 +488,26 @@ describe('OpenID Connect sign-in in Chromium', { skip: chromiumMissing }, () => 
       assert.equal(answer.errors[0].extensions.field, field, JSON.stringify(answer));
     }
   }));
+});
+
+/** The app's code between `// README: begin` and `// README: end`. */
+async function readmeRegion() {
+  const source = await readFile(new URL('../browser/oidc-app.mjs', import.meta.url), 'utf8');
+  const begin = '// README: begin\n';
+  const start = source.indexOf(begin);
+  const end = source.indexOf('// README: end');
+  assert.ok(start >= 0 && end > start, 'the app marks its README code');
+  return source.slice(start + begin.length, end);
+}
+
+it("the README's oidc.js block is the tested app's code", async () => {
+  const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
+  const heading = /^## Sign in with OpenID Connect[ \t]*$/m.exec(readme);
+  assert.ok(heading, 'the README has the section');
+  let section = readme.slice(heading.index + heading[0].length);
+  const next = /\n## /.exec(section);
+  if (next) section = section.slice(0, next.index);
+  const block = /```js[^\n]*\bfile=oidc\.js[^\n]*\n([\s\S]*?)```/.exec(section);
+  assert.ok(block, 'the section has a ```js file=oidc.js block');
+  assert.equal(block[1], await readmeRegion());
 });
