@@ -723,7 +723,9 @@ async fn oidc_sign_in(
         let parsed = url::Url::parse(uri)
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
-            .with_context(|| format!("OIDC_REDIRECT_URIS: {uri:?} is not an absolute http(s) URL"))?;
+            .with_context(|| {
+                format!("OIDC_REDIRECT_URIS: {uri:?} is not an absolute http(s) URL")
+            })?;
         if parsed.fragment().is_some() {
             bail!("OIDC_REDIRECT_URIS: {uri:?} has a fragment (RFC 6749 § 3.1.2 forbids one)");
         }

@@ -558,7 +558,9 @@ impl Config {
                     .filter(|value| !value.is_empty())
             };
             let required = |key: &str| {
-                setting(key).ok_or_else(|| format!("{prefix}{key} must be set (OIDC_PROVIDERS names {name:?})"))
+                setting(key).ok_or_else(|| {
+                    format!("{prefix}{key} must be set (OIDC_PROVIDERS names {name:?})")
+                })
             };
             let name = name.to_ascii_lowercase();
             if settings

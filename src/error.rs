@@ -272,10 +272,9 @@ impl From<AppError> for async_graphql::Error {
                 } => extensions.set("retryAfterSeconds", *retry_after_seconds),
                 AppError::OriginNotAllowed => extensions.set("reason", "ORIGIN_NOT_ALLOWED"),
                 AppError::NotTheCaller => extensions.set("reason", "NOT_THE_CALLER"),
-                AppError::AddressNotProven { by_provider } => extensions.set(
-                    "reason",
-                    if *by_provider { "PROVIDER" } else { "ACCOUNT" },
-                ),
+                AppError::AddressNotProven { by_provider } => {
+                    extensions.set("reason", if *by_provider { "PROVIDER" } else { "ACCOUNT" })
+                }
                 AppError::InvalidToken(refusal) => extensions.set("reason", refusal.as_code()),
                 AppError::MfaRequired { mfa_token, methods } => {
                     extensions.set("mfaToken", mfa_token.as_str());

@@ -43,7 +43,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             telemetry::init(cli.config.log_format, LogTarget::Stdout);
             let mut config = cli.config;
-            if let Err(problem) = config.read_oidc_provider_settings(|name| std::env::var(name).ok())
+            if let Err(problem) =
+                config.read_oidc_provider_settings(|name| std::env::var(name).ok())
             {
                 eprintln!("authql: {problem}");
                 std::process::exit(2);

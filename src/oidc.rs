@@ -339,9 +339,9 @@ impl OidcProviders {
         pkce_verifier: &str,
         nonce: &str,
     ) -> Result<VerifiedIdentity, ProviderError> {
-        let provider = self
-            .provider(provider)
-            .ok_or_else(|| ProviderError::Rejected("the provider is no longer configured".into()))?;
+        let provider = self.provider(provider).ok_or_else(|| {
+            ProviderError::Rejected("the provider is no longer configured".into())
+        })?;
         let discovered = provider.current().ok_or_else(|| {
             ProviderError::Unavailable("the provider is not discovered yet".into())
         })?;

@@ -4,11 +4,11 @@ use axum::http::header::SET_COOKIE;
 use super::EXPENSIVE_FIELD_COST;
 use super::refresh_cookie::{RefreshCookie, RequestRefreshCookie};
 use super::types::{
-    AuthPayload, BeginOidcLoginInput, BeginPasskeyLoginInput, ChangePasswordInput, DeleteAccountInput,
-    FinishPasskeyLoginInput, FinishPasskeyRegistrationInput, LoginInput, OidcAuthorization, Passkey,
-    PasskeyChallenge,
-    ReauthenticateInput, RegisterInput, RequestEmailChangeInput, ResetPasswordInput,
-    RevokeTokensInput, RevokeTokensPayload, Session, TotpEnrollment, User, VerifyMfaInput,
+    AuthPayload, BeginOidcLoginInput, BeginPasskeyLoginInput, ChangePasswordInput,
+    DeleteAccountInput, FinishPasskeyLoginInput, FinishPasskeyRegistrationInput, LoginInput,
+    OidcAuthorization, Passkey, PasskeyChallenge, ReauthenticateInput, RegisterInput,
+    RequestEmailChangeInput, ResetPasswordInput, RevokeTokensInput, RevokeTokensPayload, Session,
+    TotpEnrollment, User, VerifyMfaInput,
 };
 use crate::{
     auth::{SignedIn, signed_in},

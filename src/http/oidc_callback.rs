@@ -30,7 +30,10 @@ pub async fn callback(State(edge): State<EdgeState>, RawQuery(query): RawQuery) 
                 [
                     (header::LOCATION, location),
                     // The app's page gets the code; no page gets this URL as a referrer.
-                    (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+                    (
+                        header::REFERRER_POLICY,
+                        HeaderValue::from_static("no-referrer"),
+                    ),
                 ],
             )
                 .into_response(),

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    AuthService, ClientInfo, IssuedTokens, events::SessionEventKind, input, now,
+    AuthService, ClientInfo, IssuedTokens,
+    events::SessionEventKind,
+    input, now,
     rate_limit::Operation,
     second_factors::{digest, random_bytes},
 };
@@ -231,7 +233,11 @@ impl AuthService {
             .take_challenge(&digest(&state), ChallengeKind::OidcAuthorization, now)
             .await?
         else {
-            tracing::info!(event = "oidc_callback_refused", reason = "unknown_state", "an OpenID Connect callback named no sign-in in progress");
+            tracing::info!(
+                event = "oidc_callback_refused",
+                reason = "unknown_state",
+                "an OpenID Connect callback named no sign-in in progress"
+            );
             return Ok(CallbackOutcome::InvalidState);
         };
         let Some(kept) = challenge
@@ -382,11 +388,8 @@ impl AuthService {
                 return Ok(SignedIn::Existing(credentials.user));
             }
             let email = match identity.email.as_deref() {
-                Some(email) if identity.email_verified => {
-                    input::email("email", email).map_err(|_| AppError::AddressNotProven {
-                        by_provider: true,
-                    })?
-                }
+                Some(email) if identity.email_verified => input::email("email", email)
+                    .map_err(|_| AppError::AddressNotProven { by_provider: true })?,
                 _ => {
                     tracing::info!(event = "oidc_sign_in_refused", reason = "email_not_verified", provider = %identity.provider, "an unknown identity without a verified address");
                     return Err(AppError::AddressNotProven { by_provider: true });
@@ -593,7 +596,11 @@ mod tests {
             "https://app.example/cb?tab=1&code=a%2Bb%2Fc&state=s"
         );
         assert_eq!(
-            with_query("http://127.0.0.1:3000/", &[("error", "access_denied")], "x y"),
+            with_query(
+                "http://127.0.0.1:3000/",
+                &[("error", "access_denied")],
+                "x y"
+            ),
             "http://127.0.0.1:3000/?error=access_denied&state=x+y"
         );
     }

@@ -702,7 +702,11 @@ impl AuthService {
     /// The user a proof was made for, if they may have a session: enabled, and verified where
     /// `EMAIL_VERIFICATION=required`. Errors: INVALID_CREDENTIALS (gone), ACCOUNT_DISABLED,
     /// EMAIL_NOT_VERIFIED.
-    pub(super) async fn user_to_admit(&self, user_id: Uuid, client: &ClientInfo) -> Result<User, AppError> {
+    pub(super) async fn user_to_admit(
+        &self,
+        user_id: Uuid,
+        client: &ClientInfo,
+    ) -> Result<User, AppError> {
         let user = self
             .store()
             .users

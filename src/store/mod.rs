@@ -1145,8 +1145,8 @@ impl ChallengeKind {
             Self::OidcAuthorization,
             Self::OidcCompletion,
         ]
-            .into_iter()
-            .find(|kind| kind.as_str() == name)
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
     }
 }
 

@@ -67,11 +67,11 @@ use uuid::Uuid;
 
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
-    FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, NewWebhook,
-    OutboxChannel, OutboxMail, OutboxMessage, PasskeyAddition, PoolSettings, PoolStatus,
-    RoleChange, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
-    StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
-    VerifiedEmail, Identity, Linking, Unlinking, least_recently_used, token_holds, token_state,
+    FIRST_CREDENTIAL_VERSION, FactorRemoval, Identity, IssuedToken, Linking, NewMail, NewSession,
+    NewUser, NewWebhook, OutboxChannel, OutboxMail, OutboxMessage, PasskeyAddition, PoolSettings,
+    PoolStatus, RoleChange, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
+    StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, Unlinking, User, UserCredentials,
+    VerifiedEmail, least_recently_used, token_holds, token_state,
 };
 use super::{
     EventStore, HealthStore, IdentityStore, OutboxStore, RateLimitStore, SecondFactorStore,
@@ -1073,7 +1073,10 @@ impl MongoStore {
                     let _ = self.sessions.delete_one(doc! { "_id": session.id }).await;
                 }
                 if let Some(identity) = &identity {
-                    let _ = self.identities.delete_one(doc! { "_id": identity.id }).await;
+                    let _ = self
+                        .identities
+                        .delete_one(doc! { "_id": identity.id })
+                        .await;
                 }
             }
             match (inserted, &token) {
@@ -2459,7 +2462,10 @@ impl IdentityStore for MongoStore {
                 .await
                 .map_err(classify)?;
             if counted.matched_count == 0 {
-                let _ = store.identities.delete_one(doc! { "_id": document.id }).await;
+                let _ = store
+                    .identities
+                    .delete_one(doc! { "_id": document.id })
+                    .await;
                 return Ok(Linking::UnknownUser);
             }
             Ok(Linking::Linked(identity))

@@ -15,11 +15,11 @@ use uuid::Uuid;
 
 use super::{
     AuthMethods, Challenge, ChallengeKind, CreatedSession, DELETE_BATCH, EventStream,
-    FIRST_CREDENTIAL_VERSION, FactorRemoval, IssuedToken, NewMail, NewSession, NewUser, NewWebhook,
-    OutboxChannel, OutboxMail, OutboxMessage, PasskeyAddition, PoolSettings, PoolStatus,
-    RoleChange, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
-    StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, User, UserCredentials,
-    VerifiedEmail, Identity, Linking, Unlinking,
+    FIRST_CREDENTIAL_VERSION, FactorRemoval, Identity, IssuedToken, Linking, NewMail, NewSession,
+    NewUser, NewWebhook, OutboxChannel, OutboxMail, OutboxMessage, PasskeyAddition, PoolSettings,
+    PoolStatus, RoleChange, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
+    StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, Unlinking, User, UserCredentials,
+    VerifiedEmail,
     entity::{
         auth_challenge, one_time_token, outbox_mail, passkey, recovery_code, session, setting,
         totp_credential, user, user_identity,

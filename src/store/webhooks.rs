@@ -30,11 +30,11 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{
-    AuthMethods, Challenge, ChallengeKind, CreatedSession, FactorRemoval, IssuedToken, NewSession,
-    NewUser, NewWebhook, OutboxStore, PasskeyAddition, RoleChange, Rotation, SecondFactorStore,
-    SecondFactors, Session, SessionPage, SessionStore, Storage, StoreError, StoreResult,
-    StoredPasskey, TokenRefusal, TotpCredential, User, UserCredentials, UserStore, VerifiedEmail,
-    Identity, IdentityStore, Linking, Unlinking,
+    AuthMethods, Challenge, ChallengeKind, CreatedSession, FactorRemoval, Identity, IdentityStore,
+    IssuedToken, Linking, NewSession, NewUser, NewWebhook, OutboxStore, PasskeyAddition,
+    RoleChange, Rotation, SecondFactorStore, SecondFactors, Session, SessionPage, SessionStore,
+    Storage, StoreError, StoreResult, StoredPasskey, TokenRefusal, TotpCredential, Unlinking, User,
+    UserCredentials, UserStore, VerifiedEmail,
 };
 
 /// Where events go and for how long they are tried (`WEBHOOK_URLS`; `crate::webhooks`).
