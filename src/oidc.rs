@@ -37,6 +37,9 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(60);
 /// How long one request to a provider may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest answer authql reads from a provider (a discovery document, a JWKS, a token
+/// response): a provider that sends more is treated as unreachable.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// How far an ID token's `iat` may lie in the future (clock skew) or the past: the token comes
 /// straight from the token endpoint, so it was issued moments ago (OIDC Core § 3.1.3.7, 10).
 const IAT_SKEW: TimeDelta = TimeDelta::minutes(5);
@@ -175,6 +178,11 @@ impl OidcProviders {
         })
     }
 
+    /// The configured issuer of `name` (what its callbacks' `iss` must be, RFC 9207).
+    pub fn issuer_of(&self, name: &str) -> Option<&str> {
+        self.provider(name).map(|provider| provider.issuer.as_str())
+    }
+
     /// Whether `name` is a configured provider.
     pub fn knows(&self, name: &str) -> bool {
         self.provider(name).is_some()
@@ -246,7 +254,8 @@ impl OidcProviders {
     async fn fetch_discovery(&self, provider: &Provider) -> Result<Discovered, String> {
         // Discovery checks that the document's `issuer` is the one configured (OpenID Connect
         // Discovery 1.0 § 4.3) and fetches the JWKS.
-        let metadata = CoreProviderMetadata::discover_async(provider.issuer.clone(), &self.http)
+        let http = |request| fetch(self.http.clone(), request);
+        let metadata = CoreProviderMetadata::discover_async(provider.issuer.clone(), &http)
             .await
             .map_err(|why| error_chain(&why))?;
         let token = metadata
@@ -345,11 +354,12 @@ impl OidcProviders {
         let discovered = provider.current().ok_or_else(|| {
             ProviderError::Unavailable("the provider is not discovered yet".into())
         })?;
+        let http = |request| fetch(self.http.clone(), request);
         let response = self
             .client(provider, &discovered)
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
-            .request_async(&self.http)
+            .request_async(&http)
             .await
             .map_err(|error| match error {
                 RequestTokenError::Request(why) => ProviderError::Unavailable(error_chain(&why)),
@@ -426,7 +436,8 @@ impl OidcProviders {
         {
             return Ok(current);
         }
-        let jwks = CoreJsonWebKeySet::fetch_async(&seen.jwks_uri, &self.http)
+        let http = |request| fetch(self.http.clone(), request);
+        let jwks = CoreJsonWebKeySet::fetch_async(&seen.jwks_uri, &http)
             .await
             .map_err(|why| ProviderError::Unavailable(error_chain(&why)))?;
         let refreshed = Arc::new(Discovered {
@@ -500,6 +511,44 @@ impl Provider {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+}
+
+/// Why a request to a provider failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("the request failed: {0}")]
+    Request(#[from] reqwest::Error),
+    #[error("the answer is larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
+    #[error("the answer could not be read: {0}")]
+    Http(#[from] openidconnect::http::Error),
+}
+
+/// One request to a provider, as the `openidconnect` crate asks for it, with the answer read
+/// up to [`MAX_RESPONSE_BYTES`] (the crate's own reqwest client reads any length).
+async fn fetch(
+    client: reqwest::Client,
+    request: openidconnect::HttpRequest,
+) -> Result<openidconnect::HttpResponse, FetchError> {
+    let mut response = client.execute(request.try_into()?).await?;
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(FetchError::TooLarge);
+    }
+    let mut builder = openidconnect::http::Response::builder().status(response.status());
+    for (name, value) in response.headers() {
+        builder = builder.header(name, value);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(FetchError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(builder.body(body)?)
 }
 
 /// An error and its sources, for the log.

@@ -53,7 +53,7 @@ const UNAVAILABLE: &str = "Signing in is unavailable for a moment. Go back to th
      again.";
 const FAILED: &str = "Signing in failed. Go back to the app and try again.";
 
-/// `state`, `code` and `error` of the query, each at most once; `None` when one is repeated.
+/// `state`, `code`, `error` and `iss` of the query, each at most once; `None` when one is repeated.
 fn params_of(query: &str) -> Option<CallbackParams> {
     let mut params = CallbackParams::default();
     for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -61,6 +61,7 @@ fn params_of(query: &str) -> Option<CallbackParams> {
             "state" => &mut params.state,
             "code" => &mut params.code,
             "error" => &mut params.error,
+            "iss" => &mut params.iss,
             _ => continue,
         };
         if slot.replace(value.into_owned()).is_some() {
@@ -99,6 +100,7 @@ mod tests {
     fn a_repeated_parameter_makes_the_query_invalid() {
         let params = params_of("code=a&state=b&iss=x&session_state=y").unwrap();
         assert_eq!(params.code.as_deref(), Some("a"));
+        assert_eq!(params.iss.as_deref(), Some("x"));
         assert_eq!(params.state.as_deref(), Some("b"));
         assert!(params.error.is_none());
         assert!(params_of("state=a&state=b").is_none());

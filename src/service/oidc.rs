@@ -100,6 +100,8 @@ pub struct CallbackParams {
     pub state: Option<String>,
     pub code: Option<String>,
     pub error: Option<String>,
+    /// The provider's issuer, when it says (RFC 9207 § 2).
+    pub iss: Option<String>,
 }
 
 /// Where the callback sends the browser.
@@ -250,6 +252,14 @@ impl AuthService {
         let back = |pairs: &[(&str, &str)]| {
             CallbackOutcome::Redirect(with_query(&kept.redirect_uri, pairs, &state))
         };
+        // A response that names another issuer than the one the sign-in began at is a mix-up
+        // (RFC 9207 § 2.4): its code is for no provider of this sign-in.
+        if let Some(iss) = params.iss.as_deref()
+            && oidc.providers.issuer_of(&kept.provider) != Some(iss)
+        {
+            tracing::warn!(event = "oidc_callback_refused", reason = "issuer_mismatch", provider = %kept.provider, "the callback named another issuer than the sign-in's provider");
+            return Ok(back(&[("error", "access_denied")]));
+        }
         if let Some(error) = params.error {
             let error = AUTHORIZATION_ERRORS
                 .into_iter()
@@ -308,11 +318,21 @@ impl AuthService {
     /// does (the request's own token, `caller`, is not looked at); a link (`link: true`) needs
     /// the very session that began it (`caller`), links the
     /// identity to its account and rotates that session's pair, which then records `fed`.
-    /// Rate-limited as `login`. Errors: INVALID_TOKEN (`UNKNOWN`: no such code, or used;
+    /// Rate-limited as `login`; counted in `authql_logins_total` as a login. Errors:
+    /// INVALID_TOKEN (`UNKNOWN`: no such code, or used;
     /// `EXPIRED`), ACCOUNT_EXISTS, EMAIL_NOT_VERIFIED (`PROVIDER`, or authql's own with
     /// `EMAIL_VERIFICATION=required`), ACCOUNT_DISABLED, MFA_REQUIRED, UNAUTHENTICATED (a link
     /// completed without its session), RATE_LIMITED, SERVICE_UNAVAILABLE.
     pub async fn complete_oidc_login(
+        &self,
+        code: &str,
+        caller: Result<&Authenticated, AppError>,
+        client: ClientInfo,
+    ) -> Result<IssuedTokens, AppError> {
+        super::second_factors::counted(self.redeem_oidc_code(code, caller, client).await)
+    }
+
+    async fn redeem_oidc_code(
         &self,
         code: &str,
         caller: Result<&Authenticated, AppError>,

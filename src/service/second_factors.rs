@@ -287,7 +287,7 @@ fn passkey_methods(backup_eligible: bool) -> AuthMethods {
 }
 
 /// A second step of a login, counted in `authql_logins_total` as `login` counts its first.
-fn counted(result: Result<IssuedTokens, AppError>) -> Result<IssuedTokens, AppError> {
+pub(super) fn counted(result: Result<IssuedTokens, AppError>) -> Result<IssuedTokens, AppError> {
     crate::metrics::login(match &result {
         Ok(_) => "success",
         Err(error) => super::outcome_of(error),

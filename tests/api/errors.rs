@@ -129,6 +129,7 @@ async fn internal_failures_are_generic_and_carry_no_details() {
             .execute_unprepared(
                 "DROP TABLE auth_challenges; DROP TABLE passkeys; DROP TABLE recovery_codes; \
                  DROP TABLE totp_credentials; DROP TABLE sessions; DROP TABLE one_time_tokens; \
+                 DROP TABLE user_identities; \
                  DROP TABLE users;",
             )
             .await

@@ -926,3 +926,128 @@ async fn linking_needs_a_recent_proof_and_a_verified_address() {
     let answer = begin(&app, PROVIDER, APP_PAGE, Some("not-a-token")).await;
     assert_eq!(error_code(&answer), "UNAUTHENTICATED", "{answer}");
 }
+
+#[tokio::test]
+async fn a_callback_naming_another_issuer_is_a_mix_up_and_refused() {
+    let op = OpenIdProvider::start(0, json!([])).await;
+    op.add_account("rae", "rae@example.com", true).await;
+    let app = app_with(&op, |_| {}).await;
+    let begun = begin(&app, PROVIDER, APP_PAGE, None).await;
+    let url = string_at(&begun, "/data/beginOidcLogin/authorizationUrl");
+    let at_callback = op.sign_in(&url, "rae").await;
+    // node-oidc-provider says who it is (RFC 9207); an attacker's provider would say otherwise.
+    assert_eq!(
+        param(&at_callback, "iss").as_deref(),
+        Some(op.issuer.as_str())
+    );
+    let mut mixed = reqwest::Url::parse(&at_callback).unwrap();
+    let pairs: Vec<(String, String)> = mixed
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "iss" {
+                "https://attacker.example".to_owned()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    mixed.query_pairs_mut().clear().extend_pairs(pairs);
+    let response = callback(&app, mixed.as_str()).await;
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    refused_with(&location, "access_denied");
+}
+
+/// A provider that answers with `body` (after `delay`) to every request, whatever it asks.
+async fn misbehaving_provider(body: &'static [u8], delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                tokio::time::sleep(delay).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body).await;
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn a_provider_that_answers_too_much_or_never_neither_stops_nor_holds_authql() {
+    static HUGE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let mut body = b"{\"issuer\":\"".to_vec();
+        body.extend(std::iter::repeat_n(b'a', 4 << 20));
+        body.extend(b"\"}");
+        body
+    });
+    for (name, issuer) in [
+        (
+            "huge",
+            misbehaving_provider(HUGE.as_slice(), Duration::ZERO).await,
+        ),
+        (
+            "silent",
+            misbehaving_provider(b"", Duration::from_secs(3600)).await,
+        ),
+    ] {
+        let settings = OidcProviderSettings {
+            name: name.into(),
+            display_name: name.into(),
+            issuer,
+            client_id: CLIENT_ID.into(),
+            client_secret: SecretString::from(CLIENT_SECRET),
+            scopes: vec!["openid".into()],
+        };
+        let started = tokio::time::Instant::now();
+        let app = spawn_app_with(|config| {
+            config.oidc_provider_settings = vec![settings];
+            config.oidc_redirect_uris = vec![APP_PAGE.to_owned()];
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{name}: the start waited {:?}",
+            started.elapsed()
+        );
+        let answer = begin(&app, name, APP_PAGE, None).await;
+        assert_eq!(
+            error_code(&answer),
+            "SERVICE_UNAVAILABLE",
+            "{name}: {answer}"
+        );
+        app.register(&format!("{name}@example.com")).await;
+    }
+}
+
+/// `completeOidcLogin` dropped by its client after 0 to 60 ms, at whatever await the server
+/// then is: the identity's next sign-in still works, always to one and the same account (no
+/// identity left without its account, no second account).
+#[tokio::test]
+async fn a_first_sign_in_cut_off_at_any_point_leaves_the_identity_usable() {
+    let op = OpenIdProvider::start(0, json!([])).await;
+    op.add_account("sam", "sam@example.com", true).await;
+    let app = app_with(&op, |_| {}).await;
+    let mut users = std::collections::BTreeSet::new();
+    for delay in [0u64, 1, 2, 3, 5, 8, 12, 20, 35, 60] {
+        let (location, _) = through_provider(&app, &op, "sam").await;
+        let code = param(&location, "code").expect("a code");
+        let request = app
+            .client
+            .post(format!("{}/graphql", app.address))
+            .json(&json!({ "query": COMPLETE, "variables": { "code": code } }))
+            .send();
+        let _ = tokio::time::timeout(Duration::from_millis(delay), request).await;
+        let answer = sign_in(&app, &op, "sam").await;
+        assert_no_errors(&answer);
+        users.insert(string_at(&answer, "/data/completeOidcLogin/user/id"));
+    }
+    assert_eq!(users.len(), 1, "{users:?}");
+}
