@@ -729,6 +729,14 @@ async fn oidc_sign_in(
         if parsed.fragment().is_some() {
             bail!("OIDC_REDIRECT_URIS: {uri:?} has a fragment (RFC 6749 § 3.1.2 forbids one)");
         }
+        if parsed
+            .query_pairs()
+            .any(|(name, _)| matches!(name.as_ref(), "code" | "state" | "error" | "iss"))
+        {
+            bail!(
+                "OIDC_REDIRECT_URIS: {uri:?} has a parameter the sign-in adds (code, state, error, iss)"
+            );
+        }
         redirect_uris.push(uri.to_owned());
     }
     if redirect_uris.is_empty() {

@@ -40,6 +40,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer authql reads from a provider (a discovery document, a JWKS, a token
 /// response): a provider that sends more is treated as unreachable.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Longest `sub` (OIDC Core § 2).
+const MAX_SUBJECT_BYTES: usize = 255;
 /// How far an ID token's `iat` may lie in the future (clock skew) or the past: the token comes
 /// straight from the token endpoint, so it was issued moments ago (OIDC Core § 3.1.3.7, 10).
 const IAT_SKEW: TimeDelta = TimeDelta::minutes(5);
@@ -414,10 +416,22 @@ impl OidcProviders {
                 party.as_str()
             )));
         }
+        let subject = claims.subject().as_str();
+        // OIDC Core § 2: "a locally unique ... identifier ... It MUST NOT exceed 255 ASCII
+        // characters in length"; empty, longer, or holding anything but printable ASCII, it is
+        // not one.
+        if subject.is_empty()
+            || subject.len() > MAX_SUBJECT_BYTES
+            || !subject.bytes().all(|byte| byte.is_ascii_graphic())
+        {
+            return Err(ProviderError::Rejected(
+                "sub is empty, longer than 255 characters, or not printable ASCII".into(),
+            ));
+        }
         Ok(VerifiedIdentity {
             provider: provider.settings.name.clone(),
             issuer: claims.issuer().as_str().to_owned(),
-            subject: claims.subject().as_str().to_owned(),
+            subject: subject.to_owned(),
             email: claims.email().map(|email| email.as_str().to_owned()),
             email_verified: claims.email_verified() == Some(true),
         })

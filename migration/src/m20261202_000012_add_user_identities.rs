@@ -6,6 +6,8 @@ use sea_orm_migration::{prelude::*, schema::*};
 /// account has at most one identity per configured provider name (`(user_id, provider)`
 /// unique), which is what `unlinkIdentity(provider)` names. `email` is what the provider said
 /// when the identity was linked (shown in `me { identities }`, never used to log in).
+/// `unlinked_at` marks an identity its account unlinked: kept, so that its next sign-in is
+/// refused rather than linked again by its address; only an explicit link takes it back.
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -23,6 +25,7 @@ impl MigrationTrait for Migration {
                     .col(text(UserIdentities::Subject))
                     .col(text_null(UserIdentities::Email))
                     .col(timestamp_with_time_zone(UserIdentities::LinkedAt))
+                    .col(timestamp_with_time_zone_null(UserIdentities::UnlinkedAt))
                     .foreign_key(
                         ForeignKey::create()
                             .name("fk_user_identities_user_id")
@@ -74,6 +77,7 @@ enum UserIdentities {
     Subject,
     Email,
     LinkedAt,
+    UnlinkedAt,
 }
 
 #[derive(DeriveIden, Clone, Copy)]

@@ -7,7 +7,7 @@
 
 use axum::{
     extract::{RawQuery, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
@@ -17,9 +17,21 @@ use crate::{
     service::oidc::{CallbackOutcome, CallbackParams},
 };
 
-/// The callback. A parameter given twice (RFC 6749 § 3.1: none may be) makes the request
+/// The callback (GET only: HEAD is 405). A parameter given twice (RFC 6749 § 3.1: none may be) makes the request
 /// invalid, as does an unknown, used or expired `state`.
-pub async fn callback(State(edge): State<EdgeState>, RawQuery(query): RawQuery) -> Response {
+pub async fn callback(
+    State(edge): State<EdgeState>,
+    method: Method,
+    RawQuery(query): RawQuery,
+) -> Response {
+    // A HEAD (a link checker, a prefetch) must not use the sign-in up.
+    if method != Method::GET {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, HeaderValue::from_static("GET"))],
+        )
+            .into_response();
+    }
     let Some(params) = params_of(query.as_deref().unwrap_or("")) else {
         return page(StatusCode::BAD_REQUEST, INVALID);
     };

@@ -400,11 +400,17 @@ impl AuthService {
         // A concurrent first sign-in of the same identity or address wins the race once; the
         // second attempt then finds what it stored.
         for _ in 0..2 {
-            if let Some((_, credentials)) = store
+            if let Some((found, credentials)) = store
                 .identities
                 .find_identity(&identity.issuer, &identity.subject)
                 .await?
             {
+                if found.unlinked_at.is_some() {
+                    // Its account unlinked it (a provider account someone else took over, say):
+                    // it signs in nowhere, and is not linked again by its address.
+                    tracing::info!(event = "oidc_sign_in_refused", reason = "unlinked", provider = %identity.provider, user_id = %found.user_id, "a sign-in with an identity its account unlinked");
+                    return Err(AppError::AccountExists);
+                }
                 return Ok(SignedIn::Existing(credentials.user));
             }
             let email = match identity.email.as_deref() {
@@ -421,6 +427,14 @@ impl AuthService {
                 // addresses, must not open the other's account (pre-hijacking).
                 if account.user.email_verified_at.is_none() {
                     tracing::info!(event = "oidc_sign_in_refused", reason = "account_exists", provider = %identity.provider, user_id = %account.user.id, "an identity whose address belongs to an account that never verified it");
+                    return Err(AppError::AccountExists);
+                }
+                // An account with a second factor is linked only from a session of its own
+                // (`link: true`): linking before the factor is proven would change the account
+                // for someone who may never prove it.
+                let factors = self.second_factors_of(account.user.id).await?;
+                if factors.totp || factors.passkeys > 0 {
+                    tracing::info!(event = "oidc_sign_in_refused", reason = "second_factor", provider = %identity.provider, user_id = %account.user.id, "an identity whose address belongs to an account with a second factor");
                     return Err(AppError::AccountExists);
                 }
                 match store
@@ -521,7 +535,12 @@ impl AuthService {
                     return Err(AppError::AccountExists);
                 }
             }
-            Linking::ProviderTaken => return Err(AppError::AccountExists),
+            Linking::ProviderTaken => {
+                return Err(AppError::bad_input(
+                    "provider",
+                    "this account has an identity of this provider already: unlink it first",
+                ));
+            }
             Linking::UnknownUser => {
                 return Err(AppError::Unauthenticated(UnauthenticatedReason::Revoked));
             }
@@ -535,7 +554,8 @@ impl AuthService {
     }
 
     /// `unlinkIdentity`: removes the caller's identity of `provider`; as removing a passkey
-    /// does, the caller's other sessions end. `false` when there is none. Needs a recent
+    /// does, the caller's other sessions end. The identity then signs in nowhere (ACCOUNT_EXISTS)
+    /// until it is linked again with `link: true`. `false` when there is none. Needs a recent
     /// proof. Errors: LAST_LOGIN_METHOD (no password and no other identity: set a password
     /// through `requestPasswordReset` first), REAUTHENTICATION_REQUIRED, UNAUTHENTICATED
     /// `REVOKED` (the session ended meanwhile).
@@ -548,7 +568,7 @@ impl AuthService {
         match self
             .store()
             .identities
-            .unlink_identity(caller.user.id, provider, caller.session.id)
+            .unlink_identity(caller.user.id, provider, caller.session.id, now())
             .await?
         {
             Unlinking::LastLoginMethod => Err(AppError::LastLoginMethod),
@@ -575,6 +595,7 @@ fn new_identity(user_id: Uuid, identity: &VerifiedIdentity, now: DateTime<Utc>) 
         subject: identity.subject.clone(),
         email: identity.email.clone(),
         linked_at: now,
+        unlinked_at: None,
     }
 }
 

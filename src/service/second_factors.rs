@@ -578,7 +578,7 @@ impl AuthService {
                 Err(AppError::Unauthenticated(UnauthenticatedReason::Revoked))
             }
             FactorRemoval::Removed(ended) => {
-                tracing::info!(event, user_id = %caller.user.id, ended_sessions = ended.len(), "a second factor was removed");
+                tracing::info!(event, user_id = %caller.user.id, ended_sessions = ended.len(), "a way to prove the account was removed");
                 self.publish(SessionEventKind::Revoked, caller.user.id, &ended)
                     .await;
                 Ok(true)

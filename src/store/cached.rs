@@ -38,10 +38,11 @@ use lru::LruCache;
 use uuid::Uuid;
 
 use super::{
-    AuthMethods, Challenge, ChallengeKind, CreatedSession, FactorRemoval, IssuedToken, NewSession,
-    NewUser, PasskeyAddition, RoleChange, Rotation, SecondFactorStore, SecondFactors, Session,
-    SessionPage, SessionStore, StoreError, StoreResult, StoredPasskey, TokenRefusal,
-    TotpCredential, User, UserCredentials, UserStore, VerifiedEmail,
+    AuthMethods, Challenge, ChallengeKind, CreatedSession, FactorRemoval, Identity, IdentityStore,
+    IssuedToken, Linking, NewSession, NewUser, PasskeyAddition, RoleChange, Rotation,
+    SecondFactorStore, SecondFactors, Session, SessionPage, SessionStore, StoreError, StoreResult,
+    StoredPasskey, TokenRefusal, TotpCredential, Unlinking, User, UserCredentials, UserStore,
+    VerifiedEmail,
 };
 
 /// How many sessions the cache holds at most (least recently used dropped first): about 300
@@ -170,9 +171,12 @@ fn lock(state: &Mutex<CacheState>) -> std::sync::MutexGuard<'_, CacheState> {
 /// What the cache can wrap: a backend's users and sessions, and its second factors (turning one
 /// on ends the user's other sessions), cheap to clone (a pool handle), so that a write can run
 /// on a task of its own.
-pub trait CachedInner: UserStore + SessionStore + SecondFactorStore + Clone {}
+pub trait CachedInner:
+    UserStore + SessionStore + SecondFactorStore + IdentityStore + Clone
+{
+}
 
-impl<T: UserStore + SessionStore + SecondFactorStore + Clone> CachedInner for T {}
+impl<T: UserStore + SessionStore + SecondFactorStore + IdentityStore + Clone> CachedInner for T {}
 
 impl<S: CachedInner> CachedStore<S> {
     /// `inner` with a cache of at most `capacity` sessions (and as many users' epochs).
@@ -516,6 +520,42 @@ impl<S: CachedInner> SessionStore for CachedStore<S> {
 
 /// Second factors go to the backend; the writes that move a user's credential version on and
 /// end their sessions make the cache forget the user, as a password change does.
+/// Identities: an unlink moves the user's credential version on and ends sessions.
+#[async_trait]
+impl<S: CachedInner> IdentityStore for CachedStore<S> {
+    async fn find_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<(Identity, UserCredentials)>> {
+        self.inner.find_identity(issuer, subject).await
+    }
+
+    async fn identities(&self, user_id: Uuid) -> StoreResult<Vec<Identity>> {
+        self.inner.identities(user_id).await
+    }
+
+    async fn link_identity(&self, identity: Identity) -> StoreResult<Linking> {
+        self.inner.link_identity(identity).await
+    }
+
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        keep_session: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Unlinking> {
+        let provider = provider.to_owned();
+        self.write(Forget::User(user_id), move |inner| async move {
+            inner
+                .unlink_identity(user_id, &provider, keep_session, at)
+                .await
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl<S: CachedInner> SecondFactorStore for CachedStore<S> {
     async fn totp(&self, user_id: Uuid) -> StoreResult<Option<TotpCredential>> {

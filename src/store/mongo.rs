@@ -31,7 +31,7 @@
 //! - `auth_challenges`: `_id`, `digest` (unique), `kind`, `user_id`, `session_id`,
 //!   `credential_version`, `methods`, `state`, `attempts`, `created_at`, `expires_at` (indexed).
 //! - `user_identities`: `_id`, `user_id`, `provider` (unique with `user_id`), `issuer`,
-//!   `subject` (unique with `issuer`), `email`, `linked_at`. The user document counts its
+//!   `subject` (unique with `issuer`), `email`, `linked_at`, `unlinked_at`. The user document counts its
 //!   identities in `identity_count`, which is what makes an unlink's check of the last way in
 //!   one atomic update on any deployment.
 //!
@@ -135,6 +135,8 @@ pub struct IdentityDocument {
     pub subject: String,
     pub email: Option<String>,
     pub linked_at: bson::DateTime,
+    #[serde(default)]
+    pub unlinked_at: Option<bson::DateTime>,
 }
 
 fn identity_document(identity: Identity) -> IdentityDocument {
@@ -146,6 +148,7 @@ fn identity_document(identity: Identity) -> IdentityDocument {
         subject: identity.subject,
         email: identity.email,
         linked_at: date(identity.linked_at),
+        unlinked_at: identity.unlinked_at.map(date),
     }
 }
 
@@ -158,6 +161,7 @@ fn identity_of(document: IdentityDocument) -> Identity {
         subject: document.subject,
         email: document.email,
         linked_at: document.linked_at.to_chrono(),
+        unlinked_at: document.unlinked_at.map(bson::DateTime::to_chrono),
     }
 }
 
@@ -2395,22 +2399,32 @@ impl IdentityStore for MongoStore {
             .find_one(doc! { "_id": identity.user_id })
             .await
             .map_err(classify)?;
-        if user.is_none() && identity.linked_at.to_chrono() < Utc::now() - ORPHAN_AGE {
-            // Without transactions a registration stores its identity before its user; one
-            // whose user never came (the process stopped in between) would keep its identity
-            // from ever signing in. A registration in flight is younger than this.
-            self.identities
-                .delete_one(doc! { "_id": identity.id })
-                .await
-                .map_err(classify)?;
-        }
-        Ok(user.map(|user| (identity_of(identity), credentials_of(user))))
+        let Some(user) = user else {
+            if identity.linked_at.to_chrono() < Utc::now() - ORPHAN_AGE {
+                // Without transactions a registration stores its identity before its user; one
+                // whose user never came (the process stopped in between) would keep its
+                // identity from ever signing in. A registration in flight is younger than this.
+                self.identities
+                    .delete_one(doc! { "_id": identity.id })
+                    .await
+                    .map_err(classify)?;
+            }
+            return Ok(None);
+        };
+        // Read again after the account: an unlink that landed in between is seen here.
+        let again = self
+            .identities
+            .find_one(doc! { "_id": identity.id })
+            .await
+            .map_err(classify)?
+            .filter(|again| again.user_id == user.id);
+        Ok(again.map(|identity| (identity_of(identity), credentials_of(user))))
     }
 
     async fn identities(&self, user_id: Uuid) -> StoreResult<Vec<Identity>> {
         let mut found: Vec<Identity> = self
             .identities
-            .find(doc! { "user_id": id(user_id) })
+            .find(doc! { "user_id": id(user_id), "unlinked_at": null })
             .await
             .map_err(classify)?
             .map_ok(identity_of)
@@ -2436,6 +2450,26 @@ impl IdentityStore for MongoStore {
                 return Ok(Linking::UnknownUser);
             }
             let document = identity_document(identity.clone());
+            // Unlinked identities this one replaces: the same one, or the account's of the
+            // provider.
+            store
+                .identities
+                .delete_many(doc! {
+                    "issuer": &document.issuer,
+                    "subject": &document.subject,
+                    "unlinked_at": { "$ne": null },
+                })
+                .await
+                .map_err(classify)?;
+            store
+                .identities
+                .delete_many(doc! {
+                    "user_id": user_id,
+                    "provider": &document.provider,
+                    "unlinked_at": { "$ne": null },
+                })
+                .await
+                .map_err(classify)?;
             match store.identities.insert_one(&document).await {
                 Ok(_) => {}
                 Err(error) if is_duplicate_key(&error) => {
@@ -2474,13 +2508,14 @@ impl IdentityStore for MongoStore {
     }
 
     /// The identity is uncounted first, by one atomic update that requires a password or
-    /// another identity; then deleted; then the credentials move on as a passkey's removal
-    /// moves them.
+    /// another identity; then marked unlinked; then the credentials move on as a passkey's
+    /// removal moves them.
     async fn unlink_identity(
         &self,
         user_id: Uuid,
         provider: &str,
         keep_session: Uuid,
+        at: DateTime<Utc>,
     ) -> StoreResult<Unlinking> {
         let provider = provider.to_owned();
         self.detached(move |store| async move {
@@ -2488,7 +2523,7 @@ impl IdentityStore for MongoStore {
             let user = id(user_id);
             let Some(identity) = store
                 .identities
-                .find_one(doc! { "user_id": user, "provider": &provider })
+                .find_one(doc! { "user_id": user, "provider": &provider, "unlinked_at": null })
                 .await
                 .map_err(classify)?
             else {
@@ -2512,13 +2547,17 @@ impl IdentityStore for MongoStore {
             if uncounted.matched_count == 0 {
                 return Ok(Unlinking::LastLoginMethod);
             }
-            let deleted = store
+            let marked = store
                 .identities
-                .delete_one(doc! { "_id": identity.id })
+                .update_one(
+                    doc! { "_id": identity.id, "unlinked_at": null },
+                    doc! { "$set": { "unlinked_at": date(at) } },
+                )
+                .hint(by_id())
                 .await
                 .map_err(classify)?;
-            if deleted.deleted_count == 0 {
-                // A concurrent unlink of the same identity deleted it: count it back.
+            if marked.modified_count == 0 {
+                // A concurrent unlink of the same identity marked it: count it back.
                 store
                     .users
                     .update_one(

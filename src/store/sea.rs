@@ -265,6 +265,7 @@ impl From<user_identity::Model> for Identity {
             subject: row.subject,
             email: row.email,
             linked_at: row.linked_at,
+            unlinked_at: row.unlinked_at,
         }
     }
 }
@@ -278,6 +279,7 @@ fn identity_row(identity: Identity) -> user_identity::ActiveModel {
         subject: Set(identity.subject),
         email: Set(identity.email),
         linked_at: Set(identity.linked_at),
+        unlinked_at: Set(identity.unlinked_at),
     }
 }
 
@@ -1802,15 +1804,24 @@ impl IdentityStore for SeaStore {
         else {
             return Ok(None);
         };
-        let user = user::Entity::find_by_id(identity.user_id)
+        let Some(user) = user::Entity::find_by_id(identity.user_id)
             .one(&self.db)
-            .await?;
-        Ok(user.map(|user| (identity.into(), user.into())))
+            .await?
+        else {
+            return Ok(None);
+        };
+        // Read again after the account: an unlink that committed in between is seen here.
+        let again = user_identity::Entity::find_by_id(identity.id)
+            .one(&self.db)
+            .await?
+            .filter(|again| again.user_id == user.id);
+        Ok(again.map(|identity| (identity.into(), user.into())))
     }
 
     async fn identities(&self, user_id: Uuid) -> StoreResult<Vec<Identity>> {
         Ok(user_identity::Entity::find()
             .filter(user_identity::Column::UserId.eq(user_id))
+            .filter(user_identity::Column::UnlinkedAt.is_null())
             .order_by_asc(user_identity::Column::LinkedAt)
             .order_by_asc(user_identity::Column::Id)
             .all(&self.db)
@@ -1830,6 +1841,24 @@ impl IdentityStore for SeaStore {
             transaction.rollback().await?;
             return Ok(Linking::UnknownUser);
         }
+        // Unlinked identities this one replaces: the same one, or the account's of the provider.
+        user_identity::Entity::delete_many()
+            .filter(user_identity::Column::UnlinkedAt.is_not_null())
+            .filter(
+                Condition::any()
+                    .add(
+                        Condition::all()
+                            .add(user_identity::Column::Issuer.eq(issuer.clone()))
+                            .add(user_identity::Column::Subject.eq(subject.clone())),
+                    )
+                    .add(
+                        Condition::all()
+                            .add(user_identity::Column::UserId.eq(user_id))
+                            .add(user_identity::Column::Provider.eq(identity.provider.clone())),
+                    ),
+            )
+            .exec(&transaction)
+            .await?;
         let inserted = user_identity::Entity::insert(identity_row(identity))
             .exec_with_returning(&transaction)
             .await;
@@ -1857,6 +1886,7 @@ impl IdentityStore for SeaStore {
         user_id: Uuid,
         provider: &str,
         keep_session: Uuid,
+        at: DateTime<Utc>,
     ) -> StoreResult<Unlinking> {
         let not_linked = Unlinking::Unlinked(FactorRemoval::NotFound);
         let transaction = self.db.begin().await?;
@@ -1866,6 +1896,7 @@ impl IdentityStore for SeaStore {
         }
         let identities = user_identity::Entity::find()
             .filter(user_identity::Column::UserId.eq(user_id))
+            .filter(user_identity::Column::UnlinkedAt.is_null())
             .all(&transaction)
             .await?;
         let Some(unlinked) = identities.iter().find(|found| found.provider == provider) else {
@@ -1880,7 +1911,9 @@ impl IdentityStore for SeaStore {
             transaction.rollback().await?;
             return Ok(Unlinking::LastLoginMethod);
         }
-        user_identity::Entity::delete_by_id(unlinked.id)
+        user_identity::Entity::update_many()
+            .col_expr(user_identity::Column::UnlinkedAt, Expr::value(at))
+            .filter(user_identity::Column::Id.eq(unlinked.id))
             .exec(&transaction)
             .await?;
         Ok(Unlinking::Unlinked(

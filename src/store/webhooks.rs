@@ -589,12 +589,13 @@ impl IdentityStore for WebhookQueue {
         user_id: Uuid,
         provider: &str,
         keep_session: Uuid,
+        at: DateTime<Utc>,
     ) -> StoreResult<Unlinking> {
         let (identities, provider) = (self.identities.clone(), provider.to_owned());
         self.write(
             async move {
                 identities
-                    .unlink_identity(user_id, &provider, keep_session)
+                    .unlink_identity(user_id, &provider, keep_session, at)
                     .await
             },
             move |unlinking| match unlinking {

@@ -494,6 +494,10 @@ async fn id_tokens_for_another_audience_expired_unsigned_or_signed_by_another_ke
         json!({ "claims": { "iat": now + 3600, "exp": now + 7200 } }),
         json!({ "sign": "none" }),
         json!({ "sign": "foreign-key" }),
+        json!({ "claims": { "sub": "" } }),
+        json!({ "claims": { "sub": "s".repeat(256) } }),
+        json!({ "claims": { "sub": "ed\nadmin" } }),
+        json!({ "claims": { "sub": "ed\u{202e}" } }),
     ] {
         op.tamper(fault.clone()).await;
         let (location, _) = through_provider(&app, &op, "ed").await;
@@ -684,8 +688,177 @@ async fn a_signed_in_user_links_a_provider_then_unlinks_it() {
     assert_eq!(identities(&app, &access).await, json!([]));
     let others = app.me(&other.access_token).await;
     assert_eq!(error_code(&others), "UNAUTHENTICATED");
+    // The unlinked identity signs in nowhere: not to jo's account, not to a new one.
     let again = sign_in(&app, &op, "jo-at-op").await;
-    assert_eq!(error_code(&again), "EMAIL_NOT_VERIFIED");
+    assert_eq!(error_code(&again), "ACCOUNT_EXISTS", "{again}");
+
+    // Linked again on purpose, it signs in again.
+    let (location, _) =
+        through_provider_with(&app, &op, "jo-at-op", Some(&access), |u| u.to_owned()).await;
+    let relinked = complete(&app, &param(&location, "code").unwrap(), Some(&access)).await;
+    assert_no_errors(&relinked);
+    let access = string_at(&relinked, "/data/completeOidcLogin/accessToken");
+    assert_eq!(identities(&app, &access).await[0]["provider"], PROVIDER);
+    assert_no_errors(&sign_in(&app, &op, "jo-at-op").await);
+}
+
+/// The owner unlinks a provider account that someone else took over: its next sign-in must not
+/// link it again by its (verified) address.
+#[tokio::test]
+async fn an_unlinked_identity_is_not_linked_again_by_its_address() {
+    let op = OpenIdProvider::start(0, json!([])).await;
+    op.add_account("taken-over", "tess@example.com", true).await;
+    let app = app_with(&op, |_| {}).await;
+    let tess = verified_account(&app, "tess@example.com", 1).await;
+    // Linked by address at the first sign-in (both sides verified).
+    let first = sign_in(&app, &op, "taken-over").await;
+    assert_no_errors(&first);
+    assert_eq!(
+        string_at(&first, "/data/completeOidcLogin/user/email"),
+        "tess@example.com"
+    );
+    let intruder = string_at(&first, "/data/completeOidcLogin/accessToken");
+
+    let unlinked = app
+        .graphql(
+            "mutation($p: String!) { unlinkIdentity(provider: $p) }",
+            json!({ "p": PROVIDER }),
+            Some(&tess.access_token),
+        )
+        .await;
+    assert_eq!(unlinked["data"]["unlinkIdentity"], true, "{unlinked}");
+    assert_eq!(error_code(&app.me(&intruder).await), "UNAUTHENTICATED");
+    for _ in 0..2 {
+        let again = sign_in(&app, &op, "taken-over").await;
+        assert_eq!(error_code(&again), "ACCOUNT_EXISTS", "{again}");
+    }
+    assert_eq!(identities(&app, &tess.access_token).await, json!([]));
+    let sessions = app.my_sessions(&tess.access_token).await;
+    assert_eq!(
+        sessions["data"]["mySessions"].as_array().map(Vec::len),
+        Some(1),
+        "{sessions}"
+    );
+}
+
+/// Sign-ins of a linked identity, each past its callback, completed while the account unlinks
+/// it: none of them leaves a session that outlives the unlink.
+#[tokio::test]
+async fn no_sign_in_in_flight_outlives_the_unlink_of_its_identity() {
+    let op = OpenIdProvider::start(0, json!([])).await;
+    // Another address than the account's: the identity is linked on purpose, not by address.
+    op.add_account("uma-elsewhere", "uma@elsewhere.example", true)
+        .await;
+    let app = app_with(&op, |_| {}).await;
+    let uma = verified_account(&app, "uma@example.com", 1).await;
+    for round in 0..3 {
+        let owner = app.login("uma@example.com").await;
+        let (location, _) =
+            through_provider_with(&app, &op, "uma-elsewhere", Some(&owner.access_token), |u| {
+                u.to_owned()
+            })
+            .await;
+        let linked = complete(
+            &app,
+            &param(&location, "code").unwrap(),
+            Some(&owner.access_token),
+        )
+        .await;
+        assert_no_errors(&linked);
+        let owner_access = string_at(&linked, "/data/completeOidcLogin/accessToken");
+        let mut codes = Vec::new();
+        for _ in 0..6 {
+            let (location, _) = through_provider(&app, &op, "uma-elsewhere").await;
+            codes.push(param(&location, "code").unwrap());
+        }
+        let unlink = async {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            app.graphql(
+                "mutation($p: String!) { unlinkIdentity(provider: $p) }",
+                json!({ "p": PROVIDER }),
+                Some(&owner_access),
+            )
+            .await
+        };
+        let (unlinked, answers) = tokio::join!(
+            unlink,
+            futures::future::join_all(codes.iter().map(|code| complete(&app, code, None)))
+        );
+        assert_eq!(unlinked["data"]["unlinkIdentity"], true, "{unlinked}");
+        for answer in answers {
+            if answer.get("errors").is_none() {
+                let token = string_at(&answer, "/data/completeOidcLogin/accessToken");
+                let me = app.me(&token).await;
+                assert_eq!(
+                    error_code(&me),
+                    "UNAUTHENTICATED",
+                    "round {round}: a session of the unlinked identity is alive: {me}"
+                );
+            }
+        }
+        let _ = &uma;
+    }
+}
+
+#[tokio::test]
+async fn an_account_with_a_second_factor_is_never_linked_by_its_address() {
+    let op = OpenIdProvider::start(0, json!([])).await;
+    op.add_account("vic-at-op", "vic@example.com", true).await;
+    let app = app_with(&op, |_| {}).await;
+    let vic = verified_account(&app, "vic@example.com", 1).await;
+    crate::second_factors::enable_totp(&app, &vic.access_token).await;
+    let answer = sign_in(&app, &op, "vic-at-op").await;
+    assert_eq!(error_code(&answer), "ACCOUNT_EXISTS", "{answer}");
+    let fresh = app.login_raw("vic@example.com", PASSWORD).await;
+    assert_eq!(error_code(&fresh), "MFA_REQUIRED");
+}
+
+#[tokio::test]
+async fn a_head_request_does_not_use_the_sign_in_up() {
+    let op = OpenIdProvider::start(0, json!([])).await;
+    op.add_account("wes", "wes@example.com", true).await;
+    let app = app_with(&op, |_| {}).await;
+    let begun = begin(&app, PROVIDER, APP_PAGE, None).await;
+    let url = string_at(&begun, "/data/beginOidcLogin/authorizationUrl");
+    let at_callback = op.sign_in(&url, "wes").await;
+    let head = no_redirects().head(&at_callback).send().await.unwrap();
+    assert_eq!(head.status(), 405);
+    let response = callback(&app, &at_callback).await;
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert_no_errors(&complete(&app, &param(&location, "code").unwrap(), None).await);
+}
+
+#[tokio::test]
+async fn a_redirect_uri_holding_what_the_callback_adds_stops_the_start() {
+    for uri in [
+        "https://app.example/cb?code=fixed",
+        "https://app.example/cb?state=x",
+        "https://app.example/cb#fragment",
+        "javascript:alert(1)",
+        "/relative",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            crate::helpers::test_config(&crate::helpers::sqlite_url(&dir.path().join("a.db")));
+        config.oidc_provider_settings = vec![OidcProviderSettings {
+            name: "p".into(),
+            display_name: "p".into(),
+            issuer: "http://127.0.0.1:9".into(),
+            client_id: "c".into(),
+            client_secret: SecretString::from("s"),
+            scopes: vec!["openid".into()],
+        }];
+        config.oidc_redirect_uris = vec![uri.to_owned()];
+        let error = authql::app::Application::build(config)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{uri} was accepted"));
+        assert!(
+            format!("{error:#}").contains("OIDC_REDIRECT_URIS"),
+            "{error:#}"
+        );
+    }
 }
 
 #[tokio::test]
