@@ -6,8 +6,11 @@ use sea_orm_migration::{prelude::*, schema::*};
 /// account has at most one identity per configured provider name (`(user_id, provider)`
 /// unique), which is what `unlinkIdentity(provider)` names. `email` is what the provider said
 /// when the identity was linked (shown in `me { identities }`, never used to log in).
-/// `unlinked_at` marks an identity its account unlinked: kept, so that its next sign-in is
-/// refused rather than linked again by its address; only an explicit link takes it back.
+///
+/// `unlinked_identities`: which identity an account with which address unlinked, keyed by the
+/// address (`email_normalized`) and the identity, with no tie to the account: such an identity
+/// is never linked or given an account by that address again (a provider account someone else
+/// took over stays out), whatever becomes of the account or of the identity's other links.
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -25,7 +28,6 @@ impl MigrationTrait for Migration {
                     .col(text(UserIdentities::Subject))
                     .col(text_null(UserIdentities::Email))
                     .col(timestamp_with_time_zone(UserIdentities::LinkedAt))
-                    .col(timestamp_with_time_zone_null(UserIdentities::UnlinkedAt))
                     .foreign_key(
                         ForeignKey::create()
                             .name("fk_user_identities_user_id")
@@ -57,10 +59,37 @@ impl MigrationTrait for Migration {
                     .unique()
                     .to_owned(),
             )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(UnlinkedIdentities::Table)
+                    .col(pk_uuid(UnlinkedIdentities::Id))
+                    .col(text(UnlinkedIdentities::EmailNormalized))
+                    .col(text(UnlinkedIdentities::Issuer))
+                    .col(text(UnlinkedIdentities::Subject))
+                    .col(timestamp_with_time_zone(UnlinkedIdentities::UnlinkedAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_unlinked_identities_email_issuer_subject")
+                    .table(UnlinkedIdentities::Table)
+                    .col(UnlinkedIdentities::EmailNormalized)
+                    .col(UnlinkedIdentities::Issuer)
+                    .col(UnlinkedIdentities::Subject)
+                    .unique()
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(UnlinkedIdentities::Table).to_owned())
+            .await?;
         manager
             .drop_table(Table::drop().table(UserIdentities::Table).to_owned())
             .await
@@ -77,6 +106,15 @@ enum UserIdentities {
     Subject,
     Email,
     LinkedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+enum UnlinkedIdentities {
+    Table,
+    Id,
+    EmailNormalized,
+    Issuer,
+    Subject,
     UnlinkedAt,
 }
 

@@ -81,7 +81,8 @@ impl MutationRoot {
     /// access token of the session that began it, and answers that session's new pair.
     /// Errors: INVALID_TOKEN (`code` unknown, used or expired), ACCOUNT_EXISTS,
     /// EMAIL_NOT_VERIFIED (`reason: PROVIDER`, or the account's own with
-    /// `EMAIL_VERIFICATION=required`), ACCOUNT_DISABLED, MFA_REQUIRED, RATE_LIMITED.
+    /// `EMAIL_VERIFICATION=required`), ACCOUNT_DISABLED, MFA_REQUIRED, INVALID_CREDENTIALS (the
+    /// account's credentials changed, or the identity was unlinked, while it ran), RATE_LIMITED.
     #[graphql(complexity = "EXPENSIVE_FIELD_COST + child_complexity")]
     async fn complete_oidc_login(&self, ctx: &Context<'_>, code: String) -> Result<AuthPayload> {
         let caller = signed_in(ctx).await;

@@ -400,17 +400,11 @@ impl AuthService {
         // A concurrent first sign-in of the same identity or address wins the race once; the
         // second attempt then finds what it stored.
         for _ in 0..2 {
-            if let Some((found, credentials)) = store
+            if let Some((_, credentials)) = store
                 .identities
                 .find_identity(&identity.issuer, &identity.subject)
                 .await?
             {
-                if found.unlinked_at.is_some() {
-                    // Its account unlinked it (a provider account someone else took over, say):
-                    // it signs in nowhere, and is not linked again by its address.
-                    tracing::info!(event = "oidc_sign_in_refused", reason = "unlinked", provider = %identity.provider, user_id = %found.user_id, "a sign-in with an identity its account unlinked");
-                    return Err(AppError::AccountExists);
-                }
                 return Ok(SignedIn::Existing(credentials.user));
             }
             let email = match identity.email.as_deref() {
@@ -421,6 +415,16 @@ impl AuthService {
                     return Err(AppError::AddressNotProven { by_provider: true });
                 }
             };
+            // An account with this address unlinked the identity (a provider account someone
+            // else took over, say): never linked, nor given an account, by the address again.
+            if store
+                .identities
+                .unlinked_before(&email.normalized, &identity.issuer, &identity.subject)
+                .await?
+            {
+                tracing::info!(event = "oidc_sign_in_refused", reason = "unlinked", provider = %identity.provider, "a sign-in with an identity an account with its address unlinked");
+                return Err(AppError::AccountExists);
+            }
             if let Some(account) = store.users.find_credentials(&email.normalized).await? {
                 // Both sides proved the address, or nothing is linked: an account made with
                 // someone else's address and never verified, or a provider that does not verify
@@ -554,8 +558,9 @@ impl AuthService {
     }
 
     /// `unlinkIdentity`: removes the caller's identity of `provider`; as removing a passkey
-    /// does, the caller's other sessions end. The identity then signs in nowhere (ACCOUNT_EXISTS)
-    /// until it is linked again with `link: true`. `false` when there is none. Needs a recent
+    /// does, the caller's other sessions end. The identity is then never linked, nor given an
+    /// account, by the caller's address again (ACCOUNT_EXISTS); only `link: true` links it.
+    /// `false` when there is none. Needs a recent
     /// proof. Errors: LAST_LOGIN_METHOD (no password and no other identity: set a password
     /// through `requestPasswordReset` first), REAUTHENTICATION_REQUIRED, UNAUTHENTICATED
     /// `REVOKED` (the session ended meanwhile).
@@ -595,7 +600,6 @@ fn new_identity(user_id: Uuid, identity: &VerifiedIdentity, now: DateTime<Utc>) 
         subject: identity.subject.clone(),
         email: identity.email.clone(),
         linked_at: now,
-        unlinked_at: None,
     }
 }
 

@@ -539,6 +539,17 @@ impl<S: CachedInner> IdentityStore for CachedStore<S> {
         self.inner.link_identity(identity).await
     }
 
+    async fn unlinked_before(
+        &self,
+        email_normalized: &str,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<bool> {
+        self.inner
+            .unlinked_before(email_normalized, issuer, subject)
+            .await
+    }
+
     async fn unlink_identity(
         &self,
         user_id: Uuid,

@@ -338,9 +338,6 @@ pub struct Identity {
     /// The address the provider gave when it was linked; shown, never used to log in.
     pub email: Option<String>,
     pub linked_at: DateTime<Utc>,
-    /// When its account unlinked it. An unlinked identity is kept, so that it signs in nowhere
-    /// and is never linked again by its address; only an explicit link (`link: true`) takes it.
-    pub unlinked_at: Option<DateTime<Utc>>,
 }
 
 /// What linking an identity to an account did.
@@ -1325,32 +1322,31 @@ pub trait SecondFactorStore: Send + Sync + 'static {
 /// [`UserStore::register_user`] ([`NewUser::identity`]), in the same transaction.
 #[async_trait]
 pub trait IdentityStore: Send + Sync + 'static {
-    /// The identity with this issuer and subject (unlinked or not), and its account with the
-    /// account's password hash, as they were at one moment: the identity is read again after
-    /// the account, so that an unlink that lands between the two reads is seen (a sign-in then
-    /// finds it unlinked, or reads the credential version from before the unlink, which its
-    /// session will not be accepted under).
+    /// The identity with this issuer and subject, and its account with the account's password
+    /// hash, as they were at one moment: the identity is read again after the account, so that
+    /// an unlink that lands between the two reads is seen (a sign-in then finds no identity, or
+    /// reads the credential version from before the unlink, which its session will not be
+    /// accepted under).
     async fn find_identity(
         &self,
         issuer: &str,
         subject: &str,
     ) -> StoreResult<Option<(Identity, UserCredentials)>>;
 
-    /// The account's linked identities (not the unlinked ones), oldest link first.
+    /// The account's identities, oldest link first.
     async fn identities(&self, user_id: Uuid) -> StoreResult<Vec<Identity>>;
 
-    /// Links `identity` to its `user_id`'s account, unless the identity is linked to an account
-    /// already or the account has one of the same provider linked. An unlinked identity of the
-    /// same `iss` and `sub`, or of the account and the provider, is replaced. One statement
-    /// decides, so that of concurrent links of one identity exactly one is stored.
+    /// Links `identity` to its `user_id`'s account, unless the identity belongs to an account
+    /// already or the account has one of the same provider. One statement decides, so that of
+    /// concurrent links of one identity exactly one is stored.
     async fn link_identity(&self, identity: Identity) -> StoreResult<Linking>;
 
-    /// Unlinks the account's identity of `provider` as of `at` (it is kept, marked unlinked),
-    /// unless it is the account's last way in (no password, no other linked identity): decided
-    /// under the account's lock, so that two concurrent unlinks cannot both leave the account
-    /// with none. Then, as removing a passkey does, moves the credential version on
-    /// (`keep_session` with it) and ends the other sessions: a sign-in through the identity
-    /// that is still in flight stores no session.
+    /// Unlinks the account's identity of `provider` as of `at`, unless it is the account's last
+    /// way in (no password, no other identity): decided under the account's lock, so that two
+    /// concurrent unlinks cannot both leave the account with none. Records that the account's
+    /// address unlinked the identity ([`IdentityStore::unlinked_before`]). Then, as removing a
+    /// passkey does, moves the credential version on (`keep_session` with it) and ends the other
+    /// sessions: a sign-in through the identity that is still in flight stores no session.
     async fn unlink_identity(
         &self,
         user_id: Uuid,
@@ -1358,6 +1354,16 @@ pub trait IdentityStore: Send + Sync + 'static {
         keep_session: Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<Unlinking>;
+
+    /// Whether an account with the address `email_normalized` ever unlinked the identity
+    /// (`issuer`, `subject`): then the identity is never linked, or given an account, by that
+    /// address again, whatever became of that account or of the identity's other links since.
+    async fn unlinked_before(
+        &self,
+        email_normalized: &str,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<bool>;
 }
 
 /// A whole backend: every capability, each implemented once per backend (lldap's

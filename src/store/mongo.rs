@@ -31,9 +31,11 @@
 //! - `auth_challenges`: `_id`, `digest` (unique), `kind`, `user_id`, `session_id`,
 //!   `credential_version`, `methods`, `state`, `attempts`, `created_at`, `expires_at` (indexed).
 //! - `user_identities`: `_id`, `user_id`, `provider` (unique with `user_id`), `issuer`,
-//!   `subject` (unique with `issuer`), `email`, `linked_at`, `unlinked_at`. The user document counts its
+//!   `subject` (unique with `issuer`), `email`, `linked_at`. The user document counts its
 //!   identities in `identity_count`, which is what makes an unlink's check of the last way in
 //!   one atomic update on any deployment.
+//! - `unlinked_identities`: `_id` (the address's key, the issuer and the subject, joined by
+//!   newlines), `unlinked_at`.
 //!
 //! Every query is shaped so that it is served by an index on any server: a read or
 //! `findAndModify` that filters on more than its index's fields names the index (`hint`), and
@@ -135,8 +137,6 @@ pub struct IdentityDocument {
     pub subject: String,
     pub email: Option<String>,
     pub linked_at: bson::DateTime,
-    #[serde(default)]
-    pub unlinked_at: Option<bson::DateTime>,
 }
 
 fn identity_document(identity: Identity) -> IdentityDocument {
@@ -148,7 +148,6 @@ fn identity_document(identity: Identity) -> IdentityDocument {
         subject: identity.subject,
         email: identity.email,
         linked_at: date(identity.linked_at),
-        unlinked_at: identity.unlinked_at.map(date),
     }
 }
 
@@ -161,7 +160,6 @@ fn identity_of(document: IdentityDocument) -> Identity {
         subject: document.subject,
         email: document.email,
         linked_at: document.linked_at.to_chrono(),
-        unlinked_at: document.unlinked_at.map(bson::DateTime::to_chrono),
     }
 }
 
@@ -332,6 +330,7 @@ pub struct MongoStore {
     passkeys: Collection<PasskeyDocument>,
     challenges: Collection<ChallengeDocument>,
     identities: Collection<IdentityDocument>,
+    unlinked_identities: Collection<Document>,
     /// Whether the deployment runs multi-document transactions (a replica set or a sharded
     /// cluster does, a standalone server does not).
     transactions: bool,
@@ -408,6 +407,7 @@ impl MongoStore {
             passkeys: database.collection("passkeys"),
             challenges: database.collection("auth_challenges"),
             identities: database.collection("user_identities"),
+            unlinked_identities: database.collection("unlinked_identities"),
             client,
             database,
             transactions,
@@ -2424,7 +2424,7 @@ impl IdentityStore for MongoStore {
     async fn identities(&self, user_id: Uuid) -> StoreResult<Vec<Identity>> {
         let mut found: Vec<Identity> = self
             .identities
-            .find(doc! { "user_id": id(user_id), "unlinked_at": null })
+            .find(doc! { "user_id": id(user_id) })
             .await
             .map_err(classify)?
             .map_ok(identity_of)
@@ -2450,26 +2450,6 @@ impl IdentityStore for MongoStore {
                 return Ok(Linking::UnknownUser);
             }
             let document = identity_document(identity.clone());
-            // Unlinked identities this one replaces: the same one, or the account's of the
-            // provider.
-            store
-                .identities
-                .delete_many(doc! {
-                    "issuer": &document.issuer,
-                    "subject": &document.subject,
-                    "unlinked_at": { "$ne": null },
-                })
-                .await
-                .map_err(classify)?;
-            store
-                .identities
-                .delete_many(doc! {
-                    "user_id": user_id,
-                    "provider": &document.provider,
-                    "unlinked_at": { "$ne": null },
-                })
-                .await
-                .map_err(classify)?;
             match store.identities.insert_one(&document).await {
                 Ok(_) => {}
                 Err(error) if is_duplicate_key(&error) => {
@@ -2508,8 +2488,8 @@ impl IdentityStore for MongoStore {
     }
 
     /// The identity is uncounted first, by one atomic update that requires a password or
-    /// another identity; then marked unlinked; then the credentials move on as a passkey's
-    /// removal moves them.
+    /// another identity; then deleted, and recorded as unlinked by the account's address; then
+    /// the credentials move on as a passkey's removal moves them.
     async fn unlink_identity(
         &self,
         user_id: Uuid,
@@ -2523,7 +2503,7 @@ impl IdentityStore for MongoStore {
             let user = id(user_id);
             let Some(identity) = store
                 .identities
-                .find_one(doc! { "user_id": user, "provider": &provider, "unlinked_at": null })
+                .find_one(doc! { "user_id": user, "provider": &provider })
                 .await
                 .map_err(classify)?
             else {
@@ -2547,17 +2527,36 @@ impl IdentityStore for MongoStore {
             if uncounted.matched_count == 0 {
                 return Ok(Unlinking::LastLoginMethod);
             }
-            let marked = store
+            // Recorded first: a stop between the two writes leaves the identity linked and
+            // recorded, never unlinked and unrecorded.
+            if let Some(account) = store
+                .users
+                .find_one(doc! { "_id": user })
+                .await
+                .map_err(classify)?
+            {
+                let key = unlinked_key(
+                    &account.email_normalized,
+                    &identity.issuer,
+                    &identity.subject,
+                );
+                store
+                    .unlinked_identities
+                    .update_one(
+                        doc! { "_id": key },
+                        doc! { "$set": { "unlinked_at": date(at) } },
+                    )
+                    .upsert(true)
+                    .await
+                    .map_err(classify)?;
+            }
+            let deleted = store
                 .identities
-                .update_one(
-                    doc! { "_id": identity.id, "unlinked_at": null },
-                    doc! { "$set": { "unlinked_at": date(at) } },
-                )
-                .hint(by_id())
+                .delete_one(doc! { "_id": identity.id })
                 .await
                 .map_err(classify)?;
-            if marked.modified_count == 0 {
-                // A concurrent unlink of the same identity marked it: count it back.
+            if deleted.deleted_count == 0 {
+                // A concurrent unlink of the same identity deleted it: count it back.
                 store
                     .users
                     .update_one(
@@ -2574,6 +2573,26 @@ impl IdentityStore for MongoStore {
         })
         .await
     }
+
+    async fn unlinked_before(
+        &self,
+        email_normalized: &str,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .unlinked_identities
+            .find_one(doc! { "_id": unlinked_key(email_normalized, issuer, subject) })
+            .await
+            .map_err(classify)?
+            .is_some())
+    }
+}
+
+/// The `_id` of an `unlinked_identities` document (none of the three holds a newline: an
+/// address key, a URL, a `sub` of printable ASCII).
+fn unlinked_key(email_normalized: &str, issuer: &str, subject: &str) -> String {
+    format!("{email_normalized}\n{issuer}\n{subject}")
 }
 
 #[async_trait]

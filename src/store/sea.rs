@@ -22,7 +22,7 @@ use super::{
     VerifiedEmail,
     entity::{
         auth_challenge, one_time_token, outbox_mail, passkey, recovery_code, session, setting,
-        totp_credential, user, user_identity,
+        totp_credential, unlinked_identity, user, user_identity,
     },
     least_recently_used, token_holds, token_state,
 };
@@ -265,7 +265,6 @@ impl From<user_identity::Model> for Identity {
             subject: row.subject,
             email: row.email,
             linked_at: row.linked_at,
-            unlinked_at: row.unlinked_at,
         }
     }
 }
@@ -279,7 +278,6 @@ fn identity_row(identity: Identity) -> user_identity::ActiveModel {
         subject: Set(identity.subject),
         email: Set(identity.email),
         linked_at: Set(identity.linked_at),
-        unlinked_at: Set(identity.unlinked_at),
     }
 }
 
@@ -1821,7 +1819,6 @@ impl IdentityStore for SeaStore {
     async fn identities(&self, user_id: Uuid) -> StoreResult<Vec<Identity>> {
         Ok(user_identity::Entity::find()
             .filter(user_identity::Column::UserId.eq(user_id))
-            .filter(user_identity::Column::UnlinkedAt.is_null())
             .order_by_asc(user_identity::Column::LinkedAt)
             .order_by_asc(user_identity::Column::Id)
             .all(&self.db)
@@ -1841,24 +1838,6 @@ impl IdentityStore for SeaStore {
             transaction.rollback().await?;
             return Ok(Linking::UnknownUser);
         }
-        // Unlinked identities this one replaces: the same one, or the account's of the provider.
-        user_identity::Entity::delete_many()
-            .filter(user_identity::Column::UnlinkedAt.is_not_null())
-            .filter(
-                Condition::any()
-                    .add(
-                        Condition::all()
-                            .add(user_identity::Column::Issuer.eq(issuer.clone()))
-                            .add(user_identity::Column::Subject.eq(subject.clone())),
-                    )
-                    .add(
-                        Condition::all()
-                            .add(user_identity::Column::UserId.eq(user_id))
-                            .add(user_identity::Column::Provider.eq(identity.provider.clone())),
-                    ),
-            )
-            .exec(&transaction)
-            .await?;
         let inserted = user_identity::Entity::insert(identity_row(identity))
             .exec_with_returning(&transaction)
             .await;
@@ -1896,29 +1875,59 @@ impl IdentityStore for SeaStore {
         }
         let identities = user_identity::Entity::find()
             .filter(user_identity::Column::UserId.eq(user_id))
-            .filter(user_identity::Column::UnlinkedAt.is_null())
             .all(&transaction)
             .await?;
         let Some(unlinked) = identities.iter().find(|found| found.provider == provider) else {
             transaction.rollback().await?;
             return Ok(not_linked);
         };
-        let has_password = user::Entity::find_by_id(user_id)
-            .one(&transaction)
-            .await?
-            .is_some_and(|user| user.password_hash != super::NO_PASSWORD);
-        if !has_password && identities.len() < 2 {
+        let Some(user) = user::Entity::find_by_id(user_id).one(&transaction).await? else {
+            transaction.rollback().await?;
+            return Ok(not_linked);
+        };
+        if user.password_hash == super::NO_PASSWORD && identities.len() < 2 {
             transaction.rollback().await?;
             return Ok(Unlinking::LastLoginMethod);
         }
-        user_identity::Entity::update_many()
-            .col_expr(user_identity::Column::UnlinkedAt, Expr::value(at))
-            .filter(user_identity::Column::Id.eq(unlinked.id))
+        user_identity::Entity::delete_by_id(unlinked.id)
             .exec(&transaction)
             .await?;
+        unlinked_identity::Entity::insert(unlinked_identity::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            email_normalized: Set(user.email_normalized),
+            issuer: Set(unlinked.issuer.clone()),
+            subject: Set(unlinked.subject.clone()),
+            unlinked_at: Set(at),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                unlinked_identity::Column::EmailNormalized,
+                unlinked_identity::Column::Issuer,
+                unlinked_identity::Column::Subject,
+            ])
+            .update_column(unlinked_identity::Column::UnlinkedAt)
+            .to_owned(),
+        )
+        .exec_without_returning(&transaction)
+        .await?;
         Ok(Unlinking::Unlinked(
             finish_removal(transaction, user_id, keep_session).await?,
         ))
+    }
+
+    async fn unlinked_before(
+        &self,
+        email_normalized: &str,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<bool> {
+        Ok(unlinked_identity::Entity::find()
+            .filter(unlinked_identity::Column::EmailNormalized.eq(email_normalized))
+            .filter(unlinked_identity::Column::Issuer.eq(issuer))
+            .filter(unlinked_identity::Column::Subject.eq(subject))
+            .one(&self.db)
+            .await?
+            .is_some())
     }
 }
 

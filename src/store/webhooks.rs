@@ -584,6 +584,17 @@ impl IdentityStore for WebhookQueue {
         self.identities.link_identity(identity).await
     }
 
+    async fn unlinked_before(
+        &self,
+        email_normalized: &str,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<bool> {
+        self.identities
+            .unlinked_before(email_normalized, issuer, subject)
+            .await
+    }
+
     async fn unlink_identity(
         &self,
         user_id: Uuid,

@@ -9,5 +9,6 @@ pub mod recovery_code;
 pub mod session;
 pub mod setting;
 pub mod totp_credential;
+pub mod unlinked_identity;
 pub mod user;
 pub mod user_identity;

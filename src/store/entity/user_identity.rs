@@ -13,8 +13,6 @@ pub struct Model {
     pub subject: String,
     pub email: Option<String>,
     pub linked_at: DateTimeUtc,
-    /// When the account unlinked it (it then signs in nowhere until linked again).
-    pub unlinked_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
