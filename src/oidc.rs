@@ -165,11 +165,6 @@ impl OidcProviders {
         })
     }
 
-    /// Whether any provider is configured.
-    pub fn is_empty(&self) -> bool {
-        self.providers.is_empty()
-    }
-
     /// `(name, display name)` of every provider, in the order of OIDC_PROVIDERS.
     pub fn list(&self) -> impl Iterator<Item = (&str, &str)> {
         self.providers.iter().map(|provider| {

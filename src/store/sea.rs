@@ -1123,16 +1123,9 @@ impl UserStore for SeaStore {
         grant: bool,
     ) -> StoreResult<RoleChange> {
         let transaction = self.db.begin().await?;
-        // A write that changes nothing first, so that the row is this transaction's (its lock on
-        // PostgreSQL, the write lock on SQLite) before it is read: concurrent changes queue and
-        // each sees the one before it.
-        let locked = user::Entity::update_many()
-            .col_expr(user::Column::Roles, Expr::col(user::Column::Roles))
-            .filter(user::Column::Id.eq(user_id))
-            .exec(&transaction)
-            .await?
-            .rows_affected;
-        if locked == 0 {
+        // The row is this transaction's before it is read: concurrent changes queue and each
+        // sees the one before it.
+        if lock_user(&transaction, user_id).await? == 0 {
             return Ok(RoleChange::UnknownUser);
         }
         let Some(row) = user::Entity::find_by_id(user_id).one(&transaction).await? else {

@@ -304,6 +304,16 @@ async fn verified_account(app: &TestApp, email: &str, nth_mail: usize) -> crate:
     account
 }
 
+/// `unlinkIdentity(provider)` as the caller of `token`: the whole answer.
+async fn unlink(app: &TestApp, token: &str, provider: &str) -> Value {
+    app.graphql(
+        "mutation($p: String!) { unlinkIdentity(provider: $p) }",
+        json!({ "p": provider }),
+        Some(token),
+    )
+    .await
+}
+
 async fn identities(app: &TestApp, token: &str) -> Value {
     let answer = app.graphql(IDENTITIES, json!({}), Some(token)).await;
     assert_no_errors(&answer);
@@ -676,13 +686,7 @@ async fn a_signed_in_user_links_a_provider_then_unlinks_it() {
     );
 
     // Unlinking ends the other sessions and the identity's next sign-in finds no account.
-    let unlinked = app
-        .graphql(
-            "mutation($p: String!) { unlinkIdentity(provider: $p) }",
-            json!({ "p": PROVIDER }),
-            Some(&access),
-        )
-        .await;
+    let unlinked = unlink(&app, &access, PROVIDER).await;
     assert_no_errors(&unlinked);
     assert_eq!(unlinked["data"]["unlinkIdentity"], true);
     assert_eq!(identities(&app, &access).await, json!([]));
@@ -720,13 +724,7 @@ async fn an_unlinked_identity_is_not_linked_again_by_its_address() {
     );
     let intruder = string_at(&first, "/data/completeOidcLogin/accessToken");
 
-    let unlinked = app
-        .graphql(
-            "mutation($p: String!) { unlinkIdentity(provider: $p) }",
-            json!({ "p": PROVIDER }),
-            Some(&tess.access_token),
-        )
-        .await;
+    let unlinked = unlink(&app, &tess.access_token, PROVIDER).await;
     assert_eq!(unlinked["data"]["unlinkIdentity"], true, "{unlinked}");
     assert_eq!(error_code(&app.me(&intruder).await), "UNAUTHENTICATED");
     for _ in 0..2 {
@@ -757,13 +755,7 @@ async fn an_unlinked_identity_is_not_linked_again_by_its_address() {
     .await;
     assert_no_errors(&linked);
     let tess_access = string_at(&linked, "/data/completeOidcLogin/accessToken");
-    let unlinked = app
-        .graphql(
-            "mutation($p: String!) { unlinkIdentity(provider: $p) }",
-            json!({ "p": PROVIDER }),
-            Some(&tess_access),
-        )
-        .await;
+    let unlinked = unlink(&app, &tess_access, PROVIDER).await;
     assert_eq!(unlinked["data"]["unlinkIdentity"], true, "{unlinked}");
     let again = sign_in(&app, &op, "taken-over").await;
     assert_eq!(error_code(&again), "ACCOUNT_EXISTS", "{again}");
@@ -844,12 +836,7 @@ async fn no_sign_in_in_flight_outlives_the_unlink_of_its_identity() {
         }
         let unlink = async {
             tokio::time::sleep(Duration::from_millis(3)).await;
-            app.graphql(
-                "mutation($p: String!) { unlinkIdentity(provider: $p) }",
-                json!({ "p": PROVIDER }),
-                Some(&owner_access),
-            )
-            .await
+            unlink(&app, &owner_access, PROVIDER).await
         };
         let (unlinked, answers) = tokio::join!(
             unlink,
@@ -945,13 +932,7 @@ async fn the_last_way_into_an_account_cannot_be_unlinked() {
     let app = app_with(&op, |_| {}).await;
     let first = sign_in(&app, &op, "kim").await;
     let access = string_at(&first, "/data/completeOidcLogin/accessToken");
-    let answer = app
-        .graphql(
-            "mutation($p: String!) { unlinkIdentity(provider: $p) }",
-            json!({ "p": PROVIDER }),
-            Some(&access),
-        )
-        .await;
+    let answer = unlink(&app, &access, PROVIDER).await;
     assert_eq!(error_code(&answer), "LAST_LOGIN_METHOD", "{answer}");
     assert_eq!(identities(&app, &access).await[0]["provider"], PROVIDER);
     // Not linked at all: `false`.
@@ -1129,14 +1110,7 @@ async fn concurrent_unlinks_cannot_leave_an_account_without_a_way_in() {
 
     let unlink = |provider: &'static str| {
         let (app, access) = (&app, access.clone());
-        async move {
-            app.graphql(
-                "mutation($p: String!) { unlinkIdentity(provider: $p) }",
-                json!({ "p": provider }),
-                Some(&access),
-            )
-            .await
-        }
+        async move { unlink(app, &access, provider).await }
     };
     let (a, b) = tokio::join!(unlink(PROVIDER), unlink("second"));
     let outcomes = [&a, &b].map(|answer| {
