@@ -104,6 +104,11 @@ impl Authql {
     }
 
     /// (VmRSS, VmHWM) in bytes: resident memory now, and its peak since start.
+    /// The server's process id (for a profiler).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn memory(&self) -> anyhow::Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let field = |name: &str| -> anyhow::Result<u64> {

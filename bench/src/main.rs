@@ -46,10 +46,16 @@
 //! MongoDB-wire server written in Python, so that row measures mostly SecantusDB, not what
 //! authql would do on a mongod.
 //! Durations, connection counts and the bcrypt cost are overridable (see [`Settings`]).
+//!
+//! The run ends with the table of the third performance round's goals (`goals.rs`): `me` on
+//! PostgreSQL against `pgbench -S -M prepared` on the same server, and against bare axum; `me`
+//! and `/auth/verify` on SQLite against bare axum; the login storm; revocations seen by the next
+//! request on another instance. `BENCH_GOALS_ONLY=1` measures only those rows.
 
 mod authql;
 mod baseline;
 mod events;
+mod goals;
 mod load;
 mod mail;
 mod mongodb;
@@ -145,6 +151,8 @@ where
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
+    let goals_only = std::env::var_os("BENCH_GOALS_ONLY").is_some();
+    let mut goals = Vec::new();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let binary = authql::binary()?;
     let authql_settings = authql::settings(settings.bcrypt_cost);
@@ -184,10 +192,32 @@ async fn main() -> anyhow::Result<()> {
         ..me.clone()
     };
 
-    // For a profiler (`perf record -a -g` beside it): one phase of `/auth/verify`, then stop.
+    // For a profiler (`perf record -a -g` beside it): one phase of `/auth/verify`
+    // (`BENCH_VERIFY_ONLY`) or of `me` (`BENCH_ME_ONLY`; on PostgreSQL when it names a URL),
+    // then stop.
     if std::env::var_os("BENCH_VERIFY_ONLY").is_some() {
         let outcome = load::run(&verify_target(&me), settings.closed(settings.connections)).await?;
         println!("/auth/verify alone, SQLite: {}", throughput(&outcome));
+        return Ok(());
+    }
+    if let Some(only) = std::env::var_os("BENCH_ME_ONLY") {
+        let only = only.to_string_lossy().into_owned();
+        let on_postgres = if only.starts_with("postgres") {
+            let server = Authql::start(&binary, Some(&only), &authql_settings).await?;
+            let token = register(server.address, "bench@example.com").await?;
+            Some((me_target(server.address, &token), server))
+        } else {
+            None
+        };
+        let target = on_postgres.as_ref().map_or(&me, |(target, _)| target);
+        eprintln!(
+            "authql pid {}",
+            on_postgres
+                .as_ref()
+                .map_or(authql.pid(), |(_, server)| server.pid())
+        );
+        let outcome = load::run(target, settings.closed(settings.connections)).await?;
+        println!("me alone: {}", throughput(&outcome));
         return Ok(());
     }
 
@@ -232,6 +262,30 @@ async fn main() -> anyhow::Result<()> {
     );
     check_no_failures("login storm", &storm_logins)?;
 
+    goals.push(goals::Goal {
+        row: "`me` p99 during a login storm ÷ idle",
+        measured: format!(
+            "{:.2} ({:.2} ms ÷ {:.2} ms)",
+            storm.p99_ms() / idle.p99_ms(),
+            storm.p99_ms(),
+            idle.p99_ms()
+        ),
+        goal: "≤ 2",
+        met: Some(storm.p99_ms() / idle.p99_ms() <= 2.0),
+    });
+    goals.push(goals::Goal {
+        row: "`me` on SQLite ÷ bare axum",
+        measured: format!("{me_ratio_sqlite:.2}"),
+        goal: "≥ 0.5",
+        met: Some(me_ratio_sqlite >= 0.5),
+    });
+    goals.push(goals::Goal {
+        row: "`/auth/verify` ÷ bare axum, SQLite",
+        measured: format!("{:.2}", verify_sqlite.2),
+        goal: "≥ 0.6",
+        met: Some(verify_sqlite.2 >= 0.6),
+    });
+
     // Scenario 3.
     // Twice the usual phase: logins complete in batches of `cores` every hash time, and a short
     // window would count a fraction of a batch too many or too few.
@@ -254,7 +308,7 @@ async fn main() -> anyhow::Result<()> {
         hash_time.as_secs_f64() * 1000.0
     );
 
-    // Scenario 1 on PostgreSQL.
+    // Scenario 1 on PostgreSQL, and pgbench on the same server.
     let server = postgres::Postgres::start()?;
     let postgres = match &server {
         Some(server) => {
@@ -264,10 +318,80 @@ async fn main() -> anyhow::Result<()> {
             let me = me_target(on_postgres.address, &token);
             let me_result = compare_with_http(&settings, &me, &bare).await?;
             let verify_result = compare_with_http(&settings, &verify_target(&me), &bare).await?;
+            let pgbench_url = server.fresh_database("authql_bench_pgbench").await?;
+            goals::pgbench_init(postgres::SCRIPT, &pgbench_url)?;
+            let (me_pgbench, tps, ratio) = goals::against_pgbench(
+                &me,
+                settings.closed(settings.connections),
+                settings.rounds,
+                postgres::SCRIPT,
+                &pgbench_url,
+            )
+            .await?;
+            goals.push(goals::Goal {
+                row: "`me` on PostgreSQL ÷ `pgbench -S -M prepared` (same clients, same server)",
+                measured: format!(
+                    "{ratio:.2} ({:.0} ÷ {:.0} tps, median of {} rounds)",
+                    me_pgbench.per_second(),
+                    median(tps.clone()),
+                    tps.len()
+                ),
+                goal: "≥ 1.0",
+                met: Some(ratio >= 1.0),
+            });
+            goals.push(goals::Goal {
+                row: "`me` on PostgreSQL ÷ bare axum",
+                measured: format!("{:.2}", me_result.2),
+                goal: "≥ 0.25",
+                met: Some(me_result.2 >= 0.25),
+            });
+            drop(on_postgres);
+            // Revocations across two instances, with BCRYPT_COST 4: the logins are set-up.
+            let url = server.fresh_database("authql_bench_revocations").await?;
+            let cheap: Vec<(&str, String)> = authql_settings
+                .iter()
+                .map(|(key, value)| match *key {
+                    "BCRYPT_COST" => (*key, "4".to_owned()),
+                    _ => (*key, value.clone()),
+                })
+                .collect();
+            let a = Authql::start(&binary, Some(&url), &cheap).await?;
+            let b = Authql::start(&binary, Some(&url), &cheap).await?;
+            let stale = goals::revocations_seen(
+                a.address,
+                b.address,
+                Shape {
+                    duration: goals::REVOCATION_LOAD,
+                    ..settings.closed(settings.connections)
+                },
+            )
+            .await?;
+            goals.push(goals::Goal {
+                row: "revocation visible to the next request, every instance (PostgreSQL, two instances, `me` load on the one asked)",
+                measured: format!(
+                    "{} of {} revoked tokens refused at once",
+                    goals::REVOCATIONS - stale,
+                    goals::REVOCATIONS
+                ),
+                goal: "all",
+                met: Some(stale == 0),
+            });
             Some((me_result, verify_result))
         }
-        None => None,
+        None => {
+            goals.push(goals::Goal {
+                row: "`me` on PostgreSQL",
+                measured: "no BENCH_DATABASE_URL and no PostgreSQL binaries".into(),
+                goal: "",
+                met: None,
+            });
+            None
+        }
     };
+    if goals_only {
+        goals::print(&goals);
+        return Ok(());
+    }
 
     // Scenario 1 on MongoDB.
     let mongodb_server = mongodb::MongoDb::start()?;
@@ -540,6 +664,7 @@ async fn main() -> anyhow::Result<()> {
             "| 7. mails/s through the outbox | skipped: no Python with aiosmtpd (AUTHQL_TEST_SMTP_PYTHON) and none could be installed | | | | |"
         ),
     }
+    goals::print(&goals);
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 
-const SCRIPT: &str = concat!(
+pub(crate) const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../scripts/throwaway-postgres.sh"
 );

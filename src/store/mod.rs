@@ -9,6 +9,7 @@
 
 mod cached;
 pub mod entity;
+mod lookups;
 pub mod mongo;
 mod sea;
 mod webhooks;

@@ -73,7 +73,9 @@ use super::{
     NewUser, NewWebhook, OutboxChannel, OutboxMail, OutboxMessage, PasskeyAddition, PoolSettings,
     PoolStatus, RoleChange, Rotation, SecondFactors, Session, SessionPage, StoreError, StoreResult,
     StoredPasskey, TokenPurpose, TokenRefusal, TotpCredential, Unlinking, User, UserCredentials,
-    VerifiedEmail, least_recently_used, token_holds, token_state,
+    VerifiedEmail, least_recently_used,
+    lookups::{SessionBatches, SessionLookups},
+    token_holds, token_state,
 };
 use super::{
     EventStore, HealthStore, IdentityStore, OutboxStore, RateLimitStore, SecondFactorStore,
@@ -336,6 +338,52 @@ pub struct MongoStore {
     transactions: bool,
     /// Connections open and in use, counted from the driver's connection pool events.
     pool: Arc<PoolCounts>,
+    /// Session lookups, coalesced into one `$in` per batch ([`SessionLookups`]).
+    lookups: Arc<SessionLookups>,
+}
+
+/// MongoDB's session lookups: one `find` of the sessions by `_id: {$in: ids}` and one of their
+/// users, for the whole batch.
+struct MongoLookups {
+    users: Collection<UserDocument>,
+    sessions: Collection<SessionDocument>,
+}
+
+#[async_trait]
+impl SessionBatches for MongoLookups {
+    async fn sessions_by_ids(&mut self, ids: &[Uuid]) -> StoreResult<Vec<(User, Session)>> {
+        let ids: Vec<bson::Uuid> = ids.iter().copied().map(id).collect();
+        let sessions: Vec<SessionDocument> = self
+            .sessions
+            .find(doc! { "_id": { "$in": &ids } })
+            .hint(by_id())
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        let mut user_ids: Vec<bson::Uuid> =
+            sessions.iter().map(|session| session.user_id).collect();
+        user_ids.sort_unstable_by_key(|user| user.bytes());
+        user_ids.dedup();
+        let users: Vec<UserDocument> = self
+            .users
+            .find(doc! { "_id": { "$in": &user_ids } })
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        let users: Vec<User> = users.into_iter().map(user_of).collect();
+        Ok(sessions
+            .into_iter()
+            .filter_map(|session| {
+                let user_id = Uuid::from(session.user_id);
+                let user = users.iter().find(|user| user.id == user_id)?.clone();
+                Some((user, session_of(session)))
+            })
+            .collect())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -395,6 +443,10 @@ impl MongoStore {
         let transactions = hello.get_str("setName").is_ok()
             || hello.get_str("msg").is_ok_and(|msg| msg == "isdbgrid");
         Ok(Self {
+            lookups: Arc::new(SessionLookups::new(MongoLookups {
+                users: database.collection("users"),
+                sessions: database.collection("sessions"),
+            })),
             users: database.collection("users"),
             sessions: database.collection("sessions"),
             settings: database.collection("settings"),
@@ -1795,23 +1847,7 @@ impl SessionStore for MongoStore {
         access_jti: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<(User, Session)>> {
-        let filter = and_live(
-            doc! { "_id": id(session_id), "access_jti": id(access_jti) },
-            now,
-        );
-        let found = self
-            .sessions
-            .find_one(filter)
-            .hint(by_id())
-            .await
-            .map_err(classify)?;
-        match found {
-            Some(session) => Ok(self
-                .with_user(session)
-                .await?
-                .filter(|(user, session)| session.is_current_for(user))),
-            None => Ok(None),
-        }
+        self.lookups.find(session_id, access_jti, now).await
     }
 
     async fn find_session(&self, session_id: Uuid) -> StoreResult<Option<(User, Session)>> {

@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -6,10 +6,14 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr, Statement, TransactionTrait,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, RuntimeErr, SqlErr, Statement, TransactionTrait,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, OnConflict, Query},
-    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+    sqlx::{
+        ConnectOptions as _, Connection as _,
+        postgres::{PgConnectOptions, PgConnection},
+        sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+    },
 };
 use uuid::Uuid;
 
@@ -24,7 +28,9 @@ use super::{
         auth_challenge, one_time_token, outbox_mail, passkey, recovery_code, session, setting,
         totp_credential, unlinked_identity, user, user_identity,
     },
-    least_recently_used, token_holds, token_state,
+    least_recently_used,
+    lookups::{SessionBatches, SessionLookups},
+    token_holds, token_state,
 };
 use super::{
     EventStore, HealthStore, IdentityStore, OutboxStore, RateLimitStore, SecondFactorStore,
@@ -35,6 +41,8 @@ use super::{
 #[derive(Clone)]
 pub struct SeaStore {
     db: DatabaseConnection,
+    /// PostgreSQL: session lookups, coalesced (`lookups`) on a connection of their own.
+    lookups: Option<Arc<SessionLookups>>,
     /// SQLite: how the readiness probe opens its connection, and that connection once open.
     write_probe: Option<WriteProbe>,
 }
@@ -93,8 +101,22 @@ impl SeaStore {
         } else {
             None
         };
+        let lookups = if sqlite {
+            None
+        } else {
+            let options: PgConnectOptions = database_url
+                .parse()
+                .map_err(|_| DbErr::Custom("DATABASE_URL is not a PostgreSQL URL".into()))?;
+            Some(Arc::new(SessionLookups::new(PostgresLookups {
+                options: options.disable_statement_logging(),
+                connection: None,
+                timeout: pool.connect_timeout.max(pool.acquire_timeout),
+                sql: PostgresLookups::statement(),
+            })))
+        };
         Ok(Self {
             db: Database::connect(options).await?,
+            lookups,
             write_probe,
         })
     }
@@ -472,6 +494,81 @@ fn with_user(found: Option<(session::Model, Option<user::Model>)>) -> Option<(Us
     match found {
         Some((session, Some(user))) => Some((user.into(), session.into())),
         _ => None,
+    }
+}
+
+/// PostgreSQL's session lookups ([`SessionLookups`]): one connection of their own, outside
+/// the pool, so that a batch costs one round trip (sqlx's pool pings a connection when it is
+/// handed back, and before it is handed out when asked to), with the statement prepared once
+/// on it (sqlx keeps it per connection). A connection that turns out dead (a restart, a
+/// failover, `pg_terminate_backend`) is replaced and the read, which changes nothing, runs
+/// again once on the new one.
+struct PostgresLookups {
+    options: PgConnectOptions,
+    connection: Option<PgConnection>,
+    /// The bound on connecting, and on each statement: the pool's connect or acquire timeout,
+    /// whichever is longer. Every lookup waits on the batch, so none may hang.
+    timeout: Duration,
+    /// Shared, not copied, by each statement.
+    sql: Arc<str>,
+}
+
+impl PostgresLookups {
+    /// `SELECT <session> AS A_*, <user> AS B_* FROM sessions LEFT JOIN users ... WHERE
+    /// sessions.id = ANY($1)`: SeaORM's own select of a session and its user, for a `uuid[]`
+    /// of any length, so that one prepared statement serves every batch size.
+    fn statement() -> Arc<str> {
+        session::Entity::find()
+            .find_also_related(user::Entity)
+            .filter(Expr::cust(r#""sessions"."id" = ANY($1)"#))
+            .build(DbBackend::Postgres)
+            .sql
+            .into()
+    }
+
+    async fn read(&mut self, ids: &[Uuid]) -> Result<Vec<(User, Session)>, DbErr> {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            None => self.connection.insert(
+                PgConnection::connect_with(&self.options)
+                    .await
+                    .map_err(|error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error))))?,
+            ),
+        };
+        let rows = sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(self.sql.clone()))
+            .bind(ids)
+            .fetch_all(connection)
+            .await
+            .map_err(|error| DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in rows {
+            let row = sea_orm::QueryResult::from(row);
+            let session = session::Model::from_query_result(&row, "A_")?;
+            let user = user::Model::from_query_result_optional(&row, "B_")?;
+            found.extend(with_user(Some((session, user))));
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl SessionBatches for PostgresLookups {
+    async fn sessions_by_ids(&mut self, ids: &[Uuid]) -> StoreResult<Vec<(User, Session)>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match tokio::time::timeout(self.timeout, self.read(ids)).await {
+                Ok(Ok(found)) => return Ok(found),
+                Ok(Err(error)) => StoreError::from(error),
+                Err(_) => StoreError::Unavailable("the session lookup timed out".into()),
+            };
+            // Whatever failed, the connection may be in the middle of an exchange or dead:
+            // the next statement starts on a new one.
+            self.connection = None;
+            if attempt >= 2 || !matches!(error, StoreError::Unavailable(_)) {
+                return Err(error);
+            }
+        }
     }
 }
 
@@ -1289,6 +1386,9 @@ impl SessionStore for SeaStore {
         access_jti: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<(User, Session)>> {
+        if let Some(lookups) = &self.lookups {
+            return lookups.find(session_id, access_jti, now).await;
+        }
         // `.all()`, not `.one()`: `.one()` adds `LIMIT ?`, and SQLite re-prepares a statement
         // whose LIMIT is a bound parameter on every run (it plans with the bound value), which
         // on this, the hottest query, cost more than the lookup itself. The primary key matches

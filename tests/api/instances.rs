@@ -103,6 +103,87 @@ async fn a_token_from_one_instance_works_on_another_and_revocation_is_seen_at_on
     );
 }
 
+/// Session lookups are coalesced on PostgreSQL and MongoDB (issue 23): a request's lookup may
+/// go out in one statement with many others. Each is still sent after its request arrived, so
+/// a revocation committed before the request is seen: while 32 clients keep instance A's
+/// lookups batched, 40 sessions are each revoked through B and then used on A at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL or MongoDB: set TEST_DATABASE_URL (scripts/test does)"]
+async fn a_batched_lookup_refuses_a_session_revoked_an_instant_before_its_request() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, nodes) = instances(
+        &dir,
+        2,
+        &[("JWT_SECRET_KEY", "one secret shared by every instance here")],
+    )
+    .await;
+    let nodes = Arc::new(nodes);
+    let registered = gql(
+        &nodes[0],
+        REGISTER,
+        json!({ "i": { "email": "batched@x.com", "password": PASSWORD } }),
+        None,
+    )
+    .await;
+    let keep = string_at(&registered, "/data/register/accessToken");
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..32)
+        .map(|_| {
+            let (nodes, keep, stop, answered) =
+                (nodes.clone(), keep.clone(), stop.clone(), answered.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let me = gql(&nodes[0], "{ me { id } }", json!({}), Some(&keep)).await;
+                    assert!(me["data"]["me"]["id"].is_string(), "{me}");
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    for _ in 0..40 {
+        let login = gql(
+            b,
+            "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+            json!({ "i": { "emailOrUsername": "batched@x.com", "password": PASSWORD } }),
+            None,
+        )
+        .await;
+        let access = string_at(&login, "/data/login/accessToken");
+        let me = gql(a, "{ me { id } }", json!({}), Some(&access)).await;
+        assert!(me["data"]["me"]["id"].is_string(), "{me}");
+        let revoked = gql(
+            b,
+            "mutation($i: RevokeTokensInput!) { revokeTokens(input: $i) { revokedCount } }",
+            json!({ "i": { "tokens": [access] } }),
+            Some(&access),
+        )
+        .await;
+        assert_eq!(
+            revoked["data"]["revokeTokens"]["revokedCount"],
+            json!(1),
+            "{revoked}"
+        );
+        assert_unauthenticated(
+            &gql(a, "{ me { id } }", json!({}), Some(&access)).await,
+            "REVOKED",
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(
+        answered.load(Ordering::Relaxed) > 100,
+        "the load ran beside"
+    );
+}
+
 #[tokio::test]
 #[ignore = "needs PostgreSQL or MongoDB: set TEST_DATABASE_URL (scripts/test does)"]
 async fn fifty_parallel_refreshes_across_instances_give_exactly_one_new_pair() {
@@ -235,6 +316,11 @@ async fn every_per_request_lookup_is_an_index_scan_on_postgres() {
              WHERE sessions.id = {id} AND sessions.access_jti = {id} AND sessions.expires_at > now()"
         ),
         format!("SELECT * FROM sessions WHERE access_jti = {id}"),
+        // The same, coalesced: a batch of sessions by id, with their users.
+        format!(
+            "SELECT * FROM sessions LEFT JOIN users ON users.id = sessions.user_id \
+             WHERE sessions.id = ANY(ARRAY[{id}, {id}]::uuid[])"
+        ),
         // Refresh: the conditional rotation.
         format!("UPDATE sessions SET refresh_jti = {id} WHERE id = {id} AND refresh_jti = {id}"),
         format!("SELECT * FROM sessions WHERE refresh_jti = {id}"),
