@@ -21,9 +21,15 @@
 //! | `authql_mail_outbox_depth` | gauge | |
 //! | `authql_webhooks_total` | counter | `type` (the event type), `outcome` (`delivered`, `deferred`, `expired`) |
 
-use std::sync::OnceLock;
+use std::{
+    collections::HashMap,
+    sync::{OnceLock, PoisonError},
+};
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::store::PoolStatus;
@@ -157,21 +163,80 @@ pub fn background_task_restart(task: &'static str) {
     counter!("authql_background_task_restarts_total", "task" => task).increment(1);
 }
 
+/// One GraphQL request: the root field it ran (`operation`), its outcome (`OK` or the first
+/// error's code) and how long it took, in seconds.
 pub fn graphql_request(operation: &str, outcome: &str, seconds: f64) {
-    let labels = [
-        ("operation", operation.to_owned()),
-        ("outcome", outcome.to_owned()),
-    ];
-    counter!("authql_graphql_requests_total", &labels).increment(1);
-    histogram!("authql_graphql_request_duration_seconds", &labels).record(seconds);
+    static HANDLES: RequestHandles = RequestHandles::new(
+        "authql_graphql_requests_total",
+        "authql_graphql_request_duration_seconds",
+        "operation",
+    );
+    HANDLES.record(operation, outcome, seconds);
 }
 
 /// One `/auth/verify` or `/oauth/introspect` answer: its endpoint, its outcome (`OK` or the
 /// error's code) and how long it took.
 pub fn resource_request(endpoint: &'static str, outcome: &'static str, seconds: f64) {
-    let labels = [("endpoint", endpoint), ("outcome", outcome)];
-    counter!("authql_resource_requests_total", &labels).increment(1);
-    histogram!("authql_resource_request_duration_seconds", &labels).record(seconds);
+    static HANDLES: RequestHandles = RequestHandles::new(
+        "authql_resource_requests_total",
+        "authql_resource_request_duration_seconds",
+        "endpoint",
+    );
+    HANDLES.record(endpoint, outcome, seconds);
+}
+
+/// A request counter and a duration histogram labelled by what ran and its `outcome`, with the
+/// handle of each label pair made once: recording a request then allocates nothing and skips
+/// the registry, which builds and hashes a key on every `counter!` (its labels are bounded, so
+/// the handles are too).
+struct RequestHandles {
+    counter: &'static str,
+    histogram: &'static str,
+    what: &'static str,
+    made: std::sync::RwLock<Option<HashMap<Box<str>, HashMap<Box<str>, (Counter, Histogram)>>>>,
+}
+
+impl RequestHandles {
+    const fn new(counter: &'static str, histogram: &'static str, what: &'static str) -> Self {
+        Self {
+            counter,
+            histogram,
+            what,
+            made: std::sync::RwLock::new(None),
+        }
+    }
+
+    fn record(&self, what: &str, outcome: &str, seconds: f64) {
+        let record = |(counter, histogram): &(Counter, Histogram)| {
+            counter.increment(1);
+            histogram.record(seconds);
+        };
+        if let Some(handles) = read(&self.made)
+            .as_ref()
+            .and_then(|made| made.get(what))
+            .and_then(|outcomes| outcomes.get(outcome))
+        {
+            return record(handles);
+        }
+        let labels = [
+            (self.what, what.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ];
+        let handles = (
+            counter!(self.counter, &labels),
+            histogram!(self.histogram, &labels),
+        );
+        record(&handles);
+        let mut made = self.made.write().unwrap_or_else(PoisonError::into_inner);
+        made.get_or_insert_default()
+            .entry(what.into())
+            .or_default()
+            .insert(outcome.into(), handles);
+    }
+}
+
+fn read<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub fn login(outcome: &'static str) {

@@ -52,22 +52,19 @@ impl Extension for RequestMetricsExtension {
         let started = Instant::now();
         let response = next.run(ctx).await;
         let outcome = match response.errors.first() {
-            None => "OK".to_owned(),
+            None => "OK",
             Some(error) => match error.extensions.as_ref().and_then(|e| e.get("code")) {
-                Some(Value::String(code)) if is_code(code) => code.clone(),
-                _ => "OTHER".to_owned(),
+                Some(Value::String(code)) if is_code(code) => code.as_str(),
+                _ => "OTHER",
             },
         };
-        let operation = lock(&self.operation)
-            .take()
-            .unwrap_or_else(|| "none".to_owned());
+        let operation = lock(&self.operation).take();
         // A request that failed validation ran nothing, whatever it named.
-        let operation = if outcome == "GRAPHQL_VALIDATION_FAILED" {
-            "none".to_owned()
-        } else {
-            operation
+        let operation = match operation.as_deref() {
+            Some(operation) if outcome != "GRAPHQL_VALIDATION_FAILED" => operation,
+            _ => "none",
         };
-        crate::metrics::graphql_request(&operation, &outcome, started.elapsed().as_secs_f64());
+        crate::metrics::graphql_request(operation, outcome, started.elapsed().as_secs_f64());
         response
     }
 

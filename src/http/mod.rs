@@ -175,10 +175,10 @@ pub fn router(
             websocket_connections: Arc::default(),
             lifecycle,
         })))
-        .layer(middleware::from_fn_with_state(timeout, time_limit))
-        .layer(middleware::from_fn(one_host))
         .layer(json_panic_layer())
-        .layer(middleware::from_fn(no_store));
+        // One middleware for the rules of every request: each layer of its own would cost a
+        // boxed future and a service clone per request.
+        .layer(middleware::from_fn_with_state(timeout, edge_rules));
     let router = match cors {
         Some(cors) => router.layer(cors).layer(middleware::from_fn(tidy_cors)),
         None => router,
@@ -233,16 +233,31 @@ async fn tidy_cors(request: Request, next: Next) -> Response {
 /// A request with more than one `Host` header is refused (RFC 9112 § 3.2: "a server MUST respond
 /// with a 400 (Bad Request) status code to any HTTP/1.1 request message that ... contains more
 /// than one Host header field"): a proxy and authql could each read a different one.
-async fn one_host(request: Request, next: Next) -> Response {
-    if single_header(request.headers(), header::HOST).is_err() {
-        return HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            "a request has at most one Host header",
-        )
-        .into_response();
+fn more_than_one_host(request: &Request) -> Option<Response> {
+    single_header(request.headers(), header::HOST)
+        .is_err()
+        .then(|| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "a request has at most one Host header",
+            )
+            .into_response()
+        })
+}
+
+/// The rules of every request, in one middleware: at most one `Host` ([`more_than_one_host`]),
+/// at most `limit` to answer ([`time_limit`]), and `no-store` on `/graphql` ([`no_store`]).
+async fn edge_rules(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    let graphql = request.uri().path() == "/graphql";
+    let mut response = match more_than_one_host(&request) {
+        Some(refused) => refused,
+        None => time_limit(limit, next.run(request)).await,
+    };
+    if graphql {
+        no_store(&mut response);
     }
-    next.run(request).await
+    response
 }
 
 /// A panic anywhere below becomes a JSON 500; the server keeps serving.
@@ -258,8 +273,9 @@ fn json_panic_layer() -> CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> Re
     })
 }
 
-async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+/// A request that takes longer than `limit` is stopped: `503 REQUEST_TIMEOUT`.
+async fn time_limit(limit: Duration, answer: impl Future<Output = Response>) -> Response {
+    match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(event = "request_timeout", "a request ran out of time");
@@ -290,15 +306,10 @@ async fn graphql_post(
 /// Every answer of `/graphql`, refusals and timeouts included, carries tokens or a user's own
 /// data, or may: never stored by a cache (RFC 6749 § 5.1 requires `Cache-Control: no-store` of
 /// token responses; `Pragma` for HTTP/1.0 caches).
-async fn no_store(request: Request, next: Next) -> Response {
-    let graphql = request.uri().path() == "/graphql";
-    let mut response = next.run(request).await;
-    if graphql {
-        let headers = response.headers_mut();
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    }
-    response
+fn no_store(response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
 /// GET carries queries only (GraphQL over HTTP § GET): a mutation must not run from a link or
