@@ -185,6 +185,9 @@ pub fn resource_request(endpoint: &'static str, outcome: &'static str, seconds: 
     HANDLES.record(endpoint, outcome, seconds);
 }
 
+/// The handles of each label pair: what ran, then its outcome.
+type ByLabels = HashMap<Box<str>, HashMap<Box<str>, (Counter, Histogram)>>;
+
 /// A request counter and a duration histogram labelled by what ran and its `outcome`, with the
 /// handle of each label pair made once: recording a request then allocates nothing and skips
 /// the registry, which builds and hashes a key on every `counter!` (its labels are bounded, so
@@ -193,7 +196,7 @@ struct RequestHandles {
     counter: &'static str,
     histogram: &'static str,
     what: &'static str,
-    made: std::sync::RwLock<Option<HashMap<Box<str>, HashMap<Box<str>, (Counter, Histogram)>>>>,
+    made: std::sync::RwLock<Option<ByLabels>>,
 }
 
 impl RequestHandles {
