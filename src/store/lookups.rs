@@ -22,7 +22,10 @@
 //! `SERVICE_UNAVAILABLE`. A batch holds at most [`MAX_BATCH`] lookups; the rest wait for the
 //! next.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -46,6 +49,8 @@ pub trait SessionBatches: Send + 'static {
 /// One queue of lookups and the source its batches are read from.
 pub struct SessionLookups {
     state: Arc<Mutex<State>>,
+    /// The longest a lookup waits for its answer, from when it joined the queue.
+    wait: Duration,
 }
 
 struct State {
@@ -62,19 +67,25 @@ struct Waiting {
 }
 
 impl SessionLookups {
-    pub fn new(source: impl SessionBatches) -> Self {
+    /// Lookups read from `source`, each answered within `wait` of its arrival (else
+    /// `Unavailable`): a statement that stalls holds the queue behind it, and without a bound
+    /// per lookup one that joined just after a batch went out would wait for that batch's
+    /// timeout and then for its own.
+    pub fn new(source: impl SessionBatches, wait: Duration) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
                 waiting: Vec::new(),
                 source: Some(Box::new(source)),
             })),
+            wait,
         }
     }
 
     /// The session and its user, if the session is live at `now`, still holds `access_jti`
     /// and was made under its user's current credentials: `find_session_by_access_jti`'s
     /// contract, answered from the next batch. Errors: the batch's (`Unavailable` when the
-    /// database is away), or `Unavailable` when the batch task ended without an answer.
+    /// database is away), or `Unavailable` when no answer came within the queue's `wait` or
+    /// the batch task ended without one.
     pub async fn find(
         &self,
         session_id: Uuid,
@@ -95,11 +106,16 @@ impl SessionLookups {
         if let Some(source) = start {
             tokio::spawn(run_batches(self.state.clone(), source));
         }
-        answered.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
+        match tokio::time::timeout(self.wait, answered).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError::Unavailable(
                 "the session lookup ended without an answer".into(),
-            ))
-        })
+            )),
+            // The batch goes on; its answer to this lookup is dropped.
+            Err(_) => Err(StoreError::Unavailable(
+                "the session lookup timed out".into(),
+            )),
+        }
     }
 }
 
@@ -195,10 +211,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        sync::atomic::{AtomicUsize, Ordering},
-        time::Duration,
-    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
     use crate::store::AuthMethods;
@@ -285,7 +298,7 @@ mod tests {
         let live = row(1);
         let stale_credentials = row(0);
         let (source, _) = rows(vec![live.clone(), stale_credentials.clone()]);
-        let lookups = SessionLookups::new(source);
+        let lookups = SessionLookups::new(source, Duration::from_secs(10));
         let now = Utc::now();
         let found = lookups
             .find(live.1.id, live.1.access_jti, now)
@@ -313,7 +326,7 @@ mod tests {
         let (mut source, statements) = rows(vec![found.clone()]);
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         source.gate = Some(gate.clone());
-        let lookups = Arc::new(SessionLookups::new(source));
+        let lookups = Arc::new(SessionLookups::new(source, Duration::from_secs(10)));
         let first = {
             let lookups = lookups.clone();
             let (id, jti) = (found.1.id, found.1.access_jti);
@@ -355,12 +368,46 @@ mod tests {
         assert_eq!(statements.load(Ordering::SeqCst), 3);
     }
 
+    /// Each lookup waits at most `wait` from its own arrival, also when it joined behind a
+    /// statement that stalls (the outside attack: it waited for that statement's timeout, then
+    /// for its own).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lookup_behind_a_stalled_statement_waits_at_most_its_own_bound() {
+        let found = row(1);
+        let (mut source, statements) = rows(vec![found.clone()]);
+        source.gate = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+        let wait = Duration::from_millis(300);
+        let lookups = Arc::new(SessionLookups::new(source, wait));
+        let (id, jti) = (found.1.id, found.1.access_jti);
+        let timed = |lookups: Arc<SessionLookups>| {
+            tokio::spawn(async move {
+                let asked = std::time::Instant::now();
+                let answer = lookups.find(id, jti, Utc::now()).await;
+                (answer, asked.elapsed())
+            })
+        };
+        let first = timed(lookups.clone());
+        while statements.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let behind = timed(lookups.clone());
+        for lookup in [first, behind] {
+            let (answer, waited) = lookup.await.unwrap();
+            assert!(matches!(answer, Err(StoreError::Unavailable(_))));
+            assert!(
+                waited < wait + Duration::from_millis(150),
+                "waited {waited:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn an_error_reaches_every_lookup_of_the_batch_and_the_next_batch_runs() {
         let found = row(1);
         let (mut source, statements) = rows(vec![found.clone()]);
         source.fail = true;
-        let lookups = SessionLookups::new(source);
+        let lookups = SessionLookups::new(source, Duration::from_secs(10));
         for _ in 0..2 {
             let error = lookups
                 .find(found.1.id, found.1.access_jti, Utc::now())
@@ -376,7 +423,7 @@ mod tests {
         let found = row(1);
         let (mut source, statements) = rows(vec![found.clone()]);
         source.panic = true;
-        let lookups = SessionLookups::new(source);
+        let lookups = SessionLookups::new(source, Duration::from_secs(10));
         for _ in 0..3 {
             let error = lookups
                 .find(found.1.id, found.1.access_jti, Utc::now())
@@ -398,7 +445,7 @@ mod tests {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         source.gate = Some(gate.clone());
         source.panic = true;
-        let lookups = Arc::new(SessionLookups::new(source));
+        let lookups = Arc::new(SessionLookups::new(source, Duration::from_secs(10)));
         let (id, jti) = (found.1.id, found.1.access_jti);
         let spawn = |lookups: Arc<SessionLookups>| {
             tokio::spawn(async move { lookups.find(id, jti, Utc::now()).await })
@@ -425,7 +472,7 @@ mod tests {
         let (mut source, _) = rows(vec![found.clone()]);
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         source.gate = Some(gate.clone());
-        let lookups = Arc::new(SessionLookups::new(source));
+        let lookups = Arc::new(SessionLookups::new(source, Duration::from_secs(10)));
         let (id, jti) = (found.1.id, found.1.access_jti);
         let spawn = |lookups: Arc<SessionLookups>| {
             tokio::spawn(async move { lookups.find(id, jti, Utc::now()).await })

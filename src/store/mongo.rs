@@ -418,6 +418,7 @@ impl MongoStore {
     /// Errors: a malformed URL (`Database`), no server within the timeouts (`Unavailable`).
     pub async fn connect(database_url: &str, pool: PoolSettings) -> StoreResult<Self> {
         let mut options = ClientOptions::parse(database_url).await.map_err(classify)?;
+        let lookup_wait = pool.connect_timeout.max(pool.acquire_timeout);
         options.max_pool_size = options
             .max_pool_size
             .or(Some(pool.max_connections.unwrap_or(10)));
@@ -443,10 +444,13 @@ impl MongoStore {
         let transactions = hello.get_str("setName").is_ok()
             || hello.get_str("msg").is_ok_and(|msg| msg == "isdbgrid");
         Ok(Self {
-            lookups: Arc::new(SessionLookups::new(MongoLookups {
-                users: database.collection("users"),
-                sessions: database.collection("sessions"),
-            })),
+            lookups: Arc::new(SessionLookups::new(
+                MongoLookups {
+                    users: database.collection("users"),
+                    sessions: database.collection("sessions"),
+                },
+                lookup_wait,
+            )),
             users: database.collection("users"),
             sessions: database.collection("sessions"),
             settings: database.collection("settings"),

@@ -107,12 +107,16 @@ impl SeaStore {
             let options: PgConnectOptions = database_url
                 .parse()
                 .map_err(|_| DbErr::Custom("DATABASE_URL is not a PostgreSQL URL".into()))?;
-            Some(Arc::new(SessionLookups::new(PostgresLookups {
-                options: options.disable_statement_logging(),
-                connection: None,
-                timeout: pool.connect_timeout.max(pool.acquire_timeout),
-                sql: PostgresLookups::statement(),
-            })))
+            let timeout = pool.connect_timeout.max(pool.acquire_timeout);
+            Some(Arc::new(SessionLookups::new(
+                PostgresLookups {
+                    options: options.disable_statement_logging(),
+                    connection: None,
+                    timeout,
+                    sql: PostgresLookups::statement(),
+                },
+                timeout,
+            )))
         };
         Ok(Self {
             db: Database::connect(options).await?,
