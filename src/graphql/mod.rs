@@ -1,5 +1,5 @@
-//! The GraphQL schema: roots, types, and its extensions: `request_metrics` (counts and times
-//! every request), `request_checks` (error codes, variable coercion, the validation cache) and
+//! The GraphQL schema: roots, types, and its extensions: `request_checks` (error codes,
+//! variable coercion, the validation cache, and the request metrics of `request_metrics`) and
 //! `null_propagation`. The [`Engine`] runs it, and takes only a [`CheckedRequest`]: a document
 //! that passed the edge's checks (`checked`). With `FEDERATION=true` the query root is
 //! [`FederatedQueryRoot`] instead (`federation`): the same schema as an Apollo Federation 2
@@ -110,8 +110,8 @@ fn build_schema<Query: ObjectType + 'static>(
     config: &Config,
     refresh_cookie: Option<RefreshCookie>,
 ) -> Schema<Query, MutationRoot, SubscriptionRoot> {
+    // Two extensions, each a link in the chain every field of every request resolves through.
     let mut schema = Schema::build(query, MutationRoot, SubscriptionRoot)
-        .extension(request_metrics::RequestMetrics)
         // One representation at least, however few aliases: a `me` without an alias is one
         // `User` too.
         .extension(request_checks::RequestChecks::new(

@@ -4,6 +4,8 @@
 //! - **Error codes.** Every error a client sees carries `extensions.code`. authql's own errors
 //!   set theirs; this codes the ones async-graphql raises before and around our resolvers.
 //! - **At most `MAX_ERRORS` errors** in an answer.
+//! - **Metrics.** Every request is counted and timed once its errors are coded
+//!   (`request_metrics`).
 //! - **Validate once.** A document's validation result is kept (bounded LRU, keyed by query
 //!   text and operation name), so that a repeated operation (`me`, on every page view) pays for
 //!   it once. What can differ between two requests with the same text is their variables, and
@@ -88,6 +90,7 @@ impl ExtensionFactory for RequestChecks {
             variable_arguments: Mutex::default(),
             operation_name: Mutex::default(),
             selected: Mutex::default(),
+            operation: Mutex::default(),
         })
     }
 }
@@ -106,6 +109,8 @@ struct RequestChecksExtension {
     /// The variables of the operation to run that do not coerce to their types; `Err` when no
     /// operation can be chosen.
     selected: Mutex<Option<Result<Vec<InvalidVariable>, ServerError>>>,
+    /// The operation's label in the request metrics, once the document is parsed.
+    operation: Mutex<Option<String>>,
 }
 
 /// A variable value that does not coerce: the message and the variable's position.
@@ -132,6 +137,7 @@ impl Extension for RequestChecksExtension {
     }
 
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        let started = std::time::Instant::now();
         let mut response = next.run(ctx).await;
         response.errors.truncate(MAX_ERRORS);
         // What is left uncoded comes from coercing input values (a number where a String
@@ -139,6 +145,8 @@ impl Extension for RequestChecksExtension {
         for error in &mut response.errors {
             set_code_if_missing(error, "BAD_USER_INPUT");
         }
+        let operation = lock(&self.operation).take();
+        super::request_metrics::record(&response, operation.as_deref(), started);
         response
     }
 
@@ -168,6 +176,11 @@ impl Extension for RequestChecksExtension {
             variables,
             self.max_representations,
         ));
+        *lock(&self.operation) = super::request_metrics::operation_label(
+            &ctx.schema_env.registry,
+            &document,
+            key.1.as_deref(),
+        );
         *lock(&self.state) = Some((key, cached));
         Ok(document)
     }

@@ -8,89 +8,34 @@
 //! - `outcome`: `OK`, or the `extensions.code` of the first error (authql's codes are upper
 //!   snake case; anything else would be counted as `OTHER`).
 //!
-//! It is registered first, so it sees the response after every other extension coded it.
+//! Recorded by the request checks' extension (`request_checks`), after it coded the errors:
+//! one extension rather than two, since every extension is a link in the chain every field
+//! of every request resolves through.
 
-use std::{
-    collections::BTreeSet,
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::{collections::BTreeSet, time::Instant};
 
 use async_graphql::{
-    Request, Response, ServerResult, Value, Variables,
-    extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
-        NextRequest,
-    },
+    Response, Value,
     parser::types::{ExecutableDocument, OperationType, Selection},
     registry::Registry,
 };
 
-pub struct RequestMetrics;
-
-impl ExtensionFactory for RequestMetrics {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(RequestMetricsExtension::default())
-    }
-}
-
-#[derive(Default)]
-struct RequestMetricsExtension {
-    operation_name: Mutex<Option<String>>,
-    operation: Mutex<Option<String>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-#[async_trait::async_trait]
-impl Extension for RequestMetricsExtension {
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        let started = Instant::now();
-        let response = next.run(ctx).await;
-        let outcome = match response.errors.first() {
-            None => "OK",
-            Some(error) => match error.extensions.as_ref().and_then(|e| e.get("code")) {
-                Some(Value::String(code)) if is_code(code) => code.as_str(),
-                _ => "OTHER",
-            },
-        };
-        let operation = lock(&self.operation).take();
-        // A request that failed validation ran nothing, whatever it named.
-        let operation = match operation.as_deref() {
-            Some(operation) if outcome != "GRAPHQL_VALIDATION_FAILED" => operation,
-            _ => "none",
-        };
-        crate::metrics::graphql_request(operation, outcome, started.elapsed().as_secs_f64());
-        response
-    }
-
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        lock(&self.operation_name).clone_from(&request.operation_name);
-        next.run(ctx, request).await
-    }
-
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let document = next.run(ctx, query, variables).await?;
-        let name = lock(&self.operation_name).clone();
-        *lock(&self.operation) =
-            operation_label(&ctx.schema_env.registry, &document, name.as_deref());
-        Ok(document)
-    }
+/// Records one request's metrics once its response is final (errors coded): `operation` as
+/// [`operation_label`] gave it, `None` when no operation was chosen.
+pub(super) fn record(response: &Response, operation: Option<&str>, started: Instant) {
+    let outcome = match response.errors.first() {
+        None => "OK",
+        Some(error) => match error.extensions.as_ref().and_then(|e| e.get("code")) {
+            Some(Value::String(code)) if is_code(code) => code.as_str(),
+            _ => "OTHER",
+        },
+    };
+    // A request that failed validation ran nothing, whatever it named.
+    let operation = match operation {
+        Some(operation) if outcome != "GRAPHQL_VALIDATION_FAILED" => operation,
+        _ => "none",
+    };
+    crate::metrics::graphql_request(operation, outcome, started.elapsed().as_secs_f64());
 }
 
 /// authql's error codes: upper snake case, short.
@@ -103,7 +48,7 @@ fn is_code(code: &str) -> bool {
 }
 
 /// The label of the operation `name` picks from `document` (see the module).
-fn operation_label(
+pub(super) fn operation_label(
     registry: &Registry,
     document: &ExecutableDocument,
     name: Option<&str>,
