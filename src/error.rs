@@ -94,7 +94,9 @@ pub enum AppError {
     /// of a `User` other than the signed-in caller (`FEDERATION=true`); a subgraph resolves
     /// only the caller's own account, and says nothing about whether the other exists.
     NotTheCaller,
-    /// SERVICE_UNAVAILABLE: the database cannot be reached right now; retry later.
+    /// SERVICE_UNAVAILABLE with `retryAfterSeconds` ([`DATABASE_RETRY_AFTER_SECONDS`]): the
+    /// database cannot be reached right now (down, failing over, read-only, locked); retry
+    /// later. Over HTTP also `Retry-After` (RFC 9110 § 10.2.3).
     ServiceUnavailable,
     /// SERVICE_UNAVAILABLE with `retryAfterSeconds`: too much work is waiting (the password
     /// hashing queue is full); refused at once, nothing changed.
@@ -241,6 +243,11 @@ impl AppError {
     }
 }
 
+/// `retryAfterSeconds` of a database-away SERVICE_UNAVAILABLE, in seconds: a restart or a
+/// primary failover takes seconds, and a client that waits a second between tries neither
+/// hammers the database meanwhile nor waits long once it is back.
+pub const DATABASE_RETRY_AFTER_SECONDS: u64 = 1;
+
 impl From<crate::store::StoreError> for AppError {
     fn from(error: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
@@ -264,6 +271,9 @@ impl From<AppError> for async_graphql::Error {
             match &error {
                 AppError::BadUserInput { field, .. } => extensions.set("field", *field),
                 AppError::Unauthenticated(reason) => extensions.set("reason", reason.as_code()),
+                AppError::ServiceUnavailable => {
+                    extensions.set("retryAfterSeconds", DATABASE_RETRY_AFTER_SECONDS)
+                }
                 AppError::RateLimited {
                     retry_after_seconds,
                 }

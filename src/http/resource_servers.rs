@@ -150,7 +150,10 @@ fn error_response(error: AppError) -> Response {
         | AppError::Overloaded {
             retry_after_seconds,
         } => (StatusCode::TOO_MANY_REQUESTS, Some(*retry_after_seconds)),
-        AppError::ServiceUnavailable => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
+        AppError::ServiceUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(crate::error::DATABASE_RETRY_AFTER_SECONDS),
+        ),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
     };
     let mut response = HttpError::new(status, error.code(), error.message()).into_response();

@@ -10,6 +10,7 @@ mod binary;
 mod client_address;
 
 mod errors;
+mod failover;
 mod faults;
 mod federation;
 mod frontend;
