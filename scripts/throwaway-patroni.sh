@@ -349,6 +349,35 @@ stall_patroni_replication() {
   echo "== stalled the leader's WAL senders (pids $(echo $pids))"
 }
 
+# Stops (SIGSTOP) the leader's client backends (every connection but replication), while the
+# WAL senders go on: a commit a backend had written is still streamed to the standbys, and its
+# answer never leaves. Killing the leader then loses the answers of commits the new primary has:
+# what a client sees when the primary dies between its commit and its reply.
+freeze_patroni_backends() {
+  local leader postmaster pids
+  leader=$(patroni_leader) || return 1
+  postmaster=$(patroni_postmaster_pid "$leader") || return 1
+  pids=$(ps -o pid=,args= --ppid "$postmaster" | awk '/127\.0\.0\.1\(/ && !/walsender/ { print $1 }')
+  if [ -z "$pids" ]; then
+    echo "no client backend is running" >&2
+    return 1
+  fi
+  kill -STOP $pids
+  echo "== froze the leader's client backends (pids $(echo $pids))"
+}
+
+# Makes commits whose answers the kill of the leader will lose, while the standbys get them:
+# replication stalled for a second (a synchronous leader's commits wait for the standby, each
+# already written to the leader's WAL), the client backends frozen, replication resumed (the
+# standby receives and confirms the waiting commits; their backends cannot answer).
+lose_patroni_answers() {
+  stall_patroni_replication || return 1
+  sleep 1
+  freeze_patroni_backends || { resume_patroni_replication; return 1; }
+  resume_patroni_replication
+  sleep 1
+}
+
 resume_patroni_replication() {
   local pids
   pids=$(cat "$THROWAWAY_PATRONI_DIR/stalled" 2>/dev/null) || return 0

@@ -170,10 +170,11 @@ impl AuthService {
     /// Creates the user and its first session in one transaction, with a link to verify its
     /// address when `EMAIL_VERIFICATION` is not `off`. With `required`, no session: the account
     /// is created and EMAIL_NOT_VERIFIED answered; a taken address gets the very same answer
-    /// (its owner a notice), so that registration tells nobody who has an account. Errors:
-    /// RATE_LIMITED, BAD_USER_INPUT (`email`, `username`, `password`), EMAIL_TAKEN (not with
-    /// `required`), USERNAME_TAKEN, EMAIL_NOT_VERIFIED, SERVICE_UNAVAILABLE (the database away,
-    /// or the hashing queue full).
+    /// (its owner a notice), so that registration tells nobody who has an account. A
+    /// registration repeated as it was sent (see [`Self::repeated_registration`]) is answered
+    /// as the first was, with a session of its own. Errors: RATE_LIMITED, BAD_USER_INPUT
+    /// (`email`, `username`, `password`), EMAIL_TAKEN (not with `required`), USERNAME_TAKEN,
+    /// EMAIL_NOT_VERIFIED, SERVICE_UNAVAILABLE (the database away, or the hashing queue full).
     pub async fn register(
         &self,
         registration: Registration,
@@ -186,7 +187,11 @@ impl AuthService {
         let (username, username_normalized) = input::username("username", username_raw, &email)?;
         input::password("password", &registration.password)?;
 
-        let password_hash = self.inner.passwords.hash(registration.password).await?;
+        let password_hash = self
+            .inner
+            .passwords
+            .hash(registration.password.clone())
+            .await?;
         let now = now();
         let user = NewUser {
             id: Uuid::new_v4(),
@@ -210,6 +215,7 @@ impl AuthService {
             None
         };
         let mailed = verification.is_some();
+        let repeat_client = client.clone();
         let session = (!required).then(|| {
             self.new_session(
                 user.id,
@@ -219,6 +225,7 @@ impl AuthService {
                 now,
             )
         });
+        let username = user.username.clone();
         let registered = self
             .store()
             .users
@@ -226,6 +233,17 @@ impl AuthService {
             .await;
         let (user, session) = match registered {
             Ok(registered) => registered,
+            Err(StoreError::EmailTaken) if !required => {
+                let repeated = self
+                    .repeated_registration(
+                        &registration.email,
+                        &username,
+                        registration.password,
+                        repeat_client,
+                    )
+                    .await?;
+                return repeated.ok_or(AppError::EmailTaken);
+            }
             Err(StoreError::EmailTaken) if required => {
                 // Answered as for a new address: USERNAME_TAKEN exactly when the username is
                 // someone's, whoever has the address (else the answer would tell).
@@ -257,6 +275,43 @@ impl AuthService {
         self.publish(SessionEventKind::Created, user.id, &[session.id])
             .await;
         self.issue(user, session, now)
+    }
+
+    /// A registration sent again as it was (the same address, username and password) within
+    /// `REFRESH_REUSE_GRACE_SECONDS` of the account's creation: a client retrying one whose
+    /// answer was lost (a database failover between the commit and the reply, a dropped
+    /// connection, a double submit). It is answered with a new session, as a login with the
+    /// same password would be, through the login's own checks (its rate limits per client and
+    /// per account, a second factor, a disabled account); else `None`, and the caller answers
+    /// EMAIL_TAKEN. Proving the password proves nothing a login would not, and an address
+    /// registered longer ago, or with another username or password, stays EMAIL_TAKEN.
+    /// Errors: as for [`Self::login`], but for INVALID_CREDENTIALS (`None`).
+    async fn repeated_registration(
+        &self,
+        email: &str,
+        username: &str,
+        password: String,
+        client: ClientInfo,
+    ) -> Result<Option<IssuedTokens>, AppError> {
+        let grace = self.inner.lifetimes.refresh_reuse_grace;
+        if grace.is_zero() {
+            return Ok(None);
+        }
+        let login = input::login_key("email", email)?;
+        let Some(found) = self.store().users.find_credentials(&login).await? else {
+            return Ok(None);
+        };
+        if found.user.username != username || now() >= found.user.created_at + grace {
+            return Ok(None);
+        }
+        match self.log_in(email, password, client).await {
+            Ok(tokens) => {
+                tracing::info!(user_id = %found.user.id, "registration repeated: answered with a new session");
+                Ok(Some(tokens))
+            }
+            Err(AppError::InvalidCredentials) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// Opens a new session. Counted in `authql_logins_total` by outcome.

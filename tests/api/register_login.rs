@@ -54,6 +54,89 @@ async fn a_case_variant_of_a_registered_email_is_taken() {
     );
 }
 
+/// A client retrying a registration whose answer was lost (a database failover between the
+/// commit and the reply: tests/api/failover.rs makes one) must not be told EMAIL_TAKEN.
+#[tokio::test]
+async fn a_registration_repeated_as_sent_gets_a_session_and_anything_else_stays_email_taken() {
+    let app = spawn_app().await;
+    let first = app
+        .register_raw("retry@x.com", PASSWORD, Some("retrier"))
+        .await;
+    assert_no_errors(&first);
+    let again = app
+        .register_raw("retry@x.com", PASSWORD, Some("retrier"))
+        .await;
+    assert_no_errors(&again);
+    assert_eq!(
+        string_at(&again, "/data/register/user/id"),
+        string_at(&first, "/data/register/user/id")
+    );
+    assert_ne!(
+        string_at(&again, "/data/register/session/id"),
+        string_at(&first, "/data/register/session/id"),
+        "a session of its own"
+    );
+    let me = app
+        .me(&string_at(&again, "/data/register/accessToken"))
+        .await;
+    assert_no_errors(&me);
+    assert_eq!(app.user_rows().await.len(), 1);
+    assert_eq!(app.session_rows().await.len(), 2);
+
+    // Not the same registration: another password, another username, no username.
+    for (password, username) in [
+        ("another password entirely", Some("retrier")),
+        (PASSWORD, Some("someone")),
+        (PASSWORD, None),
+    ] {
+        let body = app.register_raw("retry@x.com", password, username).await;
+        assert_eq!(error_code(&body), "EMAIL_TAKEN", "{body}");
+    }
+    assert_eq!(app.user_rows().await.len(), 1);
+    assert_eq!(app.session_rows().await.len(), 2, "nothing stored");
+}
+
+#[tokio::test]
+async fn a_registration_repeated_after_refresh_reuse_grace_seconds_is_email_taken() {
+    let app = spawn_app_with(|config| config.refresh_reuse_grace_seconds = 1).await;
+    assert_no_errors(&app.register_raw("late@x.com", PASSWORD, None).await);
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let body = app.register_raw("late@x.com", PASSWORD, None).await;
+    assert_eq!(error_code(&body), "EMAIL_TAKEN", "{body}");
+
+    let never = spawn_app_with(|config| config.refresh_reuse_grace_seconds = 0).await;
+    assert_no_errors(&never.register_raw("never@x.com", PASSWORD, None).await);
+    let body = never.register_raw("never@x.com", PASSWORD, None).await;
+    assert_eq!(error_code(&body), "EMAIL_TAKEN", "{body}");
+    assert_eq!(never.session_rows().await.len(), 1);
+}
+
+/// Repeating a fresh account's registration is a login, so it cannot guess its password any
+/// faster than a login could: the account's login limit holds.
+#[tokio::test]
+async fn guessing_a_fresh_accounts_password_by_repeating_its_registration_meets_the_login_limit() {
+    let app = spawn_app_with(|config| config.rate_limit_account_per_minute = 3).await;
+    assert_no_errors(&app.register_raw("guess@x.com", PASSWORD, None).await);
+    let mut codes = Vec::new();
+    for guess in 0..6 {
+        let body = app
+            .register_raw("guess@x.com", &format!("wrong guess number {guess}"), None)
+            .await;
+        codes.push(error_code(&body));
+    }
+    assert!(
+        codes
+            .iter()
+            .all(|code| code == "EMAIL_TAKEN" || code == "RATE_LIMITED"),
+        "{codes:?}"
+    );
+    assert!(codes.iter().any(|code| code == "RATE_LIMITED"), "{codes:?}");
+    // Now even the right password waits, as a login would.
+    let body = app.register_raw("guess@x.com", PASSWORD, None).await;
+    assert_eq!(error_code(&body), "RATE_LIMITED", "{body}");
+    assert_eq!(app.session_rows().await.len(), 1);
+}
+
 #[tokio::test]
 async fn a_taken_username_is_reported_as_such_and_nothing_is_stored() {
     let app = spawn_app().await;
