@@ -11,16 +11,9 @@
 
 PATRONI_SCOPE=authql
 
-patroni_pg_bin_dir() {
-  local dir
-  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-  [ -n "$dir" ] && [ -x "$dir/initdb" ] && echo "$dir"
-}
-
-# As root PostgreSQL (so Patroni) runs as the postgres user, which PostgreSQL requires.
-patroni_as_postgres_user() {
-  if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi
-}
+# postgres_bin_dir and as_postgres_user (PostgreSQL, so Patroni, runs as the postgres user).
+# shellcheck source=scripts/throwaway-postgres.sh
+source "$(dirname "${BASH_SOURCE[0]}")/throwaway-postgres.sh"
 
 # Prints N distinct free loopback ports, one a line.
 patroni_free_ports() {
@@ -99,7 +92,7 @@ sys.exit(0 if ok else 1)'
 
 # Prints pg_is_in_recovery() of the node HAProxy routes a new connection to ("f" on a primary).
 patroni_haproxy_recovery() {
-  PGCONNECT_TIMEOUT=2 "$(patroni_pg_bin_dir)/psql" "$TEST_DATABASE_URL" -XAtqc 'select pg_is_in_recovery()' 2>/dev/null
+  PGCONNECT_TIMEOUT=2 "$(postgres_bin_dir)/psql" "$TEST_DATABASE_URL" -XAtqc 'select pg_is_in_recovery()' 2>/dev/null
 }
 
 # Starts node NAME's Patroni in the background (its pid in the node's folder).
@@ -109,7 +102,7 @@ patroni_start_node() {
   node="$THROWAWAY_PATRONI_DIR/$1"
   # Patroni reads PATRONI_* variables as configuration (PATRONI_REST_PORTS would become a section).
   rm -f "$node/patroni.pid"
-  patroni_as_postgres_user "cd '$node' || exit 1; setsid bash -c 'echo \$\$ >patroni.pid; exec env \
+  as_postgres_user "cd '$node' || exit 1; setsid bash -c 'echo \$\$ >patroni.pid; exec env \
     -u PATRONI_REST_PORTS -u PATRONI_NODE_NAMES /usr/bin/patroni patroni.yml' >>patroni.log 2>&1 </dev/null &"
   for _ in $(seq 1 50); do
     [ -s "$node/patroni.pid" ] && return 0
@@ -125,7 +118,7 @@ start_throwaway_patroni() {
   local bin ports etcd_port etcd_peer_port haproxy_port i name node pg_port rest_port servers=""
   local synchronous_mode=true
   patroni_synchronous || synchronous_mode=false
-  bin=$(patroni_pg_bin_dir) || return 1
+  bin=$(postgres_bin_dir) || return 1
   command -v patroni >/dev/null && command -v etcd >/dev/null && command -v haproxy >/dev/null || {
     echo "patroni, etcd and haproxy are needed" >&2
     return 1
@@ -400,7 +393,7 @@ stop_throwaway_patroni() {
   local bin dir="${THROWAWAY_PATRONI_DIR:-}" pid name pids=""
   [ -n "$dir" ] && [ -d "$dir" ] || return 0
   resume_patroni_replication
-  bin=$(patroni_pg_bin_dir) || true
+  bin=$(postgres_bin_dir) || true
   pid=$(cat "$dir/haproxy.pid" 2>/dev/null) || true
   [ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; pids+=" $pid"; }
   # Patroni first (kill -9, so that it neither fails over nor restarts PostgreSQL), then an
@@ -415,7 +408,7 @@ stop_throwaway_patroni() {
   for name in ${PATRONI_NODE_NAMES:-node1 node2 node3}; do
     if pid=$(patroni_postmaster_pid "$name"); then
       pids+=" $(patroni_process_tree "$pid")"
-      [ -n "$bin" ] && patroni_as_postgres_user \
+      [ -n "$bin" ] && as_postgres_user \
         "'$bin/pg_ctl' -D '$dir/$name/data' -m immediate stop >/dev/null 2>&1" || true
     fi
   done
