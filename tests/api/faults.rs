@@ -867,6 +867,87 @@ async fn when_postgres_ends_connections_requests_get_service_unavailable_never_i
     assert_no_errors(&app.me(&account.access_token).await);
 }
 
+/// A standby, or a primary Patroni has just demoted, refuses writes with 25006 (a read-only
+/// transaction): worth a retry on the new primary, so SERVICE_UNAVAILABLE with `Retry-After`,
+/// never INTERNAL_SERVER_ERROR; reads go on, and writes resume once the database takes them.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL"]
+async fn writes_to_a_read_only_postgresql_are_service_unavailable_and_resume_after() {
+    use sea_orm::ConnectionTrait;
+    let Some(admin_url) = postgres_admin_url() else {
+        assert!(mongodb_url().is_some(), "TEST_DATABASE_URL names no server");
+        return;
+    };
+    let app = spawn_app_with(|config| config.prune_interval_seconds = 0).await;
+    let account = app.register("readonly@x.com").await;
+    let database = app.database_url.rsplit('/').next().unwrap().to_owned();
+    let admin = sea_orm::Database::connect(admin_url).await.unwrap();
+    // New connections start read-only; the open ones are ended, so that the pool opens new ones.
+    let read_only = |on: bool| {
+        let (admin, database) = (&admin, &database);
+        async move {
+            admin
+                .execute_unprepared(&format!(
+                    "ALTER DATABASE {database} SET default_transaction_read_only = {on}"
+                ))
+                .await
+                .unwrap();
+            admin
+                .execute_unprepared(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{database}'"
+                ))
+                .await
+                .unwrap();
+        }
+    };
+    read_only(true).await;
+    let login = |app: &TestApp| {
+        app.client
+            .post(format!("{}/graphql", app.address))
+            .json(&json!({
+                "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+                "variables": { "i": { "emailOrUsername": "readonly@x.com", "password": PASSWORD } },
+            }))
+            .send()
+    };
+    // The first request after the cut may meet an ended connection: also SERVICE_UNAVAILABLE.
+    for _ in 0..5 {
+        let response = login(&app).await.unwrap();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(error_code(&body), "SERVICE_UNAVAILABLE", "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["retryAfterSeconds"], 1);
+        assert_eq!(
+            retry_after.as_ref().map(|value| value.as_bytes()),
+            Some(&b"1"[..])
+        );
+    }
+    assert_eq!(app.session_rows().await.len(), 1, "no session was written");
+    // Reads go on.
+    let mut me = app.me(&account.access_token).await;
+    if outcome(&me).is_some() {
+        me = app.me(&account.access_token).await;
+    }
+    assert_no_errors(&me);
+
+    read_only(false).await;
+    let mut answered = None;
+    for _ in 0..3 {
+        let body: Value = login(&app).await.unwrap().json().await.unwrap();
+        if outcome(&body).is_none() {
+            answered = Some(body);
+            break;
+        }
+        assert_eq!(error_code(&body), "SERVICE_UNAVAILABLE", "{body}");
+    }
+    assert!(
+        answered.is_some(),
+        "writes resume once the database takes them"
+    );
+    assert_eq!(app.session_rows().await.len(), 2);
+}
+
 /// The shared rate-limit statement, run directly against whichever database the suite is on.
 #[tokio::test]
 async fn the_database_rate_limit_bucket_takes_a_burst_then_says_when() {
