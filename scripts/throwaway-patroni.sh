@@ -1,7 +1,7 @@
 # Functions to start and stop a throwaway highly-available PostgreSQL cluster for the failover
 # tests: one etcd (v3 API), three PostgreSQL nodes managed by Patroni (synchronous_mode and
-# synchronous_mode_strict, pg_rewind so a crashed primary rejoins as a replica) and HAProxy routing one frontend port to
-# the current primary by Patroni's REST health check. Everything listens on 127.0.0.1 on free
+# synchronous_mode_strict, pg_rewind so a crashed primary rejoins as a replica) and HAProxy
+# routing one frontend port to the current primary by Patroni's REST health check. Everything listens on 127.0.0.1 on free
 # ports, lives in a fresh folder under /tmp, uses trust authentication and fsync off (the data
 # is thrown away), and is removed on stop. Needs the Debian packages patroni, etcd-server and
 # haproxy, and a PostgreSQL under /usr/lib/postgresql/*/bin. To be sourced.
