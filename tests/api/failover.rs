@@ -32,7 +32,7 @@ const NEEDS_CLUSTER: &str = "needs the Patroni cluster of scripts/throwaway-patr
 /// timeouts the instances run with, twice over, and some slack.
 const ANSWER_WITHIN: Duration = Duration::from_secs(15);
 
-/// The most a recovery may take once the new primary is reachable through HAProxy.
+/// The most authql's recovery may take once the new primary takes commits through HAProxy.
 const RECOVERY_WITHIN: Duration = Duration::from_secs(5);
 
 /// The cluster the scripts started: its nodes are crashed and restarted through the script's own
