@@ -2647,39 +2647,62 @@ impl SecondFactorStore for MongoStore {
     }
 
     async fn begin_totp(&self, credential: TotpCredential) -> StoreResult<bool> {
-        // Replace a pending one, or insert; a confirmed one matches neither (its insert is a
-        // duplicate key).
-        let replaced = self
-            .totp
-            .update_one(
-                doc! { "_id": id(credential.user_id), "confirmed_at": Bson::Null },
-                doc! { "$set": {
-                    "secret": &credential.secret,
-                    "last_step": -1_i64,
-                    "created_at": date(credential.created_at),
-                } },
-            )
-            .hint(by_id())
-            .await
-            .map_err(classify)?;
-        if replaced.matched_count == 1 {
-            return Ok(true);
+        // Replace a pending one, or insert. A duplicate key says only that some document is
+        // there: a confirmed one (TOTP is on), or a pending one that landed meanwhile (a
+        // concurrent enrollment, or this insert's own first try when the driver retried it
+        // after a lost answer), which the next replace takes. Only a confirmed one is `false`.
+        for _ in 0..3 {
+            let replaced = self
+                .totp
+                .update_one(
+                    doc! { "_id": id(credential.user_id), "confirmed_at": Bson::Null },
+                    doc! { "$set": {
+                        "secret": &credential.secret,
+                        "last_step": -1_i64,
+                        "created_at": date(credential.created_at),
+                    } },
+                )
+                .hint(by_id())
+                .await
+                .map_err(classify)?;
+            if replaced.matched_count == 1 {
+                return Ok(true);
+            }
+            match self
+                .totp
+                .insert_one(TotpDocument {
+                    user_id: id(credential.user_id),
+                    secret: credential.secret.clone(),
+                    confirmed_at: None,
+                    last_step: -1,
+                    created_at: date(credential.created_at),
+                })
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(error) if is_duplicate_key(&error) => {
+                    let confirmed = self
+                        .totp
+                        .find_one(doc! {
+                            "_id": id(credential.user_id),
+                            "confirmed_at": { "$ne": Bson::Null },
+                        })
+                        .hint(by_id())
+                        .await
+                        .map_err(classify)?
+                        .is_some();
+                    if confirmed {
+                        return Ok(false);
+                    }
+                }
+                Err(error) => return Err(classify(error)),
+            }
         }
-        match self
-            .totp
-            .insert_one(TotpDocument {
-                user_id: id(credential.user_id),
-                secret: credential.secret,
-                confirmed_at: None,
-                last_step: -1,
-                created_at: date(credential.created_at),
-            })
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(error) if is_duplicate_key(&error) => Ok(false),
-            Err(error) => Err(classify(error)),
-        }
+        // Pending documents kept appearing and vanishing under each try: enrollments of
+        // the same user racing each other; the newest is theirs.
+        Err(StoreError::Unavailable(
+            "concurrent TOTP enrollments of one user".into(),
+        ))
     }
 
     async fn confirm_totp(

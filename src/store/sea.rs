@@ -201,7 +201,7 @@ impl SeaStore {
         if self.db.get_database_backend() != DbBackend::Postgres {
             return Migrator::up(&self.db, None).await;
         }
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         transaction
             .execute_unprepared(&format!(
                 "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
@@ -220,6 +220,20 @@ impl SeaStore {
 /// and shared-memory files the same mode): it holds the generated signing secret, the sessions'
 /// token ids and the password hashes. An existing file that others may read is left as it is,
 /// with a warning.
+/// Begins a transaction on a task of its own, which a caller cancelled meanwhile cannot stop
+/// half-way. sqlx 0.9 queues the ROLLBACK of a dropped transaction only once its `BEGIN` was
+/// answered: a request cut off between the two handed the pool a connection inside a
+/// transaction that nobody would commit, and the statements of later requests on it joined
+/// it: acknowledged, never committed, their locks held until the connection closed. Begun to
+/// the end, a transaction dropped unused rolls back as it should. Errors: as `begin`'s, or
+/// `Custom` if the task ended abnormally.
+async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    let db = db.clone();
+    tokio::spawn(async move { db.begin().await })
+        .await
+        .map_err(|_| DbErr::Custom("beginning a transaction ended abnormally".into()))?
+}
+
 fn owner_only(path: &std::path::Path) {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     match std::fs::OpenOptions::new()
@@ -964,7 +978,7 @@ impl UserStore for SeaStore {
         let identity_key = identity
             .as_ref()
             .map(|identity| (identity.issuer.clone(), identity.subject.clone()));
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         let inserted = async {
             let user = user::Entity::insert(row)
                 .exec_with_returning(&transaction)
@@ -1026,7 +1040,7 @@ impl UserStore for SeaStore {
         password_hash: String,
     ) -> StoreResult<Result<(User, Vec<Uuid>), TokenRefusal>> {
         const PURPOSES: [TokenPurpose; 1] = [TokenPurpose::PasswordReset];
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         // `Err(None)`: not taken; `Err(Some(..))`: taken, but it no longer holds.
         let outcome = async {
             lock_user_of_token(&transaction, digest).await?;
@@ -1086,7 +1100,7 @@ impl UserStore for SeaStore {
     ) -> StoreResult<Result<VerifiedEmail, TokenRefusal>> {
         const PURPOSES: [TokenPurpose; 2] =
             [TokenPurpose::EmailVerification, TokenPurpose::EmailChange];
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         let outcome = async {
             lock_user_of_token(&transaction, digest).await?;
             let Some(token) = take_token(&transaction, digest, &PURPOSES, now).await? else {
@@ -1197,7 +1211,7 @@ impl UserStore for SeaStore {
         user_id: Uuid,
         disabled_at: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<Vec<Uuid>>> {
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         let mut update = user::Entity::update_many()
             .col_expr(user::Column::DisabledAt, Expr::value(disabled_at))
             .filter(user::Column::Id.eq(user_id));
@@ -1223,7 +1237,7 @@ impl UserStore for SeaStore {
         role: &str,
         grant: bool,
     ) -> StoreResult<RoleChange> {
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         // The row is this transaction's before it is read: concurrent changes queue and each
         // sees the one before it.
         if lock_user(&transaction, user_id).await? == 0 {
@@ -1255,7 +1269,7 @@ impl UserStore for SeaStore {
         user_id: Uuid,
         proven_version: Option<i64>,
     ) -> StoreResult<Option<Vec<Uuid>>> {
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         // The guard is a write that changes nothing, so that it takes the user's row lock
         // (PostgreSQL) and the write lock (SQLite, where a read first could leave a snapshot
         // that cannot become a write) before anything else.
@@ -1299,7 +1313,7 @@ impl UserStore for SeaStore {
         password_hash: String,
         keep_session: Uuid,
     ) -> StoreResult<Option<Vec<Uuid>>> {
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         let updated = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
             .col_expr(
@@ -1350,7 +1364,7 @@ impl SessionStore for SeaStore {
         max_sessions: usize,
     ) -> StoreResult<Option<CreatedSession>> {
         // The insert comes first, so that SQLite's transaction takes the write lock at once.
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         let created = async {
             if !insert_if_current(&transaction, &new_session).await? {
                 return Ok(None);
@@ -1581,7 +1595,7 @@ impl SessionStore for SeaStore {
 #[async_trait]
 impl TokenStore for SeaStore {
     async fn issue_token(&self, issued: IssuedToken) -> StoreResult<()> {
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         match issue(&transaction, issued).await {
             Ok(()) => Ok(transaction.commit().await?),
             Err(error) => {
@@ -1928,7 +1942,7 @@ impl IdentityStore for SeaStore {
     async fn link_identity(&self, identity: Identity) -> StoreResult<Linking> {
         let user_id = identity.user_id;
         let (issuer, subject) = (identity.issuer.clone(), identity.subject.clone());
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         // The account's lock first (see `change_user_role`): a link and an unlink of one
         // account queue, and a deleted account takes no link.
         if lock_user(&transaction, user_id).await? == 0 {
@@ -1965,7 +1979,7 @@ impl IdentityStore for SeaStore {
         at: DateTime<Utc>,
     ) -> StoreResult<Unlinking> {
         let not_linked = Unlinking::Unlinked(FactorRemoval::NotFound);
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         if lock_user(&transaction, user_id).await? == 0 {
             transaction.rollback().await?;
             return Ok(not_linked);
@@ -2101,7 +2115,7 @@ impl SecondFactorStore for SeaStore {
         keep_session: Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<Vec<Uuid>>> {
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         let confirmed = totp_credential::Entity::update_many()
             .col_expr(totp_credential::Column::ConfirmedAt, Expr::value(at))
             .col_expr(totp_credential::Column::LastStep, Expr::value(step))
@@ -2126,7 +2140,7 @@ impl SecondFactorStore for SeaStore {
     }
 
     async fn disable_totp(&self, user_id: Uuid, keep_session: Uuid) -> StoreResult<FactorRemoval> {
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         let removed = totp_credential::Entity::delete_many()
             .filter(totp_credential::Column::UserId.eq(user_id))
             .filter(totp_credential::Column::ConfirmedAt.is_not_null())
@@ -2162,7 +2176,7 @@ impl SecondFactorStore for SeaStore {
         digests: Vec<String>,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         // A write first, so that the transaction holds the row (and SQLite's write lock) while
         // it checks that TOTP is on: a concurrent disable waits or has won.
         let on = totp_credential::Entity::update_many()
@@ -2246,7 +2260,7 @@ impl SecondFactorStore for SeaStore {
         keep_session: Uuid,
     ) -> StoreResult<PasskeyAddition> {
         let user_id = passkey.user_id;
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         let inserted = passkey::Entity::insert(passkey::ActiveModel {
             id: Set(passkey.id),
             user_id: Set(passkey.user_id),
@@ -2321,7 +2335,7 @@ impl SecondFactorStore for SeaStore {
         id: Uuid,
         keep_session: Uuid,
     ) -> StoreResult<FactorRemoval> {
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         let deleted = passkey::Entity::delete_many()
             .filter(passkey::Column::Id.eq(id))
             .filter(passkey::Column::UserId.eq(user_id))
@@ -2356,7 +2370,7 @@ impl SecondFactorStore for SeaStore {
     }
 
     async fn reset_second_factors(&self, user_id: Uuid) -> StoreResult<Option<Vec<Uuid>>> {
-        let transaction = self.db.begin().await?;
+        let transaction = begin(&self.db).await?;
         let Some(ended) = move_credentials_on(&transaction, user_id, None).await? else {
             transaction.rollback().await?;
             return Ok(None);

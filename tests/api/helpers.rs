@@ -46,6 +46,17 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_in(dir, configure).await
 }
 
+/// Sends the in-process server's warnings and errors to the running test's own output, which
+/// the harness shows when the test fails: why a request was answered SERVICE_UNAVAILABLE, say.
+/// `AUTHQL_TEST_LOG` sets another filter (`authql=debug`).
+fn capture_server_logs() {
+    let filter = std::env::var("AUTHQL_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
 /// Starts authql on port 0 with the database `authql.db` in `dir`.
 pub async fn spawn_app_in(dir: TempDir, configure: impl FnOnce(&mut Config)) -> TestApp {
     let database_url = fresh_database_url(dir.path()).await;
@@ -58,6 +69,7 @@ pub async fn spawn_app_in_existing(dir: TempDir, database_url: &str) -> TestApp 
 }
 
 async fn start(dir: TempDir, database_url: String, configure: impl FnOnce(&mut Config)) -> TestApp {
+    capture_server_logs();
     let mut config = test_config(&database_url);
     // Mails (no SMTP_URL) are written beside the database, never into the working directory.
     config.mail_dir = dir.path().join("mail");

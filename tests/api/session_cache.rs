@@ -560,6 +560,54 @@ async fn a_cancelled_write_is_applied_whole_or_not_at_all_on_every_backend() {
     drop(app);
 }
 
+/// A write cancelled at any await, the `BEGIN` of its transaction included, gives the pool back
+/// no connection still inside its transaction: a revocation acknowledged on that pool right
+/// after is committed, seen at once from another pool. (sqlx 0.9 queues no ROLLBACK for a
+/// `BEGIN` cancelled before its answer; the statements of later requests on the connection
+/// joined a transaction that nobody committed, and a revoked session lived on elsewhere.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_revocation_after_a_cancelled_write_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::helpers::fresh_database_url(dir.path()).await;
+    let app = crate::helpers::spawn_app_in_existing(dir, &url).await;
+    // One connection: whatever the cancelled write leaves on it, the revocation gets.
+    let store = crate::helpers::open_store(
+        &url,
+        PoolSettings {
+            max_connections: Some(1),
+            ..pool()
+        },
+    )
+    .await;
+    let observer = crate::helpers::open_store(&url, pool()).await;
+    // Where the `BEGIN` is in flight moves by a poll or two from run to run: the sweep is run
+    // five times.
+    for polls in (0..50).cycle().take(250) {
+        let user_id = Uuid::new_v4();
+        let revoked = session(user_id, TimeDelta::hours(1));
+        observer
+            .create_user_with_session(new_user(user_id), revoked.clone())
+            .await
+            .unwrap();
+        let other = Uuid::new_v4();
+        cancel_after(
+            store.create_user_with_session(new_user(other), session(other, TimeDelta::hours(1))),
+            polls,
+        )
+        .await;
+        let answered = store
+            .delete_user_sessions(user_id, &[revoked.id])
+            .await
+            .unwrap();
+        assert_eq!(answered, [revoked.id], "cancelled after {polls} polls");
+        assert!(
+            observer.find_session(revoked.id).await.unwrap().is_none(),
+            "cancelled after {polls} polls: the acknowledged revocation is not committed"
+        );
+    }
+    drop(app);
+}
+
 /// The user once the write in flight has landed (a write cancelled by its caller may still be
 /// applied by the database a moment later).
 pub(crate) async fn wait_for_user(

@@ -161,8 +161,10 @@ async fn unknown_accounts_and_wrong_passwords_look_and_take_the_same() {
     // A real bcrypt cost, so that the hash dominates as it does in production.
     let app = spawn_app_with(|config| config.bcrypt_cost = 10).await;
     app.register("timing@x.com").await;
-    // On a shared 2-core machine other work comes and goes: the two kinds alternate (and swap
-    // order every try) so that drift hits both alike, and a round spoiled by noise is measured
+    // On a shared 2-core machine other work comes and goes, and it only ever adds time: the two
+    // kinds alternate (and swap order every try) so that drift hits both alike, each is judged
+    // by its lower sixth (the time the work itself takes when little else runs; a median
+    // moved by half under a test suite's load here), and a round spoiled by noise is measured
     // again, up to three rounds. A real difference (the ported app: 4 ms vs 320 ms) fails all.
     let mut rounds = Vec::new();
     for round in 0..3 {
@@ -184,19 +186,22 @@ async fn unknown_accounts_and_wrong_passwords_look_and_take_the_same() {
                 assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
             }
         }
-        let (wrong, unknown) = (median(&mut wrong_password), median(&mut unknown_account));
-        let ratio = unknown / wrong;
-        if (0.9..=1.1).contains(&ratio) {
+        let (wrong, unknown) = (
+            lower_sixth(&mut wrong_password),
+            lower_sixth(&mut unknown_account),
+        );
+        if (0.9..=1.1).contains(&(unknown / wrong)) {
             return;
         }
         rounds.push(format!("unknown {unknown:.4}s vs wrong {wrong:.4}s"));
     }
-    panic!("median times differ by more than 10% in every round: {rounds:?}");
+    panic!("times differ by more than 10% in every round: {rounds:?}");
 }
 
-fn median(times: &mut [Duration]) -> f64 {
+/// The time below which a sixth of `times` lie, in seconds.
+fn lower_sixth(times: &mut [Duration]) -> f64 {
     times.sort();
-    times[times.len() / 2].as_secs_f64()
+    times[times.len() / 6].as_secs_f64()
 }
 
 #[tokio::test]
