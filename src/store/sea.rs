@@ -132,7 +132,14 @@ impl SeaStore {
         }
         let options: SqliteConnectOptions = database_url.parse().ok()?;
         let path = options.get_filename();
-        (!path.as_os_str().is_empty() && path.as_os_str() != ":memory:").then(|| path.to_path_buf())
+        // sqlx names an in-memory database `file:sqlx-in-memory-<n>`; `mode=memory` keeps
+        // any name in memory too. Neither is a file to create or lock.
+        let in_memory = path.as_os_str() == ":memory:"
+            || path
+                .to_str()
+                .is_some_and(|name| name.starts_with("file:sqlx-in-memory-"))
+            || database_url.contains("mode=memory");
+        (!path.as_os_str().is_empty() && !in_memory).then(|| path.to_path_buf())
     }
 
     /// Whether the database takes a write right now. SQLite: a write in a transaction that is
@@ -2459,5 +2466,26 @@ impl SecondFactorStore for SeaStore {
             .exec(&self.db)
             .await?
             .rows_affected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeaStore;
+
+    #[test]
+    fn in_memory_sqlite_has_no_file_and_postgresql_none_either() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://kept.db?mode=memory",
+            "postgres://authql@localhost/authql",
+        ] {
+            assert_eq!(SeaStore::sqlite_path(url), None, "{url}");
+        }
+        assert_eq!(
+            SeaStore::sqlite_path("sqlite://data/authql.db?mode=rwc"),
+            Some("data/authql.db".into())
+        );
     }
 }
