@@ -45,6 +45,10 @@ pub struct SeaStore {
     lookups: Option<Arc<SessionLookups>>,
     /// SQLite: how the readiness probe opens its connection, and that connection once open.
     write_probe: Option<WriteProbe>,
+    /// PostgreSQL: how `listen_events` opens its `LISTEN` connection, beside the pool (held for
+    /// as long as the instance runs, taken from the pool it would leave requests one
+    /// connection fewer, and none with `DATABASE_MAX_CONNECTIONS=1`), and its connect timeout.
+    listen: Option<(PgConnectOptions, Duration)>,
 }
 
 /// SQLite's readiness probe: a connection of its own (its busy timeout is short, the pool's is
@@ -101,27 +105,30 @@ impl SeaStore {
         } else {
             None
         };
-        let lookups = if sqlite {
-            None
+        let (lookups, listen) = if sqlite {
+            (None, None)
         } else {
             let options: PgConnectOptions = database_url
                 .parse()
                 .map_err(|_| DbErr::Custom("DATABASE_URL is not a PostgreSQL URL".into()))?;
+            let options = options.disable_statement_logging();
             let timeout = pool.connect_timeout.max(pool.acquire_timeout);
-            Some(Arc::new(SessionLookups::new(
+            let lookups = SessionLookups::new(
                 PostgresLookups {
-                    options: options.disable_statement_logging(),
+                    options: options.clone(),
                     connection: None,
                     timeout,
                     sql: PostgresLookups::statement(),
                 },
                 timeout,
-            )))
+            );
+            (Some(Arc::new(lookups)), Some((options, timeout)))
         };
         Ok(Self {
             db: Database::connect(options).await?,
             lookups,
             write_probe,
+            listen,
         })
     }
 
@@ -1845,14 +1852,18 @@ impl EventStore for SeaStore {
         Ok(true)
     }
 
-    /// PostgreSQL: `LISTEN authql_session_events` on a connection of its own (sqlx's
-    /// `PgListener`, which reconnects by itself). SQLite: `None`.
+    /// PostgreSQL: `LISTEN authql_session_events` on a connection of its own, outside the pool
+    /// (sqlx's `PgListener` on a pool of one, which reconnects by itself). SQLite: `None`.
     async fn listen_events(&self) -> StoreResult<Option<EventStream>> {
-        use sea_orm::sqlx::postgres::PgListener;
-        if self.db.get_database_backend() != DbBackend::Postgres {
+        use sea_orm::sqlx::postgres::{PgListener, PgPoolOptions};
+        let Some((options, timeout)) = self.listen.clone() else {
             return Ok(None);
-        }
-        let pool = self.db.get_postgres_connection_pool().clone();
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(timeout)
+            .connect_lazy_with(options);
         let listener = async move {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.listen(EVENT_CHANNEL).await?;

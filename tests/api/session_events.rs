@@ -163,6 +163,30 @@ async fn login_refresh_and_revoke_arrive_as_events_of_the_users_own_sessions() {
     assert_eq!(client.ended(Duration::from_millis(300)).await, Ended::Open);
 }
 
+/// One pooled connection is enough to serve: the `LISTEN` connection (PostgreSQL) and the
+/// session lookups are beside the pool, not in it. (An outside tester's instance with
+/// `DATABASE_MAX_CONNECTIONS=1` on PostgreSQL was never ready: `LISTEN` held the only one.)
+#[tokio::test]
+async fn one_pooled_connection_serves_requests_and_events() {
+    let app = spawn_app_with(|config| config.database_max_connections = Some(1)).await;
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let first = app.register("one@x.com").await;
+    let mut client = WsClient::signed_in(&app.address, &first.access_token).await;
+    client.subscribe("1", SESSION_EVENTS).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = app.login("one@x.com").await;
+    let created = client.next_event(SECOND).await.expect("CREATED");
+    assert_eq!(created["type"], "CREATED");
+    assert_eq!(created["sessionId"], second.session_id.as_str());
+    assert_no_errors(&app.refresh_raw(&second.refresh_token).await);
+}
+
 #[tokio::test]
 async fn another_users_events_never_arrive() {
     let app = spawn_app().await;
