@@ -230,10 +230,6 @@ impl SeaStore {
     }
 }
 
-/// A new SQLite file is created readable and writable by its owner only (SQLite gives its WAL
-/// and shared-memory files the same mode): it holds the generated signing secret, the sessions'
-/// token ids and the password hashes. An existing file that others may read is left as it is,
-/// with a warning.
 /// Begins a transaction on a task of its own, which a caller cancelled meanwhile cannot stop
 /// half-way. sqlx 0.9 queues the ROLLBACK of a dropped transaction only once its `BEGIN` was
 /// answered: a request cut off between the two handed the pool a connection inside a
@@ -248,6 +244,10 @@ async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
         .map_err(|_| DbErr::Custom("beginning a transaction ended abnormally".into()))?
 }
 
+/// A new SQLite file is created readable and writable by its owner only (SQLite gives its WAL
+/// and shared-memory files the same mode): it holds the generated signing secret, the sessions'
+/// token ids and the password hashes. An existing file that others may read is left as it is,
+/// with a warning.
 fn owner_only(path: &std::path::Path) {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     match std::fs::OpenOptions::new()
