@@ -545,6 +545,19 @@ struct PostgresLookups {
     sql: Arc<str>,
 }
 
+/// Sent once on each lookup connection. PostgreSQL plans a prepared statement anew for each
+/// execution while the custom plans look cheaper than its generic one (PostgreSQL 15 manual,
+/// PREPARE, "Notes"), and for `id = ANY($1)` they always do: a generic plan assumes an array of
+/// ten, a custom plan sees the batch's own length. Planning the join then cost more than running
+/// it (`create_index_paths`, `btcostestimate` … in a profile of the backend during `me`). The
+/// generic plan, once the tables hold more than a few pages (an index scan of `sessions`'
+/// primary key, a nested loop into `users`' primary key; seen with 1,000,000 sessions), is the
+/// right one for every batch up to [`MAX_BATCH`](super::lookups::MAX_BATCH), and PostgreSQL
+/// plans it again when `ANALYZE` changes the tables' statistics. A server without the setting
+/// (before PostgreSQL 12) plans as it always did.
+const PLAN_ONCE: &str = "SELECT set_config(name, 'force_generic_plan', false) FROM pg_settings \
+                         WHERE name = 'plan_cache_mode'";
+
 impl PostgresLookups {
     /// `SELECT <session> AS A_*, <user> AS B_* FROM sessions LEFT JOIN users ... WHERE
     /// sessions.id = ANY($1)`: SeaORM's own select of a session and its user, for a `uuid[]`
@@ -561,11 +574,16 @@ impl PostgresLookups {
     async fn read(&mut self, ids: &[Uuid]) -> Result<Vec<(User, Session)>, DbErr> {
         let connection = match &mut self.connection {
             Some(connection) => connection,
-            None => self.connection.insert(
-                PgConnection::connect_with(&self.options)
+            None => {
+                let mut connection = PgConnection::connect_with(&self.options)
                     .await
-                    .map_err(|error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error))))?,
-            ),
+                    .map_err(|error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error))))?;
+                sea_orm::sqlx::raw_sql(PLAN_ONCE)
+                    .execute(&mut connection)
+                    .await
+                    .map_err(|error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error))))?;
+                self.connection.insert(connection)
+            }
         };
         let rows = sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(self.sql.clone()))
             .bind(ids)

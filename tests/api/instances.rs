@@ -372,6 +372,35 @@ async fn every_per_request_lookup_is_an_index_scan_on_postgres() {
             "a sequential scan for {lookup}:\n{plan}"
         );
     }
+    // The coalesced lookup as its connection runs it: prepared once, planned once (a generic
+    // plan, `plan_cache_mode = force_generic_plan`), whatever the batch's length.
+    transaction
+        .execute_unprepared(
+            "SET LOCAL plan_cache_mode = force_generic_plan; \
+             PREPARE batch(uuid[]) AS SELECT * FROM sessions LEFT JOIN users \
+             ON users.id = sessions.user_id WHERE sessions.id = ANY($1)",
+        )
+        .await
+        .unwrap();
+    for length in [1, 512] {
+        let ids = vec![id; length].join(", ");
+        let plan: Vec<String> = transaction
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                format!("EXPLAIN EXECUTE batch(ARRAY[{ids}]::uuid[])"),
+            ))
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(0).unwrap())
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("$1"), "not the generic plan:\n{plan}");
+        assert!(
+            plan.contains("Index") && !plan.contains("Seq Scan"),
+            "the generic plan of a batch of {length} scans a table:\n{plan}"
+        );
+    }
     transaction.rollback().await.unwrap();
 }
 
