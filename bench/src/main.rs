@@ -195,6 +195,22 @@ async fn main() -> anyhow::Result<()> {
     // For a profiler (`perf record -a -g` beside it): one phase of `/auth/verify`
     // (`BENCH_VERIFY_ONLY`) or of `me` (`BENCH_ME_ONLY`; on PostgreSQL when it names a URL),
     // then stop.
+    // The login storm alone, `BENCH_ROUNDS` times (its p99 ratio moves from run to run).
+    if std::env::var_os("BENCH_STORM_ONLY").is_some() {
+        for round in 0..settings.rounds {
+            // A probe on an account of its own: the storm's logins would push its session out.
+            let token = register(authql.address, &format!("probe{round}@example.com")).await?;
+            let probe = me_target(authql.address, &token);
+            let (idle, storm, _) = login_storm(&settings, &probe, authql.address).await?;
+            println!(
+                "storm round {round}: p99 {:.2} ms ÷ idle {:.2} ms = {:.2}",
+                storm.p99_ms(),
+                idle.p99_ms(),
+                storm.p99_ms() / idle.p99_ms()
+            );
+        }
+        return Ok(());
+    }
     if std::env::var_os("BENCH_VERIFY_ONLY").is_some() {
         let outcome = load::run(&verify_target(&me), settings.closed(settings.connections)).await?;
         println!("/auth/verify alone, SQLite: {}", throughput(&outcome));
@@ -229,38 +245,8 @@ async fn main() -> anyhow::Result<()> {
     let (_, peak_rss) = authql.memory()?;
 
     // Scenario 2.
-    let probe = Shape {
-        connections: settings.probe_connections,
-        duration: settings.phase(),
-        max_requests: settings.max_requests,
-        rate: Some(settings.probe_rate),
-    };
-    let idle = load::run(&me, probe).await?;
-    eprintln!(
-        "probe idle: p50 {:.2} ms p99 {:.2} ms",
-        idle.p50_ms(),
-        idle.p99_ms()
-    );
+    let (idle, storm, storm_logins) = login_storm(&settings, &me, authql.address).await?;
     let login = login_target(authql.address, "bench@example.com");
-    let storm_shape = Shape {
-        duration: settings.phase() + Duration::from_millis(1500),
-        ..settings.closed(settings.login_clients)
-    };
-    let storm_logins = {
-        let login = login.clone();
-        tokio::spawn(async move { load::run(&login, storm_shape).await })
-    };
-    // Let the storm fill the bcrypt permits and their queue before probing.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let storm = load::run(&me, probe).await?;
-    let storm_logins = storm_logins.await??;
-    eprintln!(
-        "probe in storm: p50 {:.2} ms p99 {:.2} ms; {:.1} logins/s",
-        storm.p50_ms(),
-        storm.p99_ms(),
-        storm_logins.per_second()
-    );
-    check_no_failures("login storm", &storm_logins)?;
 
     goals.push(goals::Goal {
         row: "`me` p99 during a login storm ÷ idle",
@@ -666,6 +652,45 @@ async fn main() -> anyhow::Result<()> {
     }
     goals::print(&goals);
     Ok(())
+}
+
+/// Scenario 2: `me` probed at a fixed rate idle, then during a storm of logins from
+/// `login_clients` clients; returns the two probes and the storm's logins.
+async fn login_storm(
+    settings: &Settings,
+    me: &Target,
+    address: SocketAddr,
+) -> anyhow::Result<(Outcome, Outcome, Outcome)> {
+    let probe = Shape {
+        connections: settings.probe_connections,
+        duration: settings.phase(),
+        max_requests: settings.max_requests,
+        rate: Some(settings.probe_rate),
+    };
+    let idle = load::run(me, probe).await?;
+    eprintln!(
+        "probe idle: p50 {:.2} ms p99 {:.2} ms",
+        idle.p50_ms(),
+        idle.p99_ms()
+    );
+    let login = login_target(address, "bench@example.com");
+    let storm_shape = Shape {
+        duration: settings.phase() + Duration::from_millis(1500),
+        ..settings.closed(settings.login_clients)
+    };
+    let storm_logins = tokio::spawn(async move { load::run(&login, storm_shape).await });
+    // Let the storm fill the bcrypt permits and their queue before probing.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let storm = load::run(me, probe).await?;
+    let storm_logins = storm_logins.await??;
+    eprintln!(
+        "probe in storm: p50 {:.2} ms p99 {:.2} ms; {:.1} logins/s",
+        storm.p50_ms(),
+        storm.p99_ms(),
+        storm_logins.per_second()
+    );
+    check_no_failures("login storm", &storm_logins)?;
+    Ok((idle, storm, storm_logins))
 }
 
 /// Scenario 1: alternates rounds of the bare server and authql, after a warm-up of each, and
