@@ -172,25 +172,35 @@ async fn connection_loop(
         .map(|rate| Duration::from_secs_f64(shape.connections as f64 / rate));
     let mut next =
         period.map(|period| started + period.mul_f64(index as f64 / shape.connections as f64));
+    // When the last answer on this connection came.
+    let mut answered = started;
     loop {
-        let scheduled = match (next, period) {
+        let (scheduled, start) = match (next, period) {
             (Some(at), Some(period)) => {
                 tokio::time::sleep_until(at.into()).await;
                 next = Some(at + period);
-                at
+                // tokio's timer wakes up to a millisecond after `at`. When the connection was
+                // free at `at`, that lateness is the client's, not the server's: latency counts
+                // from the wake-up. When the last answer came after `at`, the server held the
+                // request back and latency counts from `at` (no coordinated omission).
+                (at, if answered <= at { Instant::now() } else { at })
             }
-            _ => Instant::now(),
+            _ => {
+                let now = Instant::now();
+                (now, now)
+            }
         };
         if scheduled >= deadline || sent.fetch_add(1, Ordering::Relaxed) >= shape.max_requests {
             break;
         }
         let (ok, _) = send(&mut sender, &target).await?;
+        answered = Instant::now();
         if period.is_none() && Instant::now() > deadline {
             // Closed loop: throughput counts the answers that came within the window.
             break;
         }
         if ok {
-            let micros = scheduled.elapsed().as_micros();
+            let micros = answered.duration_since(start).as_micros();
             outcome.ok += 1;
             outcome
                 .latencies_us
