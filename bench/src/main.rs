@@ -13,9 +13,10 @@
 //!    a bare axum server built here that answers the same bytes (`baseline`). Alternated over
 //!    several rounds so that drifting background load hits both. `me / baseline` is the share of
 //!    HTTP's throughput left once authql verifies the JWT, looks up the session and runs GraphQL.
-//! 2. **`me` latency under a login storm.** `me` sent on a fixed schedule (open loop, latency
-//!    counted from the scheduled time) alone, then while 32 clients log in as fast as they are
-//!    answered. `storm / idle` of p99 shows whether bcrypt, bounded and off the async workers,
+//! 2. **`me` latency under a login storm.** `me` sent on a fixed schedule (open loop: latency
+//!    counted from the scheduled time when the server still held the connection then, else
+//!    from when the client's timer woke, up to 1 ms later) alone, then while 32 clients log in
+//!    as fast as they are answered. `storm / idle` of p99 shows whether bcrypt, bounded and off the async workers,
 //!    leaves the cheap path alone. A fixed rate rather than a closed loop: a saturating closed
 //!    loop measures the queue it builds itself, not the server's responsiveness.
 //! 3. **Logins against the machine's bcrypt limit.** Logins per second from 32 clients, against
