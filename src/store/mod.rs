@@ -46,7 +46,7 @@ mod least_recently_used_tests {
     }
 }
 pub use mongo::MongoStore;
-pub use sea::SeaStore;
+pub use sea::{LOOKUP_PLAN_SETTINGS, SeaStore};
 
 /// How the pool of database connections behaves.
 #[derive(Debug, Clone, Copy)]

@@ -545,18 +545,26 @@ struct PostgresLookups {
     sql: Arc<str>,
 }
 
-/// Sent once on each lookup connection. PostgreSQL plans a prepared statement anew for each
-/// execution while the custom plans look cheaper than its generic one (PostgreSQL 15 manual,
-/// PREPARE, "Notes"), and for `id = ANY($1)` they always do: a generic plan assumes an array of
-/// ten, a custom plan sees the batch's own length. Planning the join then cost more than running
-/// it (`create_index_paths`, `btcostestimate` … in a profile of the backend during `me`). The
-/// generic plan, once the tables hold more than a few pages (an index scan of `sessions`'
-/// primary key, a nested loop into `users`' primary key; seen with 1,000,000 sessions), is the
-/// right one for every batch up to [`MAX_BATCH`](super::lookups::MAX_BATCH), and PostgreSQL
-/// plans it again when `ANALYZE` changes the tables' statistics. A server without the setting
-/// (before PostgreSQL 12) plans as it always did.
-const PLAN_ONCE: &str = "SELECT set_config(name, 'force_generic_plan', false) FROM pg_settings \
-                         WHERE name = 'plan_cache_mode'";
+/// Sent once on each lookup connection, which runs one statement only: its plan is made once
+/// and has one shape whatever the tables hold.
+///
+/// PostgreSQL plans a prepared statement anew for each execution while the custom plans look
+/// cheaper than its generic one (PostgreSQL 15 manual, PREPARE, "Notes"), and for
+/// `id = ANY($1)` they always do: a generic plan assumes an array of ten, a custom plan sees the
+/// batch's own length. Planning the join then cost more than running it (`create_index_paths`,
+/// `btcostestimate` … in a profile of the backend during `me`), so the generic plan is forced.
+/// A generic plan is kept until the tables' statistics change (`ANALYZE`), and one made while
+/// the tables were near empty scans both: after a bulk import that autovacuum had not yet
+/// analyzed, an outside tester saw `me` fall thirtyfold until `ANALYZE`. So the plan's shape is
+/// fixed as well, by turning off what it must not use (sequential and bitmap scans, hash and
+/// merge joins): an index scan of `sessions`' primary key and a nested loop into `users`'
+/// primary key, right for every batch (at most 512 ids) and every table size. A setting the
+/// server does not know (`plan_cache_mode` before PostgreSQL 12) is left out. Public for the
+/// test that reads the plan these settings give.
+pub const LOOKUP_PLAN_SETTINGS: &str = "SELECT set_config(name, value, false) FROM (VALUES \
+     ('plan_cache_mode', 'force_generic_plan'), ('enable_seqscan', 'off'), \
+     ('enable_bitmapscan', 'off'), ('enable_hashjoin', 'off'), ('enable_mergejoin', 'off')) \
+     AS wanted(name, value) JOIN pg_settings USING (name)";
 
 impl PostgresLookups {
     /// `SELECT <session> AS A_*, <user> AS B_* FROM sessions LEFT JOIN users ... WHERE
@@ -578,7 +586,7 @@ impl PostgresLookups {
                 let mut connection = PgConnection::connect_with(&self.options)
                     .await
                     .map_err(|error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error))))?;
-                sea_orm::sqlx::raw_sql(PLAN_ONCE)
+                sea_orm::sqlx::raw_sql(LOOKUP_PLAN_SETTINGS)
                     .execute(&mut connection)
                     .await
                     .map_err(|error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error))))?;
