@@ -355,17 +355,7 @@ async fn every_per_request_lookup_is_an_index_scan_on_postgres() {
         .await
         .unwrap();
     for lookup in lookups {
-        let plan: Vec<String> = transaction
-            .query_all_raw(Statement::from_string(
-                DbBackend::Postgres,
-                format!("EXPLAIN {lookup}"),
-            ))
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.try_get_by_index::<String>(0).unwrap())
-            .collect();
-        let plan = plan.join("\n");
+        let plan = explain(&transaction, &lookup).await;
         assert!(plan.contains("Index"), "no index for {lookup}:\n{plan}");
         assert!(
             !plan.contains("Seq Scan"),
@@ -391,17 +381,11 @@ async fn every_per_request_lookup_is_an_index_scan_on_postgres() {
         .unwrap();
     for length in [1, 512] {
         let ids = vec![id; length].join(", ");
-        let plan: Vec<String> = transaction
-            .query_all_raw(Statement::from_string(
-                DbBackend::Postgres,
-                format!("EXPLAIN EXECUTE batch(ARRAY[{ids}]::uuid[])"),
-            ))
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.try_get_by_index::<String>(0).unwrap())
-            .collect();
-        let plan = plan.join("\n");
+        let plan = explain(
+            &transaction,
+            &format!("EXECUTE batch(ARRAY[{ids}]::uuid[])"),
+        )
+        .await;
         assert!(plan.contains("$1"), "not the generic plan:\n{plan}");
         assert!(
             plan.contains("Nested Loop")
@@ -413,6 +397,21 @@ async fn every_per_request_lookup_is_an_index_scan_on_postgres() {
         );
     }
     transaction.rollback().await.unwrap();
+}
+
+/// PostgreSQL's plan for `statement` on `connection`, its lines joined.
+async fn explain(connection: &impl ConnectionTrait, statement: &str) -> String {
+    connection
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("EXPLAIN {statement}"),
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test]
