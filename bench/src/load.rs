@@ -195,7 +195,7 @@ async fn connection_loop(
         }
         let (ok, _) = send(&mut sender, &target).await?;
         answered = Instant::now();
-        if period.is_none() && Instant::now() > deadline {
+        if period.is_none() && answered > deadline {
             // Closed loop: throughput counts the answers that came within the window.
             break;
         }

@@ -16,8 +16,8 @@
 //! 2. **`me` latency under a login storm.** `me` sent on a fixed schedule (open loop: latency
 //!    counted from the scheduled time when the server still held the connection then, else
 //!    from when the client's timer woke, up to 1 ms later) alone, then while 32 clients log in
-//!    as fast as they are answered. `storm / idle` of p99 shows whether bcrypt, bounded and off the async workers,
-//!    leaves the cheap path alone. A fixed rate rather than a closed loop: a saturating closed
+//!    as fast as they are answered. `storm / idle` of p99 shows whether bcrypt, bounded and
+//!    off the async workers, leaves the cheap path alone. A fixed rate rather than a closed loop: a saturating closed
 //!    loop measures the queue it builds itself, not the server's responsiveness.
 //! 3. **Logins against the machine's bcrypt limit.** Logins per second from 32 clients, against
 //!    cores / (time of one hash at the configured cost), measured here with the same pre-hash
@@ -193,9 +193,6 @@ async fn main() -> anyhow::Result<()> {
         ..me.clone()
     };
 
-    // For a profiler (`perf record -a -g` beside it): one phase of `/auth/verify`
-    // (`BENCH_VERIFY_ONLY`) or of `me` (`BENCH_ME_ONLY`; on PostgreSQL when it names a URL),
-    // then stop.
     // The login storm alone, `BENCH_ROUNDS` times (its p99 ratio moves from run to run).
     if std::env::var_os("BENCH_STORM_ONLY").is_some() {
         for round in 0..settings.rounds {
@@ -212,6 +209,9 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // For a profiler (`perf record -a -g` beside it): one phase of `/auth/verify`
+    // (`BENCH_VERIFY_ONLY`) or of `me` (`BENCH_ME_ONLY`; on PostgreSQL when it names a URL),
+    // then stop.
     if std::env::var_os("BENCH_VERIFY_ONLY").is_some() {
         let outcome = load::run(&verify_target(&me), settings.closed(settings.connections)).await?;
         println!("/auth/verify alone, SQLite: {}", throughput(&outcome));

@@ -583,13 +583,14 @@ impl PostgresLookups {
         let connection = match &mut self.connection {
             Some(connection) => connection,
             None => {
+                let connection_error = |error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error)));
                 let mut connection = PgConnection::connect_with(&self.options)
                     .await
-                    .map_err(|error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error))))?;
+                    .map_err(connection_error)?;
                 sea_orm::sqlx::raw_sql(LOOKUP_PLAN_SETTINGS)
                     .execute(&mut connection)
                     .await
-                    .map_err(|error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error))))?;
+                    .map_err(connection_error)?;
                 self.connection.insert(connection)
             }
         };
